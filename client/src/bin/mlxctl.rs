@@ -1,0 +1,298 @@
+//! `mlxctl`: talk to mlxd from a shell. Human-readable output by default, `--json` for
+//! programs. Falls back to a private `mlxd stdio` when no daemon runs, unless
+//! `--no-fallback`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mlxd_client::proto::{DaemonStatus, Embeddings, ErrorCode, ModelInfo, ModelRef, ModelState};
+use mlxd_client::{ClientError, ConnectOptions};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "mlxctl", version, about = "Control and use a running mlxd")]
+struct Cli {
+    /// Daemon socket [default: $MLXD_SOCKET, $XDG_RUNTIME_DIR/mlxd/mlxd.sock, /tmp/mlxd-$UID/mlxd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Fail when no daemon answers instead of starting a private `mlxd stdio`.
+    #[arg(long, global = true)]
+    no_fallback: bool,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the daemon answers.
+    Ping,
+    /// Daemon and model status.
+    Status,
+    /// The models the daemon can serve.
+    Models,
+    /// Embed texts (`-` reads one text per line from stdin).
+    Embed {
+        #[arg(long, short)]
+        model: String,
+        /// Return raw mean-pooled vectors instead of L2-normalised ones.
+        #[arg(long)]
+        no_normalize: bool,
+        #[arg(required = true, value_name = "TEXT")]
+        texts: Vec<String>,
+    },
+    /// Show a text's token ids.
+    Tokenize {
+        #[arg(long, short)]
+        model: String,
+        text: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mlxctl: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&cli, err),
+    }
+}
+
+fn report(cli: &Cli, err: ClientError) -> ExitCode {
+    match &err {
+        ClientError::Wire(wire) if wire.code == ErrorCode::Busy => {
+            let hint = wire
+                .retry_after_ms
+                .map(|ms| format!(" (retry after {ms} ms)"))
+                .unwrap_or_default();
+            eprintln!("busy: {}{hint}", wire.message);
+            return ExitCode::from(75); // EX_TEMPFAIL
+        }
+        ClientError::NoDaemon { path, .. } => {
+            eprintln!(
+                "mlxctl: {err}\nhint: start one with `mlxd serve{}`, or drop --no-fallback",
+                cli.socket
+                    .as_ref()
+                    .map(|_| format!(" --socket {}", path.display()))
+                    .unwrap_or_default()
+            );
+        }
+        ClientError::Fallback { .. } => {
+            eprintln!("mlxctl: {err}\nhint: build mlxd (`make build`) or set MLXD_BIN to its path");
+        }
+        _ => eprintln!("mlxctl: {err}"),
+    }
+    ExitCode::FAILURE
+}
+
+async fn run(cli: &Cli) -> Result<(), ClientError> {
+    let options = ConnectOptions {
+        socket: cli.socket.clone(),
+        fallback: !cli.no_fallback,
+        client_name: "mlxctl".into(),
+        ..ConnectOptions::default()
+    };
+    let client = options.connect().await?;
+    match &cli.command {
+        Command::Ping => {
+            let started = std::time::Instant::now();
+            client.ping().await?;
+            let rtt_us = started.elapsed().as_micros();
+            if cli.json {
+                print_json(&json!({ "ok": true, "rtt_us": rtt_us }));
+            } else {
+                println!(
+                    "pong from mlxd {} in {rtt_us} µs",
+                    client.welcome().daemon_version
+                );
+            }
+        }
+        Command::Status => {
+            let status = client.status().await?;
+            if cli.json {
+                print_json(&status_json(&status));
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Models => {
+            let models = client.models().await?;
+            if cli.json {
+                print_json(&json!(models.iter().map(model_json).collect::<Vec<_>>()));
+            } else {
+                print_models(&models);
+            }
+        }
+        Command::Embed {
+            model,
+            no_normalize,
+            texts,
+        } => {
+            let texts = expand_stdin(texts)?;
+            let request = mlxd_client::proto::EmbedRequest {
+                model: ModelRef::Name(model.clone()),
+                texts: texts.clone(),
+                normalize: !no_normalize,
+                priority: Default::default(),
+                deadline_ms: None,
+            };
+            let embeddings = client.embed_with(request).await?;
+            if cli.json {
+                print_json(&embeddings_json(&embeddings));
+            } else {
+                print_embeddings(&texts, &embeddings);
+            }
+        }
+        Command::Tokenize { model, text } => {
+            let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
+            if cli.json {
+                print_json(&json!({ "model": model, "tokens": tokens }));
+            } else {
+                println!("{} tokens: {tokens:?}", tokens.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-` stands for stdin, one text per line.
+fn expand_stdin(texts: &[String]) -> Result<Vec<String>, ClientError> {
+    let mut out = Vec::new();
+    for text in texts {
+        if text == "-" {
+            for line in std::io::stdin().lock().lines() {
+                out.push(line?);
+            }
+        } else {
+            out.push(text.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn print_json(value: &serde_json::Value) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut stdout, value);
+    let _ = writeln!(stdout);
+}
+
+fn embeddings_json(e: &Embeddings) -> serde_json::Value {
+    let rows: Vec<&[f32]> = e.rows().collect();
+    json!({ "model": e.model, "count": e.count, "dim": e.dim, "prompt_tokens": e.prompt_tokens, "embeddings": rows })
+}
+
+fn print_embeddings(texts: &[String], e: &Embeddings) {
+    println!(
+        "{}: {} vector(s) of {} dims, {} tokens",
+        e.model, e.count, e.dim, e.prompt_tokens
+    );
+    for (text, row) in texts.iter().zip(e.rows()) {
+        let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:+.4}")).collect();
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let shown: String = if text.chars().count() > 40 {
+            text.chars().take(37).chain("...".chars()).collect()
+        } else {
+            text.clone()
+        };
+        println!("  {shown:?}: [{} ...] |v|={norm:.3}", head.join(", "));
+    }
+}
+
+fn state_name(state: ModelState) -> &'static str {
+    match state {
+        ModelState::Unloaded => "unloaded",
+        ModelState::Loading => "loading",
+        ModelState::Ready => "ready",
+        ModelState::Unloading => "unloading",
+        ModelState::Failed => "failed",
+    }
+}
+
+fn model_json(m: &ModelInfo) -> serde_json::Value {
+    json!({
+        "name": m.name,
+        "kind": format!("{:?}", m.kind).to_lowercase(),
+        "state": state_name(m.state),
+        "source": m.source,
+        "leases": m.leases,
+        "in_flight": m.in_flight,
+        "queue_depth": m.queue_depth,
+        "queue_capacity": m.queue_capacity,
+        "dim": m.dim,
+        "max_seq_len": m.max_seq_len,
+        "backend": m.backend,
+        "worker_pid": m.worker_pid,
+        "last_error": m.last_error,
+    })
+}
+
+fn status_json(s: &DaemonStatus) -> serde_json::Value {
+    json!({
+        "daemon_version": s.daemon_version,
+        "protocol_version": s.protocol_version,
+        "pid": s.pid,
+        "uptime_ms": s.uptime_ms,
+        "endpoint": s.endpoint,
+        "sessions": s.sessions,
+        "models": s.models.iter().map(model_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(s: &DaemonStatus) {
+    let uptime = s.uptime_ms / 1000;
+    println!(
+        "mlxd {} (protocol v{}) pid {} up {}h{:02}m{:02}s at {}, {} session(s)",
+        s.daemon_version,
+        s.protocol_version,
+        s.pid,
+        uptime / 3600,
+        uptime / 60 % 60,
+        uptime % 60,
+        s.endpoint,
+        s.sessions
+    );
+    print_models(&s.models);
+}
+
+fn print_models(models: &[ModelInfo]) {
+    println!(
+        "{:<12} {:<10} {:<9} {:>6} {:>9} {:>7}  {:<8} SOURCE",
+        "MODEL", "KIND", "STATE", "LEASES", "QUEUE", "DIM", "BACKEND"
+    );
+    for m in models {
+        let kind = format!("{:?}", m.kind).to_lowercase();
+        let queue = format!("{}/{}", m.queue_depth, m.queue_capacity);
+        let backend = if m.backend.is_empty() {
+            "-"
+        } else {
+            &m.backend
+        };
+        println!(
+            "{:<12} {:<10} {:<9} {:>6} {:>9} {:>7}  {:<8} {}",
+            m.name,
+            kind,
+            state_name(m.state),
+            m.leases,
+            queue,
+            m.dim,
+            backend,
+            m.source
+        );
+        if let Some(err) = &m.last_error {
+            println!("{:<12} last error: {err}", "");
+        }
+    }
+}

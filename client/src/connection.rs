@@ -1,0 +1,470 @@
+//! The connection: reach the daemon (or start a private `mlxd stdio`), say Hello, then
+//! multiplex requests over one transport.
+//!
+//! Every request registers a bounded channel under its id; a reader task routes frames to
+//! it. A request whose future is dropped sends `Cancel` and stops listening.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::{SinkExt, StreamExt};
+use mlxd_proto::codec::FrameCodec;
+use mlxd_proto::frame::{DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN};
+use mlxd_proto::{
+    ClientMessage, DaemonStatus, EmbedRequest, Embeddings, Event, Hello, LeaseRequest, ModelInfo,
+    ModelRef, Request, RequestId, Response, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::{ClientError, ModelHandle};
+
+/// Frames a request's channel holds before stream events are dropped (load progress is
+/// advisory; the final frame always waits for room).
+const PER_REQUEST_BUFFER: usize = 32;
+const OUTBOUND_BUFFER: usize = 64;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Socket path [default: as the daemon decides, see `mlxd_proto::paths`].
+    pub socket: Option<PathBuf>,
+    /// Start a private `mlxd stdio` when no daemon answers (default: true).
+    pub fallback: bool,
+    /// The `mlxd` binary for the fallback [default: `$MLXD_BIN`, beside this executable,
+    /// then `mlxd` on PATH].
+    pub mlxd_binary: Option<PathBuf>,
+    /// Shown in the daemon's logs.
+    pub client_name: String,
+    /// Largest frame accepted from the daemon.
+    pub max_frame_len: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            socket: None,
+            fallback: true,
+            mlxd_binary: None,
+            client_name: std::env::args()
+                .next()
+                .map_or_else(|| "mlxd-client".into(), base_name),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+fn base_name(arg0: String) -> String {
+    Path::new(&arg0)
+        .file_name()
+        .map_or(arg0.clone(), |n| n.to_string_lossy().into_owned())
+}
+
+/// What the client is connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Socket(PathBuf),
+    /// A private `mlxd stdio` child process.
+    Stdio {
+        pid: Option<u32>,
+    },
+}
+
+impl ConnectOptions {
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let path = self
+            .socket
+            .clone()
+            // SAFETY: getuid has no preconditions and cannot fail.
+            .unwrap_or_else(|| mlxd_proto::paths::default_socket_path(unsafe { libc::getuid() }));
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(stream) => {
+                let (reader, writer) = stream.into_split();
+                Client::over(reader, writer, &self, Endpoint::Socket(path), None).await
+            }
+            Err(err) if self.fallback && is_no_daemon(&err) => {
+                let binary = self.mlxd_binary.clone().unwrap_or_else(find_mlxd);
+                eprintln!(
+                    "mlxd-client: no daemon at {} ({err}); fell back to a private `mlxd stdio` \
+                     (models load for this process only; start `mlxd serve` to share them)",
+                    path.display()
+                );
+                let mut command = tokio::process::Command::new(&binary);
+                if std::env::var_os("MLXD_LOG").is_none() {
+                    // The child shares our stderr: keep it to warnings unless asked.
+                    command.env("MLXD_LOG", "warn");
+                }
+                let mut child = command
+                    .arg("stdio")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|source| ClientError::Fallback {
+                        binary: binary.clone(),
+                        source,
+                    })?;
+                let pid = child.id();
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    return Err(ClientError::Fallback {
+                        binary,
+                        source: std::io::Error::other("no stdio pipes"),
+                    });
+                };
+                Client::over(stdout, stdin, &self, Endpoint::Stdio { pid }, Some(child)).await
+            }
+            Err(source) => Err(ClientError::NoDaemon { path, source }),
+        }
+    }
+}
+
+fn is_no_daemon(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+fn find_mlxd() -> PathBuf {
+    if let Some(path) = std::env::var_os("MLXD_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("mlxd")))
+    {
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    PathBuf::from("mlxd")
+}
+
+type Routes = HashMap<RequestId, mpsc::Sender<ServerMessage>>;
+
+#[derive(Debug)]
+struct Inner {
+    outbound: mpsc::Sender<ClientMessage>,
+    routes: Arc<Mutex<Option<Routes>>>,
+    next_id: AtomicU64,
+    welcome: Welcome,
+    endpoint: Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The fallback `mlxd stdio`; it exits when its stdin closes and is killed on drop.
+    _child: Option<tokio::process::Child>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A connection to mlxd. Cheap to clone; usable from many tasks at once.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects with default options (socket from the environment, stdio fallback on).
+    pub async fn connect() -> Result<Client, ClientError> {
+        ConnectOptions::default().connect().await
+    }
+
+    /// Runs the protocol over any transport (a socket, a child's pipes, an in-memory pipe).
+    pub async fn over<R, W>(
+        reader: R,
+        writer: W,
+        options: &ConnectOptions,
+        endpoint: Endpoint,
+        child: Option<tokio::process::Child>,
+    ) -> Result<Client, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut frames_in = FramedRead::new(
+            reader,
+            FrameCodec::<ServerMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0),
+        );
+        let mut frames_out = FramedWrite::new(
+            writer,
+            FrameCodec::<(), ClientMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN),
+        );
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: options.client_name.clone(),
+            pid: std::process::id(),
+            max_frame_len: options.max_frame_len,
+        };
+        frames_out.send(ClientMessage::Hello(hello)).await?;
+        let welcome = match frames_in.next().await {
+            Some(Ok(ServerMessage::Welcome(welcome))) => welcome,
+            Some(Ok(ServerMessage::Fatal(err))) => return Err(ClientError::Handshake(err)),
+            Some(Ok(other)) => {
+                return Err(ClientError::Handshake(WireError::bad_request(format!(
+                    "expected Welcome, got {other:?}"
+                ))))
+            }
+            Some(Err(err)) => return Err(err.into()),
+            None => return Err(ClientError::Closed),
+        };
+        frames_in.decoder_mut().set_limits(options.max_frame_len, 0);
+        frames_out
+            .encoder_mut()
+            .set_limits(0, welcome.limits.max_frame_len);
+
+        let (outbound, mut outbound_rx) = mpsc::channel::<ClientMessage>(OUTBOUND_BUFFER);
+        let routes: Arc<Mutex<Option<Routes>>> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let writer_task = tokio::spawn(async move {
+            while let Some(message) = outbound_rx.recv().await {
+                if frames_out.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader_routes = routes.clone();
+        let reader_task = tokio::spawn(async move {
+            while let Some(Ok(message)) = frames_in.next().await {
+                route(&reader_routes, message).await;
+            }
+            // Dropping every route wakes every waiting request with `Closed`.
+            lock_routes(&reader_routes).take();
+        });
+        // Both tasks are aborted when the last clone of the client goes away.
+        let inner = Arc::new(Inner {
+            outbound,
+            routes,
+            next_id: AtomicU64::new(1),
+            welcome,
+            endpoint,
+            tasks: vec![writer_task, reader_task],
+            _child: child,
+        });
+        Ok(Client { inner })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.inner.welcome
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Sends a request and waits for its final answer; stream events go to `on_event`.
+    pub async fn call_with_events(
+        &self,
+        body: Request,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Response, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(PER_REQUEST_BUFFER);
+        match self.inner.lock_routes().as_mut() {
+            Some(routes) => routes.insert(id, tx),
+            None => return Err(ClientError::Closed),
+        };
+        let mut guard = InFlight {
+            inner: &self.inner,
+            id,
+            done: false,
+        };
+        self.inner
+            .outbound
+            .send(ClientMessage::Request { id, body })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let result = loop {
+            match rx.recv().await {
+                Some(ServerMessage::Response { body, .. }) => break Ok(body),
+                Some(ServerMessage::Error { error, .. }) => break Err(ClientError::Wire(error)),
+                Some(ServerMessage::Event { event, .. }) => on_event(event),
+                Some(other) => {
+                    break Err(ClientError::Wire(WireError::internal(format!(
+                        "misrouted frame {other:?}"
+                    ))))
+                }
+                None => break Err(ClientError::Closed),
+            }
+        };
+        guard.done = true;
+        result
+    }
+
+    pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
+        self.call_with_events(body, |_| {}).await
+    }
+
+    /// Queues a request whose answer nobody waits for (used by `Drop` impls).
+    pub(crate) fn send_and_forget(&self, body: Request) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .inner
+            .outbound
+            .try_send(ClientMessage::Request { id, body });
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.call(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, ClientError> {
+        match self.call(Request::ListModels).await? {
+            Response::Models(models) => Ok(models),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Leases `model`, loading it if needed; the lease ends when the handle is dropped.
+    pub async fn lease(&self, model: &str) -> Result<ModelHandle, ClientError> {
+        self.lease_with_progress(model, |_| {}).await
+    }
+
+    pub async fn lease_with_progress(
+        &self,
+        model: &str,
+        mut on_progress: impl FnMut(mlxd_proto::LoadProgress),
+    ) -> Result<ModelHandle, ClientError> {
+        let request = Request::Lease(LeaseRequest {
+            model: model.into(),
+            keep_alive_ms: None,
+        });
+        let on_event = |event| {
+            if let Event::LoadProgress(progress) = event {
+                on_progress(progress)
+            }
+        };
+        match self.call_with_events(request, on_event).await? {
+            Response::Leased(info) => Ok(ModelHandle::new(self.clone(), info.lease, info.model)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Embeds `texts` with the named model (L2-normalised, interactive priority).
+    pub async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Embeddings, ClientError> {
+        self.embed_with(EmbedRequest {
+            model: ModelRef::Name(model.into()),
+            texts,
+            normalize: true,
+            priority: Default::default(),
+            deadline_ms: None,
+        })
+        .await
+    }
+
+    pub async fn embed_with(&self, request: EmbedRequest) -> Result<Embeddings, ClientError> {
+        match self.call(Request::Embed(request)).await? {
+            Response::Embeddings(embeddings) => Ok(embeddings),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn tokenize(&self, model: ModelRef, text: &str) -> Result<Vec<u32>, ClientError> {
+        let request = Request::Tokenize {
+            model,
+            text: text.into(),
+            add_special_tokens: true,
+        };
+        match self.call(request).await? {
+            Response::Tokens(tokens) => Ok(tokens),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn detokenize(
+        &self,
+        model: ModelRef,
+        tokens: Vec<u32>,
+    ) -> Result<String, ClientError> {
+        match self.call(Request::Detokenize { model, tokens }).await? {
+            Response::Text(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl Inner {
+    fn lock_routes(&self) -> MutexGuard<'_, Option<Routes>> {
+        lock_routes(&self.routes)
+    }
+}
+
+fn lock_routes(routes: &Mutex<Option<Routes>>) -> MutexGuard<'_, Option<Routes>> {
+    routes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Delivers one frame from the daemon to the request waiting for it.
+async fn route(routes: &Mutex<Option<Routes>>, message: ServerMessage) {
+    let (id, last) = match &message {
+        ServerMessage::Response { id, .. } | ServerMessage::Error { id, .. } => (*id, true),
+        ServerMessage::Event { id, .. } => (*id, false),
+        ServerMessage::Fatal(err) => {
+            eprintln!("mlxd-client: the daemon ended the session: {err}");
+            lock_routes(routes).take();
+            return;
+        }
+        ServerMessage::Welcome(_) => return,
+    };
+    let route = {
+        let mut routes = lock_routes(routes);
+        let Some(routes) = routes.as_mut() else {
+            return;
+        };
+        if last {
+            routes.remove(&id)
+        } else {
+            routes.get(&id).cloned()
+        }
+    };
+    let Some(route) = route else { return }; // e.g. the answer to a fire-and-forget Release
+    if last {
+        let _ = route.send(message).await;
+    } else {
+        let _ = route.try_send(message);
+    }
+}
+
+/// Removes a request's route and cancels it on the daemon if its future is dropped early.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    id: RequestId,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(routes) = self.inner.lock_routes().as_mut() {
+            routes.remove(&self.id);
+        }
+        if !self.done {
+            let _ = self
+                .inner
+                .outbound
+                .try_send(ClientMessage::Cancel { id: self.id });
+        }
+    }
+}
+
+pub(crate) fn unexpected(response: &Response) -> ClientError {
+    ClientError::Wire(WireError::internal(format!(
+        "unexpected answer {response:?}"
+    )))
+}

@@ -1,0 +1,27 @@
+//! Async client for mlxd.
+//!
+//! # Layout
+//!
+//! - [`connection`]: [`Client`] — connect (socket, or the `mlxd stdio` fallback), the
+//!   handshake, and a reader task that routes every answer to the request that awaits it,
+//!   so one client can be used from many tasks at once.
+//! - [`handle`]: [`ModelHandle`] — a lease on a model, released when dropped.
+//! - [`error`]: [`ClientError`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mlxd_client::ClientError> {
+//! let client = mlxd_client::Client::connect().await?;
+//! let minilm = client.lease("minilm").await?;
+//! let vectors = minilm.embed(vec!["hello world".into()]).await?;
+//! assert_eq!(vectors.dim, 384);
+//! # Ok(()) }
+//! ```
+
+pub mod connection;
+pub mod error;
+pub mod handle;
+
+pub use connection::{Client, ConnectOptions, Endpoint};
+pub use error::ClientError;
+pub use handle::ModelHandle;
+pub use mlxd_proto as proto;

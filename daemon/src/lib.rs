@@ -1,0 +1,29 @@
+//! mlxd: one daemon per host owns the MLX runtime; local processes lease handles to loaded
+//! models over a length-prefixed Unix-socket protocol (`mlxd-proto`) and share one loaded
+//! copy of each model.
+//!
+//! # Layout
+//!
+//! - [`config`]: daemon settings, limits, and the model catalog (bundled models found in
+//!   the virtualenv, plus `--model NAME=PATH`).
+//! - [`pyenv`]: finding the virtualenv workers embed, and checking its Python version.
+//! - [`server`]: listener (socket permissions, one daemon per path, stale sockets,
+//!   connection limit, shutdown), [`server::session`] per connection, and
+//!   [`server::dispatch`] with one module per request family.
+//! - [`registry`]: models, their load-once state, leases and in-flight counts.
+//! - [`sched`]: per-model bounded admission with fail-fast `Busy`.
+//! - [`supervise`]: spawning `mlxd worker` processes and routing jobs to them.
+//! - [`worker`]: the worker process itself: the pyo3 interpreter on one dedicated thread.
+//! - [`logging`]: tracing set-up shared by every subcommand.
+//!
+//! Processes: `mlxd serve` (or `mlxd stdio`) is the supervisor and never runs Python; it
+//! starts one `mlxd worker` per loaded model on a socketpair speaking the same framing.
+
+pub mod config;
+pub mod logging;
+pub mod pyenv;
+pub mod registry;
+pub mod sched;
+pub mod server;
+pub mod supervise;
+pub mod worker;

@@ -1,0 +1,194 @@
+//! The `mlxd` binary: wires command-line arguments and signals to the library.
+//!
+//! - `mlxd serve`: the daemon on a Unix socket.
+//! - `mlxd stdio`: the same protocol on stdin/stdout for one tenant; exits when stdin closes.
+//! - `mlxd worker`: a model worker, started by the daemon (not by hand).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mlxd::config::DaemonConfig;
+use mlxd::server::{self, listener::BoundSocket, session, Daemon};
+use mlxd::worker::{self, WorkerArgs};
+use mlxd_proto::ModelKind;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlxd",
+    version,
+    about = "Model supervisor daemon: shared MLX models for local processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeOptions {
+    /// Virtualenv with MLX and mlxd_runtime [default: $MLXD_PYTHON, $VIRTUAL_ENV, or the
+    /// checkout's .venv]
+    #[arg(long, value_name = "DIR")]
+    python: Option<PathBuf>,
+    /// Serve an extra model directory under NAME (repeatable).
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    models: Vec<String>,
+    /// BLAS preloaded into workers on Linux: a library path, or `off` [default: Debian's
+    /// OpenBLAS when installed]
+    #[arg(long, env = "MLXD_BLAS", value_name = "PATH|off")]
+    blas: Option<String>,
+    /// Requests admitted per model before Busy.
+    #[arg(long, default_value_t = 64)]
+    queue_capacity: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve clients on a Unix socket until SIGTERM or SIGINT.
+    Serve {
+        /// Socket path [default: $MLXD_SOCKET, $XDG_RUNTIME_DIR/mlxd/mlxd.sock, or /tmp/mlxd-$UID/mlxd.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Seconds in-flight requests may take to finish at shutdown.
+        #[arg(long, default_value_t = 10)]
+        drain_timeout: u64,
+        #[command(flatten)]
+        options: ServeOptions,
+    },
+    /// Speak the protocol on stdin/stdout for one client (logs go to stderr).
+    Stdio {
+        #[command(flatten)]
+        options: ServeOptions,
+    },
+    /// Run a model worker (started by the daemon on its socketpair).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_kind)]
+        kind: ModelKind,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        python: PathBuf,
+    },
+}
+
+fn parse_kind(value: &str) -> Result<ModelKind, String> {
+    match value {
+        "embedding" => Ok(ModelKind::Embedding),
+        "generation" => Ok(ModelKind::Generation),
+        other => Err(format!(
+            "unknown model kind {other:?} (embedding, generation)"
+        )),
+    }
+}
+
+fn main() {
+    mlxd::logging::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            socket,
+            drain_timeout,
+            options,
+        } => serve(socket, Duration::from_secs(drain_timeout), options),
+        Command::Stdio { options } => stdio(options),
+        Command::Worker {
+            name,
+            kind,
+            path,
+            python,
+        } => worker::main(WorkerArgs {
+            name,
+            kind,
+            path,
+            python,
+        }),
+    };
+    if let Err(err) = result {
+        eprintln!("mlxd: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
+    let mut config = DaemonConfig::build(
+        options.python.as_deref(),
+        &options.models,
+        options.blas.as_deref(),
+    )?;
+    config.queue_capacity = options.queue_capacity.max(1);
+    if config.models.is_empty() {
+        tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");
+    }
+    for model in &config.models {
+        tracing::info!(model = %model.name, source = %model.source, "model available");
+    }
+    Ok(config)
+}
+
+fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions) -> Result<()> {
+    // Everything the daemon creates (socket, lock file) is private to its user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let mut config = build_config(&options)?;
+    config.drain_timeout = drain_timeout;
+    let path = socket
+        .unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let bound = BoundSocket::bind(&path)?;
+        let daemon = Daemon::new(config, path.display().to_string());
+        server::run(bound, daemon, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn stdio(options: ServeOptions) -> Result<()> {
+    let config = build_config(&options)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::new(config, "stdio".into());
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            on_signal.cancel();
+        });
+        let peer = session::Peer {
+            pid: Some(std::process::id() as i32),
+            uid: Some(nix::unistd::getuid().as_raw()),
+        };
+        session::run(
+            daemon.clone(),
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            peer,
+            stop,
+        )
+        .await;
+        daemon.registry.shutdown();
+    });
+    // stdin's reader thread may still be blocked in read(2); do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,70 @@
+//! Request dispatch: one module per request family.
+//!
+//! - [`info`]: ping, status, list models — answered by the supervisor at once, never
+//!   waiting on a worker.
+//! - [`lease`]: lease, release, load.
+//! - [`embed`]: embed, tokenize, detokenize — admitted to the model's bounded queue, then
+//!   run on its worker.
+
+mod embed;
+mod info;
+mod lease;
+
+use std::sync::Arc;
+
+use mlxd_proto::{ErrorCode, ModelRef, Request, RequestId, Response, ServerMessage, WireError};
+use tokio::sync::mpsc;
+
+use super::session::Session;
+use crate::registry::Model;
+
+/// A request's final answer.
+#[derive(Debug)]
+pub struct Reply(pub Result<Response, WireError>);
+
+/// Answers requests that need no task (supervisor-only facts); `None` for everything else.
+pub fn answer_now(session: &Session, body: &Request) -> Option<Reply> {
+    info::answer(session, body).map(Reply)
+}
+
+/// Handles a request that may wait (for a load, a queue, a worker). Stream events go to
+/// `events`; the final answer is returned.
+pub async fn handle(
+    session: &Arc<Session>,
+    id: RequestId,
+    body: Request,
+    events: &mpsc::Sender<ServerMessage>,
+) -> Result<Response, WireError> {
+    match body {
+        Request::Lease(request) => lease::lease(session, id, request, events).await,
+        Request::Release { lease } => session.release(lease).map(|()| Response::Released),
+        Request::Load { model } => lease::load(session, id, &model, events).await,
+        Request::Embed(request) => embed::embed(session, request).await,
+        Request::Tokenize {
+            model,
+            text,
+            add_special_tokens,
+        } => embed::tokenize(session, model, text, add_special_tokens).await,
+        Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
+        Request::Generate(_) => Err(not_yet("generation")),
+        Request::Unload { .. } => Err(not_yet("unloading on request")),
+        Request::Ping | Request::Status | Request::ListModels => Err(WireError::internal(
+            "supervisor request reached a request task",
+        )),
+    }
+}
+
+fn not_yet(what: &str) -> WireError {
+    WireError::new(
+        ErrorCode::NotImplemented,
+        format!("{what} is part of protocol v1 but not served by this daemon yet"),
+    )
+}
+
+/// The model a request names, by name or by a lease of this session.
+fn resolve(session: &Session, model: &ModelRef) -> Result<Arc<Model>, WireError> {
+    match model {
+        ModelRef::Name(name) => session.daemon.registry.get(name).cloned(),
+        ModelRef::Lease(lease) => session.leased_model(*lease),
+    }
+}

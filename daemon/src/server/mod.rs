@@ -1,0 +1,109 @@
+//! The client-facing server: the listener accepts connections under a connection limit
+//! and runs one session per connection; `mlxd stdio` runs one session on stdin/stdout.
+//!
+//! - [`listener`]: binding the socket (permissions, one daemon per path, stale sockets).
+//! - [`session`]: handshake, the request loop and bounded outbound queue of one client.
+//! - [`dispatch`]: answering each request family.
+
+pub mod dispatch;
+pub mod listener;
+pub mod session;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DaemonConfig;
+use crate::registry::Registry;
+use listener::BoundSocket;
+use session::Peer;
+
+/// State shared by every session of one daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: Arc<DaemonConfig>,
+    pub registry: Registry,
+    pub started: Instant,
+    /// Where clients reach this daemon (socket path, or "stdio").
+    pub endpoint: String,
+    pub sessions: AtomicU32,
+    next_session: AtomicU64,
+}
+
+impl Daemon {
+    pub fn new(config: DaemonConfig, endpoint: String) -> Arc<Daemon> {
+        let registry = Registry::new(&config);
+        Arc::new(Daemon {
+            config: Arc::new(config),
+            registry,
+            started: Instant::now(),
+            endpoint,
+            sessions: AtomicU32::new(0),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves `socket` until `shutdown` resolves; then stops accepting, removes the socket,
+/// lets sessions finish in-flight requests for up to the drain timeout, and stops workers.
+pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
+    let connection_slots = Arc::new(Semaphore::new(daemon.config.max_connections));
+    let sessions = TaskTracker::new();
+    let stop_sessions = CancellationToken::new();
+    tokio::pin!(shutdown);
+    tracing::info!(socket = %socket.path.display(), "serving");
+
+    loop {
+        // The connection limit is taken before accept: past it, connections wait in the
+        // kernel backlog instead of costing us a task and buffers each.
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let peer = Peer::of(&stream);
+        let daemon = daemon.clone();
+        let stop = stop_sessions.child_token();
+        sessions.spawn(async move {
+            let (reader, writer) = stream.into_split();
+            session::run(daemon, reader, writer, peer, stop).await;
+            drop(slot);
+        });
+    }
+
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    socket.remove_socket_file();
+    drop(socket);
+    stop_sessions.cancel();
+    sessions.close();
+    if tokio::time::timeout(daemon.config.drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?daemon.config.drain_timeout, "drain deadline passed; abandoning remaining requests");
+    }
+    daemon.registry.shutdown();
+}

@@ -1,0 +1,282 @@
+//! Worker processes seen from the supervisor: spawn `mlxd worker` on a socketpair, wait for
+//! it to load, route jobs and their answers, and notice when it dies.
+//!
+//! A worker's death never takes the daemon down: the link's reader sees EOF, marks the
+//! handle dead and fails every job still pending on it with `WorkerFailed`, so no accepted
+//! request is left without an answer. The registry then starts a fresh worker on the next
+//! request. (Restart with backoff, retries and the watchdog build on this.)
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use mlxd_proto::codec::FrameCodec;
+use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
+use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady};
+use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, WireError};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::config::{DaemonConfig, ModelSpec};
+
+/// The worker's end of the socketpair is always this descriptor number.
+pub const WORKER_LINK_FD: i32 = 3;
+
+type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
+
+/// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
+/// dies, so a job can never be registered after the failure sweep and wait forever.
+#[derive(Debug, Default)]
+struct Pending {
+    jobs: HashMap<JobId, Reply>,
+    closed: Option<String>,
+}
+
+/// A running, loaded worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    pub ready: WorkerReady,
+    outbound: mpsc::Sender<ToWorker>,
+    pending: Arc<Mutex<Pending>>,
+    next_job: AtomicU64,
+    /// Killed (SIGKILL) when the handle is dropped: a worker never outlives its handle.
+    _child: Mutex<Child>,
+}
+
+impl WorkerHandle {
+    /// Starts a worker for `spec` and waits until it has loaded the model, reporting load
+    /// progress through `progress`.
+    pub async fn spawn(
+        config: &DaemonConfig,
+        spec: &ModelSpec,
+        progress: impl Fn(LoadProgress),
+    ) -> Result<WorkerHandle, WireError> {
+        let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(spec, e))?;
+        let child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| spawn_error(spec, e))?;
+        let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(spec, e))?;
+        let mut link = Framed::new(
+            stream,
+            FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
+        );
+
+        let ready = loop {
+            match link.next().await {
+                Some(Ok(FromWorker::Progress { stage, done, total })) => progress(LoadProgress {
+                    model: spec.name.clone(),
+                    stage,
+                    done,
+                    total,
+                }),
+                Some(Ok(FromWorker::Ready(ready))) => break ready,
+                Some(Ok(FromWorker::LoadFailed { message })) => {
+                    return Err(WireError::new(
+                        ErrorCode::WorkerFailed,
+                        format!("loading {} failed: {message}", spec.name),
+                    ))
+                }
+                Some(Ok(other)) => {
+                    return Err(WireError::internal(format!(
+                        "worker sent {other:?} before it was ready"
+                    )))
+                }
+                Some(Err(err)) => {
+                    return Err(WireError::new(
+                        ErrorCode::WorkerFailed,
+                        format!("worker link broke while loading {}: {err}", spec.name),
+                    ))
+                }
+                None => return Err(WireError::new(
+                    ErrorCode::WorkerFailed,
+                    format!(
+                        "worker for {} exited while loading (see the daemon's log for its output)",
+                        spec.name
+                    ),
+                )),
+            }
+        };
+        progress(LoadProgress {
+            model: spec.name.clone(),
+            stage: LoadStage::Ready,
+            done: 1,
+            total: 1,
+        });
+
+        let (sink, stream) = link.split();
+        // The outbound queue never holds more than the model's admission capacity allows
+        // in flight, plus a Shutdown.
+        let (outbound, outbound_rx) = mpsc::channel(config.queue_capacity + 1);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        tokio::spawn(write_link(sink, outbound_rx));
+        tokio::spawn(read_link(
+            stream,
+            pending.clone(),
+            spec.name.clone(),
+            ready.pid,
+        ));
+        Ok(WorkerHandle {
+            ready,
+            outbound,
+            pending,
+            next_job: AtomicU64::new(1),
+            _child: Mutex::new(child),
+        })
+    }
+
+    /// Runs one job on the worker and waits for its answer. Fails with `WorkerFailed` if
+    /// the worker dies first.
+    pub async fn run(&self, job: Job) -> Result<JobOutput, WireError> {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(cause) = &pending.closed {
+                return Err(WireError::new(ErrorCode::WorkerFailed, cause.clone()));
+            }
+            pending.jobs.insert(id, reply);
+        }
+        if self.outbound.send(ToWorker::Job { id, job }).await.is_err() {
+            lock(&self.pending).jobs.remove(&id);
+            return Err(WireError::new(
+                ErrorCode::WorkerFailed,
+                "worker link is closed",
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(WireError::new(
+                ErrorCode::WorkerFailed,
+                "worker dropped the job",
+            ))
+        })
+    }
+
+    /// Whether the worker is still connected.
+    pub fn is_alive(&self) -> bool {
+        lock(&self.pending).closed.is_none()
+    }
+
+    /// Asks the worker to finish what it has and exit.
+    pub fn shutdown(&self) {
+        let _ = self.outbound.try_send(ToWorker::Shutdown);
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // A panic while holding this lock cannot leave the map inconsistent (single inserts
+    // and removes), so a poisoned lock is still usable.
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spawn_error(spec: &ModelSpec, err: std::io::Error) -> WireError {
+    WireError::new(
+        ErrorCode::WorkerFailed,
+        format!("cannot start a worker for {}: {err}", spec.name),
+    )
+}
+
+fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .arg("worker")
+        .arg("--name")
+        .arg(&spec.name)
+        .arg("--kind")
+        .arg(kind_arg(spec.kind))
+        .arg("--path")
+        .arg(&spec.path)
+        .arg("--python")
+        .arg(&config.python.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(blas) = &config.blas_preload {
+        tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
+        command.env("LD_PRELOAD", blas);
+    }
+    let link_fd = link.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (dup2, prctl, getppid, _exit-free error returns).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(link_fd, WORKER_LINK_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            #[cfg(target_os = "linux")]
+            {
+                // Die with the supervisor. Set here, before exec, so there is no window in
+                // which the parent can die unnoticed; the worker checks its parent again.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(link);
+    Ok(child)
+}
+
+pub fn kind_arg(kind: mlxd_proto::ModelKind) -> &'static str {
+    match kind {
+        mlxd_proto::ModelKind::Embedding => "embedding",
+        mlxd_proto::ModelKind::Generation => "generation",
+    }
+}
+
+type LinkSink =
+    futures_util::stream::SplitSink<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
+type LinkStream =
+    futures_util::stream::SplitStream<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>>;
+
+async fn write_link(mut sink: LinkSink, mut outbound: mpsc::Receiver<ToWorker>) {
+    while let Some(message) = outbound.recv().await {
+        if let Err(err) = sink.send(message).await {
+            tracing::warn!(%err, "writing to worker failed");
+            break;
+        }
+    }
+}
+
+async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: String, pid: u32) {
+    let cause = loop {
+        match stream.next().await {
+            Some(Ok(FromWorker::Done { id, result })) => {
+                let reply = lock(&pending).jobs.remove(&id);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => {
+                        tracing::warn!(%model, job = id, "worker answered a job nobody waits for")
+                    }
+                }
+            }
+            Some(Ok(other)) => {
+                tracing::warn!(%model, "unexpected message from a ready worker: {other:?}")
+            }
+            Some(Err(err)) => break format!("worker {pid} for {model} sent a bad frame: {err}"),
+            None => break format!("worker {pid} for {model} exited"),
+        }
+    };
+    tracing::warn!(%model, pid, "{cause}");
+    let orphans = {
+        let mut pending = lock(&pending);
+        pending.closed = Some(cause.clone());
+        std::mem::take(&mut pending.jobs)
+    };
+    for (_, reply) in orphans {
+        let _ = reply.send(Err(WireError::new(ErrorCode::WorkerFailed, cause.clone())));
+    }
+}

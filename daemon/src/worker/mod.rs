@@ -1,0 +1,122 @@
+//! The worker side (`mlxd worker`): one process per loaded model, started by the
+//! supervisor with its end of a socketpair on fd 3.
+//!
+//! Threads: the main thread runs a single-threaded tokio runtime that only moves frames
+//! between the link and two bounded channels; one dedicated OS thread ([`python`]) owns
+//! the embedded interpreter and makes every MLX call, because MLX streams have thread
+//! affinity. The worker exits when the link closes: its supervisor is gone (on Linux,
+//! PR_SET_PDEATHSIG, set before exec, kills it even sooner).
+
+mod python;
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use mlxd_proto::codec::FrameCodec;
+use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
+use mlxd_proto::worker::{FromWorker, Job, JobId, ToWorker};
+use mlxd_proto::ModelKind;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use crate::supervise::WORKER_LINK_FD;
+
+/// Jobs buffered between the link and the Python thread. The supervisor's admission
+/// queue already bounds what it sends; this bounds the worker's memory independently.
+const JOB_QUEUE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub name: String,
+    pub kind: ModelKind,
+    pub path: PathBuf,
+    pub python: PathBuf,
+}
+
+pub fn main(args: WorkerArgs) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // Already set by the supervisor before exec; repeated so a worker started any other
+        // way still dies with its parent, then a check for a parent that died before that.
+        // SAFETY: prctl with these arguments has no memory effects.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if nix::unistd::getppid().as_raw() == 1 {
+            bail!("supervisor already exited");
+        }
+    }
+    if nix::fcntl::fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(WORKER_LINK_FD) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_err()
+    {
+        bail!("`mlxd worker` is started by the daemon with its link on fd {WORKER_LINK_FD}; it is not run by hand");
+    }
+    // SAFETY: fd 3 was checked open above, and this process owns it (dup2'd by the supervisor).
+    let link = unsafe { StdUnixStream::from_raw_fd(WORKER_LINK_FD) };
+    link.set_nonblocking(true)?;
+
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(JobId, Job)>(JOB_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<FromWorker>(JOB_QUEUE);
+    let mlx_thread = std::thread::Builder::new()
+        .name("mlx".into())
+        .spawn(move || python::run(&args, jobs_rx, out_tx))
+        .context("starting the MLX thread")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let supervisor_gone = runtime.block_on(relay(link, jobs_tx, out_rx))?;
+    if supervisor_gone {
+        // Nobody is left to answer; do not wait for the job in progress.
+        std::process::exit(0);
+    }
+    let _ = mlx_thread.join();
+    Ok(())
+}
+
+/// Moves jobs from the link to the MLX thread and answers back. Returns true when the
+/// supervisor closed the link, false after an orderly Shutdown has been served.
+async fn relay(
+    link: StdUnixStream,
+    jobs: mpsc::Sender<(JobId, Job)>,
+    mut answers: mpsc::Receiver<FromWorker>,
+) -> Result<bool> {
+    let stream = tokio::net::UnixStream::from_std(link)?;
+    let framed = Framed::new(
+        stream,
+        FrameCodec::<ToWorker, FromWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
+    );
+    let (mut sink, mut incoming) = framed.split();
+    let writer = tokio::spawn(async move {
+        while let Some(answer) = answers.recv().await {
+            if sink.send(answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    let gone = loop {
+        match incoming.next().await {
+            Some(Ok(ToWorker::Job { id, job })) => {
+                if jobs.send((id, job)).await.is_err() {
+                    break false; // the MLX thread ended (load failed); the writer reports why
+                }
+            }
+            Some(Ok(ToWorker::Shutdown)) => break false,
+            Some(Err(err)) => {
+                eprintln!("mlxd worker: bad frame from supervisor: {err}");
+                break true;
+            }
+            None => break true,
+        }
+    };
+    drop(jobs);
+    if !gone {
+        // Orderly: the MLX thread drains its queue, then drops its sender and the writer ends.
+        let _ = writer.await;
+    }
+    Ok(gone)
+}

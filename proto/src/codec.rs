@@ -1,0 +1,78 @@
+//! tokio-util `Decoder`/`Encoder` over [`crate::frame`], used by every mlxd connection:
+//! client ↔ daemon, stdio, and supervisor ↔ worker.
+
+use std::marker::PhantomData;
+
+use bytes::{Buf, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{self, FrameError, PREFIX_LEN};
+
+/// Frames that decode to `In` and encode from `Out`, each direction with its own maximum.
+#[derive(Debug)]
+pub struct FrameCodec<In, Out> {
+    max_in: u32,
+    max_out: u32,
+    scratch: Vec<u8>,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    pub fn new(max_in: u32, max_out: u32) -> Self {
+        FrameCodec {
+            max_in,
+            max_out,
+            scratch: Vec::new(),
+            _types: PhantomData,
+        }
+    }
+
+    /// Applies limits negotiated in the handshake.
+    pub fn set_limits(&mut self, max_in: u32, max_out: u32) {
+        self.max_in = max_in.min(frame::ABSOLUTE_MAX_FRAME_LEN);
+        self.max_out = max_out.min(frame::ABSOLUTE_MAX_FRAME_LEN);
+    }
+
+    pub fn max_in(&self) -> u32 {
+        self.max_in
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        let Some(len) = frame::body_len(src, self.max_in)? else {
+            return Ok(None);
+        };
+        if src.len() < PREFIX_LEN + len {
+            // Safe to reserve: `len` was checked against the maximum above.
+            src.reserve(PREFIX_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        let body = src.split_to(len);
+        frame::decode_body(&body).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.scratch.clear();
+        frame::encode_frame(&item, self.max_out, &mut self.scratch)?;
+        dst.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+}

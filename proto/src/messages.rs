@@ -1,0 +1,348 @@
+//! Client ↔ daemon messages, protocol version 1.
+//!
+//! Rules that keep old peers working: enum variants are only ever appended (bincode
+//! encodes the variant index), struct fields are never reordered, and a change to any
+//! struct's fields bumps [`crate::PROTOCOL_VERSION`]. `Hello` and `Welcome` never change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+
+/// Chosen by the client, unique among its in-flight requests on one connection; every
+/// response and stream event for the request carries it.
+pub type RequestId = u64;
+
+/// A lease handle. Meaningful only on the session that obtained it.
+pub type LeaseId = u64;
+
+// ---------------------------------------------------------------------------------------
+// Frames from the client.
+
+/// Everything a client sends. The first frame must be `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Opens the session. Since v1; never changes shape.
+    Hello(Hello),
+    /// A request; answered by exactly one final frame (`Response` or `Error`) with its id,
+    /// preceded for streaming requests by any number of `Event` frames. Since v1.
+    Request { id: RequestId, body: Request },
+    /// Asks the daemon to stop the request `id`; its final frame will be `Error` with code
+    /// `Cancelled` (or its normal end if it finished first). No frame answers the Cancel itself. Since v1.
+    Cancel { id: RequestId },
+    /// Grants `events` more stream events to the stream `id`. No frame answers it. Since v1.
+    Credit { id: RequestId, events: u32 },
+}
+
+/// The first frame of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// Free text for logs and status (e.g. "mlxctl", "my-indexer").
+    pub client_name: String,
+    /// The client's pid, for logs; the daemon reads the real one from the socket.
+    pub pid: u32,
+    /// Largest frame body the client accepts; the daemon never sends more.
+    pub max_frame_len: u32,
+}
+
+/// A request body. Since v1 unless marked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Answered with `Response::Pong` by the supervisor, never by a worker.
+    Ping,
+    /// Daemon and model status; answered by the supervisor.
+    Status,
+    /// The model catalog; answered by the supervisor.
+    ListModels,
+    /// Takes a lease on a model, loading it if needed; streams `Event::LoadProgress` while
+    /// loading; ends with `Response::Leased`.
+    Lease(LeaseRequest),
+    /// Releases a lease of this session; ends with `Response::Released`.
+    Release { lease: LeaseId },
+    /// Embeds texts; ends with `Response::Embeddings`.
+    Embed(EmbedRequest),
+    /// Generates text; streams `Event::Token` within the granted credit; ends with
+    /// `Response::Generated`.
+    Generate(GenerateRequest),
+    /// Tokenizes a text with the model's tokenizer; ends with `Response::Tokens`.
+    Tokenize {
+        model: ModelRef,
+        text: String,
+        add_special_tokens: bool,
+    },
+    /// Turns token ids back into text; ends with `Response::Text`.
+    Detokenize { model: ModelRef, tokens: Vec<u32> },
+    /// Loads a model without leasing it; streams `Event::LoadProgress`; ends with `Response::Loaded`.
+    Load { model: String },
+    /// Unloads a model. Refused while it is leased unless `force`; ends with `Response::Unloaded`.
+    Unload { model: String, force: bool },
+}
+
+/// Which model a request is for: by name (used for that request only) or by a lease of
+/// this session (which also keeps the model loaded between requests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelRef {
+    Name(String),
+    Lease(LeaseId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub model: String,
+    /// How long the model stays loaded after this lease is released: `None` = the model's
+    /// default, `0` = unload as soon as idle, negative = never unload by keep-alive.
+    pub keep_alive_ms: Option<i64>,
+}
+
+/// Scheduling class: interactive work is served first; batch work may be shed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    pub model: ModelRef,
+    pub texts: Vec<String>,
+    /// L2-normalise each vector (what sentence-transformers does for MiniLM).
+    pub normalize: bool,
+    pub priority: Priority,
+    /// Drop the request with `Timeout` if it is still queued this long after arrival.
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub model: ModelRef,
+    pub input: PromptInput,
+    pub params: GenerateParams,
+    /// Events the daemon may send before the client grants more with `Credit`.
+    pub initial_credit: u32,
+    pub priority: Priority,
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PromptInput {
+    /// Used as is.
+    Raw(String),
+    /// Rendered with the model's chat template, with the generation prompt appended.
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateParams {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1.0 = off.
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    /// Stop sequences as raw bytes: the daemon checks they are UTF-8 and answers
+    /// `BadRequest` if not, rather than the frame failing to decode.
+    pub stop: Vec<Vec<u8>>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames from the daemon.
+
+/// Everything the daemon sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Accepts the session. Since v1; never changes shape.
+    Welcome(Welcome),
+    /// The final, successful answer to request `id`. Since v1.
+    Response { id: RequestId, body: Response },
+    /// A non-final stream event of request `id`. Since v1.
+    Event { id: RequestId, event: Event },
+    /// The final, failed answer to request `id`. Since v1.
+    Error { id: RequestId, error: WireError },
+    /// A fault of the whole session (version mismatch, bad frame, refused peer, shutdown);
+    /// the daemon closes the connection after sending it. Since v1.
+    Fatal(WireError),
+}
+
+/// The answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    /// The daemon's package version, e.g. "0.1.0".
+    pub daemon_version: String,
+    pub session_id: u64,
+    pub limits: Limits,
+}
+
+/// Limits in force for the session; requests over them are refused with a typed error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame body the daemon accepts.
+    pub max_frame_len: u32,
+    pub max_texts_per_embed: u32,
+    pub max_text_bytes: u32,
+    pub max_in_flight: u32,
+    pub max_leases: u32,
+    pub max_tokens: u32,
+}
+
+/// Final successful answers. Since v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Pong,
+    Status(DaemonStatus),
+    Models(Vec<ModelInfo>),
+    Leased(LeaseInfo),
+    Released,
+    Embeddings(Embeddings),
+    Generated(GenerationSummary),
+    Tokens(Vec<u32>),
+    Text(String),
+    Loaded(ModelInfo),
+    Unloaded(ModelInfo),
+}
+
+/// Non-final stream events. Since v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// One generated piece of text.
+    Token { text: String, token: u32 },
+    /// Load progress of the model a Lease or Load is waiting for.
+    LoadProgress(LoadProgress),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    pub model: String,
+    pub stage: LoadStage,
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadStage {
+    /// The worker process is starting and importing the runtime.
+    Starting,
+    /// Weights are being read (`done`/`total` in bytes or tensors).
+    Weights,
+    /// The model is ready.
+    Ready,
+}
+
+/// Row-major float32 vectors: `vectors.len() == count * dim`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    pub model: String,
+    pub count: u32,
+    pub dim: u32,
+    pub vectors: Vec<f32>,
+    pub prompt_tokens: u64,
+}
+
+impl Embeddings {
+    /// The vectors one by one.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.vectors.chunks(self.dim.max(1) as usize)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Cancelled,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSummary {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub prompt_tokens_per_s: f32,
+    pub generation_tokens_per_s: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub lease: LeaseId,
+    pub model: ModelInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    Embedding,
+    Generation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelState {
+    Unloaded,
+    Loading,
+    Ready,
+    Unloading,
+    /// Loading failed or the worker keeps crashing; see `last_error`.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub kind: ModelKind,
+    pub state: ModelState,
+    /// Where the weights come from (a directory, a store manifest).
+    pub source: String,
+    pub leases: u32,
+    pub in_flight: u32,
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub resident_bytes: u64,
+    /// Embedding dimension, 0 when not known or not an embedding model.
+    pub dim: u32,
+    pub max_seq_len: u32,
+    /// Milliseconds since the model was last used, if it has been.
+    pub idle_ms: Option<u64>,
+    /// Milliseconds of keep-alive left, when an idle model is counting down.
+    pub keep_alive_left_ms: Option<u64>,
+    /// The backend the worker computes on ("cpu", "gpu"), once loaded.
+    pub backend: String,
+    pub worker_pid: Option<u32>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub daemon_version: String,
+    pub protocol_version: u32,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    /// Where the daemon listens ("stdio" in stdio mode).
+    pub endpoint: String,
+    pub sessions: u32,
+    pub models: Vec<ModelInfo>,
+}

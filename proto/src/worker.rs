@@ -1,0 +1,79 @@
+//! Supervisor ↔ worker link: the messages on the socketpair between `mlxd serve` (or
+//! `mlxd stdio`) and each `mlxd worker`. Same framing as the client protocol; both ends are
+//! always the same build, so these types are not part of PROTOCOL.md's public contract.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::messages::{LoadStage, ModelKind};
+
+/// Chosen by the supervisor, unique per worker.
+pub type JobId = u64;
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run a job; answered by exactly one `FromWorker::Done` with the same id.
+    Job { id: JobId, job: Job },
+    /// Finish the jobs already sent, then exit.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    Embed {
+        texts: Vec<String>,
+        normalize: bool,
+    },
+    Tokenize {
+        text: String,
+        add_special_tokens: bool,
+    },
+    Detokenize {
+        tokens: Vec<u32>,
+    },
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Load progress, sent before `Ready`.
+    Progress {
+        stage: LoadStage,
+        done: u64,
+        total: u64,
+    },
+    /// The model is loaded; jobs may be sent.
+    Ready(WorkerReady),
+    /// The model could not be loaded; the worker exits after sending this.
+    LoadFailed { message: String },
+    /// The answer to `ToWorker::Job { id, .. }`.
+    Done {
+        id: JobId,
+        result: Result<JobOutput, WireError>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReady {
+    pub pid: u32,
+    pub kind: ModelKind,
+    pub dim: u32,
+    pub max_seq_len: u32,
+    /// MLX device the worker computes on ("cpu", "gpu").
+    pub backend: String,
+    /// Python version of the embedded interpreter, e.g. "3.11.7".
+    pub python_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobOutput {
+    Embeddings {
+        count: u32,
+        dim: u32,
+        vectors: Vec<f32>,
+        tokens: u64,
+    },
+    Tokens(Vec<u32>),
+    Text(String),
+}

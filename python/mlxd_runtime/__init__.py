@@ -1,0 +1,40 @@
+"""MLX model adapters for mlxd workers.
+
+The Rust worker (`mlxd worker`) embeds CPython on one dedicated thread and calls only
+:func:`load` and the methods of the adapter it returns. Every MLX call therefore happens on
+that one thread, which is what MLX's per-thread streams require.
+
+Adapter interface (duck-typed, kept deliberately small so the Rust side stays simple):
+
+- ``info() -> dict``: static facts about the loaded model (kind, dim, max_seq_len, backend).
+- ``embed(texts: list[str], normalize: bool) -> tuple[bytes, int, int, int]``:
+  row-major float32 vectors, count, dim, and the number of tokens processed.
+- ``tokenize(text: str, add_special_tokens: bool) -> list[int]``
+- ``detokenize(ids: list[int]) -> str``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import faults
+
+__all__ = ["load", "backend"]
+
+
+def backend() -> str:
+    """Names the MLX device the worker computes on ("cpu" or "gpu")."""
+    import mlx.core as mx
+
+    return str(mx.default_device().type).split(".")[-1].lower()
+
+
+def load(kind: str, path: str, options: dict[str, Any] | None = None):
+    """Loads the model at `path` as an adapter of `kind` ("embedding")."""
+    faults.maybe_fail("load")
+    options = dict(options or {})
+    if kind == "embedding":
+        from .bert import BertEmbedder
+
+        return BertEmbedder.from_dir(path, **options)
+    raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding'")

