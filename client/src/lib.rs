@@ -6,7 +6,7 @@
 //!   handshake, and a reader task that routes every answer to the request that awaits it,
 //!   so one client can be used from many tasks at once.
 //! - [`handle`]: [`ModelHandle`] — a lease on a model, released when dropped.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: [`ClientError`], what can go wrong.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mlxd_client::ClientError> {

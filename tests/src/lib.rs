@@ -1,1 +1,286 @@
+//! Harness for end-to-end tests: find the real binaries, start `mlxd serve` on a temporary
+//! socket, connect clients, and read the reference vectors.
+//!
+//! The binaries are the ones cargo built beside the test executable (`make test` builds
+//! them first); `MLXD_BIN` / `MLXCTL_BIN` override. The daemon finds the project's
+//! virtualenv and bundled models by itself, exactly as a user's `mlxd serve` does.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mlxd_client::{Client, ConnectOptions};
+
+/// The path of a workspace binary (`mlxd`, `mlxctl`).
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase());
+    if let Some(path) = std::env::var_os(&var) {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built; run `cargo build --workspace --bins` (or set {var})",
+        path.display()
+    );
+    path
+}
+
+/// A private directory under /tmp (short, because socket paths are limited to ~100 bytes).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = PathBuf::from(format!(
+            "/tmp/mlxd-t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `mlxd serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts `mlxd serve --socket <tmp>/s.sock [extra args]` and waits until it accepts.
+    pub fn start(extra_args: &[&str]) -> Daemon {
+        let dir = TempDir::new();
+        let socket = dir.join("s.sock");
+        Self::start_at(dir, socket, extra_args)
+    }
+
+    pub fn start_at(dir: TempDir, socket: PathBuf, extra_args: &[&str]) -> Daemon {
+        let log = dir.join("daemon.log");
+        let child = spawn_daemon(&socket, &log, extra_args);
+        let mut daemon = Daemon {
+            child,
+            socket,
+            log,
+            dir,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "mlxd exited during start-up ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "mlxd did not start listening within 30 s:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client on this daemon's socket, with the stdio fallback off.
+    pub async fn client(&self) -> Client {
+        ConnectOptions {
+            socket: Some(self.socket.clone()),
+            fallback: false,
+            client_name: "e2e".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .expect("connect to the test daemon")
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut self.child, Duration::from_secs(20))
+            .expect("mlxd did not exit after SIGTERM")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut self.child, Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- mlxd log ---\n{}", self.log_text());
+        }
+    }
+}
+
+pub fn spawn_daemon(socket: &Path, log: &Path, extra_args: &[&str]) -> Child {
+    let log_file = std::fs::File::create(log).expect("create log");
+    let mut command = Command::new(bin("mlxd"));
+    command
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .args(extra_args)
+        .env("MLXD_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // Its own process group, so a test that dies does not leave signals ambiguous.
+    command.process_group(0);
+    command.spawn().expect("spawn mlxd")
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion with a timeout, returning (status, stdout, stderr).
+pub fn run_with_timeout(
+    command: &mut Command,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+    };
+    (
+        status,
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default(),
+    )
+}
+
+/// One text and its sentence-transformers vector.
+#[derive(Debug, Clone)]
+pub struct ReferenceItem {
+    pub text: String,
+    pub embedding: Vec<f32>,
+}
+
+/// ../shared/fixtures/minilm_reference.json (or `$MLXD_FIXTURES/minilm_reference.json`).
+pub fn minilm_reference() -> Vec<ReferenceItem> {
+    let dir = std::env::var_os("MLXD_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+    let path = dir.join("minilm_reference.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
+    json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| ReferenceItem {
+            text: item["text"].as_str().expect("text").to_string(),
+            embedding: item["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|v| v.as_f64().expect("number") as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Resident set size of a process in KiB, from /proc (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}

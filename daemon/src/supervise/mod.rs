@@ -93,13 +93,15 @@ impl WorkerHandle {
                         format!("worker link broke while loading {}: {err}", spec.name),
                     ))
                 }
-                None => return Err(WireError::new(
-                    ErrorCode::WorkerFailed,
-                    format!(
+                None => {
+                    return Err(WireError::new(
+                        ErrorCode::WorkerFailed,
+                        format!(
                         "worker for {} exited while loading (see the daemon's log for its output)",
                         spec.name
                     ),
-                )),
+                    ))
+                }
             }
         };
         progress(LoadProgress {

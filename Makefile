@@ -1,0 +1,39 @@
+# The two commands a newcomer needs (see README):
+#   make run   — set everything up, then serve the bundled models in the foreground
+#   make test  — set everything up, then run every test and lint
+.PHONY: setup setup-release run test test-rust test-python lint fmt clean
+
+# Forwarded to `mlxd serve`, e.g. make run ARGS="--socket /tmp/mlxd.sock"
+ARGS ?=
+
+setup:
+	scripts/setup.sh
+
+setup-release:
+	scripts/setup.sh --release
+
+run: setup-release
+	target/release/mlxd serve $(ARGS)
+
+test: setup lint test-rust test-python
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+test-python:
+	cd python && ../.venv/bin/python -m pytest -q
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf .venv

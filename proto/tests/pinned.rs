@@ -1,0 +1,251 @@
+//! Pins the exact wire bytes of representative messages. bincode encodes enum variants by
+//! index and struct fields in order, so reordering a variant or a field changes these
+//! bytes: if this test fails, the change broke protocol compatibility. Append variants
+//! instead, or bump PROTOCOL_VERSION and update PROTOCOL.md together with this file.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use mlxd_proto::frame::{encode_body, encode_frame};
+use mlxd_proto::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn pinned<T: serde::Serialize>(message: &T, expected: &str) {
+    assert_eq!(
+        hex(&encode_body(message).unwrap()),
+        expected,
+        "wire bytes changed for {}",
+        std::any::type_name::<T>()
+    );
+}
+
+#[test]
+fn hello_frame_with_prefix() {
+    let hello = ClientMessage::Hello(Hello {
+        protocol_version: 1,
+        client_name: "ab".into(),
+        pid: 300,
+        max_frame_len: 16 * 1024 * 1024,
+    });
+    let mut frame = Vec::new();
+    encode_frame(&hello, 1024, &mut frame).unwrap();
+    // length 13 (big-endian u32) | variant 0 Hello | version 1 | "ab" | pid 300 = fb 2c 01 |
+    // max_frame_len 16777216 = fc 00 00 00 01
+    assert_eq!(
+        hex(&frame),
+        "00 00 00 0d 00 01 02 61 62 fb 2c 01 fc 00 00 00 01"
+    );
+}
+
+#[test]
+fn welcome() {
+    pinned(
+        &ServerMessage::Welcome(Welcome {
+            protocol_version: 1,
+            daemon_version: "0.1".into(),
+            session_id: 7,
+            limits: Limits {
+                max_frame_len: 1000,
+                max_texts_per_embed: 2,
+                max_text_bytes: 3,
+                max_in_flight: 4,
+                max_leases: 5,
+                max_tokens: 6,
+            },
+        }),
+        "00 01 03 30 2e 31 07 fb e8 03 02 03 04 05 06",
+    );
+}
+
+#[test]
+fn requests() {
+    pinned(
+        &ClientMessage::Request {
+            id: 5,
+            body: Request::Ping,
+        },
+        "01 05 00",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 5,
+            body: Request::Status,
+        },
+        "01 05 01",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 5,
+            body: Request::ListModels,
+        },
+        "01 05 02",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 1,
+            body: Request::Lease(LeaseRequest {
+                model: "m".into(),
+                keep_alive_ms: Some(-1),
+            }),
+        },
+        // keep_alive_ms: Some(1) then zigzag(-1) = 1
+        "01 01 03 01 6d 01 01",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 2,
+            body: Request::Release { lease: 9 },
+        },
+        "01 02 04 09",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 3,
+            body: Request::Embed(EmbedRequest {
+                model: ModelRef::Lease(4),
+                texts: vec!["hi".into()],
+                normalize: true,
+                priority: Priority::Batch,
+                deadline_ms: None,
+            }),
+        },
+        "01 03 05 01 04 01 02 68 69 01 01 00",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 4,
+            body: Request::Tokenize {
+                model: ModelRef::Name("m".into()),
+                text: "x".into(),
+                add_special_tokens: false,
+            },
+        },
+        "01 04 07 00 01 6d 01 78 00",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 6,
+            body: Request::Unload {
+                model: "m".into(),
+                force: true,
+            },
+        },
+        "01 06 0a 01 6d 01",
+    );
+    pinned(&ClientMessage::Cancel { id: 3 }, "02 03");
+    pinned(&ClientMessage::Credit { id: 3, events: 16 }, "03 03 10");
+}
+
+#[test]
+fn generate_request() {
+    pinned(
+        &ClientMessage::Request {
+            id: 1,
+            body: Request::Generate(GenerateRequest {
+                model: ModelRef::Name("g".into()),
+                input: PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: "hi".into() }]),
+                params: GenerateParams {
+                    max_tokens: 8,
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                    min_p: 0.0,
+                    repetition_penalty: 1.0,
+                    seed: Some(42),
+                    stop: vec![b"\n".to_vec()],
+                },
+                initial_credit: 32,
+                priority: Priority::Interactive,
+                deadline_ms: Some(1000),
+            }),
+        },
+        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 20 00 01 fb e8 03",
+    );
+}
+
+#[test]
+fn responses_events_and_errors() {
+    pinned(
+        &ServerMessage::Response {
+            id: 5,
+            body: Response::Pong,
+        },
+        "01 05 00",
+    );
+    pinned(
+        &ServerMessage::Response {
+            id: 2,
+            body: Response::Embeddings(Embeddings {
+                model: "m".into(),
+                count: 1,
+                dim: 2,
+                vectors: vec![1.0, -2.0],
+                prompt_tokens: 3,
+            }),
+        },
+        "01 02 05 01 6d 01 02 02 00 00 80 3f 00 00 00 c0 03",
+    );
+    pinned(
+        &ServerMessage::Event {
+            id: 9,
+            event: Event::Token {
+                text: "a".into(),
+                token: 300,
+            },
+        },
+        "02 09 00 01 61 fb 2c 01",
+    );
+    pinned(
+        &ServerMessage::Event {
+            id: 9,
+            event: Event::LoadProgress(LoadProgress {
+                model: "m".into(),
+                stage: LoadStage::Weights,
+                done: 1,
+                total: 2,
+            }),
+        },
+        "02 09 01 01 6d 01 01 02",
+    );
+    pinned(
+        &ServerMessage::Error {
+            id: 4,
+            error: WireError::new(ErrorCode::Busy, "q").with_retry_after(250),
+        },
+        "03 04 02 01 71 01 fa",
+    );
+    pinned(
+        &ServerMessage::Fatal(WireError::new(ErrorCode::VersionMismatch, "v")),
+        "04 0a 01 76 00",
+    );
+}
+
+#[test]
+fn error_codes_keep_their_indices() {
+    let codes = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::Busy,
+        ErrorCode::Loading,
+        ErrorCode::WorkerFailed,
+        ErrorCode::Cancelled,
+        ErrorCode::Unauthorized,
+        ErrorCode::TooLarge,
+        ErrorCode::Shutdown,
+        ErrorCode::Internal,
+        ErrorCode::VersionMismatch,
+        ErrorCode::NotImplemented,
+        ErrorCode::InvalidLease,
+        ErrorCode::Timeout,
+        ErrorCode::OutOfMemory,
+    ];
+    for (index, code) in codes.iter().enumerate() {
+        assert_eq!(encode_body(code).unwrap(), vec![index as u8], "{code:?}");
+    }
+}

