@@ -193,3 +193,68 @@ async fn stdio_mode_exits_when_stdin_closes_and_leaves_no_worker() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let _lease = client.lease("minilm").await.expect("lease"); // loaded before the clock starts
+    let reference = minilm_reference();
+    let long = reference
+        .iter()
+        .max_by_key(|r| r.text.len())
+        .unwrap()
+        .clone();
+    let texts = vec![long.text.clone(); 4];
+    let request = {
+        let client = client.clone();
+        tokio::spawn(async move { client.embed("minilm", texts).await })
+    };
+    // Let the request reach the worker, then ask the daemon to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.status().await.unwrap().models[0].in_flight == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never went in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let embeddings = request
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered, not dropped");
+    assert_eq!(embeddings.count, 4);
+    assert!(cosine(embeddings.rows().next().unwrap(), &long.embedding) >= 0.999);
+    let status = daemon.terminate();
+    assert!(status.success());
+    assert!(!daemon.socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_a_killed_daemon() {
+    let mut daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    client
+        .embed("minilm", vec!["warm up".into()])
+        .await
+        .expect("embed");
+    let worker_pid = client.status().await.unwrap().models[0]
+        .worker_pid
+        .expect("worker pid");
+    daemon.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    daemon.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {worker_pid} outlived its daemon by 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

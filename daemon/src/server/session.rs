@@ -137,7 +137,12 @@ pub async fn run<R, W>(
     let hello = match handshake(&mut frames_in, &stop).await {
         Ok(hello) => hello,
         Err(error) => {
-            tracing::info!(pid = ?peer.pid, uid = ?peer.uid, %error, "handshake refused");
+            // A connect-and-close (a liveness probe) is routine; anything else is worth a line.
+            if error.message.starts_with("connection closed") {
+                tracing::debug!(pid = ?peer.pid, %error, "connection closed before the handshake");
+            } else {
+                tracing::info!(pid = ?peer.pid, uid = ?peer.uid, %error, "handshake refused");
+            }
             let _ = frames_out.send(ServerMessage::Fatal(error)).await;
             return;
         }
