@@ -14,8 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::{DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN};
 use mlxd_proto::{
-    ClientMessage, DaemonStatus, EmbedRequest, Embeddings, Event, Hello, LeaseRequest, ModelInfo,
-    ModelRef, Request, RequestId, Response, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
+    ClientMessage, DaemonStatus, EmbedRequest, Embeddings, Event, Hello, LeaseRequest, ModelInfo, ModelRef, Request,
+    RequestId, Response, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -50,18 +50,14 @@ impl Default for ConnectOptions {
             socket: None,
             fallback: true,
             mlxd_binary: None,
-            client_name: std::env::args()
-                .next()
-                .map_or_else(|| "mlxd-client".into(), base_name),
+            client_name: std::env::args().next().map_or_else(|| "mlxd-client".into(), base_name),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
         }
     }
 }
 
 fn base_name(arg0: String) -> String {
-    Path::new(&arg0)
-        .file_name()
-        .map_or(arg0.clone(), |n| n.to_string_lossy().into_owned())
+    Path::new(&arg0).file_name().map_or(arg0.clone(), |n| n.to_string_lossy().into_owned())
 }
 
 /// What the client is connected to.
@@ -105,16 +101,10 @@ impl ConnectOptions {
                     .stderr(Stdio::inherit())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|source| ClientError::Fallback {
-                        binary: binary.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| ClientError::Fallback { binary: binary.clone(), source })?;
                 let pid = child.id();
                 let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                    return Err(ClientError::Fallback {
-                        binary,
-                        source: std::io::Error::other("no stdio pipes"),
-                    });
+                    return Err(ClientError::Fallback { binary, source: std::io::Error::other("no stdio pipes") });
                 };
                 Client::over(stdout, stdin, &self, Endpoint::Stdio { pid }, Some(child)).await
             }
@@ -124,20 +114,14 @@ impl ConnectOptions {
 }
 
 fn is_no_daemon(err: &std::io::Error) -> bool {
-    matches!(
-        err.kind(),
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-    )
+    matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
 }
 
 fn find_mlxd() -> PathBuf {
     if let Some(path) = std::env::var_os("MLXD_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    if let Some(beside) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("mlxd")))
-    {
+    if let Some(beside) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("mlxd"))) {
         if beside.is_file() {
             return beside;
         }
@@ -191,14 +175,8 @@ impl Client {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut frames_in = FramedRead::new(
-            reader,
-            FrameCodec::<ServerMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0),
-        );
-        let mut frames_out = FramedWrite::new(
-            writer,
-            FrameCodec::<(), ClientMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN),
-        );
+        let mut frames_in = FramedRead::new(reader, FrameCodec::<ServerMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0));
+        let mut frames_out = FramedWrite::new(writer, FrameCodec::<(), ClientMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN));
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: options.client_name.clone(),
@@ -210,17 +188,13 @@ impl Client {
             Some(Ok(ServerMessage::Welcome(welcome))) => welcome,
             Some(Ok(ServerMessage::Fatal(err))) => return Err(ClientError::Handshake(err)),
             Some(Ok(other)) => {
-                return Err(ClientError::Handshake(WireError::bad_request(format!(
-                    "expected Welcome, got {other:?}"
-                ))))
+                return Err(ClientError::Handshake(WireError::bad_request(format!("expected Welcome, got {other:?}"))))
             }
             Some(Err(err)) => return Err(err.into()),
             None => return Err(ClientError::Closed),
         };
         frames_in.decoder_mut().set_limits(options.max_frame_len, 0);
-        frames_out
-            .encoder_mut()
-            .set_limits(0, welcome.limits.max_frame_len);
+        frames_out.encoder_mut().set_limits(0, welcome.limits.max_frame_len);
 
         let (outbound, mut outbound_rx) = mpsc::channel::<ClientMessage>(OUTBOUND_BUFFER);
         let routes: Arc<Mutex<Option<Routes>>> = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -266,37 +240,54 @@ impl Client {
         body: Request,
         mut on_event: impl FnMut(Event),
     ) -> Result<Response, ClientError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(PER_REQUEST_BUFFER);
-        match self.inner.lock_routes().as_mut() {
-            Some(routes) => routes.insert(id, tx),
-            None => return Err(ClientError::Closed),
-        };
-        let mut guard = InFlight {
-            inner: &self.inner,
-            id,
-            done: false,
-        };
-        self.inner
-            .outbound
-            .send(ClientMessage::Request { id, body })
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let (id, mut rx) = self.start_request(body, PER_REQUEST_BUFFER).await?;
+        let mut guard = InFlight { inner: &self.inner, id, done: false };
         let result = loop {
             match rx.recv().await {
                 Some(ServerMessage::Response { body, .. }) => break Ok(body),
                 Some(ServerMessage::Error { error, .. }) => break Err(ClientError::Wire(error)),
                 Some(ServerMessage::Event { event, .. }) => on_event(event),
-                Some(other) => {
-                    break Err(ClientError::Wire(WireError::internal(format!(
-                        "misrouted frame {other:?}"
-                    ))))
-                }
+                Some(other) => break Err(ClientError::Wire(WireError::internal(format!("misrouted frame {other:?}")))),
                 None => break Err(ClientError::Closed),
             }
         };
         guard.done = true;
         result
+    }
+
+    /// Registers a request and sends it; its frames arrive on the returned channel (a
+    /// buffer of `buffer` frames). The caller removes the route with [`Client::forget`].
+    pub(crate) async fn start_request(
+        &self,
+        body: Request,
+        buffer: usize,
+    ) -> Result<(RequestId, mpsc::Receiver<ServerMessage>), ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(buffer);
+        match self.inner.lock_routes().as_mut() {
+            Some(routes) => routes.insert(id, tx),
+            None => return Err(ClientError::Closed),
+        };
+        if self.inner.outbound.send(ClientMessage::Request { id, body }).await.is_err() {
+            self.forget(id);
+            return Err(ClientError::Closed);
+        }
+        Ok((id, rx))
+    }
+
+    pub(crate) async fn send_control(&self, message: ClientMessage) {
+        let _ = self.inner.outbound.send(message).await;
+    }
+
+    pub(crate) fn forget(&self, id: RequestId) {
+        if let Some(routes) = self.inner.lock_routes().as_mut() {
+            routes.remove(&id);
+        }
+    }
+
+    pub(crate) fn cancel_and_forget(&self, id: RequestId) {
+        self.forget(id);
+        let _ = self.inner.outbound.try_send(ClientMessage::Cancel { id });
     }
 
     pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
@@ -306,10 +297,7 @@ impl Client {
     /// Queues a request whose answer nobody waits for (used by `Drop` impls).
     pub(crate) fn send_and_forget(&self, body: Request) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .inner
-            .outbound
-            .try_send(ClientMessage::Request { id, body });
+        let _ = self.inner.outbound.try_send(ClientMessage::Request { id, body });
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {
@@ -343,10 +331,7 @@ impl Client {
         model: &str,
         mut on_progress: impl FnMut(mlxd_proto::LoadProgress),
     ) -> Result<ModelHandle, ClientError> {
-        let request = Request::Lease(LeaseRequest {
-            model: model.into(),
-            keep_alive_ms: None,
-        });
+        let request = Request::Lease(LeaseRequest { model: model.into(), keep_alive_ms: None });
         let on_event = |event| {
             if let Event::LoadProgress(progress) = event {
                 on_progress(progress)
@@ -378,22 +363,14 @@ impl Client {
     }
 
     pub async fn tokenize(&self, model: ModelRef, text: &str) -> Result<Vec<u32>, ClientError> {
-        let request = Request::Tokenize {
-            model,
-            text: text.into(),
-            add_special_tokens: true,
-        };
+        let request = Request::Tokenize { model, text: text.into(), add_special_tokens: true };
         match self.call(request).await? {
             Response::Tokens(tokens) => Ok(tokens),
             other => Err(unexpected(&other)),
         }
     }
 
-    pub async fn detokenize(
-        &self,
-        model: ModelRef,
-        tokens: Vec<u32>,
-    ) -> Result<String, ClientError> {
+    pub async fn detokenize(&self, model: ModelRef, tokens: Vec<u32>) -> Result<String, ClientError> {
         match self.call(Request::Detokenize { model, tokens }).await? {
             Response::Text(text) => Ok(text),
             other => Err(unexpected(&other)),
@@ -455,16 +432,11 @@ impl Drop for InFlight<'_> {
             routes.remove(&self.id);
         }
         if !self.done {
-            let _ = self
-                .inner
-                .outbound
-                .try_send(ClientMessage::Cancel { id: self.id });
+            let _ = self.inner.outbound.try_send(ClientMessage::Cancel { id: self.id });
         }
     }
 }
 
 pub(crate) fn unexpected(response: &Response) -> ClientError {
-    ClientError::Wire(WireError::internal(format!(
-        "unexpected answer {response:?}"
-    )))
+    ClientError::Wire(WireError::internal(format!("unexpected answer {response:?}")))
 }

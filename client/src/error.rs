@@ -12,16 +12,10 @@ pub enum ClientError {
     Wire(#[from] WireError),
     /// No daemon listens at the socket and the stdio fallback is disabled.
     #[error("no daemon at {path} ({source})")]
-    NoDaemon {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    NoDaemon { path: PathBuf, source: std::io::Error },
     /// The fallback `mlxd stdio` could not be started.
     #[error("cannot start `{binary} stdio` as a fallback: {source}")]
-    Fallback {
-        binary: PathBuf,
-        source: std::io::Error,
-    },
+    Fallback { binary: PathBuf, source: std::io::Error },
     /// The daemon refused the session (version mismatch, shutdown, ...).
     #[error("handshake refused: {0}")]
     Handshake(WireError),

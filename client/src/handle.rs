@@ -1,9 +1,7 @@
 //! Leased model handles. A handle keeps its model loaded for as long as it lives and is
 //! only valid on the connection that took it; dropping it releases the lease.
 
-use mlxd_proto::{
-    EmbedRequest, Embeddings, LeaseId, ModelInfo, ModelRef, Priority, Request, Response,
-};
+use mlxd_proto::{EmbedRequest, Embeddings, LeaseId, ModelInfo, ModelRef, Priority, Request, Response};
 
 use crate::{Client, ClientError};
 
@@ -17,12 +15,7 @@ pub struct ModelHandle {
 
 impl ModelHandle {
     pub(crate) fn new(client: Client, lease: LeaseId, info: ModelInfo) -> ModelHandle {
-        ModelHandle {
-            client,
-            lease,
-            info,
-            released: false,
-        }
+        ModelHandle { client, lease, info, released: false }
     }
 
     pub fn lease_id(&self) -> LeaseId {
@@ -48,19 +41,13 @@ impl ModelHandle {
     }
 
     pub async fn tokenize(&self, text: &str) -> Result<Vec<u32>, ClientError> {
-        self.client
-            .tokenize(ModelRef::Lease(self.lease), text)
-            .await
+        self.client.tokenize(ModelRef::Lease(self.lease), text).await
     }
 
     /// Releases the lease and waits for the daemon to confirm.
     pub async fn release(mut self) -> Result<(), ClientError> {
         self.released = true;
-        match self
-            .client
-            .call(Request::Release { lease: self.lease })
-            .await?
-        {
+        match self.client.call(Request::Release { lease: self.lease }).await? {
             Response::Released => Ok(()),
             other => Err(crate::connection::unexpected(&other)),
         }
@@ -72,8 +59,7 @@ impl Drop for ModelHandle {
         if !self.released {
             // Best effort without blocking; if it cannot be sent, the daemon releases the
             // lease anyway when this connection ends.
-            self.client
-                .send_and_forget(Request::Release { lease: self.lease });
+            self.client.send_and_forget(Request::Release { lease: self.lease });
         }
     }
 }

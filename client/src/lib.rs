@@ -6,6 +6,7 @@
 //!   handshake, and a reader task that routes every answer to the request that awaits it,
 //!   so one client can be used from many tasks at once.
 //! - [`handle`]: [`ModelHandle`] — a lease on a model, released when dropped.
+//! - [`generate`]: [`GenerationStream`] — tokens as they come, with credit granted as read.
 //! - [`error`]: [`ClientError`], what can go wrong.
 //!
 //! ```no_run
@@ -19,9 +20,11 @@
 
 pub mod connection;
 pub mod error;
+pub mod generate;
 pub mod handle;
 
 pub use connection::{Client, ConnectOptions, Endpoint};
 pub use error::ClientError;
+pub use generate::{GenerationStream, StreamItem};
 pub use handle::ModelHandle;
 pub use mlxd_proto as proto;

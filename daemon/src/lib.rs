@@ -15,15 +15,19 @@
 //! - [`supervise`]: spawning `mlxd worker` processes and routing jobs to them.
 //! - [`worker`]: the worker process itself: the pyo3 interpreter on one dedicated thread.
 //! - [`logging`]: tracing set-up shared by every subcommand.
+//! - [`store`]: the model store (imported models, atomic writes, provenance).
+//! - [`import`]: `mlxd import` — GGUF conversion and model directories into the store.
 //!
 //! Processes: `mlxd serve` (or `mlxd stdio`) is the supervisor and never runs Python; it
 //! starts one `mlxd worker` per loaded model on a socketpair speaking the same framing.
 
 pub mod config;
+pub mod import;
 pub mod logging;
 pub mod pyenv;
 pub mod registry;
 pub mod sched;
 pub mod server;
+pub mod store;
 pub mod supervise;
 pub mod worker;

@@ -2,6 +2,7 @@
 //!
 //! - `mlxd serve`: the daemon on a Unix socket.
 //! - `mlxd stdio`: the same protocol on stdin/stdout for one tenant; exits when stdin closes.
+//! - `mlxd import`: bring a GGUF file or a model directory into the store.
 //! - `mlxd worker`: a model worker, started by the daemon (not by hand).
 
 use std::path::PathBuf;
@@ -10,17 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mlxd::config::DaemonConfig;
-use mlxd::server::{self, listener::BoundSocket, session, Daemon};
+use mlxd::server::{self, listener::BoundSocket, session, Daemon, WORKER_STOP_GRACE};
 use mlxd::worker::{self, WorkerArgs};
 use mlxd_proto::ModelKind;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "mlxd",
-    version,
-    about = "Model supervisor daemon: shared MLX models for local processes"
-)]
+#[command(name = "mlxd", version, about = "Model supervisor daemon: shared MLX models for local processes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +29,9 @@ struct ServeOptions {
     /// checkout's .venv]
     #[arg(long, value_name = "DIR")]
     python: Option<PathBuf>,
+    /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Serve an extra model directory under NAME (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
@@ -62,6 +62,27 @@ enum Command {
         #[command(flatten)]
         options: ServeOptions,
     },
+    /// Import a GGUF file or a model directory into the store.
+    Import {
+        /// A .gguf file, or a directory with config.json, *.safetensors and tokenizer files.
+        path: PathBuf,
+        /// The name to serve it under.
+        #[arg(long)]
+        name: String,
+        /// For GGUF: convert to this dtype (float16, float32, bfloat16) instead of keeping the
+        /// quantization; on Linux's CPU backend float matmul with OpenBLAS is much faster.
+        #[arg(long, value_name = "DTYPE")]
+        dtype: Option<String>,
+        /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Virtualenv with MLX and mlxd_runtime (for GGUF conversion).
+        #[arg(long, value_name = "DIR")]
+        python: Option<PathBuf>,
+        /// Replace a model of the same name.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a model worker (started by the daemon on its socketpair).
     #[command(hide = true)]
     Worker {
@@ -80,9 +101,7 @@ fn parse_kind(value: &str) -> Result<ModelKind, String> {
     match value {
         "embedding" => Ok(ModelKind::Embedding),
         "generation" => Ok(ModelKind::Generation),
-        other => Err(format!(
-            "unknown model kind {other:?} (embedding, generation)"
-        )),
+        other => Err(format!("unknown model kind {other:?} (embedding, generation)")),
     }
 }
 
@@ -90,23 +109,12 @@ fn main() {
     mlxd::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            socket,
-            drain_timeout,
-            options,
-        } => serve(socket, Duration::from_secs(drain_timeout), options),
+        Command::Serve { socket, drain_timeout, options } => serve(socket, Duration::from_secs(drain_timeout), options),
         Command::Stdio { options } => stdio(options),
-        Command::Worker {
-            name,
-            kind,
-            path,
-            python,
-        } => worker::main(WorkerArgs {
-            name,
-            kind,
-            path,
-            python,
-        }),
+        Command::Import { path, name, dtype, store, python, force } => {
+            mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
+        }
+        Command::Worker { name, kind, path, python } => worker::main(WorkerArgs { name, kind, path, python }),
     };
     if let Err(err) = result {
         eprintln!("mlxd: {err:#}");
@@ -117,6 +125,7 @@ fn main() {
 fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
     let mut config = DaemonConfig::build(
         options.python.as_deref(),
+        options.store.as_deref(),
         &options.models,
         options.blas.as_deref(),
     )?;
@@ -135,8 +144,7 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let mut config = build_config(&options)?;
     config.drain_timeout = drain_timeout;
-    let path = socket
-        .unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
+    let path = socket.unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let bound = BoundSocket::bind(&path)?;
@@ -159,19 +167,9 @@ fn stdio(options: ServeOptions) -> Result<()> {
             shutdown_signal().await;
             on_signal.cancel();
         });
-        let peer = session::Peer {
-            pid: Some(std::process::id() as i32),
-            uid: Some(nix::unistd::getuid().as_raw()),
-        };
-        session::run(
-            daemon.clone(),
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-            peer,
-            stop,
-        )
-        .await;
-        daemon.registry.shutdown();
+        let peer = session::Peer { pid: Some(std::process::id() as i32), uid: Some(nix::unistd::getuid().as_raw()) };
+        session::run(daemon.clone(), tokio::io::stdin(), tokio::io::stdout(), peer, stop).await;
+        daemon.registry.shutdown(WORKER_STOP_GRACE).await;
     });
     // stdin's reader thread may still be blocked in read(2); do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -180,10 +178,7 @@ fn stdio(options: ServeOptions) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -61,15 +61,10 @@ impl PythonEnv {
     /// Opens the virtualenv at `root`, checking its Python matches the linked libpython.
     pub fn open(root: &Path) -> Result<PythonEnv> {
         let cfg_path = root.join("pyvenv.cfg");
-        let cfg = std::fs::read_to_string(&cfg_path).with_context(|| {
-            format!(
-                "{} is not a virtualenv (cannot read {})",
-                root.display(),
-                cfg_path.display()
-            )
-        })?;
-        let version = pyvenv_version(&cfg)
-            .with_context(|| format!("{} names no Python version", cfg_path.display()))?;
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{} is not a virtualenv (cannot read {})", root.display(), cfg_path.display()))?;
+        let version =
+            pyvenv_version(&cfg).with_context(|| format!("{} names no Python version", cfg_path.display()))?;
         if version != LINKED_PYTHON {
             bail!(
                 "the virtualenv at {} uses Python {version}, but mlxd is linked against \
@@ -78,20 +73,13 @@ impl PythonEnv {
                 root.display()
             );
         }
-        let site_packages = root
-            .join("lib")
-            .join(format!("python{version}"))
-            .join("site-packages");
+        let site_packages = root.join("lib").join(format!("python{version}")).join("site-packages");
         if !site_packages.is_dir() {
             bail!("{} has no {}", root.display(), site_packages.display());
         }
         let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let site_packages = site_packages.canonicalize().unwrap_or(site_packages);
-        Ok(PythonEnv {
-            root,
-            site_packages,
-            version,
-        })
+        Ok(PythonEnv { root, site_packages, version })
     }
 }
 
@@ -108,7 +96,7 @@ fn pyvenv_version(cfg: &str) -> Option<String> {
     })
 }
 
-fn data_home() -> Option<PathBuf> {
+pub(crate) fn data_home() -> Option<PathBuf> {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -121,14 +109,8 @@ mod tests {
 
     #[test]
     fn reads_versions() {
-        assert_eq!(
-            pyvenv_version("home = /x\nversion = 3.11.7\n").as_deref(),
-            Some("3.11")
-        );
-        assert_eq!(
-            pyvenv_version("version_info = 3.12.1.final.0").as_deref(),
-            Some("3.12")
-        );
+        assert_eq!(pyvenv_version("home = /x\nversion = 3.11.7\n").as_deref(), Some("3.11"));
+        assert_eq!(pyvenv_version("version_info = 3.12.1.final.0").as_deref(), Some("3.12"));
         assert_eq!(pyvenv_version("home = /x"), None);
     }
 
@@ -138,10 +120,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("pyvenv.cfg"), "version = 2.7.18\n").unwrap();
         let err = PythonEnv::open(&dir).unwrap_err().to_string();
-        assert!(
-            err.contains("Python 2.7") && err.contains(LINKED_PYTHON),
-            "{err}"
-        );
+        assert!(err.contains("Python 2.7") && err.contains(LINKED_PYTHON), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

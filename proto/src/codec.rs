@@ -20,12 +20,7 @@ pub struct FrameCodec<In, Out> {
 
 impl<In, Out> FrameCodec<In, Out> {
     pub fn new(max_in: u32, max_out: u32) -> Self {
-        FrameCodec {
-            max_in,
-            max_out,
-            scratch: Vec::new(),
-            _types: PhantomData,
-        }
+        FrameCodec { max_in, max_out, scratch: Vec::new(), _types: PhantomData }
     }
 
     /// Applies limits negotiated in the handshake.

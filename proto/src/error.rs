@@ -79,11 +79,7 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        WireError {
-            code,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        WireError { code, message: message.into(), retry_after_ms: None }
     }
 
     pub fn with_retry_after(mut self, retry_after_ms: u64) -> Self {

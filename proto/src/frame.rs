@@ -48,11 +48,7 @@ pub enum FrameError {
 }
 
 /// Serialises `message` into `out` as one complete frame (prefix + body).
-pub fn encode_frame<T: Serialize>(
-    message: &T,
-    max_len: u32,
-    out: &mut Vec<u8>,
-) -> Result<(), FrameError> {
+pub fn encode_frame<T: Serialize>(message: &T, max_len: u32, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     if let Err(err) = bincode::serde::encode_into_std_write(message, out, config()) {
@@ -62,10 +58,7 @@ pub fn encode_frame<T: Serialize>(
     let body_len = out.len() - start - PREFIX_LEN;
     if body_len > max_len as usize {
         out.truncate(start);
-        return Err(FrameError::TooLarge {
-            len: body_len as u64,
-            max: max_len,
-        });
+        return Err(FrameError::TooLarge { len: body_len as u64, max: max_len });
     }
     out[start..start + PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
     Ok(())
@@ -79,10 +72,7 @@ pub fn body_len(buf: &[u8], max_len: u32) -> Result<Option<usize>, FrameError> {
     };
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     if len > max_len {
-        return Err(FrameError::TooLarge {
-            len: u64::from(len),
-            max: max_len,
-        });
+        return Err(FrameError::TooLarge { len: u64::from(len), max: max_len });
     }
     Ok(Some(len as usize))
 }
@@ -90,8 +80,8 @@ pub fn body_len(buf: &[u8], max_len: u32) -> Result<Option<usize>, FrameError> {
 /// Decodes one message from a complete frame body (without the prefix). The body must be
 /// exactly one message: trailing bytes mean the peer and we disagree on the schema.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (message, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|err| FrameError::Decode(err.to_string()))?;
+    let (message, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|err| FrameError::Decode(err.to_string()))?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes(body.len() - used));
     }
@@ -100,8 +90,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 
 /// Encodes a message body alone (no prefix); used by tests that pin the wire bytes.
 pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    bincode::serde::encode_to_vec(message, config())
-        .map_err(|err| FrameError::Encode(err.to_string()))
+    bincode::serde::encode_to_vec(message, config()).map_err(|err| FrameError::Encode(err.to_string()))
 }
 
 #[cfg(test)]
@@ -119,34 +108,18 @@ mod tests {
 
         assert!(body_len(&out[..3], 1024).unwrap().is_none());
         let huge = [0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            body_len(&huge, 1024),
-            Err(FrameError::TooLarge {
-                len: 4294967295,
-                ..
-            })
-        ));
+        assert!(matches!(body_len(&huge, 1024), Err(FrameError::TooLarge { len: 4294967295, .. })));
 
         let before = out.len();
-        assert!(matches!(
-            encode_frame(&vec![0u8; 100], 10, &mut out),
-            Err(FrameError::TooLarge { .. })
-        ));
-        assert_eq!(
-            out.len(),
-            before,
-            "a refused frame leaves the buffer as it was"
-        );
+        assert!(matches!(encode_frame(&vec![0u8; 100], 10, &mut out), Err(FrameError::TooLarge { .. })));
+        assert_eq!(out.len(), before, "a refused frame leaves the buffer as it was");
     }
 
     #[test]
     fn trailing_and_garbage_bytes_are_errors() {
         let mut body = encode_body(&5u32).unwrap();
         body.push(0);
-        assert!(matches!(
-            decode_body::<u32>(&body),
-            Err(FrameError::TrailingBytes(1))
-        ));
+        assert!(matches!(decode_body::<u32>(&body), Err(FrameError::TrailingBytes(1))));
         // A string claiming 2^62 bytes must fail cleanly, not allocate.
         let garbage = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40];
         assert!(decode_body::<String>(&garbage).is_err());

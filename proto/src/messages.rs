@@ -65,11 +65,7 @@ pub enum Request {
     /// `Response::Generated`.
     Generate(GenerateRequest),
     /// Tokenizes a text with the model's tokenizer; ends with `Response::Tokens`.
-    Tokenize {
-        model: ModelRef,
-        text: String,
-        add_special_tokens: bool,
-    },
+    Tokenize { model: ModelRef, text: String, add_special_tokens: bool },
     /// Turns token ids back into text; ends with `Response::Text`.
     Detokenize { model: ModelRef, tokens: Vec<u32> },
     /// Loads a model without leasing it; streams `Event::LoadProgress`; ends with `Response::Loaded`.
@@ -230,8 +226,9 @@ pub enum Response {
 /// Non-final stream events. Since v1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
-    /// One generated piece of text.
-    Token { text: String, token: u32 },
+    /// One generated piece of text and the token that completed it (`None` for text
+    /// released at the end of the stream without a new token, e.g. a final flush).
+    Token { text: String, token: Option<u32> },
     /// Load progress of the model a Lease or Load is waiting for.
     LoadProgress(LoadProgress),
 }

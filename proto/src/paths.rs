@@ -34,23 +34,11 @@ mod tests {
     fn precedence() {
         let explicit = Some(PathBuf::from("/x/y.sock"));
         let runtime = Some(PathBuf::from("/run/user/7"));
-        assert_eq!(
-            socket_path_from(explicit, runtime.clone(), 7),
-            PathBuf::from("/x/y.sock")
-        );
-        assert_eq!(
-            socket_path_from(None, runtime, 7),
-            PathBuf::from("/run/user/7/mlxd/mlxd.sock")
-        );
-        assert_eq!(
-            socket_path_from(None, None, 7),
-            PathBuf::from("/tmp/mlxd-7/mlxd.sock")
-        );
+        assert_eq!(socket_path_from(explicit, runtime.clone(), 7), PathBuf::from("/x/y.sock"));
+        assert_eq!(socket_path_from(None, runtime, 7), PathBuf::from("/run/user/7/mlxd/mlxd.sock"));
+        assert_eq!(socket_path_from(None, None, 7), PathBuf::from("/tmp/mlxd-7/mlxd.sock"));
         // a relative XDG_RUNTIME_DIR is invalid per the XDG spec and ignored
         let relative = Some(PathBuf::from("run"));
-        assert_eq!(
-            socket_path_from(None, relative, 7),
-            PathBuf::from("/tmp/mlxd-7/mlxd.sock")
-        );
+        assert_eq!(socket_path_from(None, relative, 7), PathBuf::from("/tmp/mlxd-7/mlxd.sock"));
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::messages::{LoadStage, ModelKind};
+use crate::messages::{GenerationSummary, LoadStage, ModelKind, PromptInput};
 
 /// Chosen by the supervisor, unique per worker.
 pub type JobId = u64;
@@ -17,6 +17,11 @@ pub enum ToWorker {
     Job { id: JobId, job: Job },
     /// Finish the jobs already sent, then exit.
     Shutdown,
+    /// Lets a generation stream produce `events` more token events.
+    Credit { id: JobId, events: u32 },
+    /// Stops a generation stream after the current step; it ends with a `Done` whose
+    /// summary says `Cancelled`. Ignored for jobs that already finished.
+    Cancel { id: JobId },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,26 +37,39 @@ pub enum Job {
     Detokenize {
         tokens: Vec<u32>,
     },
+    /// A generation stream: `FromWorker::Token` events within the granted credit, then `Done`.
+    Generate(GenerateJob),
+}
+
+/// A validated generation request (the daemon has checked ranges and UTF-8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateJob {
+    pub input: PromptInput,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: u32,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    /// Token events the worker may send before more `Credit` arrives.
+    pub credit: u32,
 }
 
 /// Worker → supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
     /// Load progress, sent before `Ready`.
-    Progress {
-        stage: LoadStage,
-        done: u64,
-        total: u64,
-    },
+    Progress { stage: LoadStage, done: u64, total: u64 },
     /// The model is loaded; jobs may be sent.
     Ready(WorkerReady),
     /// The model could not be loaded; the worker exits after sending this.
     LoadFailed { message: String },
     /// The answer to `ToWorker::Job { id, .. }`.
-    Done {
-        id: JobId,
-        result: Result<JobOutput, WireError>,
-    },
+    Done { id: JobId, result: Result<JobOutput, WireError> },
+    /// One generated piece of a generation stream (never more than its credit).
+    Token { id: JobId, text: String, token: Option<u32> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,12 +86,8 @@ pub struct WorkerReady {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobOutput {
-    Embeddings {
-        count: u32,
-        dim: u32,
-        vectors: Vec<f32>,
-        tokens: u64,
-    },
+    Embeddings { count: u32, dim: u32, vectors: Vec<f32>, tokens: u64 },
     Tokens(Vec<u32>),
     Text(String),
+    Generated(GenerationSummary),
 }

@@ -9,20 +9,11 @@ use mlxd_proto::frame::{encode_body, encode_frame};
 use mlxd_proto::*;
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 fn pinned<T: serde::Serialize>(message: &T, expected: &str) {
-    assert_eq!(
-        hex(&encode_body(message).unwrap()),
-        expected,
-        "wire bytes changed for {}",
-        std::any::type_name::<T>()
-    );
+    assert_eq!(hex(&encode_body(message).unwrap()), expected, "wire bytes changed for {}", std::any::type_name::<T>());
 }
 
 #[test]
@@ -37,10 +28,7 @@ fn hello_frame_with_prefix() {
     encode_frame(&hello, 1024, &mut frame).unwrap();
     // length 13 (big-endian u32) | variant 0 Hello | version 1 | "ab" | pid 300 = fb 2c 01 |
     // max_frame_len 16777216 = fc 00 00 00 01
-    assert_eq!(
-        hex(&frame),
-        "00 00 00 0d 00 01 02 61 62 fb 2c 01 fc 00 00 00 01"
-    );
+    assert_eq!(hex(&frame), "00 00 00 0d 00 01 02 61 62 fb 2c 01 fc 00 00 00 01");
 }
 
 #[test]
@@ -65,45 +53,18 @@ fn welcome() {
 
 #[test]
 fn requests() {
-    pinned(
-        &ClientMessage::Request {
-            id: 5,
-            body: Request::Ping,
-        },
-        "01 05 00",
-    );
-    pinned(
-        &ClientMessage::Request {
-            id: 5,
-            body: Request::Status,
-        },
-        "01 05 01",
-    );
-    pinned(
-        &ClientMessage::Request {
-            id: 5,
-            body: Request::ListModels,
-        },
-        "01 05 02",
-    );
+    pinned(&ClientMessage::Request { id: 5, body: Request::Ping }, "01 05 00");
+    pinned(&ClientMessage::Request { id: 5, body: Request::Status }, "01 05 01");
+    pinned(&ClientMessage::Request { id: 5, body: Request::ListModels }, "01 05 02");
     pinned(
         &ClientMessage::Request {
             id: 1,
-            body: Request::Lease(LeaseRequest {
-                model: "m".into(),
-                keep_alive_ms: Some(-1),
-            }),
+            body: Request::Lease(LeaseRequest { model: "m".into(), keep_alive_ms: Some(-1) }),
         },
         // keep_alive_ms: Some(1) then zigzag(-1) = 1
         "01 01 03 01 6d 01 01",
     );
-    pinned(
-        &ClientMessage::Request {
-            id: 2,
-            body: Request::Release { lease: 9 },
-        },
-        "01 02 04 09",
-    );
+    pinned(&ClientMessage::Request { id: 2, body: Request::Release { lease: 9 } }, "01 02 04 09");
     pinned(
         &ClientMessage::Request {
             id: 3,
@@ -120,22 +81,12 @@ fn requests() {
     pinned(
         &ClientMessage::Request {
             id: 4,
-            body: Request::Tokenize {
-                model: ModelRef::Name("m".into()),
-                text: "x".into(),
-                add_special_tokens: false,
-            },
+            body: Request::Tokenize { model: ModelRef::Name("m".into()), text: "x".into(), add_special_tokens: false },
         },
         "01 04 07 00 01 6d 01 78 00",
     );
     pinned(
-        &ClientMessage::Request {
-            id: 6,
-            body: Request::Unload {
-                model: "m".into(),
-                force: true,
-            },
-        },
+        &ClientMessage::Request { id: 6, body: Request::Unload { model: "m".into(), force: true } },
         "01 06 0a 01 6d 01",
     );
     pinned(&ClientMessage::Cancel { id: 3 }, "02 03");
@@ -171,13 +122,7 @@ fn generate_request() {
 
 #[test]
 fn responses_events_and_errors() {
-    pinned(
-        &ServerMessage::Response {
-            id: 5,
-            body: Response::Pong,
-        },
-        "01 05 00",
-    );
+    pinned(&ServerMessage::Response { id: 5, body: Response::Pong }, "01 05 00");
     pinned(
         &ServerMessage::Response {
             id: 2,
@@ -192,14 +137,8 @@ fn responses_events_and_errors() {
         "01 02 05 01 6d 01 02 02 00 00 80 3f 00 00 00 c0 03",
     );
     pinned(
-        &ServerMessage::Event {
-            id: 9,
-            event: Event::Token {
-                text: "a".into(),
-                token: 300,
-            },
-        },
-        "02 09 00 01 61 fb 2c 01",
+        &ServerMessage::Event { id: 9, event: Event::Token { text: "a".into(), token: Some(300) } },
+        "02 09 00 01 61 01 fb 2c 01",
     );
     pinned(
         &ServerMessage::Event {
@@ -214,16 +153,10 @@ fn responses_events_and_errors() {
         "02 09 01 01 6d 01 01 02",
     );
     pinned(
-        &ServerMessage::Error {
-            id: 4,
-            error: WireError::new(ErrorCode::Busy, "q").with_retry_after(250),
-        },
+        &ServerMessage::Error { id: 4, error: WireError::new(ErrorCode::Busy, "q").with_retry_after(250) },
         "03 04 02 01 71 01 fa",
     );
-    pinned(
-        &ServerMessage::Fatal(WireError::new(ErrorCode::VersionMismatch, "v")),
-        "04 0a 01 76 00",
-    );
+    pinned(&ServerMessage::Fatal(WireError::new(ErrorCode::VersionMismatch, "v")), "04 0a 01 76 00");
 }
 
 #[test]

@@ -11,6 +11,8 @@ Adapter interface (duck-typed, kept deliberately small so the Rust side stays si
   row-major float32 vectors, count, dim, and the number of tokens processed.
 - ``tokenize(text: str, add_special_tokens: bool) -> list[int]``
 - ``detokenize(ids: list[int]) -> str``
+- generation only: ``start(raw, messages, params) -> Stream`` with ``step() -> (text,
+  token, finish)``, ``summary() -> dict`` and ``close()``; see :mod:`.generate`.
 """
 
 from __future__ import annotations
@@ -37,4 +39,8 @@ def load(kind: str, path: str, options: dict[str, Any] | None = None):
         from .bert import BertEmbedder
 
         return BertEmbedder.from_dir(path, **options)
-    raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding'")
+    if kind == "generation":
+        from .generate import Generator
+
+        return Generator.from_dir(path, **options)
+    raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding', 'generation'")

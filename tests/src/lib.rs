@@ -24,11 +24,7 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not built; run `cargo build --workspace --bins` (or set {var})",
-        path.display()
-    );
+    assert!(path.is_file(), "{} not built; run `cargo build --workspace --bins` (or set {var})", path.display());
     path
 }
 
@@ -39,11 +35,7 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new() -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = PathBuf::from(format!(
-            "/tmp/mlxd-t{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = PathBuf::from(format!("/tmp/mlxd-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -86,12 +78,7 @@ impl Daemon {
     pub fn start_at(dir: TempDir, socket: PathBuf, extra_args: &[&str]) -> Daemon {
         let log = dir.join("daemon.log");
         let child = spawn_daemon(&socket, &log, extra_args);
-        let mut daemon = Daemon {
-            child,
-            socket,
-            log,
-            dir,
-        };
+        let mut daemon = Daemon { child, socket, log, dir };
         daemon.wait_ready();
         daemon
     }
@@ -103,17 +90,11 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "mlxd exited during start-up ({status}):\n{}",
-                    self.log_text()
-                );
+                panic!("mlxd exited during start-up ({status}):\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "mlxd did not start listening within 30 s:\n{}",
-            self.log_text()
-        );
+        panic!("mlxd did not start listening within 30 s:\n{}", self.log_text());
     }
 
     pub fn pid(&self) -> u32 {
@@ -141,8 +122,7 @@ impl Daemon {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        wait_timeout(&mut self.child, Duration::from_secs(20))
-            .expect("mlxd did not exit after SIGTERM")
+        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("mlxd did not exit after SIGTERM")
     }
 }
 
@@ -194,15 +174,8 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
 }
 
 /// Runs a command to completion with a timeout, returning (status, stdout, stderr).
-pub fn run_with_timeout(
-    command: &mut Command,
-    timeout: Duration,
-) -> (std::process::ExitStatus, String, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
@@ -223,11 +196,7 @@ pub fn run_with_timeout(
             panic!("{command:?} did not finish within {timeout:?}");
         }
     };
-    (
-        status,
-        out_reader.join().unwrap_or_default(),
-        err_reader.join().unwrap_or_default(),
-    )
+    (status, out_reader.join().unwrap_or_default(), err_reader.join().unwrap_or_default())
 }
 
 /// One text and its sentence-transformers vector.
@@ -243,8 +212,7 @@ pub fn minilm_reference() -> Vec<ReferenceItem> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
     let path = dir.join("minilm_reference.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
     json["items"]
         .as_array()
@@ -264,11 +232,7 @@ pub fn minilm_reference() -> Vec<ReferenceItem> {
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)

@@ -5,9 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mlxd_client::proto::{
-    EmbedRequest, ErrorCode, LeaseRequest, ModelRef, Priority, Request, Response,
-};
+use mlxd_client::proto::{EmbedRequest, ErrorCode, LeaseRequest, ModelRef, Priority, Request, Response};
 use mlxd_client::ClientError;
 use mlxd_tests::{bin, cosine, minilm_reference, run_with_timeout, Daemon};
 
@@ -20,43 +18,24 @@ async fn every_reference_text_matches_sentence_transformers() {
     // The fixture holds the cases that matter: the empty string, a 300-word text (cut at
     // 256 tokens) and non-ASCII text with accents, emoji and CJK.
     assert!(reference.iter().any(|r| r.text.is_empty()));
-    assert!(reference
-        .iter()
-        .any(|r| r.text.split_whitespace().count() >= 300));
+    assert!(reference.iter().any(|r| r.text.split_whitespace().count() >= 300));
     assert!(reference.iter().any(|r| !r.text.is_ascii()));
 
     let minilm = client.lease("minilm").await.expect("lease minilm");
     assert_eq!(minilm.info().dim, 384);
     let texts: Vec<String> = reference.iter().map(|r| r.text.clone()).collect();
-    let batch = minilm
-        .embed(texts)
-        .await
-        .expect("embed the reference texts");
+    let batch = minilm.embed(texts).await.expect("embed the reference texts");
     assert_eq!((batch.count, batch.dim), (24, 384));
     for (item, vector) in reference.iter().zip(batch.rows()) {
         let similarity = cosine(vector, &item.embedding);
-        assert!(
-            similarity >= 0.999,
-            "cosine {similarity:.6} for {:?}",
-            &item.text[..item.text.len().min(40)]
-        );
+        assert!(similarity >= 0.999, "cosine {similarity:.6} for {:?}", &item.text[..item.text.len().min(40)]);
     }
 
     // One at a time, by name rather than lease, gives the same vectors.
-    for item in reference
-        .iter()
-        .filter(|r| r.text.is_empty() || !r.text.is_ascii() || r.text.len() > 1000)
-    {
-        let single = client
-            .embed("minilm", vec![item.text.clone()])
-            .await
-            .expect("embed one");
+    for item in reference.iter().filter(|r| r.text.is_empty() || !r.text.is_ascii() || r.text.len() > 1000) {
+        let single = client.embed("minilm", vec![item.text.clone()]).await.expect("embed one");
         let similarity = cosine(&single.vectors, &item.embedding);
-        assert!(
-            similarity >= 0.999,
-            "cosine {similarity:.6} alone for {:?}",
-            &item.text[..item.text.len().min(40)]
-        );
+        assert!(similarity >= 0.999, "cosine {similarity:.6} alone for {:?}", &item.text[..item.text.len().min(40)]);
     }
 }
 
@@ -72,19 +51,11 @@ fn eight_client_processes_embed_concurrently() {
             let socket = daemon.socket.clone();
             std::thread::spawn(move || {
                 let mut command = Command::new(bin("mlxctl"));
-                command.arg("--socket").arg(&socket).args([
-                    "--no-fallback",
-                    "embed",
-                    "--model",
-                    "minilm",
-                    "--json",
-                ]);
+                command.arg("--socket").arg(&socket).args(["--no-fallback", "embed", "--model", "minilm", "--json"]);
                 command.arg(&item.text);
-                let (status, stdout, stderr) =
-                    run_with_timeout(&mut command, Duration::from_secs(120));
+                let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(120));
                 assert!(status.success(), "mlxctl failed: {stderr}");
-                let json: serde_json::Value =
-                    serde_json::from_str(stdout.trim()).expect("mlxctl --json prints JSON");
+                let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("mlxctl --json prints JSON");
                 let vector: Vec<f32> = json["embeddings"][0]
                     .as_array()
                     .expect("one vector")
@@ -93,11 +64,7 @@ fn eight_client_processes_embed_concurrently() {
                     .collect();
                 assert_eq!(vector.len(), 384);
                 let similarity = cosine(&vector, &item.embedding);
-                assert!(
-                    similarity >= 0.999,
-                    "cosine {similarity} for {:?}",
-                    item.text
-                );
+                assert!(similarity >= 0.999, "cosine {similarity} for {:?}", item.text);
             })
         })
         .collect();
@@ -125,18 +92,12 @@ async fn a_lease_is_only_valid_on_its_own_connection() {
         Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::InvalidLease, "{err}"),
         other => panic!("a foreign lease was accepted: {other:?}"),
     }
-    match stranger
-        .call(mlxd_client::proto::Request::Release { lease })
-        .await
-    {
+    match stranger.call(mlxd_client::proto::Request::Release { lease }).await {
         Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::InvalidLease, "{err}"),
         other => panic!("a foreign lease was released: {other:?}"),
     }
     // Still valid where it was taken.
-    let vectors = owner
-        .embed_with(request)
-        .await
-        .expect("owner can use its lease");
+    let vectors = owner.embed_with(request).await.expect("owner can use its lease");
     assert_eq!(vectors.dim, 384);
     handle.release().await.expect("release");
     assert_eq!(owner.status().await.unwrap().models[0].leases, 0);
@@ -150,44 +111,21 @@ async fn leases_end_with_their_connection() {
         let leaver = daemon.client().await;
         // Raw Lease requests rather than ModelHandles, so that no Release is ever sent:
         // only the end of the connection can free these leases.
-        let lease = || {
-            Request::Lease(LeaseRequest {
-                model: "minilm".into(),
-                keep_alive_ms: None,
-            })
-        };
+        let lease = || Request::Lease(LeaseRequest { model: "minilm".into(), keep_alive_ms: None });
         for _ in 0..2 {
-            assert!(matches!(
-                leaver.call(lease()).await,
-                Ok(Response::Leased(_))
-            ));
+            assert!(matches!(leaver.call(lease()).await, Ok(Response::Leased(_))));
         }
-        let model = observer
-            .models()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|m| m.name == "minilm")
-            .unwrap();
+        let model = observer.models().await.unwrap().into_iter().find(|m| m.name == "minilm").unwrap();
         assert_eq!(model.leases, 2);
         drop(leaver);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let model = observer
-            .models()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|m| m.name == "minilm")
-            .unwrap();
+        let model = observer.models().await.unwrap().into_iter().find(|m| m.name == "minilm").unwrap();
         if model.leases == 0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "leases of a closed connection were not released"
-        );
+        assert!(std::time::Instant::now() < deadline, "leases of a closed connection were not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -200,51 +138,17 @@ async fn typed_errors_for_bad_requests() {
         Err(ClientError::Wire(err)) => err.code,
         other => panic!("expected a typed error, got {other:?}"),
     };
-    assert_eq!(
-        code(
-            client
-                .embed("no-such-model", vec!["x".into()])
-                .await
-                .map(drop)
-        ),
-        ErrorCode::NotFound
-    );
-    let too_many =
-        vec![String::from("x"); client.welcome().limits.max_texts_per_embed as usize + 1];
-    assert_eq!(
-        code(client.embed("minilm", too_many).await.map(drop)),
-        ErrorCode::TooLarge
-    );
+    assert_eq!(code(client.embed("no-such-model", vec!["x".into()]).await.map(drop)), ErrorCode::NotFound);
+    let too_many = vec![String::from("x"); client.welcome().limits.max_texts_per_embed as usize + 1];
+    assert_eq!(code(client.embed("minilm", too_many).await.map(drop)), ErrorCode::TooLarge);
     let too_long = "x".repeat(client.welcome().limits.max_text_bytes as usize + 1);
-    assert_eq!(
-        code(client.embed("minilm", vec![too_long]).await.map(drop)),
-        ErrorCode::TooLarge
-    );
-    let generate = mlxd_client::proto::Request::Unload {
-        model: "minilm".into(),
-        force: false,
-    };
-    assert_eq!(
-        code(client.call(generate).await.map(drop)),
-        ErrorCode::NotImplemented
-    );
+    assert_eq!(code(client.embed("minilm", vec![too_long]).await.map(drop)), ErrorCode::TooLarge);
+    let generate = mlxd_client::proto::Request::Unload { model: "minilm".into(), force: false };
+    assert_eq!(code(client.call(generate).await.map(drop)), ErrorCode::NotImplemented);
     // And the session still works.
-    assert_eq!(
-        client
-            .embed("minilm", vec!["ok".into()])
-            .await
-            .expect("embed")
-            .count,
-        1
-    );
-    let tokens = client
-        .tokenize(ModelRef::Name("minilm".into()), "hello world")
-        .await
-        .expect("tokenize");
+    assert_eq!(client.embed("minilm", vec!["ok".into()]).await.expect("embed").count, 1);
+    let tokens = client.tokenize(ModelRef::Name("minilm".into()), "hello world").await.expect("tokenize");
     assert_eq!(tokens, vec![101, 7592, 2088, 102]);
-    let text = client
-        .detokenize(ModelRef::Name("minilm".into()), tokens)
-        .await
-        .expect("detokenize");
+    let text = client.detokenize(ModelRef::Name("minilm".into()), tokens).await.expect("detokenize");
     assert_eq!(text, "hello world");
 }

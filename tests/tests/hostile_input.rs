@@ -9,16 +9,12 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use mlxd_client::proto::frame::{body_len, decode_body, encode_frame, PREFIX_LEN};
-use mlxd_client::proto::{
-    ClientMessage, ErrorCode, Hello, ServerMessage, WireError, PROTOCOL_VERSION,
-};
+use mlxd_client::proto::{ClientMessage, ErrorCode, Hello, ServerMessage, WireError, PROTOCOL_VERSION};
 use mlxd_tests::{cosine, minilm_reference, rss_kib, Daemon};
 
 fn connect(daemon: &Daemon) -> UnixStream {
     let stream = UnixStream::connect(&daemon.socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     stream
 }
 
@@ -70,10 +66,7 @@ async fn bad_frames_end_only_their_connection() {
     let good = daemon.client().await;
     let reference = minilm_reference();
     let check_good_client = || async {
-        let e = good
-            .embed("minilm", vec![reference[0].text.clone()])
-            .await
-            .expect("good client still served");
+        let e = good.embed("minilm", vec![reference[0].text.clone()]).await.expect("good client still served");
         assert!(cosine(&e.vectors, &reference[0].embedding) >= 0.999);
     };
     check_good_client().await;
@@ -83,10 +76,7 @@ async fn bad_frames_end_only_their_connection() {
     let mut s = connect(&daemon);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let err = read_until_closed(&mut s).expect("an error frame for garbage");
-    assert!(
-        matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge),
-        "{err}"
-    );
+    assert!(matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge), "{err}");
 
     // A 4 GiB length prefix, before and after the handshake.
     let mut s = connect(&daemon);
@@ -98,10 +88,7 @@ async fn bad_frames_end_only_their_connection() {
     s.write_all(&[0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).unwrap();
     let err = read_until_closed(&mut s).expect("an error frame for a 4 GiB request");
     assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
-    assert!(
-        err.message.contains("4294967280"),
-        "the error names the length: {err}"
-    );
+    assert!(err.message.contains("4294967280"), "the error names the length: {err}");
 
     // A truncated frame: the prefix promises 100 bytes, 10 arrive, then the client leaves.
     let mut s = connect(&daemon);
@@ -125,16 +112,14 @@ async fn bad_frames_end_only_their_connection() {
     let err = read_until_closed(&mut s).expect("an error frame for a wrong version");
     assert_eq!(err.code, ErrorCode::VersionMismatch);
     assert!(
-        err.message
-            .contains(&format!("version {}", PROTOCOL_VERSION + 1))
+        err.message.contains(&format!("version {}", PROTOCOL_VERSION + 1))
             && err.message.contains(&format!("version {PROTOCOL_VERSION}")),
         "the error names both versions: {err}"
     );
 
     // A request before Hello.
     let mut s = connect(&daemon);
-    s.write_all(&frame(&ClientMessage::Cancel { id: 1 }))
-        .unwrap();
+    s.write_all(&frame(&ClientMessage::Cancel { id: 1 })).unwrap();
     let err = read_until_closed(&mut s).expect("an error frame for a missing Hello");
     assert_eq!(err.code, ErrorCode::BadRequest);
 
@@ -155,8 +140,5 @@ async fn bad_frames_end_only_their_connection() {
         rss_after < rss_before + 32 * 1024,
         "daemon RSS grew from {rss_before} KiB to {rss_after} KiB after hostile frames"
     );
-    assert!(
-        daemon.log_text().contains("bad frame"),
-        "bad frames are logged"
-    );
+    assert!(daemon.log_text().contains("bad frame"), "bad frames are logged");
 }

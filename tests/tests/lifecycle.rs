@@ -17,30 +17,16 @@ fn socket_is_private_and_single_and_removed_at_shutdown() {
 
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&socket), 0o600, "socket mode");
-    assert_eq!(
-        mode(socket.parent().unwrap()),
-        0o700,
-        "socket directory mode"
-    );
+    assert_eq!(mode(socket.parent().unwrap()), 0o700, "socket directory mode");
 
     // A second daemon on the same path refuses to start and leaves the first alone.
     let (status, _, stderr) = run_with_timeout(
-        Command::new(bin("mlxd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null()),
+        Command::new(bin("mlxd")).arg("serve").arg("--socket").arg(&socket).stdin(Stdio::null()),
         Duration::from_secs(30),
     );
     assert!(!status.success());
-    assert!(
-        stderr.contains("already serving"),
-        "clear message: {stderr}"
-    );
-    assert!(
-        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        "first daemon still serves"
-    );
+    assert!(stderr.contains("already serving"), "clear message: {stderr}");
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok(), "first daemon still serves");
 
     let status = daemon.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
@@ -53,16 +39,9 @@ fn stale_socket_of_a_dead_daemon_is_replaced() {
     let socket = dir.join("s.sock");
     // A socket file nobody listens on, as a SIGKILLed daemon leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    assert!(std::fs::symlink_metadata(&socket)
-        .unwrap()
-        .file_type()
-        .is_socket());
+    assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
     let daemon = Daemon::start_at(dir, socket.clone(), &[]);
-    assert!(
-        daemon.log_text().contains("stale socket"),
-        "{}",
-        daemon.log_text()
-    );
+    assert!(daemon.log_text().contains("stale socket"), "{}", daemon.log_text());
 
     // And a daemon that is SIGKILLed: the next one takes over its path.
     let mut daemon = daemon;
@@ -74,11 +53,7 @@ fn stale_socket_of_a_dead_daemon_is_replaced() {
     let mut second = mlxd_tests::spawn_daemon(&socket, &log, &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(20));
     }
     second.kill().unwrap();
@@ -91,11 +66,7 @@ fn a_path_that_is_not_a_socket_is_never_removed() {
     let path = dir.join("precious.txt");
     std::fs::write(&path, "data").unwrap();
     let (status, _, stderr) = run_with_timeout(
-        Command::new(bin("mlxd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&path)
-            .stdin(Stdio::null()),
+        Command::new(bin("mlxd")).arg("serve").arg("--socket").arg(&path).stdin(Stdio::null()),
         Duration::from_secs(30),
     );
     assert!(!status.success());
@@ -119,12 +90,8 @@ fn mlxctl_falls_back_to_stdio_when_no_daemon_runs() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("fell back"), "says it fell back: {stderr}");
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON on stdout");
-    let vector: Vec<f32> = json["embeddings"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let vector: Vec<f32> =
+        json["embeddings"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     assert_eq!(vector.len(), 384);
     assert!(cosine(&vector, &reference.embedding) >= 0.999);
 
@@ -137,10 +104,7 @@ fn mlxctl_falls_back_to_stdio_when_no_daemon_runs() {
         Duration::from_secs(30),
     );
     assert!(!status.success());
-    assert!(
-        stderr.contains("no daemon at") && stderr.contains("mlxd serve"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no daemon at") && stderr.contains("mlxd serve"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,20 +119,11 @@ async fn stdio_mode_exits_when_stdin_closes_and_leaves_no_worker() {
         .expect("spawn mlxd stdio");
     let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let options = mlxd_client::ConnectOptions::default();
-    let client = mlxd_client::Client::over(
-        stdout,
-        stdin,
-        &options,
-        mlxd_client::Endpoint::Stdio { pid: None },
-        None,
-    )
-    .await
-    .expect("handshake over stdio");
-    // Load the model, so that a worker exists, then close stdin by dropping the client.
-    let e = client
-        .embed("minilm", vec!["hello world".into()])
+    let client = mlxd_client::Client::over(stdout, stdin, &options, mlxd_client::Endpoint::Stdio { pid: None }, None)
         .await
-        .expect("embed over stdio");
+        .expect("handshake over stdio");
+    // Load the model, so that a worker exists, then close stdin by dropping the client.
+    let e = client.embed("minilm", vec!["hello world".into()]).await.expect("embed over stdio");
     assert_eq!(e.dim, 384);
     let status = client.status().await.unwrap();
     assert_eq!(status.endpoint, "stdio");
@@ -186,10 +141,7 @@ async fn stdio_mode_exits_when_stdin_closes_and_leaves_no_worker() {
         !stat.is_empty() && !stat.contains(") Z")
     };
     while alive() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker {worker_pid} outlived mlxd stdio"
-        );
+        assert!(std::time::Instant::now() < deadline, "worker {worker_pid} outlived mlxd stdio");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -200,11 +152,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let client = daemon.client().await;
     let _lease = client.lease("minilm").await.expect("lease"); // loaded before the clock starts
     let reference = minilm_reference();
-    let long = reference
-        .iter()
-        .max_by_key(|r| r.text.len())
-        .unwrap()
-        .clone();
+    let long = reference.iter().max_by_key(|r| r.text.len()).unwrap().clone();
     let texts = vec![long.text.clone(); 4];
     let request = {
         let client = client.clone();
@@ -213,18 +161,12 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // Let the request reach the worker, then ask the daemon to stop.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while client.status().await.unwrap().models[0].in_flight == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request never went in flight"
-        );
+        assert!(std::time::Instant::now() < deadline, "request never went in flight");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
-    let embeddings = request
-        .await
-        .unwrap()
-        .expect("the in-flight request is answered, not dropped");
+    let embeddings = request.await.unwrap().expect("the in-flight request is answered, not dropped");
     assert_eq!(embeddings.count, 4);
     assert!(cosine(embeddings.rows().next().unwrap(), &long.embedding) >= 0.999);
     let status = daemon.terminate();
@@ -236,13 +178,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
 async fn workers_die_with_a_killed_daemon() {
     let mut daemon = Daemon::start(&[]);
     let client = daemon.client().await;
-    client
-        .embed("minilm", vec!["warm up".into()])
-        .await
-        .expect("embed");
-    let worker_pid = client.status().await.unwrap().models[0]
-        .worker_pid
-        .expect("worker pid");
+    client.embed("minilm", vec!["warm up".into()]).await.expect("embed");
+    let worker_pid = client.status().await.unwrap().models[0].worker_pid.expect("worker pid");
     daemon.child.kill().unwrap(); // SIGKILL: no chance to clean up
     daemon.child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -251,10 +188,7 @@ async fn workers_die_with_a_killed_daemon() {
         if stat.is_empty() || stat.contains(") Z") {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker {worker_pid} outlived its daemon by 2 s"
-        );
+        assert!(std::time::Instant::now() < deadline, "worker {worker_pid} outlived its daemon by 2 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxd_client::proto::{DaemonStatus, Embeddings, ErrorCode, ModelInfo, ModelRef, ModelState};
-use mlxd_client::{ClientError, ConnectOptions};
+use mlxd_client::proto::{
+    ChatMessage, DaemonStatus, Embeddings, ErrorCode, GenerateParams, GenerateRequest, ModelInfo, ModelRef, ModelState,
+    PromptInput,
+};
+use mlxd_client::{ClientError, ConnectOptions, StreamItem};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -45,6 +48,35 @@ enum Command {
         #[arg(required = true, value_name = "TEXT")]
         texts: Vec<String>,
     },
+    /// Generate text, printed as it streams (chat template applied unless --raw).
+    Generate {
+        #[arg(long, short)]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: u32,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop when this text appears (repeatable); it is not printed.
+        #[arg(long)]
+        stop: Vec<String>,
+        /// A system message for the chat template.
+        #[arg(long)]
+        system: Option<String>,
+        /// Send the prompt as is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        prompt: String,
+    },
     /// Show a text's token ids.
     Tokenize {
         #[arg(long, short)]
@@ -55,10 +87,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("mlxctl: cannot start: {err}");
@@ -74,20 +103,14 @@ fn main() -> ExitCode {
 fn report(cli: &Cli, err: ClientError) -> ExitCode {
     match &err {
         ClientError::Wire(wire) if wire.code == ErrorCode::Busy => {
-            let hint = wire
-                .retry_after_ms
-                .map(|ms| format!(" (retry after {ms} ms)"))
-                .unwrap_or_default();
+            let hint = wire.retry_after_ms.map(|ms| format!(" (retry after {ms} ms)")).unwrap_or_default();
             eprintln!("busy: {}{hint}", wire.message);
             return ExitCode::from(75); // EX_TEMPFAIL
         }
         ClientError::NoDaemon { path, .. } => {
             eprintln!(
                 "mlxctl: {err}\nhint: start one with `mlxd serve{}`, or drop --no-fallback",
-                cli.socket
-                    .as_ref()
-                    .map(|_| format!(" --socket {}", path.display()))
-                    .unwrap_or_default()
+                cli.socket.as_ref().map(|_| format!(" --socket {}", path.display())).unwrap_or_default()
             );
         }
         ClientError::Fallback { .. } => {
@@ -114,10 +137,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             if cli.json {
                 print_json(&json!({ "ok": true, "rtt_us": rtt_us }));
             } else {
-                println!(
-                    "pong from mlxd {} in {rtt_us} µs",
-                    client.welcome().daemon_version
-                );
+                println!("pong from mlxd {} in {rtt_us} µs", client.welcome().daemon_version);
             }
         }
         Command::Status => {
@@ -136,11 +156,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 print_models(&models);
             }
         }
-        Command::Embed {
-            model,
-            no_normalize,
-            texts,
-        } => {
+        Command::Embed { model, no_normalize, texts } => {
             let texts = expand_stdin(texts)?;
             let request = mlxd_client::proto::EmbedRequest {
                 model: ModelRef::Name(model.clone()),
@@ -156,12 +172,104 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 print_embeddings(&texts, &embeddings);
             }
         }
+        Command::Generate {
+            model,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            system,
+            raw,
+            prompt,
+        } => {
+            let params = GenerateParams {
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                top_p: *top_p,
+                top_k: *top_k,
+                min_p: *min_p,
+                repetition_penalty: *repetition_penalty,
+                seed: *seed,
+                stop: stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            };
+            let chat = {
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+                }
+                messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+                PromptInput::Chat(messages)
+            };
+            let input = if *raw { PromptInput::Raw(prompt.clone()) } else { chat };
+            let request = GenerateRequest {
+                model: ModelRef::Name(model.clone()),
+                input,
+                params,
+                initial_credit: 0,
+                priority: Default::default(),
+                deadline_ms: None,
+            };
+            match stream_generation(&client, request.clone(), cli.json).await {
+                // A model without a chat template gets the prompt as is.
+                Err(ClientError::Wire(err)) if !*raw && err.message.contains("no chat template") => {
+                    eprintln!("mlxctl: {model} has no chat template; sending the prompt as is");
+                    let request = GenerateRequest { input: PromptInput::Raw(prompt.clone()), ..request };
+                    stream_generation(&client, request, cli.json).await?;
+                }
+                other => other?,
+            }
+        }
         Command::Tokenize { model, text } => {
             let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
             if cli.json {
                 print_json(&json!({ "model": model, "tokens": tokens }));
             } else {
                 println!("{} tokens: {tokens:?}", tokens.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a generation as it streams: text to stdout (or one JSON object per event).
+async fn stream_generation(
+    client: &mlxd_client::Client,
+    request: GenerateRequest,
+    json: bool,
+) -> Result<(), ClientError> {
+    let mut stream = client.generate(request).await?;
+    let mut stdout = std::io::stdout();
+    while let Some(item) = stream.next().await? {
+        match item {
+            StreamItem::Token { text, token } => {
+                if json {
+                    print_json(&json!({ "text": text, "token": token }));
+                } else {
+                    let _ = write!(stdout, "{text}");
+                    let _ = stdout.flush();
+                }
+            }
+            StreamItem::Done(summary) => {
+                let reason = format!("{:?}", summary.finish_reason).to_lowercase();
+                if json {
+                    print_json(&json!({
+                        "finish_reason": reason,
+                        "prompt_tokens": summary.prompt_tokens,
+                        "completion_tokens": summary.completion_tokens,
+                        "prompt_tokens_per_s": summary.prompt_tokens_per_s,
+                        "generation_tokens_per_s": summary.generation_tokens_per_s,
+                    }));
+                } else {
+                    println!();
+                    eprintln!(
+                        "[{reason}: {} prompt + {} generated tokens, {:.1} tok/s]",
+                        summary.prompt_tokens, summary.completion_tokens, summary.generation_tokens_per_s
+                    );
+                }
             }
         }
     }
@@ -195,18 +303,12 @@ fn embeddings_json(e: &Embeddings) -> serde_json::Value {
 }
 
 fn print_embeddings(texts: &[String], e: &Embeddings) {
-    println!(
-        "{}: {} vector(s) of {} dims, {} tokens",
-        e.model, e.count, e.dim, e.prompt_tokens
-    );
+    println!("{}: {} vector(s) of {} dims, {} tokens", e.model, e.count, e.dim, e.prompt_tokens);
     for (text, row) in texts.iter().zip(e.rows()) {
         let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:+.4}")).collect();
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let shown: String = if text.chars().count() > 40 {
-            text.chars().take(37).chain("...".chars()).collect()
-        } else {
-            text.clone()
-        };
+        let shown: String =
+            if text.chars().count() > 40 { text.chars().take(37).chain("...".chars()).collect() } else { text.clone() };
         println!("  {shown:?}: [{} ...] |v|={norm:.3}", head.join(", "));
     }
 }
@@ -275,11 +377,7 @@ fn print_models(models: &[ModelInfo]) {
     for m in models {
         let kind = format!("{:?}", m.kind).to_lowercase();
         let queue = format!("{}/{}", m.queue_depth, m.queue_capacity);
-        let backend = if m.backend.is_empty() {
-            "-"
-        } else {
-            &m.backend
-        };
+        let backend = if m.backend.is_empty() { "-" } else { &m.backend };
         println!(
             "{:<12} {:<10} {:<9} {:>6} {:>9} {:>7}  {:<8} {}",
             m.name,

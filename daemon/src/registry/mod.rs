@@ -46,9 +46,7 @@ pub struct Model {
 
 impl Model {
     fn slot(&self) -> MutexGuard<'_, Slot> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A ready worker for this model, loading it first if needed. `progress` hears about
@@ -88,10 +86,7 @@ impl Model {
                 return match &*self.slot() {
                     Slot::Ready(worker) => Ok(worker.clone()),
                     Slot::Failed(err) => Err(err.clone()),
-                    _ => Err(WireError::internal(format!(
-                        "load of {} ended without a result",
-                        self.spec.name
-                    ))),
+                    _ => Err(WireError::internal(format!("load of {} ended without a result", self.spec.name))),
                 };
             }
         }
@@ -129,17 +124,13 @@ impl Model {
     /// Takes a lease; the model counts as leased until the guard is dropped.
     pub fn lease(self: &Arc<Self>) -> LeaseGuard {
         self.leases.fetch_add(1, Ordering::AcqRel);
-        LeaseGuard {
-            model: self.clone(),
-        }
+        LeaseGuard { model: self.clone() }
     }
 
     /// Marks a request in flight until the guard is dropped.
     pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard {
-            model: self.clone(),
-        }
+        InFlightGuard { model: self.clone() }
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -147,14 +138,8 @@ impl Model {
         let (state, worker, last_error) = match &*slot {
             Slot::Unloaded => (ModelState::Unloaded, None, None),
             Slot::Loading(_) => (ModelState::Loading, None, None),
-            Slot::Ready(worker) if worker.is_alive() => {
-                (ModelState::Ready, Some(worker.clone()), None)
-            }
-            Slot::Ready(_) => (
-                ModelState::Unloaded,
-                None,
-                Some("worker exited; reloads on next use".into()),
-            ),
+            Slot::Ready(worker) if worker.is_alive() => (ModelState::Ready, Some(worker.clone()), None),
+            Slot::Ready(_) => (ModelState::Unloaded, None, Some("worker exited; reloads on next use".into())),
             Slot::Failed(err) => (ModelState::Failed, None, Some(err.message.clone())),
         };
         drop(slot);
@@ -172,21 +157,18 @@ impl Model {
             max_seq_len: worker.as_ref().map_or(0, |w| w.ready.max_seq_len),
             idle_ms: None,
             keep_alive_left_ms: None,
-            backend: worker
-                .as_ref()
-                .map_or_else(String::new, |w| w.ready.backend.clone()),
+            backend: worker.as_ref().map_or_else(String::new, |w| w.ready.backend.clone()),
             worker_pid: worker.as_ref().map(|w| w.ready.pid),
             last_error,
         }
     }
 
-    /// Asks a loaded worker to exit (daemon shutdown).
-    fn shutdown(&self) {
-        let mut slot = self.slot();
-        if let Slot::Ready(worker) = &*slot {
-            worker.shutdown();
+    /// Takes the loaded worker, if any, leaving the model unloaded (daemon shutdown).
+    fn take_worker(&self) -> Option<Arc<WorkerHandle>> {
+        match std::mem::replace(&mut *self.slot(), Slot::Unloaded) {
+            Slot::Ready(worker) => Some(worker),
+            _ => None,
         }
-        *slot = Slot::Unloaded;
     }
 }
 
@@ -242,10 +224,7 @@ impl Registry {
     pub fn get(&self, name: &str) -> Result<&Arc<Model>, WireError> {
         self.models.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
-            WireError::new(
-                ErrorCode::NotFound,
-                format!("no model named {name:?} (known: {})", known.join(", ")),
-            )
+            WireError::new(ErrorCode::NotFound, format!("no model named {name:?} (known: {})", known.join(", ")))
         })
     }
 
@@ -253,10 +232,11 @@ impl Registry {
         self.models.values().map(|m| m.info()).collect()
     }
 
-    /// Tells every worker to exit; used at daemon shutdown after requests have drained.
-    pub fn shutdown(&self) {
-        for model in self.models.values() {
-            model.shutdown();
-        }
+    /// Stops every worker, all at once, each within `grace`; used at daemon shutdown after
+    /// requests have drained, so no worker is left to be killed by the kernel.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let workers: Vec<_> = self.models.values().filter_map(|m| m.take_worker()).collect();
+        let stops = workers.iter().map(|w| w.stop(grace));
+        futures_util::future::join_all(stops).await;
     }
 }

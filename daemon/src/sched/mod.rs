@@ -43,10 +43,7 @@ impl Admission {
                 let depth = self.depth();
                 Err(WireError::new(
                     ErrorCode::Busy,
-                    format!(
-                        "model {model} has {depth} requests queued or running (capacity {})",
-                        self.capacity
-                    ),
+                    format!("model {model} has {depth} requests queued or running (capacity {})", self.capacity),
                 )
                 .with_retry_after(self.retry_after_ms(depth)))
             }
@@ -66,11 +63,7 @@ impl Admission {
     pub fn record_service(&self, elapsed: Duration) {
         let sample = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.service_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            (old * 7 + sample) / 8
-        };
+        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
         self.service_us.store(new, Ordering::Relaxed);
     }
 

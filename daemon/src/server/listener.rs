@@ -28,10 +28,7 @@ pub struct BoundSocket {
 impl BoundSocket {
     /// Binds `path` with mode 0600 in a directory created with mode 0700.
     pub fn bind(path: &Path) -> Result<BoundSocket> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -61,30 +58,20 @@ impl BoundSocket {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 tracing::warn!(path = %path.display(), "removing stale socket left by a daemon that is gone");
-                std::fs::remove_file(path)
-                    .with_context(|| format!("removing stale socket {}", path.display()))?;
+                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
             }
-            Ok(_) => bail!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            ),
+            Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", path.display()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err).with_context(|| format!("checking {}", path.display())),
         }
 
         // The process umask (set in main) already makes the socket 0600 at creation, so
         // there is no window in which it is reachable by others; chmod states it anyway.
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)?;
-        Ok(BoundSocket {
-            listener,
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-            _lock: lock,
-        })
+        Ok(BoundSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()), _lock: lock })
     }
 
     /// Removes the socket file if it is still the one we bound.

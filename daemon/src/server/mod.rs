@@ -23,6 +23,9 @@ use crate::registry::Registry;
 use listener::BoundSocket;
 use session::Peer;
 
+/// How long a worker has to exit after being asked to at shutdown, before it is killed.
+pub const WORKER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// State shared by every session of one daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -99,11 +102,8 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
     drop(socket);
     stop_sessions.cancel();
     sessions.close();
-    if tokio::time::timeout(daemon.config.drain_timeout, sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(daemon.config.drain_timeout, sessions.wait()).await.is_err() {
         tracing::warn!(timeout = ?daemon.config.drain_timeout, "drain deadline passed; abandoning remaining requests");
     }
-    daemon.registry.shutdown();
+    daemon.registry.shutdown(WORKER_STOP_GRACE).await;
 }

@@ -17,8 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::{FrameError, ABSOLUTE_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN};
 use mlxd_proto::{
-    ClientMessage, ErrorCode, Hello, LeaseId, Request, RequestId, ServerMessage, Welcome,
-    WireError, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, Hello, LeaseId, Request, RequestId, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -46,11 +45,41 @@ pub struct Peer {
 impl Peer {
     pub fn of(stream: &tokio::net::UnixStream) -> Peer {
         match stream.peer_cred() {
-            Ok(cred) => Peer {
-                pid: cred.pid(),
-                uid: Some(cred.uid()),
-            },
+            Ok(cred) => Peer { pid: cred.pid(), uid: Some(cred.uid()) },
             Err(_) => Peer::default(),
+        }
+    }
+}
+
+/// What the client can still say about a request in flight: Cancel and Credit.
+#[derive(Debug, Default)]
+pub struct Control {
+    pub cancel: CancellationToken,
+    pub credit: CreditGate,
+}
+
+/// Stream credit granted by the client and not yet passed on. Lossless however many small
+/// grants arrive: they add up in one counter, and `Notify` keeps a wake-up if nobody waits.
+#[derive(Debug, Default)]
+pub struct CreditGate {
+    granted: std::sync::atomic::AtomicU32,
+    notify: tokio::sync::Notify,
+}
+
+impl CreditGate {
+    pub fn add(&self, events: u32) {
+        let _ = self.granted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_add(events)));
+        self.notify.notify_one();
+    }
+
+    /// Waits for credit and takes all of it.
+    pub async fn take(&self) -> u32 {
+        loop {
+            let events = self.granted.swap(0, Ordering::AcqRel);
+            if events > 0 {
+                return events;
+            }
+            self.notify.notified().await;
         }
     }
 }
@@ -62,7 +91,7 @@ pub struct Session {
     pub daemon: Arc<Daemon>,
     leases: Mutex<HashMap<LeaseId, LeaseGuard>>,
     next_lease: AtomicU64,
-    in_flight: Mutex<HashMap<RequestId, CancellationToken>>,
+    in_flight: Mutex<HashMap<RequestId, Arc<Control>>>,
 }
 
 impl Session {
@@ -70,7 +99,7 @@ impl Session {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<RequestId, CancellationToken>> {
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<RequestId, Arc<Control>>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -79,10 +108,7 @@ impl Session {
         let mut leases = self.leases();
         let limit = self.daemon.config.limits.max_leases as usize;
         if leases.len() >= limit {
-            return Err(WireError::new(
-                ErrorCode::TooLarge,
-                format!("session holds {limit} leases (max_leases)"),
-            ));
+            return Err(WireError::new(ErrorCode::TooLarge, format!("session holds {limit} leases (max_leases)")));
         }
         // Handles are random-looking per session so that a number guessed or copied from
         // another connection is not accidentally valid here either.
@@ -92,18 +118,12 @@ impl Session {
     }
 
     pub fn release(&self, lease: LeaseId) -> Result<(), WireError> {
-        self.leases()
-            .remove(&lease)
-            .map(drop)
-            .ok_or_else(|| invalid_lease(lease))
+        self.leases().remove(&lease).map(drop).ok_or_else(|| invalid_lease(lease))
     }
 
     /// The model a lease of this session is on.
     pub fn leased_model(&self, lease: LeaseId) -> Result<Arc<crate::registry::Model>, WireError> {
-        self.leases()
-            .get(&lease)
-            .map(|g| g.model.clone())
-            .ok_or_else(|| invalid_lease(lease))
+        self.leases().get(&lease).map(|g| g.model.clone()).ok_or_else(|| invalid_lease(lease))
     }
 }
 
@@ -115,24 +135,13 @@ fn invalid_lease(lease: LeaseId) -> WireError {
 }
 
 /// Runs one session to its end: the client closes, a framing error, or `stop` (shutdown).
-pub async fn run<R, W>(
-    daemon: Arc<Daemon>,
-    reader: R,
-    writer: W,
-    peer: Peer,
-    stop: CancellationToken,
-) where
+pub async fn run<R, W>(daemon: Arc<Daemon>, reader: R, writer: W, peer: Peer, stop: CancellationToken)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut frames_in = FramedRead::new(
-        reader,
-        FrameCodec::<ClientMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0),
-    );
-    let mut frames_out = FramedWrite::new(
-        writer,
-        FrameCodec::<(), ServerMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN),
-    );
+    let mut frames_in = FramedRead::new(reader, FrameCodec::<ClientMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0));
+    let mut frames_out = FramedWrite::new(writer, FrameCodec::<(), ServerMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN));
 
     let hello = match handshake(&mut frames_in, &stop).await {
         Ok(hello) => hello,
@@ -149,9 +158,7 @@ pub async fn run<R, W>(
     };
     let session_id = daemon.next_session_id();
     let span = tracing::info_span!("session", id = session_id, client = %hello.client_name, pid = ?peer.pid);
-    serve(daemon, frames_in, frames_out, hello, peer, session_id, stop)
-        .instrument(span)
-        .await;
+    serve(daemon, frames_in, frames_out, hello, peer, session_id, stop).instrument(span).await;
 }
 
 /// The session after a successful handshake.
@@ -174,20 +181,11 @@ async fn serve<R, W>(
         session_id,
         limits: limits.clone(),
     };
-    if frames_out
-        .send(ServerMessage::Welcome(welcome))
-        .await
-        .is_err()
-    {
+    if frames_out.send(ServerMessage::Welcome(welcome)).await.is_err() {
         return;
     }
     frames_in.decoder_mut().set_limits(limits.max_frame_len, 0);
-    frames_out.encoder_mut().set_limits(
-        0,
-        hello
-            .max_frame_len
-            .clamp(HANDSHAKE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
-    );
+    frames_out.encoder_mut().set_limits(0, hello.max_frame_len.clamp(HANDSHAKE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
     tracing::info!(uid = ?peer.uid, "session opened");
     daemon.sessions.fetch_add(1, Ordering::Relaxed);
 
@@ -220,20 +218,14 @@ async fn serve<R, W>(
                 } else {
                     ErrorCode::BadRequest
                 };
-                let _ = outbound
-                    .send(ServerMessage::Fatal(WireError::new(code, err.to_string())))
-                    .await;
+                let _ = outbound.send(ServerMessage::Fatal(WireError::new(code, err.to_string()))).await;
                 break "bad frame";
             }
         };
         match message {
             ClientMessage::Request { id, body } => {
                 if let Some(refusal) = admit(&session, id, &body) {
-                    if outbound
-                        .send(ServerMessage::Error { id, error: refusal })
-                        .await
-                        .is_err()
-                    {
+                    if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
                         break "client stopped reading";
                     }
                     continue;
@@ -244,26 +236,25 @@ async fn serve<R, W>(
                     }
                     continue;
                 }
-                let cancel = CancellationToken::new();
-                session.in_flight().insert(id, cancel.clone());
+                let control = Arc::new(Control::default());
+                session.in_flight().insert(id, control.clone());
                 let (session, outbound) = (session.clone(), outbound.clone());
                 requests.spawn(async move {
-                    let result = tokio::select! {
-                        result = dispatch::handle(&session, id, body, &outbound) => result,
-                        () = cancel.cancelled() => Err(WireError::new(ErrorCode::Cancelled, format!("request {id} cancelled"))),
-                    };
+                    let result = dispatch::handle(&session, id, body, &outbound, &control).await;
                     session.in_flight().remove(&id);
                     let _ = outbound.send(dispatch::Reply(result).into_message(id)).await;
                 });
             }
             ClientMessage::Cancel { id } => {
-                if let Some(token) = session.in_flight().get(&id) {
-                    token.cancel();
+                if let Some(control) = session.in_flight().get(&id) {
+                    control.cancel.cancel();
                 }
             }
-            ClientMessage::Credit { .. } => {
-                // No streaming request family grants credit yet (generation comes later);
-                // credit for an unknown stream is ignored, as the protocol specifies.
+            ClientMessage::Credit { id, events } => {
+                // Credit for a request that is not (or no longer) streaming is ignored.
+                if let Some(control) = session.in_flight().get(&id) {
+                    control.credit.add(events);
+                }
             }
             ClientMessage::Hello(_) => {
                 let error = WireError::bad_request("Hello sent twice");
@@ -276,20 +267,16 @@ async fn serve<R, W>(
 
     if writer_gone.is_cancelled() {
         // Nobody will read the answers: stop the work now.
-        for token in session.in_flight().values() {
-            token.cancel();
+        for control in session.in_flight().values() {
+            control.cancel.cancel();
         }
     }
     requests.close();
     // In-flight requests finish and are answered; the listener bounds this at shutdown.
     requests.wait().await;
     if stop.is_cancelled() {
-        let _ = outbound
-            .send(ServerMessage::Fatal(WireError::new(
-                ErrorCode::Shutdown,
-                "daemon is shutting down",
-            )))
-            .await;
+        let _ =
+            outbound.send(ServerMessage::Fatal(WireError::new(ErrorCode::Shutdown, "daemon is shutting down"))).await;
     }
     drop(outbound);
     let _ = writer.await;
@@ -307,18 +294,13 @@ fn admit(session: &Session, id: RequestId, body: &Request) -> Option<WireError> 
     }
     let in_flight = session.in_flight();
     if in_flight.contains_key(&id) {
-        return Some(WireError::bad_request(format!(
-            "request id {id} is already in flight on this session"
-        )));
+        return Some(WireError::bad_request(format!("request id {id} is already in flight on this session")));
     }
     let limit = session.daemon.config.limits.max_in_flight as usize;
     if in_flight.len() >= limit {
         return Some(
-            WireError::new(
-                ErrorCode::Busy,
-                format!("session has {limit} requests in flight (max_in_flight)"),
-            )
-            .with_retry_after(10),
+            WireError::new(ErrorCode::Busy, format!("session has {limit} requests in flight (max_in_flight)"))
+                .with_retry_after(10),
         );
     }
     None
@@ -333,20 +315,14 @@ async fn handshake<R: AsyncRead + Unpin>(
         first = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames_in.next()) => first,
     };
     match first {
-        Err(_) => Err(WireError::bad_request(format!(
-            "no Hello within {HANDSHAKE_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(WireError::bad_request(format!("no Hello within {HANDSHAKE_TIMEOUT:?}"))),
         Ok(None) => Err(WireError::bad_request("connection closed before Hello")),
         Ok(Some(Err(FrameError::TooLarge { len, max }))) => Err(WireError::new(
             ErrorCode::TooLarge,
             format!("first frame claims {len} bytes; a Hello is at most {max}"),
         )),
-        Ok(Some(Err(err))) => Err(WireError::bad_request(format!(
-            "expected a Hello frame: {err}"
-        ))),
-        Ok(Some(Ok(ClientMessage::Hello(hello)))) if hello.protocol_version == PROTOCOL_VERSION => {
-            Ok(hello)
-        }
+        Ok(Some(Err(err))) => Err(WireError::bad_request(format!("expected a Hello frame: {err}"))),
+        Ok(Some(Ok(ClientMessage::Hello(hello)))) if hello.protocol_version == PROTOCOL_VERSION => Ok(hello),
         Ok(Some(Ok(ClientMessage::Hello(hello)))) => Err(WireError::new(
             ErrorCode::VersionMismatch,
             format!(
@@ -374,16 +350,11 @@ async fn write_frames<W: AsyncWrite + Unpin>(
                 // One answer too large for the client's frame limit fails that request only.
                 let error = WireError::new(
                     ErrorCode::TooLarge,
-                    format!("answer of {len} bytes exceeds the client's max_frame_len of {max}; ask for less per request"),
+                    format!(
+                        "answer of {len} bytes exceeds the client's max_frame_len of {max}; ask for less per request"
+                    ),
                 );
-                if frames_out
-                    .send(ServerMessage::Error {
-                        id: id.unwrap_or_default(),
-                        error,
-                    })
-                    .await
-                    .is_err()
-                {
+                if frames_out.send(ServerMessage::Error { id: id.unwrap_or_default(), error }).await.is_err() {
                     break;
                 }
             }

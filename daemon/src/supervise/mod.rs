@@ -30,12 +30,31 @@ pub const WORKER_LINK_FD: i32 = 3;
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
 
+/// A generated piece: text and the token that completed it.
+pub type TokenEvent = (String, Option<u32>);
+
+/// Who waits for a job: its final answer, and for a stream, its token events.
+#[derive(Debug)]
+struct Waiter {
+    reply: Reply,
+    tokens: Option<mpsc::Sender<TokenEvent>>,
+}
+
 /// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
 /// dies, so a job can never be registered after the failure sweep and wait forever.
 #[derive(Debug, Default)]
 struct Pending {
-    jobs: HashMap<JobId, Reply>,
+    jobs: HashMap<JobId, Waiter>,
     closed: Option<String>,
+}
+
+/// A generation stream running on a worker.
+#[derive(Debug)]
+pub struct StreamJob {
+    pub id: JobId,
+    /// Never holds more than the credit granted to the worker for this stream.
+    pub tokens: mpsc::Receiver<TokenEvent>,
+    pub done: oneshot::Receiver<Result<JobOutput, WireError>>,
 }
 
 /// A running, loaded worker.
@@ -46,7 +65,7 @@ pub struct WorkerHandle {
     pending: Arc<Mutex<Pending>>,
     next_job: AtomicU64,
     /// Killed (SIGKILL) when the handle is dropped: a worker never outlives its handle.
-    _child: Mutex<Child>,
+    child: Mutex<Option<Child>>,
 }
 
 impl WorkerHandle {
@@ -59,8 +78,7 @@ impl WorkerHandle {
     ) -> Result<WorkerHandle, WireError> {
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(spec, e))?;
         let child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
-        ours.set_nonblocking(true)
-            .map_err(|e| spawn_error(spec, e))?;
+        ours.set_nonblocking(true).map_err(|e| spawn_error(spec, e))?;
         let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(spec, e))?;
         let mut link = Framed::new(
             stream,
@@ -69,12 +87,9 @@ impl WorkerHandle {
 
         let ready = loop {
             match link.next().await {
-                Some(Ok(FromWorker::Progress { stage, done, total })) => progress(LoadProgress {
-                    model: spec.name.clone(),
-                    stage,
-                    done,
-                    total,
-                }),
+                Some(Ok(FromWorker::Progress { stage, done, total })) => {
+                    progress(LoadProgress { model: spec.name.clone(), stage, done, total })
+                }
                 Some(Ok(FromWorker::Ready(ready))) => break ready,
                 Some(Ok(FromWorker::LoadFailed { message })) => {
                     return Err(WireError::new(
@@ -83,9 +98,7 @@ impl WorkerHandle {
                     ))
                 }
                 Some(Ok(other)) => {
-                    return Err(WireError::internal(format!(
-                        "worker sent {other:?} before it was ready"
-                    )))
+                    return Err(WireError::internal(format!("worker sent {other:?} before it was ready")))
                 }
                 Some(Err(err)) => {
                     return Err(WireError::new(
@@ -96,45 +109,58 @@ impl WorkerHandle {
                 None => {
                     return Err(WireError::new(
                         ErrorCode::WorkerFailed,
-                        format!(
-                        "worker for {} exited while loading (see the daemon's log for its output)",
-                        spec.name
-                    ),
+                        format!("worker for {} exited while loading (see the daemon's log for its output)", spec.name),
                     ))
                 }
             }
         };
-        progress(LoadProgress {
-            model: spec.name.clone(),
-            stage: LoadStage::Ready,
-            done: 1,
-            total: 1,
-        });
+        progress(LoadProgress { model: spec.name.clone(), stage: LoadStage::Ready, done: 1, total: 1 });
 
         let (sink, stream) = link.split();
         // The outbound queue never holds more than the model's admission capacity allows
         // in flight, plus a Shutdown.
-        let (outbound, outbound_rx) = mpsc::channel(config.queue_capacity + 1);
+        let (outbound, outbound_rx) = mpsc::channel(2 * config.queue_capacity + 16);
         let pending = Arc::new(Mutex::new(Pending::default()));
         tokio::spawn(write_link(sink, outbound_rx));
-        tokio::spawn(read_link(
-            stream,
-            pending.clone(),
-            spec.name.clone(),
-            ready.pid,
-        ));
-        Ok(WorkerHandle {
-            ready,
-            outbound,
-            pending,
-            next_job: AtomicU64::new(1),
-            _child: Mutex::new(child),
-        })
+        tokio::spawn(read_link(stream, pending.clone(), spec.name.clone(), ready.pid));
+        Ok(WorkerHandle { ready, outbound, pending, next_job: AtomicU64::new(1), child: Mutex::new(Some(child)) })
     }
 
     /// Runs one job on the worker and waits for its answer. Fails with `WorkerFailed` if
     /// the worker dies first.
     pub async fn run(&self, job: Job) -> Result<JobOutput, WireError> {
+        let (_, answer) = self.submit(job, None).await?;
+        answer.await.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the job")))
+    }
+
+    /// Starts a generation stream. `max_credit` bounds the events it may have outstanding,
+    /// which sizes its buffer: the worker never sends more than the credit it was granted.
+    pub async fn start_stream(&self, job: Job, max_credit: usize) -> Result<StreamJob, WireError> {
+        let (tokens_tx, tokens) = mpsc::channel(max_credit.max(1));
+        let (id, done) = self.submit(job, Some(tokens_tx)).await?;
+        Ok(StreamJob { id, tokens, done })
+    }
+
+    /// Lets stream `id` produce `events` more tokens.
+    pub async fn grant(&self, id: JobId, events: u32) {
+        let _ = self.outbound.send(ToWorker::Credit { id, events }).await;
+    }
+
+    /// Stops stream `id` at its next step. Never blocks: used from `Drop`.
+    pub fn cancel(&self, id: JobId) {
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.outbound.try_send(ToWorker::Cancel { id }) {
+            let outbound = self.outbound.clone();
+            tokio::spawn(async move {
+                let _ = outbound.send(message).await;
+            });
+        }
+    }
+
+    async fn submit(
+        &self,
+        job: Job,
+        tokens: Option<mpsc::Sender<TokenEvent>>,
+    ) -> Result<(JobId, oneshot::Receiver<Result<JobOutput, WireError>>), WireError> {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -142,21 +168,13 @@ impl WorkerHandle {
             if let Some(cause) = &pending.closed {
                 return Err(WireError::new(ErrorCode::WorkerFailed, cause.clone()));
             }
-            pending.jobs.insert(id, reply);
+            pending.jobs.insert(id, Waiter { reply, tokens });
         }
         if self.outbound.send(ToWorker::Job { id, job }).await.is_err() {
             lock(&self.pending).jobs.remove(&id);
-            return Err(WireError::new(
-                ErrorCode::WorkerFailed,
-                "worker link is closed",
-            ));
+            return Err(WireError::new(ErrorCode::WorkerFailed, "worker link is closed"));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(WireError::new(
-                ErrorCode::WorkerFailed,
-                "worker dropped the job",
-            ))
-        })
+        Ok((id, answer))
     }
 
     /// Whether the worker is still connected.
@@ -164,25 +182,27 @@ impl WorkerHandle {
         lock(&self.pending).closed.is_none()
     }
 
-    /// Asks the worker to finish what it has and exit.
-    pub fn shutdown(&self) {
-        let _ = self.outbound.try_send(ToWorker::Shutdown);
+    /// Asks the worker to finish what it has and exit; kills it if it has not within `grace`.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        let _ = self.outbound.send(ToWorker::Shutdown).await;
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                tracing::warn!(pid = self.ready.pid, "worker did not exit in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
     }
 }
 
 fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     // A panic while holding this lock cannot leave the map inconsistent (single inserts
     // and removes), so a poisoned lock is still usable.
-    pending
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn spawn_error(spec: &ModelSpec, err: std::io::Error) -> WireError {
-    WireError::new(
-        ErrorCode::WorkerFailed,
-        format!("cannot start a worker for {}: {err}", spec.name),
-    )
+    WireError::new(ErrorCode::WorkerFailed, format!("cannot start a worker for {}: {err}", spec.name))
 }
 
 fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::io::Result<Child> {
@@ -237,10 +257,8 @@ pub fn kind_arg(kind: mlxd_proto::ModelKind) -> &'static str {
     }
 }
 
-type LinkSink =
-    futures_util::stream::SplitSink<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
-type LinkStream =
-    futures_util::stream::SplitStream<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>>;
+type LinkSink = futures_util::stream::SplitSink<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
+type LinkStream = futures_util::stream::SplitStream<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>>;
 
 async fn write_link(mut sink: LinkSink, mut outbound: mpsc::Receiver<ToWorker>) {
     while let Some(message) = outbound.recv().await {
@@ -255,13 +273,23 @@ async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: 
     let cause = loop {
         match stream.next().await {
             Some(Ok(FromWorker::Done { id, result })) => {
-                let reply = lock(&pending).jobs.remove(&id);
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(result);
+                let waiter = lock(&pending).jobs.remove(&id);
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.reply.send(result);
                     }
                     None => {
                         tracing::warn!(%model, job = id, "worker answered a job nobody waits for")
+                    }
+                }
+            }
+            Some(Ok(FromWorker::Token { id, text, token })) => {
+                let tokens = lock(&pending).jobs.get(&id).and_then(|w| w.tokens.clone());
+                if let Some(tokens) = tokens {
+                    // Cannot be full: the worker sends no more than the credit it was given,
+                    // and the buffer is as large as the most credit a stream may have.
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tokens.try_send((text, token)) {
+                        tracing::error!(%model, job = id, "worker exceeded a stream's credit; token dropped");
                     }
                 }
             }
@@ -278,7 +306,7 @@ async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: 
         pending.closed = Some(cause.clone());
         std::mem::take(&mut pending.jobs)
     };
-    for (_, reply) in orphans {
-        let _ = reply.send(Err(WireError::new(ErrorCode::WorkerFailed, cause.clone())));
+    for (_, waiter) in orphans {
+        let _ = waiter.reply.send(Err(WireError::new(ErrorCode::WorkerFailed, cause.clone())));
     }
 }

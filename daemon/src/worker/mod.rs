@@ -7,7 +7,7 @@
 //! affinity. The worker exits when the link closes: its supervisor is gone (on Linux,
 //! PR_SET_PDEATHSIG, set before exec, kills it even sooner).
 
-mod python;
+pub(crate) mod python;
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -18,6 +18,14 @@ use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
 use mlxd_proto::worker::{FromWorker, Job, JobId, ToWorker};
+
+/// What the relay hands the MLX thread, in arrival order.
+#[derive(Debug)]
+pub enum WorkItem {
+    Job(JobId, Job),
+    Credit(JobId, u32),
+    Cancel(JobId),
+}
 use mlxd_proto::ModelKind;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -47,11 +55,8 @@ pub fn main(args: WorkerArgs) -> Result<()> {
             bail!("supervisor already exited");
         }
     }
-    if nix::fcntl::fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(WORKER_LINK_FD) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .is_err()
+    if nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(WORKER_LINK_FD) }, nix::fcntl::FcntlArg::F_GETFD)
+        .is_err()
     {
         bail!("`mlxd worker` is started by the daemon with its link on fd {WORKER_LINK_FD}; it is not run by hand");
     }
@@ -59,16 +64,14 @@ pub fn main(args: WorkerArgs) -> Result<()> {
     let link = unsafe { StdUnixStream::from_raw_fd(WORKER_LINK_FD) };
     link.set_nonblocking(true)?;
 
-    let (jobs_tx, jobs_rx) = mpsc::channel::<(JobId, Job)>(JOB_QUEUE);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<WorkItem>(JOB_QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<FromWorker>(JOB_QUEUE);
     let mlx_thread = std::thread::Builder::new()
         .name("mlx".into())
         .spawn(move || python::run(&args, jobs_rx, out_tx))
         .context("starting the MLX thread")?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let supervisor_gone = runtime.block_on(relay(link, jobs_tx, out_rx))?;
     if supervisor_gone {
         // Nobody is left to answer; do not wait for the job in progress.
@@ -82,14 +85,12 @@ pub fn main(args: WorkerArgs) -> Result<()> {
 /// supervisor closed the link, false after an orderly Shutdown has been served.
 async fn relay(
     link: StdUnixStream,
-    jobs: mpsc::Sender<(JobId, Job)>,
+    jobs: mpsc::Sender<WorkItem>,
     mut answers: mpsc::Receiver<FromWorker>,
 ) -> Result<bool> {
     let stream = tokio::net::UnixStream::from_std(link)?;
-    let framed = Framed::new(
-        stream,
-        FrameCodec::<ToWorker, FromWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
-    );
+    let framed =
+        Framed::new(stream, FrameCodec::<ToWorker, FromWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
     let (mut sink, mut incoming) = framed.split();
     let writer = tokio::spawn(async move {
         while let Some(answer) = answers.recv().await {
@@ -99,18 +100,19 @@ async fn relay(
         }
     });
     let gone = loop {
-        match incoming.next().await {
-            Some(Ok(ToWorker::Job { id, job })) => {
-                if jobs.send((id, job)).await.is_err() {
-                    break false; // the MLX thread ended (load failed); the writer reports why
-                }
-            }
+        let item = match incoming.next().await {
+            Some(Ok(ToWorker::Job { id, job })) => WorkItem::Job(id, job),
+            Some(Ok(ToWorker::Credit { id, events })) => WorkItem::Credit(id, events),
+            Some(Ok(ToWorker::Cancel { id })) => WorkItem::Cancel(id),
             Some(Ok(ToWorker::Shutdown)) => break false,
             Some(Err(err)) => {
                 eprintln!("mlxd worker: bad frame from supervisor: {err}");
                 break true;
             }
             None => break true,
+        };
+        if jobs.send(item).await.is_err() {
+            break false; // the MLX thread ended (load failed); the writer reports why
         }
     };
     drop(jobs);

@@ -23,44 +23,21 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Resp
             ),
         ));
     }
-    if let Some((index, text)) = request
-        .texts
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.len() > limits.max_text_bytes as usize)
+    if let Some((index, text)) =
+        request.texts.iter().enumerate().find(|(_, t)| t.len() > limits.max_text_bytes as usize)
     {
         return Err(WireError::new(
             ErrorCode::TooLarge,
-            format!(
-                "text {index} is {} bytes; max_text_bytes is {}",
-                text.len(),
-                limits.max_text_bytes
-            ),
+            format!("text {index} is {} bytes; max_text_bytes is {}", text.len(), limits.max_text_bytes),
         ));
     }
     let model = resolve(session, &request.model)?;
     if model.spec.kind != ModelKind::Embedding {
-        return Err(WireError::bad_request(format!(
-            "model {} is not an embedding model",
-            model.spec.name
-        )));
+        return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)));
     }
-    let output = run(
-        session,
-        &model,
-        Job::Embed {
-            texts: request.texts,
-            normalize: request.normalize,
-        },
-    )
-    .await?;
+    let output = run(session, &model, Job::Embed { texts: request.texts, normalize: request.normalize }).await?;
     match output {
-        JobOutput::Embeddings {
-            count,
-            dim,
-            vectors,
-            tokens,
-        } => Ok(Response::Embeddings(Embeddings {
+        JobOutput::Embeddings { count, dim, vectors, tokens } => Ok(Response::Embeddings(Embeddings {
             model: model.spec.name.clone(),
             count,
             dim,
@@ -85,26 +62,13 @@ pub async fn tokenize(
         ));
     }
     let model = resolve(session, &model)?;
-    match run(
-        session,
-        &model,
-        Job::Tokenize {
-            text,
-            add_special_tokens,
-        },
-    )
-    .await?
-    {
+    match run(session, &model, Job::Tokenize { text, add_special_tokens }).await? {
         JobOutput::Tokens(tokens) => Ok(Response::Tokens(tokens)),
         other => Err(unexpected(&other)),
     }
 }
 
-pub async fn detokenize(
-    session: &Arc<Session>,
-    model: ModelRef,
-    tokens: Vec<u32>,
-) -> Result<Response, WireError> {
+pub async fn detokenize(session: &Arc<Session>, model: ModelRef, tokens: Vec<u32>) -> Result<Response, WireError> {
     let model = resolve(session, &model)?;
     match run(session, &model, Job::Detokenize { tokens }).await? {
         JobOutput::Text(text) => Ok(Response::Text(text)),
@@ -128,6 +92,7 @@ fn unexpected(output: &JobOutput) -> WireError {
         JobOutput::Embeddings { .. } => "embeddings",
         JobOutput::Tokens(_) => "tokens",
         JobOutput::Text(_) => "text",
+        JobOutput::Generated(_) => "a generation summary",
     };
     WireError::internal(format!("worker answered with {kind} for a different job"))
 }

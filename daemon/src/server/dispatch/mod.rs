@@ -5,8 +5,10 @@
 //! - [`lease`]: lease, release, load.
 //! - [`embed`]: embed, tokenize, detokenize — admitted to the model's bounded queue, then
 //!   run on its worker.
+//! - [`generate`]: generation streams, with credit-based flow control and cancellation.
 
 mod embed;
+mod generate;
 mod info;
 mod lease;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use mlxd_proto::{ErrorCode, ModelRef, Request, RequestId, Response, ServerMessage, WireError};
 use tokio::sync::mpsc;
 
-use super::session::Session;
+use super::session::{Control, Session};
 use crate::registry::Model;
 
 /// A request's final answer.
@@ -28,29 +30,39 @@ pub fn answer_now(session: &Session, body: &Request) -> Option<Reply> {
 }
 
 /// Handles a request that may wait (for a load, a queue, a worker). Stream events go to
-/// `events`; the final answer is returned.
+/// `events`; the final answer is returned. A Cancel ends the request with `Cancelled`,
+/// except a generation, which stops its stream and reports how far it got.
 pub async fn handle(
     session: &Arc<Session>,
     id: RequestId,
     body: Request,
     events: &mpsc::Sender<ServerMessage>,
+    control: &Control,
 ) -> Result<Response, WireError> {
-    match body {
-        Request::Lease(request) => lease::lease(session, id, request, events).await,
-        Request::Release { lease } => session.release(lease).map(|()| Response::Released),
-        Request::Load { model } => lease::load(session, id, &model, events).await,
-        Request::Embed(request) => embed::embed(session, request).await,
-        Request::Tokenize {
-            model,
-            text,
-            add_special_tokens,
-        } => embed::tokenize(session, model, text, add_special_tokens).await,
-        Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
-        Request::Generate(_) => Err(not_yet("generation")),
-        Request::Unload { .. } => Err(not_yet("unloading on request")),
-        Request::Ping | Request::Status | Request::ListModels => Err(WireError::internal(
-            "supervisor request reached a request task",
-        )),
+    let is_stream = matches!(body, Request::Generate(_));
+    let work = async {
+        match body {
+            Request::Generate(request) => generate::generate(session, id, request, events, control).await,
+            Request::Lease(request) => lease::lease(session, id, request, events).await,
+            Request::Release { lease } => session.release(lease).map(|()| Response::Released),
+            Request::Load { model } => lease::load(session, id, &model, events).await,
+            Request::Embed(request) => embed::embed(session, request).await,
+            Request::Tokenize { model, text, add_special_tokens } => {
+                embed::tokenize(session, model, text, add_special_tokens).await
+            }
+            Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
+            Request::Unload { .. } => Err(not_yet("unloading on request")),
+            Request::Ping | Request::Status | Request::ListModels => {
+                Err(WireError::internal("supervisor request reached a request task"))
+            }
+        }
+    };
+    if is_stream {
+        return work.await;
+    }
+    tokio::select! {
+        result = work => result,
+        () = control.cancel.cancelled() => Err(WireError::new(ErrorCode::Cancelled, format!("request {id} cancelled"))),
     }
 }
 

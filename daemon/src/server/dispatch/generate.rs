@@ -1,0 +1,253 @@
+//! Generation streams. The request is validated here (ranges, UTF-8 stop strings, limits),
+//! admitted to the model's queue, and run on the worker as a stream.
+//!
+//! Flow control: the worker may produce only as many tokens as the client has granted
+//! (the request's initial credit, then `Credit` frames). This task passes grants on as they
+//! arrive, at most `MAX_STREAM_CREDIT` outstanding, so the daemon never holds more
+//! undelivered events for a stream than its credit; a client that stops reading stalls its
+//! own stream only (the worker skips a stream without credit). A Cancel, or the client
+//! going away, stops the stream at the worker's next step.
+
+use std::sync::Arc;
+
+use mlxd_proto::worker::{GenerateJob, Job, JobOutput};
+use mlxd_proto::{
+    ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
+    Response, ServerMessage, WireError, MAX_STREAM_CREDIT,
+};
+use tokio::sync::mpsc;
+
+use super::resolve;
+use crate::server::session::{Control, Session};
+use crate::supervise::WorkerHandle;
+
+const MAX_STOP_STRINGS: usize = 16;
+const MAX_STOP_BYTES: usize = 256;
+
+pub async fn generate(
+    session: &Arc<Session>,
+    id: RequestId,
+    request: GenerateRequest,
+    events: &mpsc::Sender<ServerMessage>,
+    control: &Control,
+) -> Result<Response, WireError> {
+    let mut job = validate(&request, &session.daemon.config.limits)?;
+    let model = resolve(session, &request.model)?;
+    if model.spec.kind != ModelKind::Generation {
+        return Err(WireError::bad_request(format!("model {} is not a text generation model", model.spec.name)));
+    }
+    let _ticket = model.admission.try_admit(&model.spec.name)?;
+    let _in_flight = model.begin_request();
+    let progress = |p| {
+        let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
+    };
+    let worker = tokio::select! {
+        worker = model.ready(&session.daemon.config, progress) => worker?,
+        () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
+    };
+
+    let mut owed = request.initial_credit; // granted by the client, not yet passed to the worker
+    job.credit = owed.min(MAX_STREAM_CREDIT);
+    owed -= job.credit;
+    let mut outstanding = job.credit; // passed to the worker, not yet delivered
+    let mut stream = worker.start_stream(Job::Generate(job), MAX_STREAM_CREDIT as usize).await?;
+    let mut cancel_guard = CancelOnDrop { worker: &worker, id: stream.id, armed: true };
+    let mut cancelled = false;
+
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = control.cancel.cancelled(), if !cancelled => {
+                // Stop at the next step, then wait for the worker's summary.
+                cancelled = true;
+                worker.cancel(stream.id);
+            }
+            done = &mut stream.done => {
+                break done.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream")));
+            }
+            token = stream.tokens.recv() => {
+                let Some((text, token)) = token else {
+                    // Only after the final answer was routed: take it.
+                    break (&mut stream.done).await.unwrap_or_else(|_| {
+                        Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream"))
+                    });
+                };
+                outstanding = outstanding.saturating_sub(1);
+                if !cancelled {
+                    let event = ServerMessage::Event { id, event: Event::Token { text, token } };
+                    if events.send(event).await.is_err() {
+                        control.cancel.cancel(); // the client is gone
+                    }
+                }
+                if owed > 0 && !cancelled {
+                    let grant = owed.min(MAX_STREAM_CREDIT - outstanding);
+                    if grant > 0 {
+                        owed -= grant;
+                        outstanding += grant;
+                        worker.grant(stream.id, grant).await;
+                    }
+                }
+            }
+            granted = control.credit.take(), if !cancelled => {
+                owed = owed.saturating_add(granted);
+                let grant = owed.min(MAX_STREAM_CREDIT - outstanding);
+                if grant > 0 {
+                    owed -= grant;
+                    outstanding += grant;
+                    worker.grant(stream.id, grant).await;
+                }
+            }
+        }
+    };
+    cancel_guard.armed = false;
+    // Tokens sent before the final answer are already in the buffer: deliver them first.
+    while let Ok((text, token)) = stream.tokens.try_recv() {
+        if !cancelled {
+            let _ = events.send(ServerMessage::Event { id, event: Event::Token { text, token } }).await;
+        }
+    }
+    match result? {
+        JobOutput::Generated(mut summary) => {
+            if cancelled {
+                summary.finish_reason = FinishReason::Cancelled;
+            }
+            Ok(Response::Generated(summary))
+        }
+        _ => Err(WireError::internal("worker answered a generation with something else")),
+    }
+}
+
+/// Stops the worker's stream if this task is dropped mid-stream (e.g. at shutdown).
+struct CancelOnDrop<'a> {
+    worker: &'a WorkerHandle,
+    id: mlxd_proto::worker::JobId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.worker.cancel(self.id);
+        }
+    }
+}
+
+fn cancelled_before_start() -> GenerationSummary {
+    GenerationSummary {
+        finish_reason: FinishReason::Cancelled,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        prompt_tokens_per_s: 0.0,
+        generation_tokens_per_s: 0.0,
+    }
+}
+
+/// Checks a request against the protocol's ranges and the session's limits.
+pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJob, WireError> {
+    let p = &request.params;
+    if p.max_tokens == 0 {
+        return Err(WireError::bad_request("max_tokens must be at least 1"));
+    }
+    if p.max_tokens > limits.max_tokens {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("max_tokens {} exceeds the limit of {} (max_tokens)", p.max_tokens, limits.max_tokens),
+        ));
+    }
+    let finite_at_least = |value: f32, min: f32| value.is_finite() && value >= min;
+    if !finite_at_least(p.temperature, 0.0) {
+        return Err(WireError::bad_request(format!("temperature must be a finite number >= 0, not {}", p.temperature)));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(WireError::bad_request(format!("top_p must be in (0, 1], not {}", p.top_p)));
+    }
+    if !(0.0..=1.0).contains(&p.min_p) {
+        return Err(WireError::bad_request(format!("min_p must be in [0, 1], not {}", p.min_p)));
+    }
+    if !(p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0) {
+        return Err(WireError::bad_request(format!(
+            "repetition_penalty must be a finite number > 0, not {}",
+            p.repetition_penalty
+        )));
+    }
+    if p.stop.len() > MAX_STOP_STRINGS {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("{} stop strings; at most {MAX_STOP_STRINGS} are allowed", p.stop.len()),
+        ));
+    }
+    let mut stop = Vec::with_capacity(p.stop.len());
+    for (index, bytes) in p.stop.iter().enumerate() {
+        if bytes.is_empty() || bytes.len() > MAX_STOP_BYTES {
+            return Err(WireError::bad_request(format!(
+                "stop string {index} must be 1 to {MAX_STOP_BYTES} bytes, not {}",
+                bytes.len()
+            )));
+        }
+        match String::from_utf8(bytes.clone()) {
+            Ok(text) => stop.push(text),
+            Err(err) => return Err(WireError::bad_request(format!("stop string {index} is not valid UTF-8: {err}"))),
+        }
+    }
+    let prompt_bytes = match &request.input {
+        PromptInput::Raw(text) => text.len(),
+        PromptInput::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(WireError::bad_request("a chat prompt needs at least one message"));
+            }
+            messages.iter().map(|m| m.role.len() + m.content.len()).sum()
+        }
+    };
+    if prompt_bytes > limits.max_text_bytes as usize {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("the prompt is {prompt_bytes} bytes; max_text_bytes is {}", limits.max_text_bytes),
+        ));
+    }
+    Ok(GenerateJob {
+        input: request.input.clone(),
+        max_tokens: p.max_tokens,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        min_p: p.min_p,
+        repetition_penalty: p.repetition_penalty,
+        seed: p.seed,
+        stop,
+        credit: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlxd_proto::{GenerateParams, ModelRef, Priority};
+
+    fn request(params: GenerateParams) -> GenerateRequest {
+        GenerateRequest {
+            model: ModelRef::Name("m".into()),
+            input: PromptInput::Raw("hi".into()),
+            params,
+            initial_credit: 8,
+            priority: Priority::Interactive,
+            deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn refuses_out_of_range_parameters_with_typed_errors() {
+        let limits = crate::config::DaemonConfig::default_limits();
+        let code = |params| validate(&request(params), &limits).unwrap_err().code;
+        assert_eq!(code(GenerateParams { max_tokens: 0, ..Default::default() }), ErrorCode::BadRequest);
+        assert_eq!(
+            code(GenerateParams { max_tokens: limits.max_tokens + 1, ..Default::default() }),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(code(GenerateParams { temperature: f32::NAN, ..Default::default() }), ErrorCode::BadRequest);
+        assert_eq!(code(GenerateParams { top_p: 0.0, ..Default::default() }), ErrorCode::BadRequest);
+        assert_eq!(code(GenerateParams { stop: vec![vec![0xff, 0xfe]], ..Default::default() }), ErrorCode::BadRequest);
+        assert_eq!(code(GenerateParams { stop: vec![b"x".to_vec(); 17], ..Default::default() }), ErrorCode::TooLarge);
+        let ok = validate(&request(GenerateParams { stop: vec![b"\n\n".to_vec()], ..Default::default() }), &limits);
+        assert_eq!(ok.unwrap().stop, vec!["\n\n".to_string()]);
+    }
+}

@@ -1,0 +1,283 @@
+"""GGUF → MLX model directory, for `mlxd import`.
+
+`mx.load(path, return_metadata=True)` reads GGUF tensors; Q4_0, Q4_1 and Q8_0 come back in
+MLX's quantized layout (packed uint32 weight, float16 scales and biases, group size 32),
+and the bits can differ per tensor (SmolLM2's Q4_1 file has 8-bit embeddings beside 4-bit
+layers). This module renames tensors to mlx-lm's llama names, writes config.json with a
+per-layer quantization map (or dequantizes to float16/float32 on request), and rebuilds a
+Hugging Face tokenizer.json from the GGUF tokenizer metadata.
+
+GGUF llama q/k weights are stored permuted for llama.cpp's interleaved rotary embedding,
+so the config sets ``rope_traditional: true`` instead of un-permuting them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import mlx.core as mx
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_TENSOR_TYPES = "F32, F16, Q4_0, Q4_1, Q8_0"
+SUPPORTED_TOKENIZERS = ("gpt2",)
+# GGUF `tokenizer.ggml.pre` names → the pre-tokenizer of the original HF tokenizer.
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+PRE_TOKENIZERS = {
+    "gpt2": _BYTE_LEVEL,
+    "default": _BYTE_LEVEL,
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL],
+    },
+}
+
+GROUP_SIZE = 32  # every GGUF block quantization MLX reads uses blocks of 32
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+class UnsupportedModel(ValueError):
+    """The GGUF file uses an architecture, tensor type or tokenizer this importer does not handle."""
+
+
+def _scalar(meta: dict, key: str, default=None):
+    value = meta.get(key, default)
+    if isinstance(value, mx.array):
+        value = value.item()
+    return value
+
+
+def _list(meta: dict, key: str) -> list:
+    value = meta.get(key)
+    if value is None:
+        return []
+    if isinstance(value, mx.array):
+        return value.tolist()
+    return list(value)
+
+
+def _mlx_name(name: str) -> str:
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|scales|biases)", name)
+    if match:
+        layer, part, suffix = match.groups()
+        if part not in _LAYER_NAMES:
+            raise UnsupportedModel(f"unexpected tensor {name!r} in a llama GGUF")
+        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{suffix}"
+    base, _, suffix = name.rpartition(".")
+    if base not in _TOP_NAMES:
+        raise UnsupportedModel(f"unexpected tensor {name!r} in a llama GGUF")
+    return f"{_TOP_NAMES[base]}.{suffix}"
+
+
+def read(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Reads tensors and metadata, turning MLX's errors into ones that say what is supported."""
+    try:
+        return mx.load(str(path), return_metadata=True)
+    except Exception as err:  # MLX raises ValueError/RuntimeError with its own wording
+        message = str(err)
+        if "type" in message.lower() or "quant" in message.lower() or "support" in message.lower():
+            raise UnsupportedModel(
+                f"{path}: {message} (supported GGUF tensor types: {SUPPORTED_TENSOR_TYPES})"
+            ) from err
+        raise
+
+
+def model_config(meta: dict, weights: dict) -> dict:
+    arch = _scalar(meta, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModel(
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    hidden = int(_scalar(meta, "llama.embedding_length"))
+    heads = int(_scalar(meta, "llama.attention.head_count"))
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": int(_scalar(meta, "llama.block_count")),
+        "intermediate_size": int(_scalar(meta, "llama.feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(_scalar(meta, "llama.attention.head_count_kv", heads)),
+        "head_dim": int(_scalar(meta, "llama.rope.dimension_count", hidden // heads)),
+        "rms_norm_eps": float(_scalar(meta, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_scalar(meta, "llama.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(_scalar(meta, "llama.context_length", 2048)),
+        "vocab_size": int(_scalar(meta, "llama.vocab_size", len(_list(meta, "tokenizer.ggml.tokens")))),
+        "rope_traditional": True,
+        "tie_word_embeddings": "output.weight" not in weights,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+    for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")):
+        value = _scalar(meta, name)
+        if value is not None:
+            config[key] = int(value)
+    return config
+
+
+def tokenizer_files(meta: dict) -> tuple[dict, dict]:
+    """tokenizer.json and tokenizer_config.json rebuilt from GGUF tokenizer metadata."""
+    kind = _scalar(meta, "tokenizer.ggml.model")
+    if kind not in SUPPORTED_TOKENIZERS:
+        raise UnsupportedModel(
+            f"GGUF tokenizer model {kind!r} is not supported (supported: {', '.join(SUPPORTED_TOKENIZERS)})"
+        )
+    pre = _scalar(meta, "tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise UnsupportedModel(
+            f"GGUF pre-tokenizer {pre!r} is not supported (supported: {', '.join(sorted(PRE_TOKENIZERS))})"
+        )
+    tokens = _list(meta, "tokenizer.ggml.tokens")
+    merges = _list(meta, "tokenizer.ggml.merges")
+    types = _list(meta, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    # GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    added = [
+        {
+            "id": i,
+            "content": tok,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": types[i] == 3,
+        }
+        for i, tok in enumerate(tokens)
+        if types[i] in (3, 4)
+    ]
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": PRE_TOKENIZERS[pre],
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {tok: i for i, tok in enumerate(tokens)},
+            "merges": merges,
+        },
+    }
+
+    def token(key: str):
+        index = _scalar(meta, key)
+        return tokens[int(index)] if index is not None and int(index) < len(tokens) else None
+
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(_scalar(meta, "llama.context_length", 2048)),
+        "add_bos_token": bool(_scalar(meta, "tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(_scalar(meta, "tokenizer.ggml.add_eos_token", False)),
+        "clean_up_tokenization_spaces": False,
+    }
+    for field, key in (
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    ):
+        value = token(key)
+        if value is not None:
+            config[field] = value
+    template = _scalar(meta, "tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    return tokenizer, config
+
+
+def convert(gguf_path: str, out_dir: str, dtype: str | None = None) -> dict:
+    """Writes an mlx-lm model directory for `gguf_path` into `out_dir` (which must not
+    exist). `dtype` None keeps the GGUF quantization; "float16"/"float32" dequantize.
+    Returns a summary dict. Writes into a temporary sibling and renames at the end, so a
+    failure never leaves a half-written model behind."""
+    if dtype not in (None, "float16", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be float16, float32 or bfloat16, not {dtype!r}")
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    weights, meta = read(gguf_path)
+    config = model_config(meta, weights)
+    tokenizer, tokenizer_config = tokenizer_files(meta)
+
+    renamed = {_mlx_name(name): tensor for name, tensor in weights.items()}
+    quantized_modules = sorted(name[: -len(".scales")] for name in renamed if name.endswith(".scales"))
+    bits_of = {}
+    for module in quantized_modules:
+        packed, scales = renamed[f"{module}.weight"], renamed[f"{module}.scales"]
+        bits_of[module] = packed.shape[-1] * 32 // (scales.shape[-1] * GROUP_SIZE)
+    if dtype is None:
+        if bits_of:
+            common = Counter(bits_of.values()).most_common(1)[0][0]
+            quantization: dict = {"group_size": GROUP_SIZE, "bits": common}
+            for module, bits in bits_of.items():
+                if bits != common:
+                    quantization[module] = {"group_size": GROUP_SIZE, "bits": bits}
+            config["quantization"] = quantization
+        final = renamed
+    else:
+        target = getattr(mx, dtype)
+        final = {}
+        for name, tensor in renamed.items():
+            module = name.rsplit(".", 1)[0]
+            if module in bits_of:
+                if name.endswith(".weight"):
+                    final[name] = mx.dequantize(
+                        tensor,
+                        renamed[f"{module}.scales"],
+                        renamed[f"{module}.biases"],
+                        group_size=GROUP_SIZE,
+                        bits=bits_of[module],
+                    ).astype(target)
+            else:
+                final[name] = tensor.astype(target)
+    for tensor in final.values():
+        mx.eval(tensor)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        mx.save_safetensors(str(staging / "model.safetensors"), final, metadata={"format": "mlx"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        (staging / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+        (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.rename(staging, out)
+    except BaseException:
+        for file in staging.glob("*"):
+            file.unlink()
+        staging.rmdir()
+        raise
+    return {
+        "architecture": config["model_type"],
+        "tensors": len(final),
+        "quantization": config.get("quantization"),
+        "dtype": dtype or "quantized",
+        "layers": config["num_hidden_layers"],
+        "vocab_size": config["vocab_size"],
+    }
