@@ -92,6 +92,11 @@ impl GenerationStream {
         self.client.send_control(ClientMessage::Cancel { id: self.id }).await;
     }
 
+    /// Frames received and not yet read (at most the credit window, plus load progress).
+    pub fn buffered(&self) -> usize {
+        self.events.len()
+    }
+
     pub fn request_id(&self) -> RequestId {
         self.id
     }

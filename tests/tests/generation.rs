@@ -1,0 +1,359 @@
+//! Text generation through the real daemon and worker on the bundled SmolLM2 (imported by
+//! `make setup`): correctness against in-process mlx-lm, sampling, stop strings, flow
+//! control, cancellation and typed refusals.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlxd_client::proto::{
+    ChatMessage, ErrorCode, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, ModelRef, Priority,
+    PromptInput,
+};
+use mlxd_client::{Client, ClientError, StreamItem};
+use mlxd_tests::{bin, blas_preload, run_with_timeout, store_model_dir, venv_python, Daemon, TempDir};
+
+const QUESTION: &str = "What is the capital of France?";
+
+fn request(input: PromptInput, params: GenerateParams) -> GenerateRequest {
+    GenerateRequest {
+        model: ModelRef::Name("smollm2".into()),
+        input,
+        params,
+        initial_credit: 0,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    }
+}
+
+fn chat(question: &str) -> PromptInput {
+    PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: question.into() }])
+}
+
+fn greedy(max_tokens: u32) -> GenerateParams {
+    GenerateParams { max_tokens, temperature: 0.0, ..GenerateParams::default() }
+}
+
+struct Output {
+    text: String,
+    tokens: Vec<u32>,
+    summary: GenerationSummary,
+}
+
+async fn collect(client: &Client, request: GenerateRequest) -> Result<Output, ClientError> {
+    let mut stream = client.generate(request).await?;
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    loop {
+        match stream.next().await? {
+            Some(StreamItem::Token { text: piece, token }) => {
+                text.push_str(&piece);
+                tokens.extend(token);
+            }
+            Some(StreamItem::Done(summary)) => return Ok(Output { text, tokens, summary }),
+            None => unreachable!("stream ended without a summary"),
+        }
+    }
+}
+
+#[test]
+fn mlxctl_answers_paris_through_the_daemon_and_the_stdio_fallback() {
+    let daemon = Daemon::start(&[]);
+    let args = ["generate", "--model", "smollm2", "--temperature", "0", QUESTION];
+    let (status, stdout, stderr) = run_with_timeout(
+        Command::new(bin("mlxctl")).arg("--socket").arg(&daemon.socket).arg("--no-fallback").args(args),
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("Paris"), "daemon answer: {stdout:?}");
+
+    let dir = TempDir::new();
+    let (status, stdout, stderr) = run_with_timeout(
+        Command::new(bin("mlxctl")).arg("--socket").arg(dir.join("none.sock")).args(args).stdin(Stdio::null()),
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("fell back"), "{stderr}");
+    assert!(stdout.contains("Paris"), "stdio answer: {stdout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_token_for_token_what_mlx_lm_gives_in_process() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let prompts = [PromptInput::Raw("The three primary colors are".into()), chat(QUESTION)];
+    for prompt in prompts {
+        let ours = collect(&client, request(prompt.clone(), greedy(32))).await.unwrap();
+
+        // The same model directory, loaded by mlx-lm in a plain Python process.
+        let (raw, messages) = match &prompt {
+            PromptInput::Raw(text) => (serde_json::json!(text), serde_json::Value::Null),
+            PromptInput::Chat(m) => (
+                serde_json::Value::Null,
+                serde_json::json!(m.iter().map(|m| [&m.role, &m.content]).collect::<Vec<_>>()),
+            ),
+        };
+        let script = r#"
+import json, sys
+import mlx.core as mx
+from mlx_lm import load, stream_generate
+model, tok = load(sys.argv[1])
+raw, messages = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+if messages is not None:
+    ids = tok.apply_chat_template([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
+else:
+    add = tok.bos_token is None or not raw.startswith(tok.bos_token)
+    ids = tok.encode(raw, add_special_tokens=add)
+out = [r.token for r in stream_generate(model, tok, mx.array(ids), max_tokens=32) if r.finish_reason != "stop"]
+print(json.dumps(out))
+"#;
+        let mut command = Command::new(venv_python());
+        command.arg("-c").arg(script).arg(store_model_dir("smollm2")).arg(raw.to_string()).arg(messages.to_string());
+        if let Some(blas) = blas_preload() {
+            command.env("LD_PRELOAD", blas);
+        }
+        let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
+        assert!(status.success(), "{stderr}");
+        let reference: Vec<u32> = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(!reference.is_empty());
+        assert_eq!(ours.tokens, reference, "daemon {:?} vs in-process mlx-lm", ours.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_makes_sampling_repeatable() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let sampled =
+        |seed| GenerateParams { max_tokens: 24, temperature: 0.9, top_p: 0.95, seed: Some(seed), ..Default::default() };
+    let prompt = PromptInput::Raw("Once upon a time".into());
+    let first = collect(&client, request(prompt.clone(), sampled(7))).await.unwrap();
+    let again = collect(&client, request(prompt.clone(), sampled(7))).await.unwrap();
+    let other = collect(&client, request(prompt, sampled(8))).await.unwrap();
+    assert_eq!(first.tokens, again.tokens);
+    assert_ne!(first.tokens, other.tokens, "a different seed should sample differently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_end_the_stream_without_the_stop_text() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let full = collect(&client, request(chat(QUESTION), greedy(32))).await.unwrap();
+    assert!(full.text.contains("Paris"), "{:?}", full.text);
+    let params = GenerateParams { stop: vec![b"Paris".to_vec()], ..greedy(32) };
+    let stopped = collect(&client, request(chat(QUESTION), params)).await.unwrap();
+    assert_eq!(stopped.summary.finish_reason, FinishReason::Stop);
+    assert!(!stopped.text.contains("Paris"), "{:?}", stopped.text);
+    assert_eq!(stopped.text, full.text[..full.text.find("Paris").unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
+    let daemon = Daemon::start(&[]);
+    let reader = daemon.client().await;
+    let staller = daemon.client().await;
+    let long = || request(chat("Write a long story about a dragon."), greedy(40));
+
+    // Warm up, then measure the reading client alone.
+    collect(&reader, long()).await.unwrap();
+    let started = Instant::now();
+    let alone = collect(&reader, long()).await.unwrap();
+    assert_eq!(alone.tokens.len(), 40, "the prompt must not end early: {:?}", alone.text);
+    let alone_time = started.elapsed();
+
+    // A stream whose client reads nothing: after its window of credit it must stop.
+    let stalled_request = GenerateRequest { params: greedy(200), ..long() };
+    let mut stalled = staller.generate(stalled_request).await.unwrap();
+    // It generates its window of credit (sharing the model meanwhile, as any reading client
+    // would), then stops: from here on it reads nothing and must cost the others nothing.
+    let window = mlxd_client::generate::STREAM_WINDOW as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stalled.buffered() < window {
+        assert!(Instant::now() < deadline, "the stalled stream never used its window");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stalled.buffered(), window, "the daemon sent more than the granted credit");
+    let stall_started = Instant::now();
+    let mut during = Vec::new();
+    while stall_started.elapsed() < Duration::from_secs(5) {
+        let started = Instant::now();
+        let out = collect(&reader, long()).await.unwrap();
+        during.push(started.elapsed());
+        assert_eq!(out.tokens, alone.tokens, "the other stream's output is unaffected");
+    }
+    let best_during = *during.iter().min().unwrap();
+    assert!(
+        best_during.as_secs_f64() <= alone_time.as_secs_f64() * 1.2,
+        "a stalled reader slowed another client from {alone_time:?} to {best_during:?}"
+    );
+
+    // The stalled stream held at most its window; reading it now gets everything, in order.
+    let mut tokens = 0;
+    let summary = loop {
+        match tokio::time::timeout(Duration::from_secs(120), stalled.next()).await.unwrap().unwrap() {
+            Some(StreamItem::Token { token, .. }) => tokens += usize::from(token.is_some()),
+            Some(StreamItem::Done(summary)) => break summary,
+            None => unreachable!(),
+        }
+    };
+    // Nothing was lost while it waited, and it went on well past its first window of credit.
+    assert_eq!(tokens, summary.completion_tokens as usize);
+    assert!(tokens > 2 * mlxd_client::generate::STREAM_WINDOW as usize, "{summary:?}");
+    assert!(matches!(summary.finish_reason, FinishReason::Length | FinishReason::Stop));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_disconnect_free_the_model_within_a_step() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let endless = || request(chat("Write a long story about a dragon."), greedy(2000));
+    collect(&client, request(PromptInput::Raw("Hi".into()), greedy(2))).await.unwrap(); // loaded
+
+    let mut stream = client.generate(endless()).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(stream.next().await.unwrap(), Some(StreamItem::Token { .. })));
+    }
+    let cancelled_at = Instant::now();
+    stream.cancel().await;
+    let summary = loop {
+        match stream.next().await.unwrap() {
+            Some(StreamItem::Token { .. }) => {}
+            Some(StreamItem::Done(summary)) => break summary,
+            None => unreachable!(),
+        }
+    };
+    assert_eq!(summary.finish_reason, FinishReason::Cancelled);
+    assert!(summary.completion_tokens < 100, "stopped promptly: {summary:?}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancel took {:?}", cancelled_at.elapsed());
+    let smollm2 =
+        |models: Vec<mlxd_client::proto::ModelInfo>| models.into_iter().find(|m| m.name == "smollm2").unwrap();
+    assert_eq!(smollm2(client.models().await.unwrap()).in_flight, 0);
+
+    // A client that disconnects mid-stream, without a Cancel: a raw connection, closed.
+    {
+        use mlxd_client::proto::frame::{body_len, decode_body, encode_frame, PREFIX_LEN};
+        use mlxd_client::proto::{ClientMessage, Hello, Request, ServerMessage};
+        use std::io::{Read, Write};
+        let mut raw = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+        let mut out = Vec::new();
+        let hello = Hello { protocol_version: 1, client_name: "leaver".into(), pid: 0, max_frame_len: 1 << 20 };
+        encode_frame(&ClientMessage::Hello(hello), 1 << 20, &mut out).unwrap();
+        let body = Request::Generate(GenerateRequest { initial_credit: 64, ..endless() });
+        encode_frame(&ClientMessage::Request { id: 1, body }, 1 << 20, &mut out).unwrap();
+        raw.write_all(&out).unwrap();
+        // Read until the first token arrives, then hang up.
+        let mut buf = Vec::new();
+        let mut tokens = 0;
+        while tokens == 0 {
+            let mut chunk = [0u8; 4096];
+            let n = raw.read(&mut chunk).unwrap();
+            assert!(n > 0, "daemon closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some(len)) = body_len(&buf, 1 << 20) {
+                if buf.len() < PREFIX_LEN + len {
+                    break;
+                }
+                let message: ServerMessage = decode_body(&buf[PREFIX_LEN..PREFIX_LEN + len]).unwrap();
+                tokens += usize::from(matches!(message, ServerMessage::Event { .. }));
+                buf.drain(..PREFIX_LEN + len);
+            }
+        }
+        assert_eq!(smollm2(client.models().await.unwrap()).in_flight, 1);
+        drop(raw);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while smollm2(client.models().await.unwrap()).in_flight > 0 {
+        assert!(Instant::now() < deadline, "a disconnected client's stream kept running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the model serves the next request at once.
+    let next = collect(&client, request(chat(QUESTION), greedy(8))).await.unwrap();
+    assert!(next.text.contains("capital"), "{:?}", next.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_generation_requests_get_typed_errors_and_disturb_nothing() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let code = |result: Result<Output, ClientError>| match result {
+        Err(ClientError::Wire(err)) => (err.code, err.message),
+        Ok(out) => panic!("accepted: {:?}", out.text),
+        Err(other) => panic!("not a typed error: {other}"),
+    };
+    let raw = |text: &str| PromptInput::Raw(text.into());
+    let mut unknown = request(raw("x"), greedy(4));
+    unknown.model = ModelRef::Name("nope".into());
+    assert_eq!(code(collect(&client, unknown).await).0, ErrorCode::NotFound);
+    assert_eq!(code(collect(&client, request(raw("x"), greedy(0))).await).0, ErrorCode::BadRequest);
+    let (limit_code, message) = code(collect(&client, request(raw("x"), greedy(1_000_000))).await);
+    assert_eq!(limit_code, ErrorCode::TooLarge);
+    assert!(message.contains("max_tokens"), "{message}");
+    let bad_stop = GenerateParams { stop: vec![vec![0xc3, 0x28]], ..greedy(4) };
+    assert_eq!(code(collect(&client, request(raw("x"), bad_stop)).await).0, ErrorCode::BadRequest);
+    let (context_code, message) = code(collect(&client, request(raw(&"hello ".repeat(9000)), greedy(4))).await);
+    assert_eq!(context_code, ErrorCode::BadRequest);
+    assert!(message.contains("context"), "{message}");
+    let mut on_embedder = request(raw("x"), greedy(4));
+    on_embedder.model = ModelRef::Name("minilm".into());
+    assert_eq!(code(collect(&client, on_embedder).await).0, ErrorCode::BadRequest);
+
+    let fine = collect(&client, request(chat(QUESTION), greedy(12))).await.unwrap();
+    assert!(fine.text.contains("Paris"), "{:?}", fine.text);
+    let tokens = client.tokenize(ModelRef::Name("smollm2".into()), "Hello world").await.unwrap();
+    assert_eq!(client.detokenize(ModelRef::Name("smollm2".into()), tokens).await.unwrap(), "Hello world");
+}
+
+#[test]
+fn mlxd_import_converts_gguf_and_refuses_unsupported_tensor_types() {
+    let store = TempDir::new();
+    let gguf = mlxd_tests::bundled_gguf();
+    let import = |path: &std::path::Path, name: &str| {
+        run_with_timeout(
+            Command::new(bin("mlxd")).arg("import").arg(path).args(["--name", name, "--store"]).arg(&store.0),
+            Duration::from_secs(300),
+        )
+    };
+    let (status, stdout, stderr) = import(&gguf, "smol-q");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("imported smol-q"), "{stdout}");
+    let model = store.join("models/smol-q");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"]["bits"], 4);
+    assert!(model.join("tokenizer.json").exists() && model.join("model.safetensors").exists());
+    // Importing the same file again is a no-op; another name is refused only on clash.
+    let (status, stdout, _) = import(&gguf, "smol-q");
+    assert!(status.success() && stdout.contains("already imported"), "{stdout}");
+
+    // A GGUF with a tensor type MLX cannot read, written here.
+    let odd = store.join("odd.gguf");
+    std::fs::write(&odd, tiny_gguf(6 /* Q5_0 */, 22)).unwrap();
+    let (status, _, stderr) = import(&odd, "odd");
+    assert!(!status.success());
+    assert!(stderr.contains("Q5_0") && stderr.contains("supported"), "clear refusal: {stderr}");
+    assert!(!store.join("models/odd").exists(), "nothing half-imported");
+    let leftovers: Vec<_> = std::fs::read_dir(store.join("models")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only smol-q in the store: {leftovers:?}");
+}
+
+/// A GGUF v3 file with one 32x32 tensor `blk.0.attn_q.weight` of `ggml_type`.
+fn tiny_gguf(ggml_type: u32, bytes_per_block_of_32: usize) -> Vec<u8> {
+    let string = |s: &str| [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat();
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(1u64.to_le_bytes()); // tensors
+    out.extend(1u64.to_le_bytes()); // metadata entries
+    out.extend(string("general.architecture"));
+    out.extend(8u32.to_le_bytes()); // string
+    out.extend(string("llama"));
+    out.extend(string("blk.0.attn_q.weight"));
+    out.extend(2u32.to_le_bytes());
+    out.extend(32u64.to_le_bytes());
+    out.extend(32u64.to_le_bytes());
+    out.extend(ggml_type.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.resize(out.len().div_ceil(32) * 32, 0);
+    out.extend(vec![0u8; 32 * bytes_per_block_of_32]);
+    out
+}
