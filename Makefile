@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README):
 #   make run   — set everything up, then serve the bundled models in the foreground
 #   make test  — set everything up, then run every test and lint
-.PHONY: setup setup-release run test test-rust test-python lint fmt clean
+.PHONY: setup setup-release run test test-rust test-python lint fmt clean bench
 
 # Forwarded to `mlxd serve`, e.g. make run ARGS="--socket /tmp/mlxd.sock"
 ARGS ?=
@@ -33,6 +33,10 @@ BLAS_PRELOAD := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthrea
 
 test-python:
 	cd python && LD_PRELOAD=$(BLAS_PRELOAD) ../.venv/bin/python -m pytest -q
+
+# Benchmarks (not tests): numbers go to BENCHMARKS.md with the machine and the command.
+bench: setup-release
+	.venv/bin/python bench/decode.py
 
 fmt:
 	cargo fmt --all

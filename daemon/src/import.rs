@@ -6,8 +6,8 @@
 //!   GGUF metadata.
 //! - A model directory (config.json, *.safetensors, tokenizer files) is copied.
 //!
-//! Re-importing the same source with the same options is a no-op, so set-up can run it
-//! every time.
+//! Re-importing the same content with the same options is a no-op (even with `--force`),
+//! so set-up can run it every time.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -46,12 +46,12 @@ pub fn run(args: ImportArgs) -> Result<()> {
     }
     let label = if gguf { args.dtype.clone().unwrap_or_else(|| "quantized".into()) } else { "copied".into() };
     let provenance = Provenance::of(&source, &label)?;
+    if store::read_provenance(&target).is_some_and(|existing| existing.same_import(&provenance)) {
+        println!("{} is already imported from this content ({label}); nothing to do", args.name);
+        return Ok(());
+    }
     if target.exists() && !args.force {
-        if store::read_provenance(&target).as_ref() == Some(&provenance) {
-            println!("{} is already imported from {} ({label}); nothing to do", args.name, source.display());
-            return Ok(());
-        }
-        bail!("a model named {} already exists in {}; pass --force to replace it", args.name, root.display());
+        bail!("a different model named {} exists in {}; pass --force to replace it", args.name, root.display());
     }
 
     let staging = Staging::new(&root, &args.name)?;

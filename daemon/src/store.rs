@@ -25,28 +25,51 @@ pub fn store_root(explicit: Option<&Path>) -> PathBuf {
     crate::pyenv::data_home().unwrap_or_else(|| PathBuf::from("/var/lib")).join("mlxd")
 }
 
-/// Where a model came from; written by import, shown by `mlxctl models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where a model came from; written by import, shown by `mlxctl models`. Two imports are
+/// the same when the source's content (SHA-256) and the conversion match, wherever the
+/// source file happens to live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provenance {
     pub source: String,
+    pub source_sha256: String,
     pub source_bytes: u64,
-    pub source_modified_unix: u64,
     /// "quantized" (kept as in the source), "float16", "float32", or "copied".
     pub dtype: String,
 }
 
 impl Provenance {
     pub fn of(source: &Path, dtype: &str) -> Result<Provenance> {
-        let meta = std::fs::metadata(source).with_context(|| format!("reading {}", source.display()))?;
-        let modified =
-            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-        Ok(Provenance {
-            source: source.display().to_string(),
-            source_bytes: meta.len(),
-            source_modified_unix: modified,
-            dtype: dtype.to_string(),
-        })
+        let (source_sha256, source_bytes) = hash_source(source)?;
+        Ok(Provenance { source: source.display().to_string(), source_sha256, source_bytes, dtype: dtype.to_string() })
     }
+
+    pub fn same_import(&self, other: &Provenance) -> bool {
+        self.source_sha256 == other.source_sha256 && self.dtype == other.dtype
+    }
+}
+
+/// SHA-256 of a file, or of a directory's files (relative path and content, sorted).
+fn hash_source(source: &Path) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let files = if source.is_dir() {
+        let mut files = walk(source)?;
+        files.sort();
+        files
+    } else {
+        vec![source.to_path_buf()]
+    };
+    for file in files {
+        if source.is_dir() {
+            hasher.update(file.strip_prefix(source).unwrap_or(&file).to_string_lossy().as_bytes());
+            hasher.update([0]);
+        }
+        let mut reader = std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+        total += std::io::copy(&mut reader, &mut hasher)?;
+    }
+    let digest = hasher.finalize();
+    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
 }
 
 pub const PROVENANCE_FILE: &str = "mlxd-source.json";

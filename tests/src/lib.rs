@@ -301,3 +301,8 @@ pub fn bundled_gguf() -> PathBuf {
     }
     panic!("no bundled GGUF under {}; run `make setup`", lib.display());
 }
+
+/// The named model's entry in a status or model list.
+pub fn model_named<'a>(models: &'a [mlxd_client::proto::ModelInfo], name: &str) -> &'a mlxd_client::proto::ModelInfo {
+    models.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no model {name} in {models:?}"))
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mlxd_client::proto::{EmbedRequest, ErrorCode, LeaseRequest, ModelRef, Priority, Request, Response};
 use mlxd_client::ClientError;
-use mlxd_tests::{bin, cosine, minilm_reference, run_with_timeout, Daemon};
+use mlxd_tests::{bin, cosine, minilm_reference, model_named, run_with_timeout, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reference_text_matches_sentence_transformers() {
@@ -100,7 +100,7 @@ async fn a_lease_is_only_valid_on_its_own_connection() {
     let vectors = owner.embed_with(request).await.expect("owner can use its lease");
     assert_eq!(vectors.dim, 384);
     handle.release().await.expect("release");
-    assert_eq!(owner.status().await.unwrap().models[0].leases, 0);
+    assert_eq!(model_named(&owner.status().await.unwrap().models, "minilm").leases, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

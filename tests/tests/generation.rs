@@ -322,9 +322,19 @@ fn mlxd_import_converts_gguf_and_refuses_unsupported_tensor_types() {
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization"]["bits"], 4);
     assert!(model.join("tokenizer.json").exists() && model.join("model.safetensors").exists());
-    // Importing the same file again is a no-op; another name is refused only on clash.
+    // Importing the same content again is a no-op; different content under a taken name is
+    // refused unless --force.
     let (status, stdout, _) = import(&gguf, "smol-q");
     assert!(status.success() && stdout.contains("already imported"), "{stdout}");
+    let (status, _, stderr) = run_with_timeout(
+        Command::new(bin("mlxd"))
+            .arg("import")
+            .arg(&gguf)
+            .args(["--name", "smol-q", "--dtype", "float16", "--store"])
+            .arg(&store.0),
+        Duration::from_secs(300),
+    );
+    assert!(!status.success() && stderr.contains("--force"), "{stderr}");
 
     // A GGUF with a tensor type MLX cannot read, written here.
     let odd = store.join("odd.gguf");

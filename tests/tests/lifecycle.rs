@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mlxd_tests::{bin, cosine, minilm_reference, run_with_timeout, Daemon, TempDir};
+use mlxd_tests::{bin, cosine, minilm_reference, model_named, run_with_timeout, Daemon, TempDir};
 
 #[test]
 fn socket_is_private_and_single_and_removed_at_shutdown() {
@@ -127,7 +127,7 @@ async fn stdio_mode_exits_when_stdin_closes_and_leaves_no_worker() {
     assert_eq!(e.dim, 384);
     let status = client.status().await.unwrap();
     assert_eq!(status.endpoint, "stdio");
-    let worker_pid = status.models[0].worker_pid.expect("a worker runs");
+    let worker_pid = model_named(&status.models, "minilm").worker_pid.expect("a worker runs");
     drop(client);
 
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
@@ -160,7 +160,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     };
     // Let the request reach the worker, then ask the daemon to stop.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client.status().await.unwrap().models[0].in_flight == 0 {
+    while model_named(&client.status().await.unwrap().models, "minilm").in_flight == 0 {
         assert!(std::time::Instant::now() < deadline, "request never went in flight");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -179,7 +179,7 @@ async fn workers_die_with_a_killed_daemon() {
     let mut daemon = Daemon::start(&[]);
     let client = daemon.client().await;
     client.embed("minilm", vec!["warm up".into()]).await.expect("embed");
-    let worker_pid = client.status().await.unwrap().models[0].worker_pid.expect("worker pid");
+    let worker_pid = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.expect("worker pid");
     daemon.child.kill().unwrap(); // SIGKILL: no chance to clean up
     daemon.child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
