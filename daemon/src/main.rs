@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mlxd::config::DaemonConfig;
+use mlxd::config::{DaemonConfig, Overrides};
 use mlxd::server::{self, listener::BoundSocket, session, Daemon, WORKER_STOP_GRACE};
 use mlxd::worker::{self, WorkerArgs};
 use mlxd_proto::ModelKind;
@@ -32,6 +32,18 @@ struct ServeOptions {
     /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// Config file (TOML) [default: $XDG_CONFIG_HOME/mlxd/config.toml when it exists]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How long an idle model stays loaded: 0, 30s, 5m, never [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    keep_alive: Option<String>,
+    /// Weights that may be loaded at once: 75%, 12GiB, 800MB [default: 75% of memory]
+    #[arg(long, value_name = "SIZE")]
+    memory_budget: Option<String>,
+    /// Models loaded at once [default: 8]
+    #[arg(long, value_name = "N")]
+    max_loaded_models: Option<usize>,
     /// Serve an extra model directory under NAME (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
@@ -39,9 +51,9 @@ struct ServeOptions {
     /// OpenBLAS when installed]
     #[arg(long, env = "MLXD_BLAS", value_name = "PATH|off")]
     blas: Option<String>,
-    /// Requests admitted per model before Busy.
-    #[arg(long, default_value_t = 64)]
-    queue_capacity: usize,
+    /// Requests admitted per model before Busy [default: 64]
+    #[arg(long)]
+    queue_capacity: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,13 +135,17 @@ fn main() {
 }
 
 fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
-    let mut config = DaemonConfig::build(
-        options.python.as_deref(),
-        options.store.as_deref(),
-        &options.models,
-        options.blas.as_deref(),
-    )?;
-    config.queue_capacity = options.queue_capacity.max(1);
+    let config = DaemonConfig::build(&Overrides {
+        python: options.python.clone(),
+        store: options.store.clone(),
+        config_file: options.config.clone(),
+        extra_models: options.models.clone(),
+        blas: options.blas.clone(),
+        keep_alive: options.keep_alive.clone(),
+        memory_budget: options.memory_budget.clone(),
+        max_loaded_models: options.max_loaded_models,
+        queue_capacity: options.queue_capacity,
+    })?;
     if config.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");
     }

@@ -117,7 +117,7 @@ pub fn list(root: &Path) -> Vec<ModelSpec> {
                 Some(p) => format!("imported from {} ({})", p.source, p.dtype),
                 None => path.display().to_string(),
             };
-            Some(ModelSpec { name, kind, path, source })
+            Some(ModelSpec::new(name, kind, path, source))
         })
         .collect();
     models.sort_by(|a, b| a.name.cmp(&b.name));

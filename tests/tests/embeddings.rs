@@ -143,8 +143,8 @@ async fn typed_errors_for_bad_requests() {
     assert_eq!(code(client.embed("minilm", too_many).await.map(drop)), ErrorCode::TooLarge);
     let too_long = "x".repeat(client.welcome().limits.max_text_bytes as usize + 1);
     assert_eq!(code(client.embed("minilm", vec![too_long]).await.map(drop)), ErrorCode::TooLarge);
-    let generate = mlxd_client::proto::Request::Unload { model: "minilm".into(), force: false };
-    assert_eq!(code(client.call(generate).await.map(drop)), ErrorCode::NotImplemented);
+    let unload = mlxd_client::proto::Request::Unload { model: "no-such-model".into(), force: false };
+    assert_eq!(code(client.call(unload).await.map(drop)), ErrorCode::NotFound);
     // And the session still works.
     assert_eq!(client.embed("minilm", vec!["ok".into()]).await.expect("embed").count, 1);
     let tokens = client.tokenize(ModelRef::Name("minilm".into()), "hello world").await.expect("tokenize");

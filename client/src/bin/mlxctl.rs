@@ -77,6 +77,14 @@ enum Command {
         raw: bool,
         prompt: String,
     },
+    /// Load a model (showing progress) without leasing it.
+    Load { model: String },
+    /// Unload a model; a leased model is refused unless --force, which revokes the leases.
+    Unload {
+        model: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Show a text's token ids.
     Tokenize {
         #[arg(long, short)]
@@ -223,6 +231,50 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 other => other?,
             }
         }
+        Command::Load { model } => {
+            let started = std::time::Instant::now();
+            let request = mlxd_client::proto::Request::Load { model: model.clone() };
+            let json = cli.json;
+            let on_event = |event| {
+                if let mlxd_client::proto::Event::LoadProgress(p) = event {
+                    if json {
+                        print_json(
+                            &json!({ "stage": format!("{:?}", p.stage).to_lowercase(), "done": p.done, "total": p.total }),
+                        );
+                    } else {
+                        eprintln!("{}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
+                    }
+                }
+            };
+            match client.call_with_events(request, on_event).await? {
+                mlxd_client::proto::Response::Loaded(info) => {
+                    if cli.json {
+                        print_json(&model_json(&info));
+                    } else {
+                        println!(
+                            "{} is {} ({:.1} s)",
+                            info.name,
+                            state_name(info.state),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                other => return Err(ClientError::Wire(mlxd_client::proto::WireError::internal(format!("{other:?}")))),
+            }
+        }
+        Command::Unload { model, force } => {
+            let request = mlxd_client::proto::Request::Unload { model: model.clone(), force: *force };
+            match client.call(request).await? {
+                mlxd_client::proto::Response::Unloaded(info) => {
+                    if cli.json {
+                        print_json(&model_json(&info));
+                    } else {
+                        println!("{} is {}", info.name, state_name(info.state));
+                    }
+                }
+                other => return Err(ClientError::Wire(mlxd_client::proto::WireError::internal(format!("{other:?}")))),
+            }
+        }
         Command::Tokenize { model, text } => {
             let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
             if cli.json {
@@ -333,6 +385,9 @@ fn model_json(m: &ModelInfo) -> serde_json::Value {
         "in_flight": m.in_flight,
         "queue_depth": m.queue_depth,
         "queue_capacity": m.queue_capacity,
+        "resident_bytes": m.resident_bytes,
+        "idle_ms": m.idle_ms,
+        "keep_alive_left_ms": m.keep_alive_left_ms,
         "dim": m.dim,
         "max_seq_len": m.max_seq_len,
         "backend": m.backend,

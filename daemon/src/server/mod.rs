@@ -40,9 +40,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: DaemonConfig, endpoint: String) -> Arc<Daemon> {
-        let registry = Registry::new(&config);
+        let config = Arc::new(config);
+        let registry = Registry::new(config.clone());
         Arc::new(Daemon {
-            config: Arc::new(config),
+            config,
             registry,
             started: Instant::now(),
             endpoint,

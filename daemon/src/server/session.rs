@@ -123,7 +123,15 @@ impl Session {
 
     /// The model a lease of this session is on.
     pub fn leased_model(&self, lease: LeaseId) -> Result<Arc<crate::registry::Model>, WireError> {
-        self.leases().get(&lease).map(|g| g.model.clone()).ok_or_else(|| invalid_lease(lease))
+        let leases = self.leases();
+        let guard = leases.get(&lease).ok_or_else(|| invalid_lease(lease))?;
+        if !guard.is_valid() {
+            return Err(WireError::new(
+                ErrorCode::InvalidLease,
+                format!("lease {lease} was revoked: an operator force-unloaded {}", guard.model.spec.name),
+            ));
+        }
+        Ok(guard.model.clone())
     }
 }
 

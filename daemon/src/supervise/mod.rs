@@ -177,6 +177,17 @@ impl WorkerHandle {
         Ok((id, answer))
     }
 
+    /// The worker's resident memory (Linux: VmRSS from /proc; 0 where unknown).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.ready.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
     /// Whether the worker is still connected.
     pub fn is_alive(&self) -> bool {
         lock(&self.pending).closed.is_none()

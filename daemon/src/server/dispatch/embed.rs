@@ -79,8 +79,9 @@ pub async fn detokenize(session: &Arc<Session>, model: ModelRef, tokens: Vec<u32
 /// Admission, then the model's worker (loading it if needed), then the job.
 async fn run(session: &Arc<Session>, model: &Arc<Model>, job: Job) -> Result<JobOutput, WireError> {
     let _ticket = model.admission.try_admit(&model.spec.name)?;
-    let _in_flight = model.begin_request();
-    let worker = model.ready(&session.daemon.config, |_| {}).await?;
+    let registry = &session.daemon.registry;
+    let _in_flight = model.begin_request(registry);
+    let worker = model.ready(registry, |_| {}).await?;
     let started = Instant::now();
     let output = worker.run(job).await?;
     model.admission.record_service(started.elapsed());

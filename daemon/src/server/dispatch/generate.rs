@@ -37,12 +37,13 @@ pub async fn generate(
         return Err(WireError::bad_request(format!("model {} is not a text generation model", model.spec.name)));
     }
     let _ticket = model.admission.try_admit(&model.spec.name)?;
-    let _in_flight = model.begin_request();
+    let registry = &session.daemon.registry;
+    let _in_flight = model.begin_request(registry);
     let progress = |p| {
         let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
     };
     let worker = tokio::select! {
-        worker = model.ready(&session.daemon.config, progress) => worker?,
+        worker = model.ready(registry, progress) => worker?,
         () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
     };
 

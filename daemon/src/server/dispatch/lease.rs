@@ -6,6 +6,7 @@ use std::sync::Arc;
 use mlxd_proto::{Event, LeaseInfo, LeaseRequest, RequestId, Response, ServerMessage, WireError};
 use tokio::sync::mpsc;
 
+use crate::config::KeepAlive;
 use crate::server::session::Session;
 
 pub async fn lease(
@@ -14,10 +15,11 @@ pub async fn lease(
     request: LeaseRequest,
     events: &mpsc::Sender<ServerMessage>,
 ) -> Result<Response, WireError> {
-    let model = session.daemon.registry.get(&request.model)?.clone();
+    let registry = &session.daemon.registry;
+    let model = registry.get(&request.model)?.clone();
     // Lease first, then load: the model is held from the moment we start waiting for it.
-    let guard = model.lease();
-    model.ready(&session.daemon.config, progress_to(id, events)).await?;
+    let guard = model.lease(registry, request.keep_alive_ms.map(KeepAlive::from_millis));
+    model.ready(registry, progress_to(id, events)).await?;
     let lease = session.add_lease(guard)?;
     Ok(Response::Leased(LeaseInfo { lease, model: model.info() }))
 }
@@ -28,9 +30,19 @@ pub async fn load(
     name: &str,
     events: &mpsc::Sender<ServerMessage>,
 ) -> Result<Response, WireError> {
-    let model = session.daemon.registry.get(name)?.clone();
-    model.ready(&session.daemon.config, progress_to(id, events)).await?;
+    let registry = &session.daemon.registry;
+    let model = registry.get(name)?.clone();
+    // Held as a request while loading, so it cannot be unloaded before it is reported.
+    let _loading = model.begin_request(registry);
+    model.ready(registry, progress_to(id, events)).await?;
     Ok(Response::Loaded(model.info()))
+}
+
+pub async fn unload(session: &Arc<Session>, name: &str, force: bool) -> Result<Response, WireError> {
+    let registry = &session.daemon.registry;
+    let model = registry.get(name)?.clone();
+    model.unload(force, registry).await?;
+    Ok(Response::Unloaded(model.info()))
 }
 
 /// Forwards load progress as events. Progress is advisory: when the client's queue is

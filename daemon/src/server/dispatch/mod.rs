@@ -51,7 +51,7 @@ pub async fn handle(
                 embed::tokenize(session, model, text, add_special_tokens).await
             }
             Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
-            Request::Unload { .. } => Err(not_yet("unloading on request")),
+            Request::Unload { model, force } => lease::unload(session, &model, force).await,
             Request::Ping | Request::Status | Request::ListModels => {
                 Err(WireError::internal("supervisor request reached a request task"))
             }
@@ -64,13 +64,6 @@ pub async fn handle(
         result = work => result,
         () = control.cancel.cancelled() => Err(WireError::new(ErrorCode::Cancelled, format!("request {id} cancelled"))),
     }
-}
-
-fn not_yet(what: &str) -> WireError {
-    WireError::new(
-        ErrorCode::NotImplemented,
-        format!("{what} is part of protocol v1 but not served by this daemon yet"),
-    )
 }
 
 /// The model a request names, by name or by a lease of this session.

@@ -1,0 +1,455 @@
+//! One model's state machine: Unloaded → Loading → Ready → Unloading → Unloaded (or
+//! Failed), its users (leases and in-flight requests), and its keep-alive.
+//!
+//! Every transition happens under the model's one lock, and so does every change to its
+//! users. An unload (keep-alive, eviction, operator) is decided under that lock only when
+//! the model has no users *and* its use counter (`epoch`) is still the one the decision was
+//! made for; taking a lease or starting a request changes both under the same lock. So the
+//! race other servers have — a keep-alive timer firing between "is it idle?" and the
+//! unload while a request arrives — cannot happen: either the request came first and the
+//! unload is off, or the unload came first and the request waits for it and loads again.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, ModelInfo, ModelState, WireError};
+use tokio::sync::watch;
+
+use super::Registry;
+use crate::config::{KeepAlive, ModelSpec};
+use crate::sched::Admission;
+use crate::supervise::WorkerHandle;
+
+/// How long a worker has to exit when unloaded before it is killed.
+const UNLOAD_GRACE: Duration = Duration::from_secs(2);
+
+/// What a load in progress tells those waiting on it.
+#[derive(Debug, Clone)]
+enum LoadStatus {
+    Progress(LoadProgress),
+    Ready(Arc<WorkerHandle>),
+    Failed(WireError),
+}
+
+#[derive(Debug)]
+enum Slot {
+    Unloaded,
+    Loading(watch::Receiver<LoadStatus>),
+    Ready(Arc<WorkerHandle>),
+    /// The worker is stopping; the receiver turns true when it is gone.
+    Unloading(watch::Receiver<bool>),
+    Failed(WireError),
+}
+
+#[derive(Debug)]
+struct State {
+    slot: Slot,
+    leases: u32,
+    in_flight: u32,
+    /// Bumped on every acquire and release: a pending unload decision is valid only for
+    /// the epoch it was made in.
+    epoch: u64,
+    /// Bumped by a forced unload: leases taken before it are revoked.
+    lease_generation: u64,
+    last_used: Option<Instant>,
+    /// Set when the last user left; the keep-alive counts from here.
+    idle_since: Option<Instant>,
+    idle_keep_alive: KeepAlive,
+    /// An operator asked for an unload: it happens as soon as the model is idle.
+    unload_requested: bool,
+    loads: u64,
+}
+
+impl State {
+    fn users(&self) -> u32 {
+        self.leases + self.in_flight
+    }
+}
+
+/// One servable model.
+#[derive(Debug)]
+pub struct Model {
+    pub spec: ModelSpec,
+    pub admission: Admission,
+    state: Mutex<State>,
+}
+
+/// Why a model is being unloaded (for logs).
+#[derive(Debug, Clone, Copy)]
+pub enum UnloadReason {
+    KeepAlive,
+    Evicted,
+    Requested,
+}
+
+impl Model {
+    pub fn new(spec: ModelSpec, queue_capacity: usize) -> Model {
+        Model {
+            spec,
+            admission: Admission::new(queue_capacity),
+            state: Mutex::new(State {
+                slot: Slot::Unloaded,
+                leases: 0,
+                in_flight: 0,
+                epoch: 0,
+                lease_generation: 0,
+                last_used: None,
+                idle_since: None,
+                idle_keep_alive: KeepAlive::Never,
+                unload_requested: false,
+                loads: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a lease: the model stays loaded until the guard is dropped (and then for its
+    /// keep-alive: `keep_alive` if given, else the model's).
+    pub fn lease(self: &Arc<Self>, registry: &Registry, keep_alive: Option<KeepAlive>) -> LeaseGuard {
+        let mut state = self.state();
+        state.leases += 1;
+        state.epoch += 1;
+        state.idle_since = None;
+        LeaseGuard { model: self.clone(), registry: registry.clone(), generation: state.lease_generation, keep_alive }
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin_request(self: &Arc<Self>, registry: &Registry) -> InFlightGuard {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.epoch += 1;
+        state.idle_since = None;
+        InFlightGuard { model: self.clone(), registry: registry.clone() }
+    }
+
+    /// Whether a lease taken in `generation` is still valid.
+    pub fn lease_valid(&self, generation: u64) -> bool {
+        self.state().lease_generation == generation
+    }
+
+    /// A ready worker for this model, loading it first if needed (once, however many ask
+    /// at the same time). `progress` hears about the load, whoever started it. Call with a
+    /// lease or request guard held, so the model cannot be unloaded meanwhile.
+    pub async fn ready(
+        self: &Arc<Self>,
+        registry: &Registry,
+        mut progress: impl FnMut(LoadProgress),
+    ) -> Result<Arc<WorkerHandle>, WireError> {
+        loop {
+            enum Wait {
+                Load(watch::Receiver<LoadStatus>),
+                Unload(watch::Receiver<bool>),
+            }
+            let wait = {
+                let mut state = self.state();
+                match &state.slot {
+                    Slot::Ready(worker) if worker.is_alive() => return Ok(worker.clone()),
+                    Slot::Loading(status) => Wait::Load(status.clone()),
+                    Slot::Unloading(done) => Wait::Unload(done.clone()),
+                    _ => {
+                        let first = LoadProgress {
+                            model: self.spec.name.clone(),
+                            stage: LoadStage::Starting,
+                            done: 0,
+                            total: 1,
+                        };
+                        let (tx, rx) = watch::channel(LoadStatus::Progress(first));
+                        state.slot = Slot::Loading(rx.clone());
+                        state.loads += 1;
+                        // Its own task: the load completes even if this requester goes away.
+                        tokio::spawn(self.clone().load(registry.clone(), tx));
+                        Wait::Load(rx)
+                    }
+                }
+            };
+            match wait {
+                Wait::Unload(mut done) => {
+                    let _ = done.wait_for(|gone| *gone).await;
+                }
+                Wait::Load(mut status) => loop {
+                    let current = status.borrow_and_update().clone();
+                    match current {
+                        LoadStatus::Ready(worker) => return Ok(worker),
+                        LoadStatus::Failed(err) => return Err(err),
+                        LoadStatus::Progress(p) => progress(p),
+                    }
+                    if status.changed().await.is_err() {
+                        break; // the load ended; its result is in the slot: look again
+                    }
+                },
+            }
+        }
+    }
+
+    async fn load(self: Arc<Self>, registry: Registry, status: watch::Sender<LoadStatus>) {
+        tracing::info!(model = %self.spec.name, path = %self.spec.path.display(), "loading");
+        let started = Instant::now();
+        let result = match registry.make_room(&self).await {
+            Ok(()) => {
+                WorkerHandle::spawn(registry.config(), &self.spec, |p| {
+                    let _ = status.send(LoadStatus::Progress(p));
+                })
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        let mut state = self.state();
+        match result {
+            Ok(worker) => {
+                tracing::info!(
+                    model = %self.spec.name,
+                    pid = worker.ready.pid,
+                    backend = %worker.ready.backend,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "ready"
+                );
+                let worker = Arc::new(worker);
+                state.slot = Slot::Ready(worker.clone());
+                let _ = status.send(LoadStatus::Ready(worker));
+                // Loaded for requesters that may all have left meanwhile: start the clock.
+                if state.users() == 0 {
+                    state.idle_since = Some(Instant::now());
+                    self.schedule_idle_unload(&mut state, &registry);
+                }
+            }
+            Err(err) => {
+                tracing::error!(model = %self.spec.name, %err, "load failed");
+                state.slot = Slot::Failed(err.clone());
+                let _ = status.send(LoadStatus::Failed(err));
+            }
+        }
+    }
+
+    /// Called under the lock when the last user leaves (or a load finishes unused).
+    fn schedule_idle_unload(self: &Arc<Self>, state: &mut State, registry: &Registry) {
+        if !matches!(state.slot, Slot::Ready(_)) {
+            return;
+        }
+        let keep_alive = if state.unload_requested { KeepAlive::After(Duration::ZERO) } else { state.idle_keep_alive };
+        let delay = match keep_alive {
+            KeepAlive::Never => return,
+            KeepAlive::After(_) if self.spec.pinned && !state.unload_requested => return,
+            KeepAlive::After(delay) => delay,
+        };
+        let epoch = state.epoch;
+        let (model, registry) = (self.clone(), registry.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let reason = if model.state().unload_requested { UnloadReason::Requested } else { UnloadReason::KeepAlive };
+            model.unload_if_idle(Some(epoch), reason, &registry).await;
+        });
+    }
+
+    /// Unloads the model if it is loaded and idle — and, with `epoch`, still idle since
+    /// that epoch. Returns whether it unloaded. The decision and the transition to
+    /// Unloading happen under one lock, which is what makes the keep-alive race impossible.
+    pub async fn unload_if_idle(&self, epoch: Option<u64>, reason: UnloadReason, _registry: &Registry) -> bool {
+        let (worker, done) = {
+            let mut state = self.state();
+            let idle = state.users() == 0 && epoch.is_none_or(|e| e == state.epoch);
+            if !idle || !matches!(state.slot, Slot::Ready(_)) {
+                return false;
+            }
+            let (done, watch_done) = watch::channel(false);
+            let Slot::Ready(worker) = std::mem::replace(&mut state.slot, Slot::Unloading(watch_done)) else {
+                return false;
+            };
+            (worker, done)
+        };
+        tracing::info!(model = %self.spec.name, ?reason, "unloading");
+        worker.stop(UNLOAD_GRACE).await;
+        {
+            let mut state = self.state();
+            state.slot = Slot::Unloaded;
+            state.unload_requested = false;
+        }
+        let _ = done.send(true);
+        true
+    }
+
+    /// An operator's unload: refused while leased unless `force`, which revokes the leases
+    /// (their holders get a typed error on next use); waits for in-flight work to finish.
+    pub async fn unload(self: &Arc<Self>, force: bool, registry: &Registry) -> Result<(), WireError> {
+        {
+            let mut state = self.state();
+            if state.leases > 0 && !force {
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "model {} is leased ({} lease(s)); unload with force to revoke them",
+                        self.spec.name, state.leases
+                    ),
+                ));
+            }
+            if force && state.leases > 0 {
+                tracing::warn!(model = %self.spec.name, leases = state.leases, "forced unload revokes leases");
+                state.lease_generation += 1;
+                state.leases = 0;
+                state.epoch += 1;
+            }
+            if matches!(state.slot, Slot::Unloaded | Slot::Failed(_)) {
+                return Ok(());
+            }
+            state.unload_requested = true;
+        }
+        // Wait for in-flight work (and a load in progress) to finish, then unload.
+        loop {
+            let mut waiting_for_load = None;
+            let idle_ready = {
+                let state = self.state();
+                match &state.slot {
+                    Slot::Unloaded | Slot::Failed(_) => return Ok(()),
+                    Slot::Loading(status) => {
+                        waiting_for_load = Some(status.clone());
+                        false
+                    }
+                    Slot::Unloading(_) => false,
+                    Slot::Ready(_) => state.users() == 0,
+                }
+            };
+            if idle_ready && self.unload_if_idle(None, UnloadReason::Requested, registry).await {
+                return Ok(());
+            }
+            match waiting_for_load {
+                Some(mut status) => {
+                    let _ = status.wait_for(|s| !matches!(s, LoadStatus::Progress(_))).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// `lease_generation`: Some for a lease (ignored if a forced unload revoked it, which
+    /// already took it off the count), None for a request.
+    fn release(self: &Arc<Self>, registry: &Registry, keep_alive: Option<KeepAlive>, lease_generation: Option<u64>) {
+        let mut state = self.state();
+        match lease_generation {
+            Some(generation) if generation != state.lease_generation => return,
+            Some(_) => state.leases = state.leases.saturating_sub(1),
+            None => state.in_flight = state.in_flight.saturating_sub(1),
+        }
+        state.epoch += 1;
+        let now = Instant::now();
+        state.last_used = Some(now);
+        if state.users() == 0 {
+            state.idle_since = Some(now);
+            state.idle_keep_alive = keep_alive.unwrap_or(self.spec.keep_alive);
+            self.schedule_idle_unload(&mut state, registry);
+        }
+    }
+
+    /// For eviction: loaded, idle, not pinned — and when it was last used.
+    pub(super) fn eviction_candidate(&self) -> Option<(Option<Instant>, u64)> {
+        let state = self.state();
+        let ready = matches!(state.slot, Slot::Ready(_));
+        (ready && state.users() == 0 && !self.spec.pinned).then_some((state.last_used, state.epoch))
+    }
+
+    /// Whether the model holds (or is about to hold) memory.
+    pub(super) fn occupies_memory(&self) -> bool {
+        matches!(self.state().slot, Slot::Loading(_) | Slot::Ready(_) | Slot::Unloading(_))
+    }
+
+    pub(super) fn holders(&self) -> String {
+        let state = self.state();
+        format!(
+            "{} ({} MB, {} lease(s), {} request(s) in flight{})",
+            self.spec.name,
+            self.spec.size_bytes / 1_000_000,
+            state.leases,
+            state.in_flight,
+            if self.spec.pinned { ", pinned" } else { "" }
+        )
+    }
+
+    /// Takes the loaded worker, leaving the model unloaded (daemon shutdown).
+    pub(super) fn take_worker(&self) -> Option<Arc<WorkerHandle>> {
+        match std::mem::replace(&mut self.state().slot, Slot::Unloaded) {
+            Slot::Ready(worker) => Some(worker),
+            _ => None,
+        }
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let state = self.state();
+        let (model_state, worker, last_error) = match &state.slot {
+            Slot::Unloaded => (ModelState::Unloaded, None, None),
+            Slot::Loading(_) => (ModelState::Loading, None, None),
+            Slot::Ready(worker) if worker.is_alive() => (ModelState::Ready, Some(worker.clone()), None),
+            Slot::Ready(_) => (ModelState::Unloaded, None, Some("worker exited; reloads on next use".into())),
+            Slot::Unloading(_) => (ModelState::Unloading, None, None),
+            Slot::Failed(err) => (ModelState::Failed, None, Some(err.message.clone())),
+        };
+        let now = Instant::now();
+        let keep_alive_left_ms = match (&state.slot, state.idle_since, state.idle_keep_alive) {
+            (Slot::Ready(_), Some(since), KeepAlive::After(delay)) if !self.spec.pinned => {
+                Some(delay.saturating_sub(now - since).as_millis() as u64)
+            }
+            _ => None,
+        };
+        ModelInfo {
+            name: self.spec.name.clone(),
+            kind: self.spec.kind,
+            state: model_state,
+            source: self.spec.source.clone(),
+            leases: state.leases,
+            in_flight: state.in_flight,
+            queue_depth: self.admission.depth(),
+            queue_capacity: self.admission.capacity(),
+            resident_bytes: worker.as_ref().map_or(0, |w| w.resident_bytes()),
+            dim: worker.as_ref().map_or(0, |w| w.ready.dim),
+            max_seq_len: worker.as_ref().map_or(0, |w| w.ready.max_seq_len),
+            idle_ms: state.last_used.map(|t| (now - t).as_millis() as u64),
+            keep_alive_left_ms,
+            backend: worker.as_ref().map_or_else(String::new, |w| w.ready.backend.clone()),
+            worker_pid: worker.as_ref().map(|w| w.ready.pid),
+            last_error,
+        }
+    }
+
+    /// Loads started so far (for tests and status).
+    pub fn loads(&self) -> u64 {
+        self.state().loads
+    }
+}
+
+/// A lease on a model: keeps it loaded while held.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    pub model: Arc<Model>,
+    registry: Registry,
+    generation: u64,
+    keep_alive: Option<KeepAlive>,
+}
+
+impl LeaseGuard {
+    /// False once an operator force-unloaded the model.
+    pub fn is_valid(&self) -> bool {
+        self.model.lease_valid(self.generation)
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.model.release(&self.registry, self.keep_alive, Some(self.generation));
+    }
+}
+
+/// One request in flight on a model.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    model: Arc<Model>,
+    registry: Registry,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.model.release(&self.registry, None, None);
+    }
+}
