@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use pyo3::prelude::*;
 
 use crate::pyenv::PythonEnv;
-use crate::store::{self, Provenance, Staging};
+use crate::store::{self, Provenance, Scratch};
 use crate::worker::python::{is_exception, python_error, use_virtualenv};
 
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     }
     let label = if gguf { args.dtype.clone().unwrap_or_else(|| "quantized".into()) } else { "copied".into() };
     let provenance = Provenance::of(&source, &label)?;
-    if store::read_provenance(&target).is_some_and(|existing| existing.same_import(&provenance)) {
+    if store::read_manifest(&target).is_some_and(|existing| existing.provenance.same_import(&provenance)) {
         println!("{} is already imported from this content ({label}); nothing to do", args.name);
         return Ok(());
     }
@@ -54,7 +54,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
         bail!("a different model named {} exists in {}; pass --force to replace it", args.name, root.display());
     }
 
-    let staging = Staging::new(&root, &args.name)?;
+    let staging = Scratch::new(&root, &args.name, "importing")?;
     let summary = if gguf {
         convert_gguf(&source, &staging.path, args.dtype.as_deref(), args.python.as_deref())?
     } else {
@@ -64,9 +64,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
         store::copy_dir(&source, &staging.path)?;
         format!("copied {}", source.display())
     };
-    std::fs::write(staging.path.join(store::PROVENANCE_FILE), serde_json::to_string_pretty(&provenance)?)?;
     let kind = store::detect_kind(&staging.path)?;
-    let path = staging.commit(args.force)?;
+    let path = store::ingest(&root, &staging.path, &args.name, provenance, args.force)?;
     println!("imported {} ({kind:?}) into {}: {summary}", args.name, path.display());
     Ok(())
 }

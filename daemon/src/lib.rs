@@ -12,6 +12,7 @@
 //!   [`server::dispatch`] with one module per request family.
 //! - [`registry`]: models, their load-once state, leases and in-flight counts.
 //! - [`sched`]: per-model bounded admission with fail-fast `Busy`.
+//! - [`weights`]: safetensors header checks and the mmap pool of weight files.
 //! - [`supervise`]: spawning `mlxd worker` processes and routing jobs to them.
 //! - [`worker`]: the worker process itself: the pyo3 interpreter on one dedicated thread.
 //! - [`logging`]: tracing set-up shared by every subcommand.
@@ -30,4 +31,5 @@ pub mod sched;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod weights;
 pub mod worker;

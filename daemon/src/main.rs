@@ -95,6 +95,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check or clean the model store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+        /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
+        #[arg(long, value_name = "DIR", global = true)]
+        store: Option<PathBuf>,
+    },
     /// Run a model worker (started by the daemon on its socketpair).
     #[command(hide = true)]
     Worker {
@@ -107,6 +115,37 @@ enum Command {
         #[arg(long)]
         python: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Re-hash every blob and check every model's files are present.
+    Verify,
+    /// Remove blobs no model refers to, and leftovers of interrupted imports.
+    Gc,
+}
+
+fn store_command(action: StoreAction, store: Option<PathBuf>) -> Result<()> {
+    let root = mlxd::store::store_root(store.as_deref());
+    match action {
+        StoreAction::Verify => {
+            let problems = mlxd::store::verify(&root)?;
+            if problems.is_empty() {
+                println!("{}: every blob matches its hash and every model is complete", root.display());
+                Ok(())
+            } else {
+                for problem in &problems {
+                    println!("{problem}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), root.display())
+            }
+        }
+        StoreAction::Gc => {
+            let (removed, freed) = mlxd::store::gc(&root)?;
+            println!("{}: removed {removed} unreferenced file(s), {} MB freed", root.display(), freed / 1_000_000);
+            Ok(())
+        }
+    }
 }
 
 fn parse_kind(value: &str) -> Result<ModelKind, String> {
@@ -126,6 +165,7 @@ fn main() {
         Command::Import { path, name, dtype, store, python, force } => {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
+        Command::Store { action, store } => store_command(action, store),
         Command::Worker { name, kind, path, python } => worker::main(WorkerArgs { name, kind, path, python }),
     };
     if let Err(err) = result {

@@ -1,8 +1,20 @@
-//! The model store: imported models, one directory each under `<store>/models/<name>/`,
-//! written atomically (staged in a hidden sibling, fsynced, renamed into place) so a crash
-//! mid-import never leaves a half model visible. Each holds `mlxd-source.json` saying where
-//! it came from. (Content addressing and deduplication of blobs build on this layout.)
+//! The model store, content-addressed:
+//!
+//! ```text
+//! <store>/blobs/sha256/<hex>        every file of every model, once, read-only
+//! <store>/models/<name>/            one directory per model: symlinks to its blobs, and
+//!         mlxd-manifest.json        its manifest (files → hashes, kind, provenance)
+//! ```
+//!
+//! Importing the same weights under two names stores them once (and the daemon's mmap pool,
+//! keyed by inode, maps them once). Writes are atomic: blobs are written to a temporary
+//! name, fsynced and renamed; a model directory is assembled under a hidden name and
+//! renamed into place, so a crash mid-import never leaves a half model visible.
+//! safetensors files are checked and rewritten with 16 KiB-aligned tensors on the way in.
+//! `mlxd store verify` re-hashes blobs; `mlxd store gc` removes unreferenced ones.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,9 +22,11 @@ use mlxd_proto::ModelKind;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelSpec;
+use crate::weights::safetensors;
 
 /// Environment variable naming the store directory.
 pub const STORE_ENV: &str = "MLXD_STORE";
+pub const MANIFEST_FILE: &str = "mlxd-manifest.json";
 
 /// `explicit`, else `$MLXD_STORE`, else `$XDG_DATA_HOME/mlxd`, else `~/.local/share/mlxd`.
 pub fn store_root(explicit: Option<&Path>) -> PathBuf {
@@ -25,9 +39,16 @@ pub fn store_root(explicit: Option<&Path>) -> PathBuf {
     crate::pyenv::data_home().unwrap_or_else(|| PathBuf::from("/var/lib")).join("mlxd")
 }
 
-/// Where a model came from; written by import, shown by `mlxctl models`. Two imports are
-/// the same when the source's content (SHA-256) and the conversion match, wherever the
-/// source file happens to live.
+pub fn models_dir(root: &Path) -> PathBuf {
+    root.join("models")
+}
+
+pub fn blobs_dir(root: &Path) -> PathBuf {
+    root.join("blobs").join("sha256")
+}
+
+/// Where a model came from. Two imports are the same when the source's content (SHA-256)
+/// and the conversion match, wherever the source file happens to live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provenance {
     pub source: String,
@@ -39,7 +60,7 @@ pub struct Provenance {
 
 impl Provenance {
     pub fn of(source: &Path, dtype: &str) -> Result<Provenance> {
-        let (source_sha256, source_bytes) = hash_source(source)?;
+        let (source_sha256, source_bytes) = hash_tree(source)?;
         Ok(Provenance { source: source.display().to_string(), source_sha256, source_bytes, dtype: dtype.to_string() })
     }
 
@@ -48,38 +69,18 @@ impl Provenance {
     }
 }
 
-/// SHA-256 of a file, or of a directory's files (relative path and content, sorted).
-fn hash_source(source: &Path) -> Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let files = if source.is_dir() {
-        let mut files = walk(source)?;
-        files.sort();
-        files
-    } else {
-        vec![source.to_path_buf()]
-    };
-    for file in files {
-        if source.is_dir() {
-            hasher.update(file.strip_prefix(source).unwrap_or(&file).to_string_lossy().as_bytes());
-            hasher.update([0]);
-        }
-        let mut reader = std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
-        total += std::io::copy(&mut reader, &mut hasher)?;
-    }
-    let digest = hasher.finalize();
-    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
+/// A model's manifest: its files by content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub kind: String,
+    /// Relative path in the model directory → SHA-256 of the blob.
+    pub files: BTreeMap<String, String>,
+    pub provenance: Provenance,
 }
 
-pub const PROVENANCE_FILE: &str = "mlxd-source.json";
-
-pub fn models_dir(root: &Path) -> PathBuf {
-    root.join("models")
-}
-
-pub fn read_provenance(model_dir: &Path) -> Option<Provenance> {
-    let text = std::fs::read_to_string(model_dir.join(PROVENANCE_FILE)).ok()?;
+pub fn read_manifest(model_dir: &Path) -> Option<Manifest> {
+    let text = std::fs::read_to_string(model_dir.join(MANIFEST_FILE)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -106,6 +107,10 @@ pub fn list(root: &Path) -> Vec<ModelSpec> {
                 return None; // staging directories and strays
             }
             let path = entry.path();
+            let Some(manifest) = read_manifest(&path) else {
+                tracing::warn!(model = %name, "skipping {}: no {MANIFEST_FILE} (re-import it)", path.display());
+                return None;
+            };
             let kind = match detect_kind(&path) {
                 Ok(kind) => kind,
                 Err(err) => {
@@ -113,10 +118,7 @@ pub fn list(root: &Path) -> Vec<ModelSpec> {
                     return None;
                 }
             };
-            let source = match read_provenance(&path) {
-                Some(p) => format!("imported from {} ({})", p.source, p.dtype),
-                None => path.display().to_string(),
-            };
+            let source = format!("imported from {} ({})", manifest.provenance.source, manifest.provenance.dtype);
             Some(ModelSpec::new(name, kind, path, source))
         })
         .collect();
@@ -142,88 +144,263 @@ pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
     }
 }
 
-/// A hidden staging directory beside the final one; renamed into place when complete.
+/// A hidden working directory under `models/`, removed when dropped.
 #[derive(Debug)]
-pub struct Staging {
+pub struct Scratch {
     pub path: PathBuf,
-    target: PathBuf,
-    done: bool,
 }
 
-impl Staging {
-    pub fn new(root: &Path, name: &str) -> Result<Staging> {
+impl Scratch {
+    pub fn new(root: &Path, name: &str, purpose: &str) -> Result<Scratch> {
         let models = models_dir(root);
         std::fs::create_dir_all(&models).with_context(|| format!("creating {}", models.display()))?;
-        let path = models.join(format!(".{name}.importing-{}", std::process::id()));
+        let path = models.join(format!(".{name}.{purpose}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        Ok(Staging { path, target: models.join(name), done: false })
-    }
-
-    /// fsyncs every file, then renames the staging directory to the model's name,
-    /// replacing an existing model only when `replace` is set.
-    pub fn commit(mut self, replace: bool) -> Result<PathBuf> {
-        for entry in walk(&self.path)? {
-            std::fs::File::open(&entry)?.sync_all()?;
-        }
-        if self.target.exists() {
-            if !replace {
-                bail!("{} exists; pass --force to replace it", self.target.display());
-            }
-            let old = self.target.with_file_name(format!(
-                ".{}.replaced-{}",
-                self.target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                std::process::id()
-            ));
-            std::fs::rename(&self.target, &old)?;
-            std::fs::rename(&self.path, &self.target)?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&self.path, &self.target)?;
-        }
-        if let Some(parent) = self.target.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-        self.done = true;
-        Ok(self.target.clone())
+        Ok(Scratch { path })
     }
 }
 
-impl Drop for Staging {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            files.extend(walk(&entry.path())?);
-        } else {
-            files.push(entry.path());
+/// Moves the files of `staged` (a complete model directory) into the store as model
+/// `name`: safetensors checked and aligned, every file stored once as a blob, then the
+/// model directory of symlinks and its manifest renamed into place.
+pub fn ingest(root: &Path, staged: &Path, name: &str, provenance: Provenance, replace: bool) -> Result<PathBuf> {
+    let kind = detect_kind(staged)?;
+    let blobs = blobs_dir(root);
+    std::fs::create_dir_all(&blobs)?;
+    let mut files = BTreeMap::new();
+    for file in walk(staged)? {
+        let relative = file.strip_prefix(staged).unwrap_or(&file).to_string_lossy().into_owned();
+        if relative == MANIFEST_FILE {
+            continue;
+        }
+        let hash = store_blob(&blobs, &file).with_context(|| format!("storing {relative}"))?;
+        files.insert(relative, hash);
+    }
+    let manifest = Manifest { name: name.to_string(), kind: format!("{kind:?}").to_lowercase(), files, provenance };
+
+    let view = Scratch::new(root, name, "view")?;
+    std::fs::create_dir_all(&view.path)?;
+    for (relative, hash) in &manifest.files {
+        let link = view.path.join(relative);
+        let depth = Path::new(relative).components().count(); // models/<name>/<relative>
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut target = PathBuf::new();
+        for _ in 0..depth + 1 {
+            target.push("..");
+        }
+        target.push("blobs/sha256");
+        target.push(hash);
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
+    let manifest_path = view.path.join(MANIFEST_FILE);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::File::open(&manifest_path)?.sync_all()?;
+    sync_dir(&view.path)?;
+
+    let target = models_dir(root).join(name);
+    if target.exists() {
+        if !replace {
+            bail!("{} exists; pass --force to replace it", target.display());
+        }
+        let old = Scratch::new(root, name, "replaced")?;
+        std::fs::rename(&target, &old.path)?;
+        std::fs::rename(&view.path, &target)?;
+    } else {
+        std::fs::rename(&view.path, &target)?;
+    }
+    sync_dir(&models_dir(root))?;
+    Ok(target)
+}
+
+/// Stores one file as a blob (safetensors aligned first) and returns its hash.
+fn store_blob(blobs: &Path, file: &Path) -> Result<String> {
+    let aligned;
+    let mut source = file.to_path_buf();
+    if file.extension().is_some_and(|e| e == "safetensors") {
+        let bytes = std::fs::File::open(file)?;
+        // SAFETY: a read-only mapping of a file we staged ourselves; nothing writes to it.
+        let map = unsafe { memmap2::Mmap::map(&bytes)? };
+        let header = safetensors::parse(&map).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if !header.is_aligned() {
+            aligned = tempfile_in(blobs)?;
+            safetensors::write_aligned(&map, &header, &aligned)?;
+            source = aligned.clone();
         }
     }
+    let (hash, _) = hash_tree(&source)?;
+    let blob = blobs.join(&hash);
+    if blob.exists() {
+        if source != file {
+            std::fs::remove_file(&source)?;
+        }
+        return Ok(hash);
+    }
+    let temp = tempfile_in(blobs)?;
+    std::fs::copy(&source, &temp)?;
+    if source != file {
+        std::fs::remove_file(&source)?;
+    }
+    let handle = std::fs::File::open(&temp)?;
+    handle.sync_all()?;
+    let mut permissions = handle.metadata()?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&temp, permissions)?;
+    std::fs::rename(&temp, &blob)?;
+    Ok(hash)
+}
+
+fn tempfile_in(dir: &Path) -> Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(dir.join(format!(".tmp-{}-{n}", std::process::id())))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// SHA-256 of a file, or of a directory's files (relative path and content, sorted).
+pub fn hash_tree(source: &Path) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let is_dir = source.is_dir();
+    let files = if is_dir { walk(source)? } else { vec![source.to_path_buf()] };
+    for file in files {
+        if is_dir {
+            hasher.update(file.strip_prefix(source).unwrap_or(&file).to_string_lossy().as_bytes());
+            hasher.update([0]);
+        }
+        let mut reader = std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            total += n as u64;
+        }
+    }
+    let digest = hasher.finalize();
+    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
+}
+
+/// Files under `dir`, recursively, sorted; hidden entries skipped.
+pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
     Ok(files)
 }
 
 /// Copies a model directory's files (not hidden ones) into `to`.
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
+    for file in walk(from)? {
+        let target = to.join(file.strip_prefix(from).unwrap_or(&file));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        let target = to.join(&name);
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target).with_context(|| format!("copying {}", entry.path().display()))?;
-        }
+        std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
     }
     Ok(())
+}
+
+/// `mlxd store verify`: re-hashes every blob and checks every manifest's files exist.
+/// Returns the problems found (empty when the store is sound).
+pub fn verify(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let blobs = blobs_dir(root);
+    if blobs.is_dir() {
+        for blob in walk(&blobs)? {
+            let name = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (hash, _) = hash_tree(&blob)?;
+            if hash != name {
+                problems.push(format!("blob {name} is corrupt: its content hashes to {hash}"));
+            }
+        }
+    }
+    for (name, manifest) in manifests(root)? {
+        for (relative, hash) in &manifest.files {
+            if !blobs.join(hash).is_file() {
+                problems.push(format!("model {name}: {relative} refers to missing blob {hash}"));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// `mlxd store gc`: removes blobs no manifest refers to, and leftovers of interrupted
+/// imports. Returns (files removed, bytes freed).
+pub fn gc(root: &Path) -> Result<(usize, u64)> {
+    let referenced: BTreeSet<String> = manifests(root)?.into_iter().flat_map(|(_, m)| m.files.into_values()).collect();
+    let (mut removed, mut freed) = (0, 0);
+    let blobs = blobs_dir(root);
+    if let Ok(entries) = std::fs::read_dir(&blobs) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if referenced.contains(&name) || (name.starts_with(".tmp-") && pid_alive(&name)) {
+                continue;
+            }
+            freed += entry.metadata().map_or(0, |m| m.len());
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(models_dir(root)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && !pid_alive(&name) {
+                std::fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok((removed, freed))
+}
+
+/// Whether the pid in a scratch name (`.x.purpose-PID` or `.tmp-PID-N`) is still running.
+fn pid_alive(name: &str) -> bool {
+    let pid = match name.strip_prefix(".tmp-") {
+        Some(rest) => rest.split('-').next().and_then(|p| p.parse::<i32>().ok()),
+        None => name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()),
+    };
+    // SAFETY: kill with signal 0 only checks for existence.
+    pid.is_some_and(|pid| pid > 0 && unsafe { libc::kill(pid, 0) } == 0)
+}
+
+fn manifests(root: &Path) -> Result<Vec<(String, Manifest)>> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(models_dir(root)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(manifest) = read_manifest(&entry.path()) {
+                out.push((name, manifest));
+            }
+        }
+    }
+    Ok(out)
 }

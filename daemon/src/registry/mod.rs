@@ -12,9 +12,10 @@ pub mod model;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mlxd_proto::{ErrorCode, ModelInfo, WireError};
+use mlxd_proto::{ErrorCode, MappedWeights, ModelInfo, WireError};
 
 use crate::config::DaemonConfig;
+use crate::weights::pool::WeightPool;
 pub use model::{InFlightGuard, LeaseGuard, Model, UnloadReason};
 
 #[derive(Debug)]
@@ -25,6 +26,7 @@ struct Inner {
     aliases: BTreeMap<String, String>,
     /// Serialises "is there room, and whom to evict" decisions between loads.
     make_room: tokio::sync::Mutex<()>,
+    pool: WeightPool,
 }
 
 /// All servable models by name. Cheap to clone.
@@ -41,7 +43,15 @@ impl Registry {
             .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), config.queue_capacity))))
             .collect();
         let aliases = config.aliases.clone();
-        Registry { inner: Arc::new(Inner { config, models, aliases, make_room: tokio::sync::Mutex::new(()) }) }
+        Registry {
+            inner: Arc::new(Inner {
+                config,
+                models,
+                aliases,
+                make_room: tokio::sync::Mutex::new(()),
+                pool: WeightPool::default(),
+            }),
+        }
     }
 
     pub fn config(&self) -> &DaemonConfig {
@@ -55,6 +65,32 @@ impl Registry {
             let known: Vec<&str> = self.inner.models.keys().map(String::as_str).collect();
             WireError::new(ErrorCode::NotFound, format!("no model named {name:?} (known: {})", known.join(", ")))
         })
+    }
+
+    pub fn pool(&self) -> &WeightPool {
+        &self.inner.pool
+    }
+
+    /// The mapped weight files and the loaded models using each.
+    pub fn weights(&self) -> Vec<MappedWeights> {
+        self.inner
+            .pool
+            .mapped()
+            .iter()
+            .map(|mapped| MappedWeights {
+                path: mapped.path.display().to_string(),
+                bytes: mapped.len(),
+                tensors: mapped.header.tensors.len() as u32,
+                aligned: mapped.header.is_aligned(),
+                models: self
+                    .inner
+                    .models
+                    .values()
+                    .filter(|m| m.uses_weights(&mapped.path))
+                    .map(|m| m.spec.name.clone())
+                    .collect(),
+            })
+            .collect()
     }
 
     pub fn infos(&self) -> Vec<ModelInfo> {

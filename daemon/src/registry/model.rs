@@ -19,6 +19,7 @@ use super::Registry;
 use crate::config::{KeepAlive, ModelSpec};
 use crate::sched::Admission;
 use crate::supervise::WorkerHandle;
+use crate::weights::pool::Pinned;
 
 /// How long a worker has to exit when unloaded before it is killed.
 const UNLOAD_GRACE: Duration = Duration::from_secs(2);
@@ -58,6 +59,8 @@ struct State {
     /// An operator asked for an unload: it happens as soon as the model is idle.
     unload_requested: bool,
     loads: u64,
+    /// The mapped weight files, held while loaded.
+    weights: Pinned,
 }
 
 impl State {
@@ -98,6 +101,7 @@ impl Model {
                 idle_keep_alive: KeepAlive::Never,
                 unload_requested: false,
                 loads: 0,
+                weights: Pinned::default(),
             }),
         }
     }
@@ -188,17 +192,21 @@ impl Model {
         tracing::info!(model = %self.spec.name, path = %self.spec.path.display(), "loading");
         let started = Instant::now();
         let result = match registry.make_room(&self).await {
-            Ok(()) => {
-                WorkerHandle::spawn(registry.config(), &self.spec, |p| {
+            // Every weight file is mapped and its header checked before the worker sees it.
+            Ok(()) => match registry.pool().prepare(&self.spec.name, &self.spec.path) {
+                Ok(weights) => WorkerHandle::spawn(registry.config(), &self.spec, |p| {
                     let _ = status.send(LoadStatus::Progress(p));
                 })
                 .await
-            }
+                .map(|worker| (worker, weights)),
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         };
         let mut state = self.state();
         match result {
-            Ok(worker) => {
+            Ok((worker, weights)) => {
+                state.weights = weights;
                 tracing::info!(
                     model = %self.spec.name,
                     pid = worker.ready.pid,
@@ -268,6 +276,7 @@ impl Model {
             let mut state = self.state();
             state.slot = Slot::Unloaded;
             state.unload_requested = false;
+            state.weights = Pinned::default();
         }
         let _ = done.send(true);
         true
@@ -370,7 +379,9 @@ impl Model {
 
     /// Takes the loaded worker, leaving the model unloaded (daemon shutdown).
     pub(super) fn take_worker(&self) -> Option<Arc<WorkerHandle>> {
-        match std::mem::replace(&mut self.state().slot, Slot::Unloaded) {
+        let mut state = self.state();
+        state.weights = Pinned::default();
+        match std::mem::replace(&mut state.slot, Slot::Unloaded) {
             Slot::Ready(worker) => Some(worker),
             _ => None,
         }
@@ -411,6 +422,11 @@ impl Model {
             worker_pid: worker.as_ref().map(|w| w.ready.pid),
             last_error,
         }
+    }
+
+    /// Whether the model, as loaded now, uses the weight file at `path`.
+    pub(super) fn uses_weights(&self, path: &std::path::Path) -> bool {
+        self.state().weights.files.iter().any(|f| f.path == path)
     }
 
     /// Loads started so far (for tests and status).

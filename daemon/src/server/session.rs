@@ -297,7 +297,7 @@ async fn serve<R, W>(
 
 /// Refusals decided before any work: duplicate ids and the per-session in-flight limit.
 fn admit(session: &Session, id: RequestId, body: &Request) -> Option<WireError> {
-    if matches!(body, Request::Ping | Request::Status | Request::ListModels) {
+    if matches!(body, Request::Ping | Request::Status | Request::ListModels | Request::Weights) {
         return None; // answered at once, never counted
     }
     let in_flight = session.in_flight();

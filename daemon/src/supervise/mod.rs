@@ -76,6 +76,7 @@ impl WorkerHandle {
         spec: &ModelSpec,
         progress: impl Fn(LoadProgress),
     ) -> Result<WorkerHandle, WireError> {
+        tracing::info!(model = %spec.name, "starting worker");
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(spec, e))?;
         let child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
         ours.set_nonblocking(true).map_err(|e| spawn_error(spec, e))?;

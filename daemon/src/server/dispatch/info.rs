@@ -12,6 +12,7 @@ pub fn answer(session: &Session, body: &Request) -> Option<Result<Response, Wire
     let response = match body {
         Request::Ping => Response::Pong,
         Request::ListModels => Response::Models(daemon.registry.infos()),
+        Request::Weights => Response::Weights(daemon.registry.weights()),
         Request::Status => Response::Status(DaemonStatus {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,

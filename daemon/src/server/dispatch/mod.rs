@@ -52,7 +52,7 @@ pub async fn handle(
             }
             Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
             Request::Unload { model, force } => lease::unload(session, &model, force).await,
-            Request::Ping | Request::Status | Request::ListModels => {
+            Request::Ping | Request::Status | Request::ListModels | Request::Weights => {
                 Err(WireError::internal("supervisor request reached a request task"))
             }
         }
