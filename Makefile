@@ -37,6 +37,7 @@ test-python:
 # Benchmarks (not tests): numbers go to BENCHMARKS.md with the machine and the command.
 bench: setup-release
 	.venv/bin/python bench/decode.py
+	.venv/bin/python bench/load.py
 
 fmt:
 	cargo fmt --all
