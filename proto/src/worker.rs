@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::messages::{GenerationSummary, LoadStage, ModelKind, PromptInput};
+use crate::messages::{GenerateParams, GenerationSummary, LoadStage, ModelKind, PromptInput};
 
 /// Chosen by the supervisor, unique per worker.
 pub type JobId = u64;
@@ -41,18 +41,12 @@ pub enum Job {
     Generate(GenerateJob),
 }
 
-/// A validated generation request (the daemon has checked ranges and UTF-8).
+/// A validated generation request: the daemon has checked the parameters' ranges, and
+/// that every stop string is UTF-8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateJob {
     pub input: PromptInput,
-    pub max_tokens: u32,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: u32,
-    pub min_p: f32,
-    pub repetition_penalty: f32,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
+    pub params: GenerateParams,
     /// Token events the worker may send before more `Credit` arrives.
     pub credit: u32,
 }

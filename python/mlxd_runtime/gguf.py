@@ -95,8 +95,17 @@ def _mlx_name(name: str) -> str:
     return f"{_TOP_NAMES[base]}.{suffix}"
 
 
+# (bytes per block, elements per block) of the GGML types whose layout is fixed.
+_BLOCKS = {
+    0: (4, 1), 1: (2, 1), 30: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32),
+    8: (34, 32), 9: (36, 32), 10: (84, 256), 11: (110, 256), 12: (144, 256), 13: (176, 256),
+    14: (210, 256), 15: (292, 256),
+}
+
+
 def tensor_types(path: str | os.PathLike) -> dict[str, str]:
-    """Tensor name → GGML type name, from the GGUF header (read without loading tensors)."""
+    """Tensor name → GGML type name, from the GGUF header, read without loading tensors.
+    Refuses a header whose tensors run past the end of the file or overlap."""
     import struct
 
     with open(path, "rb") as f:
@@ -137,17 +146,42 @@ def tensor_types(path: str | os.PathLike) -> dict[str, str]:
         if version not in (2, 3):
             raise UnsupportedModel(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
         n_tensors, n_kv = take("<QQ")
+        if n_tensors > 1 << 20 or n_kv > 1 << 20:
+            raise UnsupportedModel(f"{path}: GGUF header claims {n_tensors} tensors and {n_kv} keys; it is corrupt")
+        alignment = 32
         for _ in range(n_kv):
-            string()
+            key = string()
             (kind,) = take("<I")
-            skip_value(kind)
+            if key == "general.alignment" and kind == 4:
+                (alignment,) = take("<I")
+            else:
+                skip_value(kind)
         types = {}
+        ranges = []
         for _ in range(n_tensors):
             name = string()
             (n_dims,) = take("<I")
-            take(f"<{n_dims}Q")
-            ggml_type, _offset = take("<IQ")
+            if n_dims > 8:
+                raise UnsupportedModel(f"{path}: tensor {name!r} claims {n_dims} dimensions; the header is corrupt")
+            dims = take(f"<{n_dims}Q")
+            ggml_type, offset = take("<IQ")
             types[name] = GGML_TYPE_NAMES.get(ggml_type, f"type {ggml_type}")
+            if ggml_type in _BLOCKS:
+                block_bytes, block_elems = _BLOCKS[ggml_type]
+                elements = 1
+                for d in dims:
+                    elements *= d
+                ranges.append((offset, offset + elements // block_elems * block_bytes, name))
+        data_start = (f.tell() + alignment - 1) // alignment * alignment
+        file_size = os.fstat(f.fileno()).st_size
+        ranges.sort()
+        for index, (begin, end, name) in enumerate(ranges):
+            if data_start + end > file_size:
+                raise UnsupportedModel(
+                    f"{path}: tensor {name!r} (bytes {begin}..{end} of the data) runs past the end of the file"
+                )
+            if index and begin < ranges[index - 1][1]:
+                raise UnsupportedModel(f"{path}: tensors {ranges[index - 1][2]!r} and {name!r} overlap")
         return types
 
 

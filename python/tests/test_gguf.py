@@ -82,3 +82,12 @@ def test_not_a_gguf(tmp_path):
     path.write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(gguf.UnsupportedModel, match="not a GGUF"):
         gguf.tensor_types(path)
+
+
+def test_truncated_or_overlapping_tensors_are_refused(tmp_path):
+    path = tmp_path / "short.gguf"
+    write_gguf(path, {"general.architecture": "llama"}, [("token_embd.weight", [64, 64], "F32")])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(gguf.UnsupportedModel, match="runs past the end"):
+        gguf.tensor_types(path)

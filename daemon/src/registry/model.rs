@@ -58,7 +58,6 @@ struct State {
     idle_keep_alive: KeepAlive,
     /// An operator asked for an unload: it happens as soon as the model is idle.
     unload_requested: bool,
-    loads: u64,
     /// The mapped weight files, held while loaded.
     weights: Pinned,
 }
@@ -100,7 +99,6 @@ impl Model {
                 idle_since: None,
                 idle_keep_alive: KeepAlive::Never,
                 unload_requested: false,
-                loads: 0,
                 weights: Pinned::default(),
             }),
         }
@@ -162,7 +160,6 @@ impl Model {
                         };
                         let (tx, rx) = watch::channel(LoadStatus::Progress(first));
                         state.slot = Slot::Loading(rx.clone());
-                        state.loads += 1;
                         // Its own task: the load completes even if this requester goes away.
                         tokio::spawn(self.clone().load(registry.clone(), tx));
                         Wait::Load(rx)
@@ -427,11 +424,6 @@ impl Model {
     /// Whether the model, as loaded now, uses the weight file at `path`.
     pub(super) fn uses_weights(&self, path: &std::path::Path) -> bool {
         self.state().weights.files.iter().any(|f| f.path == path)
-    }
-
-    /// Loads started so far (for tests and status).
-    pub fn loads(&self) -> u64 {
-        self.state().loads
     }
 }
 

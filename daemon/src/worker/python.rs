@@ -114,14 +114,17 @@ fn start_stream(py: Python<'_>, adapter: &Py<PyAny>, job: GenerateJob) -> Result
     let params = PyDict::new(py);
     let set = |key: &str, value: Bound<'_, PyAny>| params.set_item(key, value);
     let result = (|| -> PyResult<Py<PyAny>> {
-        set("max_tokens", job.max_tokens.into_pyobject(py)?.into_any())?;
-        set("temperature", job.temperature.into_pyobject(py)?.into_any())?;
-        set("top_p", job.top_p.into_pyobject(py)?.into_any())?;
-        set("top_k", job.top_k.into_pyobject(py)?.into_any())?;
-        set("min_p", job.min_p.into_pyobject(py)?.into_any())?;
-        set("repetition_penalty", job.repetition_penalty.into_pyobject(py)?.into_any())?;
-        set("seed", job.seed.into_pyobject(py)?.into_any())?;
-        set("stop", job.stop.into_pyobject(py)?.into_any())?;
+        let p = &job.params;
+        // Checked UTF-8 by the daemon; lossy only as a last line of defence.
+        let stop: Vec<String> = p.stop.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+        set("max_tokens", p.max_tokens.into_pyobject(py)?.into_any())?;
+        set("temperature", p.temperature.into_pyobject(py)?.into_any())?;
+        set("top_p", p.top_p.into_pyobject(py)?.into_any())?;
+        set("top_k", p.top_k.into_pyobject(py)?.into_any())?;
+        set("min_p", p.min_p.into_pyobject(py)?.into_any())?;
+        set("repetition_penalty", p.repetition_penalty.into_pyobject(py)?.into_any())?;
+        set("seed", p.seed.into_pyobject(py)?.into_any())?;
+        set("stop", stop.into_pyobject(py)?.into_any())?;
         Ok(adapter.bind(py).call_method1("start", (raw, messages, &params))?.unbind())
     })();
     result.map_err(|err| request_error(py, err))

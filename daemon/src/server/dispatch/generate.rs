@@ -177,7 +177,6 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             format!("{} stop strings; at most {MAX_STOP_STRINGS} are allowed", p.stop.len()),
         ));
     }
-    let mut stop = Vec::with_capacity(p.stop.len());
     for (index, bytes) in p.stop.iter().enumerate() {
         if bytes.is_empty() || bytes.len() > MAX_STOP_BYTES {
             return Err(WireError::bad_request(format!(
@@ -185,9 +184,8 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
                 bytes.len()
             )));
         }
-        match String::from_utf8(bytes.clone()) {
-            Ok(text) => stop.push(text),
-            Err(err) => return Err(WireError::bad_request(format!("stop string {index} is not valid UTF-8: {err}"))),
+        if let Err(err) = std::str::from_utf8(bytes) {
+            return Err(WireError::bad_request(format!("stop string {index} is not valid UTF-8: {err}")));
         }
     }
     let prompt_bytes = match &request.input {
@@ -205,18 +203,7 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             format!("the prompt is {prompt_bytes} bytes; max_text_bytes is {}", limits.max_text_bytes),
         ));
     }
-    Ok(GenerateJob {
-        input: request.input.clone(),
-        max_tokens: p.max_tokens,
-        temperature: p.temperature,
-        top_p: p.top_p,
-        top_k: p.top_k,
-        min_p: p.min_p,
-        repetition_penalty: p.repetition_penalty,
-        seed: p.seed,
-        stop,
-        credit: 0,
-    })
+    Ok(GenerateJob { input: request.input.clone(), params: p.clone(), credit: 0 })
 }
 
 #[cfg(test)]
@@ -249,6 +236,6 @@ mod tests {
         assert_eq!(code(GenerateParams { stop: vec![vec![0xff, 0xfe]], ..Default::default() }), ErrorCode::BadRequest);
         assert_eq!(code(GenerateParams { stop: vec![b"x".to_vec(); 17], ..Default::default() }), ErrorCode::TooLarge);
         let ok = validate(&request(GenerateParams { stop: vec![b"\n\n".to_vec()], ..Default::default() }), &limits);
-        assert_eq!(ok.unwrap().stop, vec!["\n\n".to_string()]);
+        assert_eq!(ok.unwrap().params.stop, vec![b"\n\n".to_vec()]);
     }
 }
