@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -372,7 +371,13 @@ def convert(gguf_path: str, out_dir: str, dtype: str | None = None) -> dict:
         mx.eval(tensor)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Named after this process, so `mlxd store gc` can tell a live import from a dead one.
+    staging = out.parent / f".{out.name.lstrip('.')}.staging-{os.getpid()}"
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    staging.mkdir()
     try:
         mx.save_safetensors(str(staging / "model.safetensors"), final, metadata={"format": "mlx"})
         (staging / "config.json").write_text(json.dumps(config, indent=2))

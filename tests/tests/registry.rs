@@ -315,3 +315,41 @@ async fn a_bad_safetensors_header_is_refused_before_any_worker_sees_it() {
     assert!(!daemon.log_text().contains("starting worker"), "no worker was started");
     assert_eq!(info(&client, "broken").await.state, ModelState::Failed);
 }
+
+#[test]
+fn an_import_killed_midway_leaves_no_model_and_gc_cleans_up() {
+    let store = mlxd_tests::TempDir::new();
+    // A float32 conversion of the bundled GGUF takes seconds: kill it while it works.
+    let mut child = std::process::Command::new(mlxd_tests::bin("mlxd"))
+        .arg("import")
+        .arg(mlxd_tests::bundled_gguf())
+        .args(["--name", "half", "--dtype", "float32", "--store"])
+        .arg(&store.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let models = store.join("models");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait until it has started writing into the store, then SIGKILL it.
+    while !std::fs::read_dir(&models).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline, "import never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!models.join("half").exists(), "a killed import left a visible model");
+    let visible: Vec<_> = std::fs::read_dir(&models)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(visible.is_empty(), "{visible:?}");
+    let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxd")).arg("store").arg("gc").arg("--store").arg(&store.0),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    assert_eq!(std::fs::read_dir(&models).unwrap().count(), 0, "gc removed the leftovers: {stdout}");
+}
