@@ -151,6 +151,8 @@ pub fn spawn_daemon(socket: &Path, log: &Path, extra_args: &[&str]) -> Child {
         .arg(socket)
         .args(extra_args)
         .env("MLXD_LOG", "debug")
+        // A developer's own ~/.config/mlxd/config.toml must not change what tests see.
+        .env("XDG_CONFIG_HOME", log.parent().expect("log in a temp dir"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
