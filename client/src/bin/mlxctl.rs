@@ -426,22 +426,26 @@ fn print_status(s: &DaemonStatus) {
 
 fn print_models(models: &[ModelInfo]) {
     println!(
-        "{:<12} {:<10} {:<9} {:>6} {:>9} {:>7}  {:<8} SOURCE",
-        "MODEL", "KIND", "STATE", "LEASES", "QUEUE", "DIM", "BACKEND"
+        "{:<12} {:<10} {:<9} {:>6} {:>6} {:>7} {:>9} {:>7} {:>10}  SOURCE",
+        "MODEL", "KIND", "STATE", "LEASES", "IN-FL", "QUEUE", "RESIDENT", "IDLE", "KEEP-ALIVE"
     );
+    let seconds = |ms: Option<u64>| ms.map_or_else(|| "-".to_string(), |ms| format!("{}s", ms / 1000));
     for m in models {
         let kind = format!("{:?}", m.kind).to_lowercase();
         let queue = format!("{}/{}", m.queue_depth, m.queue_capacity);
-        let backend = if m.backend.is_empty() { "-" } else { &m.backend };
+        let resident =
+            if m.resident_bytes == 0 { "-".to_string() } else { format!("{} MB", m.resident_bytes / 1_000_000) };
         println!(
-            "{:<12} {:<10} {:<9} {:>6} {:>9} {:>7}  {:<8} {}",
+            "{:<12} {:<10} {:<9} {:>6} {:>6} {:>7} {:>9} {:>7} {:>10}  {}",
             m.name,
             kind,
             state_name(m.state),
             m.leases,
+            m.in_flight,
             queue,
-            m.dim,
-            backend,
+            resident,
+            seconds(m.idle_ms),
+            seconds(m.keep_alive_left_ms),
             m.source
         );
         if let Some(err) = &m.last_error {

@@ -46,6 +46,8 @@ struct Waiter {
 struct Pending {
     jobs: HashMap<JobId, Waiter>,
     closed: Option<String>,
+    /// Set by `stop`: the link closing is then expected, not a failure.
+    stopping: bool,
 }
 
 /// A generation stream running on a worker.
@@ -196,6 +198,7 @@ impl WorkerHandle {
 
     /// Asks the worker to finish what it has and exit; kills it if it has not within `grace`.
     pub async fn stop(&self, grace: std::time::Duration) {
+        lock(&self.pending).stopping = true;
         let _ = self.outbound.send(ToWorker::Shutdown).await;
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = child {
@@ -312,9 +315,13 @@ async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: 
             None => break format!("worker {pid} for {model} exited"),
         }
     };
-    tracing::warn!(%model, pid, "{cause}");
     let orphans = {
         let mut pending = lock(&pending);
+        if pending.stopping {
+            tracing::info!(%model, pid, "worker stopped");
+        } else {
+            tracing::warn!(%model, pid, "{cause}");
+        }
         pending.closed = Some(cause.clone());
         std::mem::take(&mut pending.jobs)
     };
