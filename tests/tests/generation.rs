@@ -156,10 +156,17 @@ async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
 
     // Warm up, then measure the reading client alone.
     collect(&reader, long()).await.unwrap();
-    let started = Instant::now();
-    let alone = collect(&reader, long()).await.unwrap();
+    let mut alone_time = Duration::MAX;
+    let mut alone = None;
+    for _ in 0..2 {
+        // Best of two, like the runs beside the stalled stream below: noise only slows.
+        let started = Instant::now();
+        let out = collect(&reader, long()).await.unwrap();
+        alone_time = alone_time.min(started.elapsed());
+        alone = Some(out);
+    }
+    let alone = alone.unwrap();
     assert_eq!(alone.tokens.len(), 40, "the prompt must not end early: {:?}", alone.text);
-    let alone_time = started.elapsed();
 
     // A stream whose client reads nothing: after its window of credit it must stop.
     let stalled_request = GenerateRequest { params: greedy(200), ..long() };
