@@ -171,6 +171,8 @@ pub struct DaemonConfig {
     /// Bytes of weights that may be loaded at once.
     pub memory_budget: u64,
     pub max_loaded_models: usize,
+    /// How embedding requests are merged into worker calls.
+    pub embed_batch: crate::sched::batcher::BatchPolicy,
 }
 
 /// What the command line says; each set field overrides the config file.
@@ -185,6 +187,8 @@ pub struct Overrides {
     pub memory_budget: Option<String>,
     pub max_loaded_models: Option<usize>,
     pub queue_capacity: Option<usize>,
+    pub embed_max_batch: Option<usize>,
+    pub embed_max_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +304,16 @@ impl DaemonConfig {
             blas_preload: resolve_blas(overrides.blas.as_deref()),
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
+            embed_batch: {
+                let default = crate::sched::batcher::BatchPolicy::default();
+                crate::sched::batcher::BatchPolicy {
+                    max_batch: overrides.embed_max_batch.unwrap_or(default.max_batch).max(1),
+                    max_delay: match &overrides.embed_max_delay {
+                        Some(text) => parse_duration(text).context("embed_max_delay")?,
+                        None => default.max_delay,
+                    },
+                }
+            },
         })
     }
 }

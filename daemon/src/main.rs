@@ -44,6 +44,12 @@ struct ServeOptions {
     /// Models loaded at once [default: 8]
     #[arg(long, value_name = "N")]
     max_loaded_models: Option<usize>,
+    /// Most texts merged into one embedding call; 1 disables batching [default: 64]
+    #[arg(long, value_name = "N")]
+    embed_max_batch: Option<usize>,
+    /// How long a batch waits for more requests: 2ms, 0 [default: 2ms]
+    #[arg(long, value_name = "DURATION")]
+    embed_max_delay: Option<String>,
     /// Serve an extra model directory under NAME (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
@@ -185,6 +191,8 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         memory_budget: options.memory_budget.clone(),
         max_loaded_models: options.max_loaded_models,
         queue_capacity: options.queue_capacity,
+        embed_max_batch: options.embed_max_batch,
+        embed_max_delay: options.embed_max_delay.clone(),
     })?;
     if config.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");

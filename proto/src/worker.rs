@@ -80,7 +80,13 @@ pub struct WorkerReady {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobOutput {
-    Embeddings { count: u32, dim: u32, vectors: Vec<f32>, tokens: u64 },
+    /// `tokens`: each text's token count (after truncation).
+    Embeddings {
+        count: u32,
+        dim: u32,
+        vectors: Vec<f32>,
+        tokens: Vec<u32>,
+    },
     Tokens(Vec<u32>),
     Text(String),
     Generated(GenerationSummary),

@@ -7,8 +7,8 @@ that one thread, which is what MLX's per-thread streams require.
 Adapter interface (duck-typed, kept deliberately small so the Rust side stays simple):
 
 - ``info() -> dict``: static facts about the loaded model (kind, dim, max_seq_len, backend).
-- ``embed(texts: list[str], normalize: bool) -> tuple[bytes, int, int, int]``:
-  row-major float32 vectors, count, dim, and the number of tokens processed.
+- ``embed(texts: list[str], normalize: bool) -> tuple[bytes, int, int, list[int]]``:
+  row-major float32 vectors, count, dim, and each text's token count.
 - ``tokenize(text: str, add_special_tokens: bool) -> list[int]``
 - ``detokenize(ids: list[int]) -> str``
 - generation only: ``start(raw, messages, params) -> Stream`` with ``step() -> (text,

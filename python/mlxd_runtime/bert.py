@@ -187,10 +187,10 @@ class BertEmbedder:
             "backend": backend(),
         }
 
-    def embed(self, texts: list[str], normalize: bool = True) -> tuple[bytes, int, int, int]:
+    def embed(self, texts: list[str], normalize: bool = True) -> tuple[bytes, int, int, list[int]]:
         faults.maybe_fail("embed")
         if not texts:
-            return b"", 0, self.dim, 0
+            return b"", 0, self.dim, []
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
         lengths = [len(e.ids) for e in encodings]
         rows: list[mx.array | None] = [None] * len(texts)
@@ -200,7 +200,7 @@ class BertEmbedder:
                 rows[index] = pooled[row]
         out = mx.stack(rows).astype(mx.float32)
         mx.eval(out)
-        return bytes(memoryview(out)), len(texts), self.dim, sum(lengths)
+        return bytes(memoryview(out)), len(texts), self.dim, lengths
 
     def _encode(self, token_ids: list[list[int]], normalize: bool) -> mx.array:
         lengths = [len(ids) for ids in token_ids]

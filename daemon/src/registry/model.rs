@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::Registry;
 use crate::config::{KeepAlive, ModelSpec};
+use crate::sched::batcher::EmbedBatcher;
 use crate::sched::Admission;
 use crate::supervise::WorkerHandle;
 use crate::weights::pool::Pinned;
@@ -74,6 +75,8 @@ pub struct Model {
     pub spec: ModelSpec,
     pub admission: Admission,
     state: Mutex<State>,
+    /// Started on the first embedding request (embedding models only).
+    batcher: std::sync::OnceLock<EmbedBatcher>,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -101,7 +104,16 @@ impl Model {
                 unload_requested: false,
                 weights: Pinned::default(),
             }),
+            batcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The model's embedding batcher, started on first use.
+    pub fn batcher(self: &Arc<Self>, registry: &Registry) -> &EmbedBatcher {
+        self.batcher.get_or_init(|| {
+            let config = registry.config();
+            EmbedBatcher::start(self.clone(), registry.clone(), config.embed_batch, config.queue_capacity)
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

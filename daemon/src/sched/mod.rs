@@ -2,7 +2,9 @@
 //! the next one is refused at once with `Busy` and an estimate of when to retry, computed
 //! from the queue depth and the measured service time. Nothing waits unbounded.
 //!
-//! Batching of embeddings and continuous batching of generation build on this queue.
+//! - [`batcher`]: the embedding batcher that merges admitted requests into worker calls.
+
+pub mod batcher;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -271,7 +271,7 @@ fn embeddings_from(result: &Bound<'_, PyAny>) -> PyResult<JobOutput> {
     let raw = raw.cast::<PyBytes>()?.as_bytes();
     let count: u32 = tuple.get_item(1)?.extract()?;
     let dim: u32 = tuple.get_item(2)?.extract()?;
-    let tokens: u64 = tuple.get_item(3)?.extract()?;
+    let tokens: Vec<u32> = tuple.get_item(3)?.extract()?;
     if raw.len() != count as usize * dim as usize * 4 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "adapter returned {} bytes for {count} x {dim} float32 values",

@@ -1,14 +1,17 @@
 //! Embed, tokenize and detokenize: checked against the session's limits, admitted to the
-//! model's bounded queue (or refused with `Busy`), then run on the model's worker.
+//! model's bounded queue (or refused with `Busy`), then run on the model's worker —
+//! embeddings through the model's batcher, merged with other requests.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use mlxd_proto::worker::{Job, JobOutput};
-use mlxd_proto::{EmbedRequest, Embeddings, ErrorCode, ModelKind, ModelRef, Response, WireError};
+use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Response, WireError};
+use tokio::sync::oneshot;
 
 use super::resolve;
 use crate::registry::Model;
+use crate::sched::batcher::EmbedItem;
 use crate::server::session::Session;
 
 pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Response, WireError> {
@@ -35,17 +38,14 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Resp
     if model.spec.kind != ModelKind::Embedding {
         return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)));
     }
-    let output = run(session, &model, Job::Embed { texts: request.texts, normalize: request.normalize }).await?;
-    match output {
-        JobOutput::Embeddings { count, dim, vectors, tokens } => Ok(Response::Embeddings(Embeddings {
-            model: model.spec.name.clone(),
-            count,
-            dim,
-            vectors,
-            prompt_tokens: tokens,
-        })),
-        other => Err(unexpected(&other)),
-    }
+    let registry = &session.daemon.registry;
+    let _ticket = model.admission.try_admit(&model.spec.name)?;
+    let _in_flight = model.begin_request(registry);
+    let (reply, answer) = oneshot::channel();
+    let item = EmbedItem { texts: request.texts, normalize: request.normalize, priority: request.priority, reply };
+    model.batcher(registry).embed(item).await?;
+    let embeddings = answer.await.unwrap_or_else(|_| Err(WireError::internal("the embedding batch was dropped")))?;
+    Ok(Response::Embeddings(embeddings))
 }
 
 pub async fn tokenize(

@@ -1,0 +1,82 @@
+//! Embedding batches and admission on the real daemon: concurrent requests are merged
+//! into one worker call and get exactly what they would get alone; a full queue refuses
+//! at once with Busy and a retry hint.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use mlxd_client::proto::{EmbedRequest, ErrorCode, ModelRef, Priority};
+use mlxd_client::ClientError;
+use mlxd_tests::{minilm_reference, Daemon};
+
+fn request(texts: Vec<String>, normalize: bool, priority: Priority) -> EmbedRequest {
+    EmbedRequest { model: ModelRef::Name("minilm".into()), texts, normalize, priority, deadline_ms: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_embeddings_equal_unbatched_ones() {
+    let daemon = Daemon::start(&["--embed-max-delay", "20ms"]);
+    let reference = minilm_reference();
+    let texts: Vec<String> = reference.iter().map(|r| r.text.clone()).collect();
+    let client = daemon.client().await;
+    client.embed("minilm", vec!["warm".into()]).await.unwrap();
+
+    // Alone: one at a time, interactive, so each goes to the worker by itself.
+    let mut alone = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let e = client.embed_with(request(vec![text.clone()], i % 2 == 0, Priority::Interactive)).await.unwrap();
+        alone.push(e.vectors);
+    }
+    // Together: batch priority from many connections at once, so they merge.
+    let mut tasks = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let client = daemon.client().await;
+        let text = text.clone();
+        tasks.push(tokio::spawn(async move {
+            client.embed_with(request(vec![text], i % 2 == 0, Priority::Batch)).await.unwrap().vectors
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let together = task.await.unwrap();
+        let worst = together.iter().zip(&alone[i]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "text {i}: batched differs from alone by {worst}");
+    }
+    let log = daemon.log_text();
+    let merged = log.lines().filter(|l| l.contains("embedding batch") && !l.contains("requests=1 ")).count();
+    assert!(merged > 0, "no batch merged several requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_with_a_retry_hint() {
+    let daemon = Daemon::start(&["--queue-capacity", "2", "--embed-max-batch", "1"]);
+    let long = minilm_reference().into_iter().max_by_key(|r| r.text.len()).unwrap().text;
+    let warm = daemon.client().await;
+    warm.embed("minilm", vec!["warm".into()]).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = daemon.client().await;
+        let texts = vec![long.clone(); 4];
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = client.embed_with(request(texts, true, Priority::Interactive)).await;
+            (result, started.elapsed())
+        }));
+    }
+    let (mut served, mut busy) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (Ok(e), _) => {
+                assert_eq!(e.count, 4);
+                served += 1;
+            }
+            (Err(ClientError::Wire(err)), elapsed) => {
+                assert_eq!(err.code, ErrorCode::Busy, "{err}");
+                assert!(err.retry_after_ms.is_some_and(|ms| ms > 0), "{err:?}");
+                assert!(elapsed < std::time::Duration::from_millis(500), "refused at once, not after {elapsed:?}");
+                busy += 1;
+            }
+            (Err(other), _) => panic!("{other}"),
+        }
+    }
+    assert!(served >= 2, "the queue's capacity was served ({served})");
+    assert!(busy >= 1, "nothing was refused with 12 requests on a queue of 2");
+}
