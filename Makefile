@@ -38,6 +38,7 @@ test-python:
 bench: setup-release
 	.venv/bin/python bench/decode.py
 	.venv/bin/python bench/load.py
+	.venv/bin/python bench/embed_batching.py
 
 fmt:
 	cargo fmt --all

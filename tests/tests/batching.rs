@@ -80,3 +80,28 @@ async fn a_full_queue_refuses_at_once_with_a_retry_hint() {
     assert!(served >= 2, "the queue's capacity was served ({served})");
     assert!(busy >= 1, "nothing was refused with 12 requests on a queue of 2");
 }
+
+#[test]
+fn mlxctl_bench_reports_throughput_latency_and_refusals() {
+    let daemon = Daemon::start(&[]);
+    let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxctl")).arg("--socket").arg(&daemon.socket).args([
+            "--no-fallback",
+            "--json",
+            "bench",
+            "--model",
+            "minilm",
+            "--connections",
+            "4",
+            "--duration",
+            "1",
+        ]),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["texts_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() >= report["latency_ms"]["p50"].as_f64().unwrap());
+    assert_eq!(report["errors"], serde_json::json!({}));
+}

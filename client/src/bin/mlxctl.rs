@@ -2,6 +2,8 @@
 //! programs. Falls back to a private `mlxd stdio` when no daemon runs, unless
 //! `--no-fallback`.
 
+mod bench;
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +87,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Load generator: N connections, embed or generate, closed or open loop.
+    Bench(bench::BenchArgs),
     /// Show a text's token ids.
     Tokenize {
         #[arg(long, short)]
@@ -136,6 +140,9 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
         client_name: "mlxctl".into(),
         ..ConnectOptions::default()
     };
+    if let Command::Bench(args) = &cli.command {
+        return bench::run(options, args.clone(), cli.json).await;
+    }
     let client = options.connect().await?;
     match &cli.command {
         Command::Ping => {
@@ -275,6 +282,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 other => return Err(ClientError::Wire(mlxd_client::proto::WireError::internal(format!("{other:?}")))),
             }
         }
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Tokenize { model, text } => {
             let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
             if cli.json {
