@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+
 PROMPT = "Write a long story about a dragon."
 BLAS_CANDIDATES = [
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -101,33 +101,6 @@ def store_dir() -> Path:
     return Path(root) / "models" / "smollm2"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import mlx.core as mx
-    from importlib.metadata import version
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores; "
-            f"MLX {version('mlx')} ({mx.default_device()}), mlx-lm {version('mlx-lm')}, Python {platform.python_version()}")
-
-
-def write_section(name: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# mlxd benchmarks\n"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    section = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
@@ -141,22 +114,11 @@ def main() -> None:
     preload = blas()
 
     results = {"daemon": [], "in_process": []}
-    with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
-        socket = Path(tmp) / "s.sock"
-        daemon = subprocess.Popen([str(binaries / "mlxd"), "serve", "--socket", str(socket)],
-                                  stderr=open(Path(tmp) / "daemon.log", "w"))
-        try:
-            for _ in range(200):
-                if socket.exists():
-                    break
-                time.sleep(0.05)
-            through_daemon(binaries / "mlxctl", socket, 16)  # load + warm-up
-            for _ in range(args.rounds):
-                results["daemon"].append(through_daemon(binaries / "mlxctl", socket, args.tokens))
-                results["in_process"] += in_process(model_dir, args.tokens, 1, preload)
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=30)
+    with private_daemon(binaries) as socket:
+        through_daemon(binaries / "mlxctl", socket, 16)  # load + warm-up
+        for _ in range(args.rounds):
+            results["daemon"].append(through_daemon(binaries / "mlxctl", socket, args.tokens))
+            results["in_process"] += in_process(model_dir, args.tokens, 1, preload)
 
     daemon_tps = statistics.median(results["daemon"])
     local_tps = statistics.median(results["in_process"])
@@ -172,7 +134,7 @@ def main() -> None:
         "",
         f"- Date: {date.today().isoformat()}; machine: {machine()}",
         f"- Command: `make bench` (runs `.venv/bin/python bench/decode.py --tokens {args.tokens} --rounds {args.rounds}`)",
-        f"- Model: SmolLM2-135M-Instruct as imported by set-up ({json.loads((model_dir / 'mlxd-source.json').read_text()).get('dtype')}),"
+        f"- Model: SmolLM2-135M-Instruct as imported by set-up ({json.loads((model_dir / 'mlxd-manifest.json').read_text())['provenance']['dtype']}),"
         f" greedy, chat prompt {PROMPT!r}, {args.tokens} tokens, single stream; medians of {args.rounds} alternating rounds."
         " Decode rate = tokens after the first / time from first to last token, as the client sees them.",
         "",

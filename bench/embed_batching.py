@@ -13,33 +13,20 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decode import ROOT, machine, write_section  # noqa: E402
+from common import ROOT, machine, private_daemon, write_section  # noqa: E402
 
 
 def measure(binaries: Path, extra: list[str], seconds: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
-        socket = Path(tmp) / "s.sock"
-        daemon = subprocess.Popen([str(binaries / "mlxd"), "serve", "--socket", str(socket), *extra],
-                                  stderr=open(Path(tmp) / "daemon.log", "w"))
-        try:
-            for _ in range(200):
-                if socket.exists():
-                    break
-                time.sleep(0.05)
-            out = subprocess.run(
-                [str(binaries / "mlxctl"), "--socket", str(socket), "--no-fallback", "--json", "bench",
-                 "--model", "minilm", "--connections", "32", "--duration", str(seconds)],
-                check=True, capture_output=True, text=True)
-            return json.loads(out.stdout.strip().splitlines()[-1])
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=30)
+    with private_daemon(binaries, extra) as socket:
+        out = subprocess.run(
+            [str(binaries / "mlxctl"), "--socket", str(socket), "--no-fallback", "--json", "bench",
+             "--model", "minilm", "--connections", "32", "--duration", str(seconds)],
+            check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -13,13 +13,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decode import ROOT, machine, write_section  # noqa: E402
+from common import ROOT, machine, private_daemon, write_section  # noqa: E402
 
 MODELS = ("minilm", "smollm2")
 
@@ -47,28 +46,17 @@ def main() -> None:
     binaries = Path(args.bin)
     rows = []
     dropped_all = True
-    with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
-        socket = Path(tmp) / "s.sock"
-        daemon = subprocess.Popen([str(binaries / "mlxd"), "serve", "--socket", str(socket)],
-                                  stderr=open(Path(tmp) / "daemon.log", "w"))
+    with private_daemon(binaries) as socket:
         ctl = [str(binaries / "mlxctl"), "--socket", str(socket), "--no-fallback"]
-        try:
-            for _ in range(200):
-                if socket.exists():
-                    break
-                time.sleep(0.05)
-            for model in MODELS:
-                cold, warm = [], []
-                for _ in range(args.rounds):
-                    dropped_all &= drop_page_cache()
-                    cold.append(timed(ctl + ["load", model]))
-                    timed(ctl + ["unload", model])
-                    warm.append(timed(ctl + ["load", model]))
-                    timed(ctl + ["unload", model])
-                rows.append((model, statistics.median(cold), statistics.median(warm)))
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=30)
+        for model in MODELS:
+            cold, warm = [], []
+            for _ in range(args.rounds):
+                dropped_all &= drop_page_cache()
+                cold.append(timed(ctl + ["load", model]))
+                timed(ctl + ["unload", model])
+                warm.append(timed(ctl + ["load", model]))
+                timed(ctl + ["unload", model])
+            rows.append((model, statistics.median(cold), statistics.median(warm)))
 
     lines = [
         "## Model load: cold vs reload after an idle unload (issue 4)",

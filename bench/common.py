@@ -1,0 +1,59 @@
+"""Shared by the benchmark scripts: a private daemon, the machine line, and writing a
+section of BENCHMARKS.md between its markers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def private_daemon(binaries: Path, extra: list[str] = ()):
+    """Runs `mlxd serve` on a temporary socket; yields the socket path."""
+    with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
+        socket = Path(tmp) / "s.sock"
+        daemon = subprocess.Popen([str(binaries / "mlxd"), "serve", "--socket", str(socket), *extra],
+                                  stderr=open(Path(tmp) / "daemon.log", "w"))
+        try:
+            for _ in range(200):
+                if socket.exists():
+                    break
+                time.sleep(0.05)
+            yield socket
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import mlx.core as mx
+    from importlib.metadata import version
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores; "
+            f"MLX {version('mlx')} ({mx.default_device()}), mlx-lm {version('mlx-lm')}, Python {platform.python_version()}")
+
+
+def write_section(name: str, body: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# mlxd benchmarks\n"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
