@@ -1,8 +1,8 @@
 //! The embedding batcher: requests for one model are merged into one worker call.
 //!
 //! A batch is flushed when it holds `max_batch` texts, or `max_delay` after its first
-//! request arrived; an interactive request that finds the model idle goes at once, with
-//! whatever else is already waiting. While a batch runs, new requests queue, so under load
+//! request arrived; an interactive request that finds the model idle (no batch ended in the
+//! last `max_delay`) goes at once, with whatever else is already waiting. While a batch runs, new requests queue, so under load
 //! batches fill by themselves. The worker always returns raw (unnormalised) mean-pooled
 //! vectors; each request's vectors are normalised here if it asked, so requests with and
 //! without normalisation share batches. Results are split back by text count.
@@ -64,6 +64,9 @@ impl EmbedBatcher {
 
 async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy, mut items: mpsc::Receiver<EmbedItem>) {
     let mut carried: Option<EmbedItem> = None;
+    // When the last batch ended: a model that finished one a moment ago is under load, and
+    // the next request will likely have company within `max_delay`.
+    let mut last_batch_end: Option<tokio::time::Instant> = None;
     loop {
         let first = match carried.take() {
             Some(item) => item,
@@ -84,9 +87,10 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy, mut ite
             texts += item.texts.len();
             batch.push(item);
         }
-        // Batch work (and interactive work that finds company) waits a little for more;
-        // interactive work alone goes now: the model is idle, since we are not mid-batch.
-        let alone_and_urgent = batch.len() == 1 && batch[0].priority == Priority::Interactive;
+        // Batch work, and interactive work that finds company or a model busy a moment ago,
+        // waits a little for more; interactive work that finds the model idle goes now.
+        let idle = last_batch_end.is_none_or(|end| end.elapsed() >= policy.max_delay);
+        let alone_and_urgent = batch.len() == 1 && batch[0].priority == Priority::Interactive && idle;
         if carried.is_none() && !alone_and_urgent && policy.max_batch > 1 {
             let deadline = tokio::time::Instant::now() + policy.max_delay;
             while texts < policy.max_batch {
@@ -104,6 +108,7 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy, mut ite
             }
         }
         run_batch(&model, &registry, batch).await;
+        last_batch_end = Some(tokio::time::Instant::now());
     }
 }
 
