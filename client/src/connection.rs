@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::{DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN};
 use mlxd_proto::{
-    ClientMessage, DaemonStatus, EmbedRequest, Embeddings, Event, Hello, LeaseRequest, ModelInfo, ModelRef, Request,
-    RequestId, Response, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
+    ClientMessage, DaemonStatus, EmbedRequest, Embeddings, ErrorCode, Event, Hello, LeaseRequest, ModelInfo, ModelRef,
+    Request, RequestId, Response, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -42,6 +43,30 @@ pub struct ConnectOptions {
     pub client_name: String,
     /// Largest frame accepted from the daemon.
     pub max_frame_len: u32,
+    /// Retries of idempotent requests (embed, tokenize, detokenize, status, ping, list)
+    /// refused with `Busy`.
+    pub retry: RetryPolicy,
+}
+
+/// How `Busy` refusals of idempotent requests are retried: after the daemon's
+/// `retry_after_ms` (10 ms if it gave none), with ±50 % jitter so clients refused together
+/// do not come back together, at most `max_retries` times.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    /// Longest single wait, whatever the daemon suggests.
+    pub max_wait: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries: every `Busy` reaches the caller (benchmarks want this).
+    pub const NONE: RetryPolicy = RetryPolicy { max_retries: 0, max_wait: Duration::ZERO };
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 3, max_wait: Duration::from_secs(2) }
+    }
 }
 
 impl Default for ConnectOptions {
@@ -52,6 +77,7 @@ impl Default for ConnectOptions {
             mlxd_binary: None,
             client_name: std::env::args().next().map_or_else(|| "mlxd-client".into(), base_name),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -139,6 +165,7 @@ struct Inner {
     welcome: Welcome,
     endpoint: Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    retry: RetryPolicy,
     /// The fallback `mlxd stdio`; it exits when its stdin closes and is killed on drop.
     _child: Option<tokio::process::Child>,
 }
@@ -221,6 +248,7 @@ impl Client {
             welcome,
             endpoint,
             tasks: vec![writer_task, reader_task],
+            retry: options.retry,
             _child: child,
         });
         Ok(Client { inner })
@@ -290,7 +318,29 @@ impl Client {
         let _ = self.inner.outbound.try_send(ClientMessage::Cancel { id });
     }
 
+    /// Sends a request and waits for its final answer, retrying `Busy` refusals of
+    /// idempotent requests as the connection's [`RetryPolicy`] says.
     pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
+        let policy = self.inner.retry;
+        let idempotent = matches!(
+            body,
+            Request::Embed(_)
+                | Request::Tokenize { .. }
+                | Request::Detokenize { .. }
+                | Request::Status
+                | Request::Ping
+                | Request::ListModels
+        );
+        let retries_allowed = if idempotent { policy.max_retries } else { 0 };
+        for _ in 0..retries_allowed {
+            match self.call_with_events(body.clone(), |_| {}).await {
+                Err(ClientError::Wire(err)) if err.code == ErrorCode::Busy => {
+                    let suggested = Duration::from_millis(err.retry_after_ms.unwrap_or(10).max(1));
+                    tokio::time::sleep(jitter(suggested).min(policy.max_wait)).await;
+                }
+                other => return other,
+            }
+        }
         self.call_with_events(body, |_| {}).await
     }
 
@@ -435,6 +485,14 @@ impl Drop for InFlight<'_> {
             let _ = self.inner.outbound.try_send(ClientMessage::Cancel { id: self.id });
         }
     }
+}
+
+/// `wait` scaled by a factor in [0.5, 1.5), from the clock's low bits: enough to spread
+/// clients refused at the same moment without a random-number dependency.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
+    wait.mul_f64(factor)
 }
 
 pub(crate) fn unexpected(response: &Response) -> ClientError {

@@ -105,12 +105,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A client on this daemon's socket, with the stdio fallback off.
+    /// A client on this daemon's socket, with the stdio fallback and Busy retries off, so
+    /// tests see exactly what the daemon answers.
     pub async fn client(&self) -> Client {
         ConnectOptions {
             socket: Some(self.socket.clone()),
             fallback: false,
             client_name: "e2e".into(),
+            retry: mlxd_client::RetryPolicy::NONE,
             ..Default::default()
         }
         .connect()

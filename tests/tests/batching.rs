@@ -105,3 +105,41 @@ fn mlxctl_bench_reports_throughput_latency_and_refusals() {
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() >= report["latency_ms"]["p50"].as_f64().unwrap());
     assert_eq!(report["errors"], serde_json::json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_retries_busy_idempotent_requests_after_the_hint() {
+    let daemon = Daemon::start(&["--queue-capacity", "1", "--embed-max-batch", "1"]);
+    let long = minilm_reference().into_iter().max_by_key(|r| r.text.len()).unwrap().text;
+    daemon.client().await.embed("minilm", vec!["warm".into()]).await.unwrap();
+    let connect = |retry| mlxd_client::ConnectOptions {
+        socket: Some(daemon.socket.clone()),
+        fallback: false,
+        retry,
+        ..Default::default()
+    };
+    let patient = mlxd_client::RetryPolicy { max_retries: 100, max_wait: std::time::Duration::from_secs(1) };
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let client = connect(patient).connect().await.unwrap();
+        let texts = vec![long.clone(); 2];
+        tasks.push(tokio::spawn(async move { client.embed_with(request(texts, true, Priority::Interactive)).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().expect("retried until served").count, 2);
+    }
+    // Without retries, the same load gets Busy answers back.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let client = connect(mlxd_client::RetryPolicy::NONE).connect().await.unwrap();
+        let texts = vec![long.clone(); 2];
+        tasks.push(tokio::spawn(async move { client.embed_with(request(texts, true, Priority::Interactive)).await }));
+    }
+    let mut busy = 0;
+    for task in tasks {
+        if let Err(ClientError::Wire(err)) = task.await.unwrap() {
+            assert_eq!(err.code, ErrorCode::Busy);
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "a queue of 1 under 6 concurrent requests refused nothing");
+}

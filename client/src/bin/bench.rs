@@ -59,7 +59,13 @@ struct Tally {
 pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result<(), ClientError> {
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
-        clients.push(ConnectOptions { client_name: "mlxctl-bench".into(), ..options.clone() }.connect().await?);
+        // No client-side retries: a benchmark counts every Busy the daemon answers.
+        let options = ConnectOptions {
+            client_name: "mlxctl-bench".into(),
+            retry: mlxd_client::RetryPolicy::NONE,
+            ..options.clone()
+        };
+        clients.push(options.connect().await?);
     }
     // Warm up: the model is loaded before the clock starts.
     one_request(&clients[0], &args, 0).await.map(drop)?;

@@ -28,6 +28,9 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Times an idempotent request refused with Busy is retried (after the daemon's hint).
+    #[arg(long, global = true, default_value_t = 3)]
+    retries: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +141,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
         socket: cli.socket.clone(),
         fallback: !cli.no_fallback,
         client_name: "mlxctl".into(),
+        retry: mlxd_client::RetryPolicy { max_retries: cli.retries, ..Default::default() },
         ..ConnectOptions::default()
     };
     if let Command::Bench(args) = &cli.command {
