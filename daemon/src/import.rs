@@ -54,18 +54,20 @@ pub fn run(args: ImportArgs) -> Result<()> {
         bail!("a different model named {} exists in {}; pass --force to replace it", args.name, root.display());
     }
 
+    // A GGUF is converted into a scratch directory; a model directory is ingested as it is
+    // (its files are copied once, straight into blobs).
     let staging = Scratch::new(&root, &args.name, "importing")?;
-    let summary = if gguf {
-        convert_gguf(&source, &staging.path, args.dtype.as_deref(), args.python.as_deref())?
+    let (staged, summary) = if gguf {
+        let summary = convert_gguf(&source, &staging.path, args.dtype.as_deref(), args.python.as_deref())?;
+        (staging.path.clone(), summary)
     } else {
         if !source.join("config.json").is_file() {
             bail!("{} is neither a GGUF file nor a model directory with config.json", source.display());
         }
-        store::copy_dir(&source, &staging.path)?;
-        format!("copied {}", source.display())
+        (source.clone(), format!("copied {}", source.display()))
     };
-    let kind = store::detect_kind(&staging.path)?;
-    let path = store::ingest(&root, &staging.path, &args.name, provenance, args.force)?;
+    let kind = store::detect_kind(&staged)?;
+    let path = store::ingest(&root, &staged, &args.name, provenance, args.force)?;
     println!("imported {} ({kind:?}) into {}: {summary}", args.name, path.display());
     Ok(())
 }

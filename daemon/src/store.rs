@@ -220,33 +220,29 @@ pub fn ingest(root: &Path, staged: &Path, name: &str, provenance: Provenance, re
     Ok(target)
 }
 
-/// Stores one file as a blob (safetensors aligned first) and returns its hash.
+/// Stores one file as a blob (safetensors aligned first) and returns its hash. The file
+/// is written once into the blobs directory (aligned, or copied) and renamed into place.
 fn store_blob(blobs: &Path, file: &Path) -> Result<String> {
-    let aligned;
-    let mut source = file.to_path_buf();
+    let temp = tempfile_in(blobs)?;
+    let mut aligned = false;
     if file.extension().is_some_and(|e| e == "safetensors") {
         let bytes = std::fs::File::open(file)?;
-        // SAFETY: a read-only mapping of a file we staged ourselves; nothing writes to it.
+        // SAFETY: a read-only mapping of a source file; it is only read while mapped.
         let map = unsafe { memmap2::Mmap::map(&bytes)? };
         let header = safetensors::parse(&map).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         if !header.is_aligned() {
-            aligned = tempfile_in(blobs)?;
-            safetensors::write_aligned(&map, &header, &aligned)?;
-            source = aligned.clone();
+            safetensors::write_aligned(&map, &header, &temp)?;
+            aligned = true;
         }
     }
-    let (hash, _) = hash_tree(&source)?;
+    if !aligned {
+        std::fs::copy(file, &temp)?;
+    }
+    let (hash, _) = hash_tree(&temp)?;
     let blob = blobs.join(&hash);
     if blob.exists() {
-        if source != file {
-            std::fs::remove_file(&source)?;
-        }
+        std::fs::remove_file(&temp)?;
         return Ok(hash);
-    }
-    let temp = tempfile_in(blobs)?;
-    std::fs::copy(&source, &temp)?;
-    if source != file {
-        std::fs::remove_file(&source)?;
     }
     let handle = std::fs::File::open(&temp)?;
     handle.sync_all()?;
@@ -312,18 +308,6 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-/// Copies a model directory's files (not hidden ones) into `to`.
-pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    for file in walk(from)? {
-        let target = to.join(file.strip_prefix(from).unwrap_or(&file));
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
-    }
-    Ok(())
 }
 
 /// `mlxd store verify`: re-hashes every blob and checks every manifest's files exist.

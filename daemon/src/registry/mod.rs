@@ -119,7 +119,7 @@ impl Registry {
                 Some((_, epoch, victim)) => {
                     tracing::info!(evict = %victim.spec.name, for_model = %target.spec.name, "evicting to make room");
                     // If it was used since we looked, this does nothing and we look again.
-                    victim.unload_if_idle(Some(epoch), UnloadReason::Evicted, self).await;
+                    victim.unload_if_idle(Some(epoch), UnloadReason::Evicted).await;
                 }
                 None => {
                     let holders: Vec<String> = others.iter().map(|m| m.holders()).collect();

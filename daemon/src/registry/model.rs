@@ -122,21 +122,21 @@ impl Model {
 
     /// Takes a lease: the model stays loaded until the guard is dropped (and then for its
     /// keep-alive: `keep_alive` if given, else the model's).
-    pub fn lease(self: &Arc<Self>, registry: &Registry, keep_alive: Option<KeepAlive>) -> LeaseGuard {
+    pub fn lease(self: &Arc<Self>, keep_alive: Option<KeepAlive>) -> LeaseGuard {
         let mut state = self.state();
         state.leases += 1;
         state.epoch += 1;
         state.idle_since = None;
-        LeaseGuard { model: self.clone(), registry: registry.clone(), generation: state.lease_generation, keep_alive }
+        LeaseGuard { model: self.clone(), generation: state.lease_generation, keep_alive }
     }
 
     /// Marks a request in flight until the guard is dropped.
-    pub fn begin_request(self: &Arc<Self>, registry: &Registry) -> InFlightGuard {
+    pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
         let mut state = self.state();
         state.in_flight += 1;
         state.epoch += 1;
         state.idle_since = None;
-        InFlightGuard { model: self.clone(), registry: registry.clone() }
+        InFlightGuard { model: self.clone() }
     }
 
     /// Whether a lease taken in `generation` is still valid.
@@ -229,7 +229,7 @@ impl Model {
                 // Loaded for requesters that may all have left meanwhile: start the clock.
                 if state.users() == 0 {
                     state.idle_since = Some(Instant::now());
-                    self.schedule_idle_unload(&mut state, &registry);
+                    self.schedule_idle_unload(&mut state);
                 }
             }
             Err(err) => {
@@ -241,7 +241,7 @@ impl Model {
     }
 
     /// Called under the lock when the last user leaves (or a load finishes unused).
-    fn schedule_idle_unload(self: &Arc<Self>, state: &mut State, registry: &Registry) {
+    fn schedule_idle_unload(self: &Arc<Self>, state: &mut State) {
         if !matches!(state.slot, Slot::Ready(_)) {
             return;
         }
@@ -252,21 +252,21 @@ impl Model {
             KeepAlive::After(delay) => delay,
         };
         let epoch = state.epoch;
-        let (model, registry) = (self.clone(), registry.clone());
+        let model = self.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             let reason = if model.state().unload_requested { UnloadReason::Requested } else { UnloadReason::KeepAlive };
-            model.unload_if_idle(Some(epoch), reason, &registry).await;
+            model.unload_if_idle(Some(epoch), reason).await;
         });
     }
 
     /// Unloads the model if it is loaded and idle — and, with `epoch`, still idle since
     /// that epoch. Returns whether it unloaded. The decision and the transition to
     /// Unloading happen under one lock, which is what makes the keep-alive race impossible.
-    pub async fn unload_if_idle(&self, epoch: Option<u64>, reason: UnloadReason, _registry: &Registry) -> bool {
+    pub async fn unload_if_idle(&self, epoch: Option<u64>, reason: UnloadReason) -> bool {
         let (worker, done) = {
             let mut state = self.state();
             let idle = state.users() == 0 && epoch.is_none_or(|e| e == state.epoch);
@@ -293,7 +293,7 @@ impl Model {
 
     /// An operator's unload: refused while leased unless `force`, which revokes the leases
     /// (their holders get a typed error on next use); waits for in-flight work to finish.
-    pub async fn unload(self: &Arc<Self>, force: bool, registry: &Registry) -> Result<(), WireError> {
+    pub async fn unload(self: &Arc<Self>, force: bool) -> Result<(), WireError> {
         {
             let mut state = self.state();
             if state.leases > 0 && !force {
@@ -331,7 +331,7 @@ impl Model {
                     Slot::Ready(_) => state.users() == 0,
                 }
             };
-            if idle_ready && self.unload_if_idle(None, UnloadReason::Requested, registry).await {
+            if idle_ready && self.unload_if_idle(None, UnloadReason::Requested).await {
                 return Ok(());
             }
             match waiting_for_load {
@@ -345,7 +345,7 @@ impl Model {
 
     /// `lease_generation`: Some for a lease (ignored if a forced unload revoked it, which
     /// already took it off the count), None for a request.
-    fn release(self: &Arc<Self>, registry: &Registry, keep_alive: Option<KeepAlive>, lease_generation: Option<u64>) {
+    fn release(self: &Arc<Self>, keep_alive: Option<KeepAlive>, lease_generation: Option<u64>) {
         let mut state = self.state();
         match lease_generation {
             Some(generation) if generation != state.lease_generation => return,
@@ -358,7 +358,7 @@ impl Model {
         if state.users() == 0 {
             state.idle_since = Some(now);
             state.idle_keep_alive = keep_alive.unwrap_or(self.spec.keep_alive);
-            self.schedule_idle_unload(&mut state, registry);
+            self.schedule_idle_unload(&mut state);
         }
     }
 
@@ -443,7 +443,6 @@ impl Model {
 #[derive(Debug)]
 pub struct LeaseGuard {
     pub model: Arc<Model>,
-    registry: Registry,
     generation: u64,
     keep_alive: Option<KeepAlive>,
 }
@@ -457,7 +456,7 @@ impl LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.model.release(&self.registry, self.keep_alive, Some(self.generation));
+        self.model.release(self.keep_alive, Some(self.generation));
     }
 }
 
@@ -465,11 +464,10 @@ impl Drop for LeaseGuard {
 #[derive(Debug)]
 pub struct InFlightGuard {
     model: Arc<Model>,
-    registry: Registry,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.model.release(&self.registry, None, None);
+        self.model.release(None, None);
     }
 }

@@ -40,7 +40,7 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Resp
     }
     let registry = &session.daemon.registry;
     let _ticket = model.admission.try_admit(&model.spec.name)?;
-    let _in_flight = model.begin_request(registry);
+    let _in_flight = model.begin_request();
     let (reply, answer) = oneshot::channel();
     let item = EmbedItem { texts: request.texts, normalize: request.normalize, priority: request.priority, reply };
     model.batcher(registry).embed(item).await?;
@@ -80,7 +80,7 @@ pub async fn detokenize(session: &Arc<Session>, model: ModelRef, tokens: Vec<u32
 async fn run(session: &Arc<Session>, model: &Arc<Model>, job: Job) -> Result<JobOutput, WireError> {
     let _ticket = model.admission.try_admit(&model.spec.name)?;
     let registry = &session.daemon.registry;
-    let _in_flight = model.begin_request(registry);
+    let _in_flight = model.begin_request();
     let worker = model.ready(registry, |_| {}).await?;
     let started = Instant::now();
     let output = worker.run(job).await?;

@@ -38,7 +38,7 @@ pub async fn generate(
     }
     let _ticket = model.admission.try_admit(&model.spec.name)?;
     let registry = &session.daemon.registry;
-    let _in_flight = model.begin_request(registry);
+    let _in_flight = model.begin_request();
     let progress = |p| {
         let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
     };
@@ -80,23 +80,13 @@ pub async fn generate(
                         control.cancel.cancel(); // the client is gone
                     }
                 }
-                if owed > 0 && !cancelled {
-                    let grant = owed.min(MAX_STREAM_CREDIT - outstanding);
-                    if grant > 0 {
-                        owed -= grant;
-                        outstanding += grant;
-                        worker.grant(stream.id, grant).await;
-                    }
+                if !cancelled {
+                    pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
                 }
             }
             granted = control.credit.take(), if !cancelled => {
                 owed = owed.saturating_add(granted);
-                let grant = owed.min(MAX_STREAM_CREDIT - outstanding);
-                if grant > 0 {
-                    owed -= grant;
-                    outstanding += grant;
-                    worker.grant(stream.id, grant).await;
-                }
+                pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
             }
         }
     };
@@ -115,6 +105,17 @@ pub async fn generate(
             Ok(Response::Generated(summary))
         }
         _ => Err(WireError::internal("worker answered a generation with something else")),
+    }
+}
+
+/// Passes credit the client granted (`owed`) on to the worker, as far as the stream's
+/// outstanding events stay within `MAX_STREAM_CREDIT`.
+async fn pass_on_credit(worker: &WorkerHandle, id: mlxd_proto::worker::JobId, owed: &mut u32, outstanding: &mut u32) {
+    let grant = (*owed).min(MAX_STREAM_CREDIT - *outstanding);
+    if grant > 0 {
+        *owed -= grant;
+        *outstanding += grant;
+        worker.grant(id, grant).await;
     }
 }
 

@@ -18,7 +18,7 @@ pub async fn lease(
     let registry = &session.daemon.registry;
     let model = registry.get(&request.model)?.clone();
     // Lease first, then load: the model is held from the moment we start waiting for it.
-    let guard = model.lease(registry, request.keep_alive_ms.map(KeepAlive::from_millis));
+    let guard = model.lease(request.keep_alive_ms.map(KeepAlive::from_millis));
     model.ready(registry, progress_to(id, events)).await?;
     let lease = session.add_lease(guard)?;
     Ok(Response::Leased(LeaseInfo { lease, model: model.info() }))
@@ -33,7 +33,7 @@ pub async fn load(
     let registry = &session.daemon.registry;
     let model = registry.get(name)?.clone();
     // Held as a request while loading, so it cannot be unloaded before it is reported.
-    let _loading = model.begin_request(registry);
+    let _loading = model.begin_request();
     model.ready(registry, progress_to(id, events)).await?;
     Ok(Response::Loaded(model.info()))
 }
@@ -41,7 +41,7 @@ pub async fn load(
 pub async fn unload(session: &Arc<Session>, name: &str, force: bool) -> Result<Response, WireError> {
     let registry = &session.daemon.registry;
     let model = registry.get(name)?.clone();
-    model.unload(force, registry).await?;
+    model.unload(force).await?;
     Ok(Response::Unloaded(model.info()))
 }
 
