@@ -8,12 +8,14 @@
 //! keep_alive = "5m"          # how long an idle model stays loaded: "0", "30s", "5m", "never"
 //! memory_budget = "75%"      # of physical memory, or "12GiB", "800MB", bytes
 //! max_loaded_models = 8
-//! queue_capacity = 64
+//! queue_capacity = 256      # requests admitted per model before Busy [default: 4 x its batch]
+//! max_streams = 8            # generation streams decoded together per model
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
 //! pinned = true              # never unloaded by keep-alive or eviction
 //! aliases = ["small-llm"]
+//! max_streams = 16
 //!
 //! [models.my-embedder]       # ... or a model directory added by path
 //! path = "/srv/models/bge-small"
@@ -118,12 +120,26 @@ pub struct ModelSpec {
     pub keep_alive: KeepAlive,
     /// Never unloaded by keep-alive or eviction (an operator can still unload it).
     pub pinned: bool,
+    /// Generation streams decoded together in one batch; more wait in the queue.
+    pub max_streams: usize,
+    /// Requests admitted (queued or running) before `Busy`.
+    pub queue_capacity: usize,
 }
 
 impl ModelSpec {
     pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
         let size_bytes = weights_size(&path);
-        ModelSpec { name, kind, path, source, size_bytes, keep_alive: DEFAULT_KEEP_ALIVE, pinned: false }
+        ModelSpec {
+            name,
+            kind,
+            path,
+            source,
+            size_bytes,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            pinned: false,
+            max_streams: DEFAULT_MAX_STREAMS,
+            queue_capacity: QUEUE_PER_BATCH * DEFAULT_MAX_STREAMS,
+        }
     }
 }
 
@@ -151,6 +167,11 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
 ];
 
+/// Generation streams per model decoded together, unless configured.
+pub const DEFAULT_MAX_STREAMS: usize = 8;
+/// A model's default queue capacity is this many batches.
+pub const QUEUE_PER_BATCH: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub python: PythonEnv,
@@ -162,8 +183,6 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// Sessions served at once; further connections wait in the kernel's accept backlog.
     pub max_connections: usize,
-    /// Requests admitted per model (queued or running) before `Busy`.
-    pub queue_capacity: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
     /// Library preloaded into workers (`LD_PRELOAD`), if any.
@@ -187,6 +206,7 @@ pub struct Overrides {
     pub memory_budget: Option<String>,
     pub max_loaded_models: Option<usize>,
     pub queue_capacity: Option<usize>,
+    pub max_streams: Option<usize>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
 }
@@ -207,6 +227,7 @@ struct FileDaemon {
     memory_budget: Option<String>,
     max_loaded_models: Option<usize>,
     queue_capacity: Option<usize>,
+    max_streams: Option<usize>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
 }
@@ -220,6 +241,8 @@ struct FileModel {
     pinned: bool,
     #[serde(default)]
     aliases: Vec<String>,
+    max_streams: Option<usize>,
+    queue_capacity: Option<usize>,
 }
 
 impl DaemonConfig {
@@ -265,10 +288,31 @@ impl DaemonConfig {
             models.retain(|m| m.name != spec.name);
             models.push(spec);
         }
+        let embed_batch = {
+            let default = crate::sched::batcher::BatchPolicy::default();
+            crate::sched::batcher::BatchPolicy {
+                max_batch: overrides.embed_max_batch.unwrap_or(default.max_batch).max(1),
+                max_delay: match &overrides.embed_max_delay {
+                    Some(text) => parse_duration(text).context("embed_max_delay")?,
+                    None => default.max_delay,
+                },
+            }
+        };
+        let max_streams = overrides.max_streams.or(file.daemon.max_streams).unwrap_or(DEFAULT_MAX_STREAMS).max(1);
+        let queue_capacity = overrides.queue_capacity.or(file.daemon.queue_capacity);
         let mut aliases = BTreeMap::new();
         for model in &mut models {
             model.keep_alive = default_keep_alive;
-            let Some(entry) = file.models.get(&model.name) else { continue };
+            let entry = file.models.get(&model.name);
+            model.max_streams = entry.and_then(|e| e.max_streams).unwrap_or(max_streams).max(1);
+            // Sized from what one batch holds, so a full queue is a few batches of work.
+            let batch = match model.kind {
+                ModelKind::Embedding => embed_batch.max_batch,
+                ModelKind::Generation => model.max_streams,
+            };
+            model.queue_capacity =
+                entry.and_then(|e| e.queue_capacity).or(queue_capacity).unwrap_or(QUEUE_PER_BATCH * batch).max(1);
+            let Some(entry) = entry else { continue };
             if let Some(text) = &entry.keep_alive {
                 model.keep_alive =
                     KeepAlive::parse(text).with_context(|| format!("models.{}.keep_alive", model.name))?;
@@ -299,21 +343,11 @@ impl DaemonConfig {
             aliases,
             limits: Self::default_limits(),
             max_connections: 256,
-            queue_capacity: overrides.queue_capacity.or(file.daemon.queue_capacity).unwrap_or(64).max(1),
             drain_timeout: Duration::from_secs(10),
             blas_preload: resolve_blas(overrides.blas.as_deref()),
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
-            embed_batch: {
-                let default = crate::sched::batcher::BatchPolicy::default();
-                crate::sched::batcher::BatchPolicy {
-                    max_batch: overrides.embed_max_batch.unwrap_or(default.max_batch).max(1),
-                    max_delay: match &overrides.embed_max_delay {
-                        Some(text) => parse_duration(text).context("embed_max_delay")?,
-                        None => default.max_delay,
-                    },
-                }
-            },
+            embed_batch,
         })
     }
 }

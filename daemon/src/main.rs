@@ -57,9 +57,13 @@ struct ServeOptions {
     /// OpenBLAS when installed]
     #[arg(long, env = "MLXD_BLAS", value_name = "PATH|off")]
     blas: Option<String>,
-    /// Requests admitted per model before Busy [default: 64]
-    #[arg(long)]
+    /// Requests admitted per model (queued or running) before Busy [default: 4 batches:
+    /// 256 for embedding models, 4 x max-streams for generation models]
+    #[arg(long, value_name = "N")]
     queue_capacity: Option<usize>,
+    /// Generation streams each model decodes together in one batch [default: 8]
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +124,9 @@ enum Command {
         path: PathBuf,
         #[arg(long)]
         python: PathBuf,
+        /// Generation streams decoded together.
+        #[arg(long, default_value_t = mlxd::config::DEFAULT_MAX_STREAMS)]
+        max_streams: usize,
     },
 }
 
@@ -172,7 +179,9 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
-        Command::Worker { name, kind, path, python } => worker::main(WorkerArgs { name, kind, path, python }),
+        Command::Worker { name, kind, path, python, max_streams } => {
+            worker::main(WorkerArgs { name, kind, path, python, max_streams })
+        }
     };
     if let Err(err) = result {
         eprintln!("mlxd: {err:#}");
@@ -191,6 +200,7 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         memory_budget: options.memory_budget.clone(),
         max_loaded_models: options.max_loaded_models,
         queue_capacity: options.queue_capacity,
+        max_streams: options.max_streams,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),
     })?;

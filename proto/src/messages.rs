@@ -172,6 +172,9 @@ impl Default for GenerateParams {
 // Frames from the daemon.
 
 /// Everything the daemon sends.
+// Frames are built once and moved to the writer; boxing the large responses would only add
+// allocations (and `Box` is invisible on the wire anyway).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     /// Accepts the session. Since v1; never changes shape.
@@ -346,6 +349,33 @@ pub struct ModelInfo {
     pub backend: String,
     pub worker_pid: Option<u32>,
     pub last_error: Option<String>,
+    /// The model's scheduler: queue, slots and what happened to requests. Since v2.
+    pub sched: SchedStats,
+}
+
+/// A model's scheduler at a glance; counters run from the daemon's start. Since v2.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedStats {
+    /// Entries waiting in the queue (part of `ModelInfo::queue_depth`).
+    pub queued: u32,
+    /// Generation streams holding one of the model's slots.
+    pub running: u32,
+    /// Streams decoded together at most (generation models).
+    pub slots: u32,
+    pub admitted: u64,
+    /// Refused with `Busy` because the queue was full.
+    pub busy: u64,
+    /// Batch-priority requests dropped from the queue (with `Busy`) for interactive work.
+    pub shed: u64,
+    /// Dropped with `Timeout`: their deadline passed while queued.
+    pub timeouts: u64,
+    /// Generation requests the batch path could not express, run on the single-stream path.
+    pub single_stream: u64,
+    /// Worker calls that served several requests together, and the requests they served.
+    pub batches: u64,
+    pub batched_requests: u64,
+    /// Measured service time per request, in microseconds (0 = not measured yet).
+    pub service_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

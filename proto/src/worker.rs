@@ -76,6 +76,9 @@ pub struct WorkerReady {
     pub backend: String,
     /// Python version of the embedded interpreter, e.g. "3.11.7".
     pub python_version: String,
+    /// Generation models: why streams cannot be batched and run one by one instead, or
+    /// `None` when they decode together (continuous batching).
+    pub single_stream: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,8 +11,12 @@ Adapter interface (duck-typed, kept deliberately small so the Rust side stays si
   row-major float32 vectors, count, dim, and each text's token count.
 - ``tokenize(text: str, add_special_tokens: bool) -> list[int]``
 - ``detokenize(ids: list[int]) -> str``
-- generation only: ``start(raw, messages, params) -> Stream`` with ``step() -> (text,
-  token, finish)``, ``summary() -> dict`` and ``close()``; see :mod:`.generate`.
+- generation only: ``batch_engine(max_streams) -> BatchEngine | str`` (continuous
+  batching: ``start(job, raw, messages, params, active)``, ``step() -> [(job, text, token,
+  finish)]``, ``pause``/``resume``/``cancel(job)``, ``summary(job)``; a string says why the
+  model cannot batch), and the single-stream fallback ``start(raw, messages, params) ->
+  Stream`` with ``step() -> (text, token, finish)``, ``summary()`` and ``close()``; see
+  :mod:`.generate`.
 """
 
 from __future__ import annotations

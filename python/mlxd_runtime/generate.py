@@ -1,17 +1,23 @@
-"""Text generation with mlx-lm, as independent streams the worker steps one token at a time.
+"""Text generation with mlx-lm.
 
-The worker's MLX thread interleaves the streams of all clients of a model: it calls
-:meth:`Stream.step` on each stream that has credit, so a client that stops reading pauses
-only its own stream (which then costs no compute) while the others go on.
+Two paths, both driven one step at a time by the worker's MLX thread:
 
-Each stream samples with its own PRNG key, so a seed reproduces its output whatever other
-streams run beside it.
+- :class:`BatchEngine` (the normal path): continuous batching over mlx-lm's
+  BatchGenerator. All streams of a model decode together, one batched forward pass per
+  step; streams join and leave between steps.
+- :class:`Stream` (the fallback): one stream decoded on its own, for models whose KV
+  caches cannot be batched. The worker interleaves such streams token by token.
+
+Either way a stream whose client has no credit costs no compute, and each stream samples
+with keys derived from its seed and the token's position, so a seed reproduces its output
+whatever other streams run beside it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -23,59 +29,108 @@ class BadRequest(ValueError):
     """A request the model cannot serve as asked; reported to the client as BadRequest."""
 
 
-def _make_sampler(temperature: float, top_p: float, top_k: int, min_p: float, seed: int | None):
-    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+def _greedy(logprobs: mx.array) -> mx.array:
+    return mx.argmax(logprobs, axis=-1)
 
+
+def _mix(seed: int, index: int) -> int:
+    """splitmix64 of (seed, index): a well-spread 63-bit seed for one step's key."""
+    z = (seed + 0x9E3779B97F4A7C15 * (index + 1)) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1
+
+
+class StepSampler:
+    """Samples completion token `index` with a key derived from (seed, index).
+
+    Keys depend only on the position, not on how many times the sampler ran before, so a
+    stream that is paused and resumed (which re-samples one position) and a stream decoded
+    alone or inside a batch produce the same tokens for the same seed.
+    """
+
+    def __init__(self, temperature: float, top_p: float, top_k: int, min_p: float, seed: int | None):
+        self.inverse_temperature = 1.0 / temperature
+        self.top_p, self.top_k, self.min_p = top_p, top_k, min_p
+        self.seed = int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
+        self.index = 0
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        if 0 < self.top_k < logprobs.shape[-1]:
+            logprobs = apply_top_k(logprobs, self.top_k)
+        if 0.0 < self.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, self.top_p)
+        if self.min_p > 0.0:
+            logprobs = apply_min_p(logprobs, self.min_p)
+        key = mx.random.key(_mix(self.seed, self.index))
+        self.index += 1
+        return mx.random.categorical(logprobs * self.inverse_temperature, key=key)
+
+
+def _make_sampler(params: dict):
+    """The shared greedy sampler (so greedy streams sample as one batch) or a StepSampler."""
+    temperature = float(params.get("temperature", 0.0))
     if temperature <= 0.0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little") >> 1
-    key = [mx.random.key(seed)]
-    inverse_temperature = 1.0 / temperature
+        return _greedy
+    return StepSampler(
+        temperature,
+        float(params.get("top_p", 1.0)),
+        int(params.get("top_k", 0)),
+        float(params.get("min_p", 0.0)),
+        params.get("seed"),
+    )
 
-    def sampler(logprobs: mx.array) -> mx.array:
-        if 0 < top_k < logprobs.shape[-1]:
-            logprobs = apply_top_k(logprobs, top_k)
-        if 0.0 < top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        if min_p > 0.0:
-            logprobs = apply_min_p(logprobs, min_p)
-        key[0], sub = mx.random.split(key[0])
-        return mx.random.categorical(logprobs * inverse_temperature, key=sub)
 
-    return sampler
+def _make_processors(params: dict) -> list:
+    from mlx_lm.sample_utils import make_logits_processors
+
+    penalty = float(params.get("repetition_penalty", 1.0))
+    return make_logits_processors(repetition_penalty=penalty) if penalty != 1.0 else []
+
+
+class _Stops:
+    """Stop strings over a stream's text: cut at the first hit, hold back a possible prefix."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def apply(self, text: str, finish: str | None) -> tuple[str, str | None]:
+        text = self.pending + text
+        self.pending = ""
+        if self.stops:
+            hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+            if hits:
+                return text[: min(hits)], "stop"
+            if finish is None:
+                keep = _held_back(text, self.stops)
+                if keep:
+                    text, self.pending = text[:-keep], text[-keep:]
+        return text, finish
 
 
 class Stream:
-    """One generation: call :meth:`step` until it returns a finish reason."""
+    """One generation decoded on its own (the single-stream path): call :meth:`step` until
+    it returns a finish reason. Used for models whose caches cannot be batched."""
 
     def __init__(self, generator: "Generator", prompt_ids: list[int], params: dict):
         from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_logits_processors
 
-        self.stop = [s for s in params.get("stop", []) if s]
-        self.pending = ""
+        self._stops = _Stops(params.get("stop", []))
         self.completion_tokens = 0
         self.prompt_tokens = len(prompt_ids)
         self.prompt_tps = 0.0
         self.generation_tps = 0.0
         self.finished = False
-        sampler = _make_sampler(
-            float(params.get("temperature", 0.0)),
-            float(params.get("top_p", 1.0)),
-            int(params.get("top_k", 0)),
-            float(params.get("min_p", 0.0)),
-            params.get("seed"),
-        )
-        penalty = float(params.get("repetition_penalty", 1.0))
-        processors = make_logits_processors(repetition_penalty=penalty) if penalty != 1.0 else None
         self._responses = stream_generate(
             generator.model,
             generator.tokenizer,
             mx.array(prompt_ids),
             max_tokens=int(params["max_tokens"]),
-            sampler=sampler,
-            logits_processors=processors,
+            sampler=_make_sampler(params),
+            logits_processors=_make_processors(params) or None,
         )
 
     def step(self) -> tuple[str, int, str | None]:
@@ -89,7 +144,7 @@ class Stream:
             response = next(self._responses)
         except StopIteration:  # mlx-lm always ends with a final response; be safe anyway
             self.finished = True
-            return self.pending, -1, "stop"
+            return self._stops.apply("", "stop")[0], -1, "stop"
         self.prompt_tps = response.prompt_tps
         self.generation_tps = response.generation_tps
         finish = response.finish_reason
@@ -98,19 +153,10 @@ class Stream:
             token = -1  # the end-of-sequence token is not part of the output
         else:
             self.completion_tokens += 1
-        text = self.pending + response.text
-        self.pending = ""
-        if self.stop:
-            hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-            if hits:
-                self.close()
-                self.finished = True
-                return text[: min(hits)], token, "stop"
-            if finish is None:
-                keep = _held_back(text, self.stop)
-                if keep:
-                    text, self.pending = text[:-keep], text[-keep:]
+        text, finish = self._stops.apply(response.text, finish)
         if finish is not None:
+            if response.finish_reason is None:
+                self.close()
             self.finished = True
         return text, token, finish
 
@@ -124,6 +170,185 @@ class Stream:
 
     def close(self) -> None:
         self._responses.close()
+
+
+class _Sequence:
+    """A stream of the batch engine: its text state, sampling and, while paused, its cache."""
+
+    def __init__(self, job: int, prompt: list[int], params: dict, detokenizer):
+        self.job = job
+        self.prompt = prompt
+        self.max_tokens = int(params["max_tokens"])
+        self.sampler = _make_sampler(params)
+        self.processors = _make_processors(params)
+        self.stops = _Stops(params.get("stop", []))
+        self.detokenizer = detokenizer
+        self.uid: int | None = None  # the BatchGenerator's id while in the batch
+        self.saved = None  # (cache, tokens in it) while paused after decoding began
+        self.last_token: int | None = None
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+
+    def summary(self) -> dict:
+        prompt_s = (self.first_token_at or self.started) - self.started
+        decode_s = (self.last_token_at or 0.0) - (self.first_token_at or 0.0)
+        return {
+            "prompt_tokens": len(self.prompt),
+            "completion_tokens": self.completion_tokens,
+            "prompt_tps": len(self.prompt) / prompt_s if prompt_s > 0 else 0.0,
+            "generation_tps": (self.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+        }
+
+
+class BatchEngine:
+    """Continuous batching over mlx-lm's BatchGenerator.
+
+    Streams join the running batch between decoding steps (:meth:`start`), each with its
+    own sampler (seeded per position), logits processors, stop strings and token budget;
+    a finished, stopped or cancelled stream leaves it at once. At most `max_streams` decode
+    together; more wait inside the generator until a place frees up.
+
+    Flow control: a stream whose client has no credit left is *paused* — taken out of the
+    batch with its KV cache, trimmed by the one position whose sample was not delivered —
+    and re-inserted when credit comes (:meth:`resume`); it costs no compute meanwhile and
+    its output is the same as if it had never paused.
+    """
+
+    def __init__(self, generator: "Generator", max_streams: int):
+        from mlx_lm.generate import BatchGenerator
+
+        self.tokenizer = generator.tokenizer
+        self.generator = generator
+        eos = sorted(self.tokenizer.eos_token_ids)
+        self.batch = BatchGenerator(
+            generator.model,
+            stop_tokens=[[t] for t in eos],
+            sampler=_greedy,
+            completion_batch_size=max(1, max_streams),
+            prefill_batch_size=max(1, min(8, max_streams)),
+        )
+        self.sequences: dict[int, _Sequence] = {}
+        self.by_uid: dict[int, _Sequence] = {}
+        self._finished: dict[int, dict] = {}
+
+    def start(self, job: int, raw: str | None, messages, params: dict, active: bool = True) -> None:
+        """Adds stream `job`; it joins the batch at the next step unless `active` is false
+        (no credit yet), in which case it waits for :meth:`resume`."""
+        prompt = self.generator.checked_prompt(raw, messages)
+        sequence = _Sequence(job, prompt, params, self.tokenizer.detokenizer)
+        self.sequences[job] = sequence
+        if active:
+            self._insert(sequence)
+
+    def _insert(self, sequence: _Sequence) -> None:
+        remaining = sequence.max_tokens - sequence.completion_tokens
+        if sequence.saved is None:
+            prompt, caches, tokens = sequence.prompt, None, None
+        else:
+            cache, tokens = sequence.saved
+            prompt, caches, tokens = [sequence.last_token], [cache], [tokens]
+            sequence.saved = None
+        if isinstance(sequence.sampler, StepSampler):
+            sequence.sampler.index = sequence.completion_tokens
+        (uid,) = self.batch.insert(
+            [prompt],
+            max_tokens=[remaining],
+            caches=caches,
+            all_tokens=tokens,
+            samplers=[sequence.sampler],
+            logits_processors=[sequence.processors],
+        )
+        sequence.uid = uid
+        self.by_uid[uid] = sequence
+
+    def active(self) -> int:
+        """Streams in the batch (decoding or waiting for their prefill)."""
+        return len(self.by_uid)
+
+    def step(self) -> list[tuple[int, str, int, str | None]]:
+        """One batched decoding step (and any prefill due): (job, text delta, token or -1,
+        finish reason or None) for every stream that produced a token."""
+        if not self.by_uid:
+            return []
+        faults.maybe_fail("step")
+        _, responses = self.batch.next()
+        now = time.perf_counter()
+        events = []
+        for response in responses:
+            sequence = self.by_uid.get(response.uid)
+            if sequence is None:
+                continue
+            sequence.first_token_at = sequence.first_token_at or now
+            finish = response.finish_reason
+            token = int(response.token)
+            detokenizer = sequence.detokenizer
+            if finish == "stop":  # an end-of-sequence token: not part of the output
+                token = -1
+                detokenizer.finalize()
+            else:
+                sequence.completion_tokens += 1
+                sequence.last_token_at = now
+                sequence.last_token = token
+                detokenizer.add_token(token)
+                if finish is not None:
+                    detokenizer.finalize()
+            text, finish = sequence.stops.apply(detokenizer.last_segment, finish)
+            if finish is not None:
+                if response.finish_reason is None:  # a stop string: leave the batch now
+                    self.batch.remove([response.uid])
+                self._forget(sequence)
+            events.append((sequence.job, text, token, finish))
+        return events
+
+    def pause(self, job: int) -> None:
+        """Takes stream `job` out of the batch, keeping its cache, until :meth:`resume`."""
+        sequence = self.sequences.get(job)
+        if sequence is None or sequence.uid is None:
+            return
+        uid = sequence.uid
+        saved = self.batch.remove([uid], return_prompt_caches=True)
+        del self.by_uid[uid]
+        sequence.uid = None
+        cache, tokens = saved[uid]
+        if sequence.last_token is None or not tokens or tokens[-1] != sequence.last_token:
+            # Not decoding yet (or an unexpected cache): start it over when resumed.
+            sequence.saved = None
+            sequence.completion_tokens = 0
+            sequence.detokenizer.reset()
+            return
+        # The cache holds the last delivered token; its successor was sampled but not
+        # delivered. Drop that position so resuming re-feeds the token and samples again.
+        for layer in cache:
+            layer.trim(1)
+        sequence.saved = (cache, list(tokens[:-1]))
+
+    def resume(self, job: int) -> None:
+        sequence = self.sequences.get(job)
+        if sequence is not None and sequence.uid is None:
+            self._insert(sequence)
+
+    def cancel(self, job: int) -> dict | None:
+        """Ends stream `job` now; its summary, or None if it is unknown."""
+        sequence = self.sequences.get(job)
+        if sequence is None:
+            return None
+        if sequence.uid is not None:
+            self.batch.remove([sequence.uid])
+        self._forget(sequence)
+        return self._finished.pop(job)
+
+    def summary(self, job: int) -> dict:
+        """The summary of a stream that finished in :meth:`step` (once)."""
+        return self._finished.pop(job)
+
+    def _forget(self, sequence: _Sequence) -> None:
+        if sequence.uid is not None:
+            self.by_uid.pop(sequence.uid, None)
+        sequence.uid = None
+        self.sequences.pop(sequence.job, None)
+        self._finished[sequence.job] = sequence.summary()
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -179,7 +404,7 @@ class Generator:
         add_special = bos is None or not text.startswith(bos)
         return list(self.tokenizer.encode(text, add_special_tokens=add_special))
 
-    def start(self, raw: str | None, messages: list[tuple[str, str]] | None, params: dict) -> Stream:
+    def checked_prompt(self, raw: str | None, messages: list[tuple[str, str]] | None) -> list[int]:
         prompt = self.prompt_ids(raw, messages)
         if not prompt:
             raise BadRequest("the prompt is empty")
@@ -187,7 +412,23 @@ class Generator:
             raise BadRequest(
                 f"the prompt is {len(prompt)} tokens; this model's context is {self.max_seq_len} tokens"
             )
-        return Stream(self, prompt, params)
+        return prompt
+
+    def start(self, raw: str | None, messages: list[tuple[str, str]] | None, params: dict) -> Stream:
+        """A stream on the single-stream path."""
+        return Stream(self, self.checked_prompt(raw, messages), params)
+
+    def batch_engine(self, max_streams: int) -> "BatchEngine | str":
+        """The continuous-batching engine, or why this model cannot use it (its caches must
+        merge into a batch, and trim, which pausing a stream needs)."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        for layer in make_prompt_cache(self.model):
+            if not hasattr(layer, "merge"):
+                return f"{type(layer).__name__} caches cannot be batched"
+            if not layer.is_trimmable():
+                return f"{type(layer).__name__} caches cannot be trimmed"
+        return BatchEngine(self, max_streams)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))

@@ -99,3 +99,82 @@ def test_length_finish_and_summary(generator):
     assert finish == "length" and len(tokens) == 3
     summary = stream.summary()
     assert summary["completion_tokens"] == 3 and summary["prompt_tokens"] >= 1
+
+
+# --- the batch engine (continuous batching) -------------------------------------------
+
+PROMPTS = [
+    [("user", "What is the capital of France?")],
+    [("user", "Write a haiku about rain.")],
+    [("user", "List three colors.")],
+    [("user", "Who wrote Hamlet?")],
+]
+
+
+def _drain(engine, until=None):
+    """Steps the engine until it is idle (or `until()` holds): job -> (text, tokens, finish)."""
+    out: dict = {}
+    while engine.active() and not (until and until(out)):
+        for job, piece, token, finish in engine.step():
+            text, tokens, _ = out.get(job, ("", [], None))
+            out[job] = (text + piece, tokens + ([token] if token >= 0 else []), finish)
+    return out
+
+
+def test_batched_greedy_streams_equal_each_stream_alone(generator):
+    params = {"max_tokens": 20, "temperature": 0.0}
+    alone = [_run(generator.start(None, p, params)) for p in PROMPTS]
+    engine = generator.batch_engine(8)
+    for job, prompt in enumerate(PROMPTS):
+        engine.start(job, None, prompt, params)
+    out = _drain(engine)
+    for job in range(len(PROMPTS)):
+        assert out[job][1] == alone[job][1], f"stream {job} changed in the batch"
+        assert out[job][0] == alone[job][0]
+        assert engine.summary(job)["completion_tokens"] == len(alone[job][1])
+
+
+def test_a_stream_cancelled_mid_batch_leaves_the_others_unchanged(generator):
+    params = {"max_tokens": 20, "temperature": 0.0}
+    alone = [_run(generator.start(None, p, params)) for p in PROMPTS]
+    engine = generator.batch_engine(8)
+    for job, prompt in enumerate(PROMPTS):
+        engine.start(job, None, prompt, params)
+    out = _drain(engine, until=lambda out: len(out.get(1, ("", [], None))[1]) >= 4)
+    summary = engine.cancel(1)
+    assert summary["completion_tokens"] >= 4
+    rest = _drain(engine)
+    for job in (0, 2, 3):
+        tokens = out.get(job, ("", [], None))[1] + rest[job][1]
+        assert tokens == alone[job][1], f"stream {job} changed when stream 1 was cancelled"
+    assert 1 not in rest
+
+
+def test_paused_and_resumed_seeded_stream_gives_the_same_tokens(generator):
+    sampled = {"max_tokens": 16, "temperature": 0.8, "seed": 7}
+    alone = _run(generator.start(None, PROMPTS[0], sampled))[1]
+    engine = generator.batch_engine(8)
+    engine.start(0, None, PROMPTS[0], sampled)
+    engine.start(1, None, PROMPTS[1], {"max_tokens": 40, "temperature": 0.0})
+    tokens = []
+    while 0 in engine.sequences:
+        for job, _, token, _ in engine.step():
+            if job == 0 and token >= 0:
+                tokens.append(token)
+                if len(tokens) in (2, 7) and 0 in engine.sequences:
+                    engine.pause(0)  # its client ran out of credit ...
+                    for _ in range(3):
+                        engine.step()  # ... while the other stream goes on
+                    engine.resume(0)
+    assert tokens == alone
+
+
+def test_stop_strings_and_eos_in_the_batch(generator):
+    engine = generator.batch_engine(8)
+    engine.start(0, None, QUESTION, {"max_tokens": 24, "temperature": 0.0, "stop": ["Paris"]})
+    engine.start(1, None, QUESTION, {"max_tokens": 64, "temperature": 0.0})
+    out = _drain(engine)
+    assert out[0][2] == "stop" and "Paris" not in out[0][0]
+    assert out[0][0].startswith("The capital of France is")
+    assert out[1][2] == "stop" and "Paris" in out[1][0]  # ended by end-of-sequence
+    assert engine.active() == 0 and not engine.sequences

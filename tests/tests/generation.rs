@@ -244,7 +244,12 @@ async fn cancel_and_disconnect_free_the_model_within_a_step() {
         use std::io::{Read, Write};
         let mut raw = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
         let mut out = Vec::new();
-        let hello = Hello { protocol_version: 1, client_name: "leaver".into(), pid: 0, max_frame_len: 1 << 20 };
+        let hello = Hello {
+            protocol_version: mlxd_client::proto::PROTOCOL_VERSION,
+            client_name: "leaver".into(),
+            pid: 0,
+            max_frame_len: 1 << 20,
+        };
         encode_frame(&ClientMessage::Hello(hello), 1 << 20, &mut out).unwrap();
         let body = Request::Generate(GenerateRequest { initial_credit: 64, ..endless() });
         encode_frame(&ClientMessage::Request { id: 1, body }, 1 << 20, &mut out).unwrap();

@@ -37,11 +37,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(config: Arc<DaemonConfig>) -> Registry {
-        let models = config
-            .models
-            .iter()
-            .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), config.queue_capacity))))
-            .collect();
+        let models = config.models.iter().map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone())))).collect();
         let aliases = config.aliases.clone();
         Registry {
             inner: Arc::new(Inner {

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::Registry;
 use crate::config::{KeepAlive, ModelSpec};
-use crate::sched::batcher::EmbedBatcher;
+use crate::sched::batcher;
 use crate::sched::Admission;
 use crate::supervise::WorkerHandle;
 use crate::weights::pool::Pinned;
@@ -73,10 +73,10 @@ impl State {
 #[derive(Debug)]
 pub struct Model {
     pub spec: ModelSpec,
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     state: Mutex<State>,
     /// Started on the first embedding request (embedding models only).
-    batcher: std::sync::OnceLock<EmbedBatcher>,
+    batcher: std::sync::OnceLock<()>,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -88,10 +88,10 @@ pub enum UnloadReason {
 }
 
 impl Model {
-    pub fn new(spec: ModelSpec, queue_capacity: usize) -> Model {
+    pub fn new(spec: ModelSpec) -> Model {
         Model {
+            admission: Admission::new(spec.queue_capacity, spec.max_streams),
             spec,
-            admission: Admission::new(queue_capacity),
             state: Mutex::new(State {
                 slot: Slot::Unloaded,
                 leases: 0,
@@ -108,12 +108,9 @@ impl Model {
         }
     }
 
-    /// The model's embedding batcher, started on first use.
-    pub fn batcher(self: &Arc<Self>, registry: &Registry) -> &EmbedBatcher {
-        self.batcher.get_or_init(|| {
-            let config = registry.config();
-            EmbedBatcher::start(self.clone(), registry.clone(), config.embed_batch, config.queue_capacity)
-        })
+    /// Starts the model's embedding batcher unless it runs already.
+    pub fn start_batcher(self: &Arc<Self>, registry: &Registry) {
+        self.batcher.get_or_init(|| batcher::start(self.clone(), registry.clone(), registry.config().embed_batch));
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -430,6 +427,7 @@ impl Model {
             backend: worker.as_ref().map_or_else(String::new, |w| w.ready.backend.clone()),
             worker_pid: worker.as_ref().map(|w| w.ready.pid),
             last_error,
+            sched: self.admission.stats(),
         }
     }
 

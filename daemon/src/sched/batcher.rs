@@ -1,21 +1,22 @@
 //! The embedding batcher: requests for one model are merged into one worker call.
 //!
 //! A batch is flushed when it holds `max_batch` texts, or `max_delay` after its first
-//! request arrived; an interactive request that finds the model idle (no batch ended in the
-//! last `max_delay`) goes at once, with whatever else is already waiting. While a batch runs, new requests queue, so under load
-//! batches fill by themselves. The worker always returns raw (unnormalised) mean-pooled
+//! request was taken; a lone interactive request that finds the model idle (no batch ended in the last
+//! `max_delay`) goes at once. While a batch runs, new requests queue, so under load batches
+//! fill by themselves. Entries are taken in the admission queue's order: interactive
+//! before batch, sessions in turn, so a flooding client fills batches only with what the
+//! others leave. The worker always returns raw (unnormalised) mean-pooled
 //! vectors; each request's vectors are normalised here if it asked, so requests with and
 //! without normalisation share batches. Results are split back by text count.
 //!
-//! The queue is bounded by the model's admission capacity: a request only gets here with
-//! an admission ticket.
+//! The queue is the model's [`crate::sched::Admission`], bounded by its capacity.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlxd_proto::worker::{Job, JobOutput};
 use mlxd_proto::{Embeddings, Priority, WireError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::registry::{Model, Registry};
 
@@ -42,68 +43,51 @@ pub struct EmbedItem {
     pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
 }
 
-/// The sending side, held by the model.
-#[derive(Debug, Clone)]
-pub struct EmbedBatcher {
-    queue: mpsc::Sender<EmbedItem>,
+/// Starts the batcher task for `model`: it takes entries from the model's admission queue
+/// (interactive first, sessions in turn) and runs them in batches, for as long as the
+/// daemon runs.
+pub fn start(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
+    tokio::spawn(run(model, registry, policy));
 }
 
-impl EmbedBatcher {
-    /// Starts the batcher task for `model`. It ends when every sender is gone.
-    pub fn start(model: Arc<Model>, registry: Registry, policy: BatchPolicy, capacity: usize) -> EmbedBatcher {
-        let (queue, items) = mpsc::channel(capacity.max(1));
-        tokio::spawn(run(model, registry, policy, items));
-        EmbedBatcher { queue }
-    }
-
-    /// Queues a request; never waits long, since admission bounds how many are queued.
-    pub async fn embed(&self, item: EmbedItem) -> Result<(), WireError> {
-        self.queue.send(item).await.map_err(|_| WireError::internal("the embedding batcher stopped"))
-    }
-}
-
-async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy, mut items: mpsc::Receiver<EmbedItem>) {
-    let mut carried: Option<EmbedItem> = None;
+async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
+    let queue = model.admission.clone();
     // When the last batch ended: a model that finished one a moment ago is under load, and
     // the next request will likely have company within `max_delay`.
     let mut last_batch_end: Option<tokio::time::Instant> = None;
     loop {
-        let first = match carried.take() {
-            Some(item) => item,
-            None => match items.recv().await {
-                Some(item) => item,
-                None => return,
-            },
-        };
-        let mut batch = vec![first];
-        let mut texts = batch[0].texts.len();
-        let fits = |texts: usize, more: usize| policy.max_batch > 1 && texts + more <= policy.max_batch;
-        // What is already waiting joins at once.
-        while let Ok(item) = items.try_recv() {
-            if !fits(texts, item.texts.len()) {
-                carried = Some(item);
-                break;
+        let first = loop {
+            if let Some(item) = queue.pop_embed(|_| true) {
+                break item;
             }
+            queue.wait_queued().await;
+        };
+        let mut texts = first.texts.len();
+        let mut batch = vec![first];
+        let room =
+            |texts: usize| move |item: &EmbedItem| policy.max_batch > 1 && texts + item.texts.len() <= policy.max_batch;
+        // What is already waiting joins at once.
+        while let Some(item) = queue.pop_embed(room(texts)) {
             texts += item.texts.len();
             batch.push(item);
         }
-        // Batch work, and interactive work that finds company or a model busy a moment ago,
-        // waits a little for more; interactive work that finds the model idle goes now.
+        // Work that finds company or a model busy a moment ago waits a little for more;
+        // a lone interactive request that finds the model idle goes now.
         let idle = last_batch_end.is_none_or(|end| end.elapsed() >= policy.max_delay);
-        let alone_and_urgent = batch.len() == 1 && batch[0].priority == Priority::Interactive && idle;
-        if carried.is_none() && !alone_and_urgent && policy.max_batch > 1 {
+        let alone_on_idle_model = batch.len() == 1 && batch[0].priority == Priority::Interactive && idle;
+        if !alone_on_idle_model && policy.max_batch > 1 && texts < policy.max_batch {
             let deadline = tokio::time::Instant::now() + policy.max_delay;
             while texts < policy.max_batch {
-                match tokio::time::timeout_at(deadline, items.recv()).await {
-                    Ok(Some(item)) if fits(texts, item.texts.len()) => {
-                        texts += item.texts.len();
-                        batch.push(item);
-                    }
-                    Ok(Some(item)) => {
-                        carried = Some(item);
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
+                if tokio::time::timeout_at(deadline, queue.wait_queued()).await.is_err() {
+                    break;
+                }
+                let before = batch.len();
+                while let Some(item) = queue.pop_embed(room(texts)) {
+                    texts += item.texts.len();
+                    batch.push(item);
+                }
+                if batch.len() == before {
+                    break; // the next entry does not fit: run what we have
                 }
             }
         }
@@ -126,6 +110,7 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
         Err(err) => Err(err),
     };
     model.admission.record_service(started.elapsed() / batch.len() as u32);
+    model.admission.count_batch(batch.len());
     let (dim, vectors, tokens) = match result {
         Ok(JobOutput::Embeddings { dim, vectors, tokens, .. }) => (dim as usize, vectors, tokens),
         Ok(_) => {

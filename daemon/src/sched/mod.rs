@@ -1,76 +1,305 @@
-//! Admission control: each model admits a bounded number of requests (queued or running);
-//! the next one is refused at once with `Busy` and an estimate of when to retry, computed
-//! from the queue depth and the measured service time. Nothing waits unbounded.
+//! Admission and queueing, one [`Admission`] per model.
 //!
-//! - [`batcher`]: the embedding batcher that merges admitted requests into worker calls.
+//! - **Bounded**: a model admits at most `capacity` requests (queued or running). The next
+//!   one is refused at once with `Busy`, the depth, and `retry_after_ms` estimated from the
+//!   depth and the measured service time. Nothing waits unbounded.
+//! - **Priority**: interactive entries are served before batch ones; when the model is
+//!   full, an interactive request takes the place of the newest queued batch request,
+//!   which is shed with `Busy`.
+//! - **Fairness**: within a class, sessions take turns (round-robin, one entry each), so
+//!   one client flooding a model cannot starve another of the same class.
+//! - **Deadlines**: an entry still queued past its deadline is dropped with `Timeout` and
+//!   never reaches the model.
+//!
+//! Consumers: the embedding [`batcher`] pops entries to form batches; generation streams
+//! wait for one of the model's `slots` (its concurrent streams), handed out in the same
+//! order. One-shot jobs (tokenize) take a place but do not queue.
 
 pub mod batcher;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mlxd_proto::{ErrorCode, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use mlxd_proto::{ErrorCode, Priority, SchedStats, WireError};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use batcher::EmbedItem;
+
+/// What a queued entry is waiting for.
+#[derive(Debug)]
+pub enum Pending {
+    /// Texts for the embedding batcher, with the channel for their vectors.
+    Embed(EmbedItem),
+    /// A generation stream waiting for a slot: `Ok(())` when it may start.
+    Turn(oneshot::Sender<Result<(), WireError>>),
+}
+
+impl Pending {
+    fn fail(self, error: WireError) {
+        match self {
+            Pending::Embed(item) => {
+                let _ = item.reply.send(Err(error));
+            }
+            Pending::Turn(turn) => {
+                let _ = turn.send(Err(error));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    deadline: Option<Instant>,
+    payload: Pending,
+}
+
+#[derive(Debug)]
+struct SessionQueue {
+    session: u64,
+    entries: VecDeque<Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Holds a place, not in the queue (before `enqueue`, or a one-shot job).
+    Held,
+    Queued,
+    /// Taken off the queue by a consumer (or dropped by it for a passed deadline).
+    Taken,
+    /// Holds one of the model's slots.
+    Running,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every admitted request's place; its size is the depth.
+    places: HashMap<u64, Place>,
+    /// Per class (interactive, batch), the sessions with queued entries, in turn order.
+    classes: [VecDeque<SessionQueue>; 2],
+    running: usize,
+    next_seq: u64,
+}
+
+fn class(priority: Priority) -> usize {
+    match priority {
+        Priority::Interactive => 0,
+        Priority::Batch => 1,
+    }
+}
+
+impl State {
+    /// Removes the entry `seq` of `session` from class `class`, if still queued.
+    fn remove(&mut self, class: usize, session: u64, seq: u64) -> Option<Entry> {
+        let ring = &mut self.classes[class];
+        let at = ring.iter().position(|q| q.session == session)?;
+        let queue = &mut ring[at];
+        let index = queue.entries.iter().position(|e| e.seq == seq)?;
+        let entry = queue.entries.remove(index);
+        if queue.entries.is_empty() {
+            ring.remove(at);
+        }
+        entry
+    }
+
+    /// The next entry in turn (interactive first, sessions round-robin), without taking it.
+    fn peek(&self) -> Option<&Entry> {
+        self.classes.iter().find_map(|ring| ring.front().and_then(|q| q.entries.front()))
+    }
+
+    /// Takes the next entry in turn; the session goes to the back of its class's ring.
+    fn pop(&mut self) -> Option<Entry> {
+        let ring = self.classes.iter_mut().find(|ring| !ring.is_empty())?;
+        let mut queue = ring.pop_front()?;
+        let entry = queue.entries.pop_front();
+        if !queue.entries.is_empty() {
+            ring.push_back(queue);
+        }
+        entry
+    }
+
+    fn queued(&self) -> usize {
+        self.classes.iter().flatten().map(|q| q.entries.len()).sum()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    admitted: AtomicU64,
+    busy: AtomicU64,
+    shed: AtomicU64,
+    timeouts: AtomicU64,
+    single_stream: AtomicU64,
+    batches: AtomicU64,
+    batched_requests: AtomicU64,
+}
 
 #[derive(Debug)]
 pub struct Admission {
-    slots: Arc<Semaphore>,
-    capacity: u32,
+    capacity: usize,
+    /// Entries that may run at once (generation streams); consumers other than slot
+    /// holders (the embedding batcher) ignore it.
+    slots: usize,
+    state: Mutex<State>,
+    /// Wakes the embedding batcher when an entry is queued.
+    queued: Notify,
     /// Exponentially weighted mean service time per request, in microseconds (0 = unknown).
     service_us: AtomicU64,
+    counters: Counters,
 }
 
-/// A request's place in its model's queue; given back when dropped.
+/// A request's place at its model; given back when dropped (which also withdraws a
+/// still-queued entry and frees a slot it held).
 #[derive(Debug)]
-pub struct Ticket {
-    _slot: OwnedSemaphorePermit,
+pub struct Admitted {
+    admission: Arc<Admission>,
+    seq: u64,
+    session: u64,
+    priority: Priority,
 }
 
 impl Admission {
-    pub fn new(capacity: usize) -> Admission {
-        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
-        Admission {
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity: capacity as u32,
+    pub fn new(capacity: usize, slots: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            capacity: capacity.max(1),
+            slots: slots.max(1),
+            state: Mutex::new(State::default()),
+            queued: Notify::new(),
             service_us: AtomicU64::new(0),
-        }
+            counters: Counters::default(),
+        })
     }
 
-    /// Admits a request or refuses it at once.
-    pub fn try_admit(&self, model: &str) -> Result<Ticket, WireError> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok(Ticket { _slot: slot }),
-            Err(_) => {
-                let depth = self.depth();
-                Err(WireError::new(
-                    ErrorCode::Busy,
-                    format!("model {model} has {depth} requests queued or running (capacity {})", self.capacity),
-                )
-                .with_retry_after(self.retry_after_ms(depth)))
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Admits a request or refuses it at once with `Busy`. When the model is full, an
+    /// interactive request takes the place of the newest queued batch entry, which is
+    /// answered `Busy` (shed).
+    pub fn admit(self: &Arc<Self>, model: &str, session: u64, priority: Priority) -> Result<Admitted, WireError> {
+        let mut state = self.state();
+        if state.places.len() >= self.capacity {
+            let victim = (priority == Priority::Interactive)
+                .then(|| {
+                    state.classes[class(Priority::Batch)]
+                        .iter()
+                        .flat_map(|q| q.entries.iter().map(move |e| (q.session, e.seq)))
+                        .max_by_key(|&(_, seq)| seq)
+                })
+                .flatten();
+            let Some((victim_session, victim_seq)) = victim else {
+                let depth = state.places.len();
+                drop(state);
+                self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                return Err(self.busy(model, depth));
+            };
+            if let Some(entry) = state.remove(class(Priority::Batch), victim_session, victim_seq) {
+                state.places.remove(&victim_seq);
+                let depth = state.places.len() + 1;
+                self.counters.shed.fetch_add(1, Ordering::Relaxed);
+                let mut error = self.busy(model, depth);
+                error.message = format!("batch request shed for interactive work: {}", error.message);
+                entry.payload.fail(error);
             }
         }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.places.insert(seq, Place::Held);
+        drop(state);
+        self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(Admitted { admission: self.clone(), seq, session, priority })
+    }
+
+    fn busy(&self, model: &str, depth: usize) -> WireError {
+        WireError::new(
+            ErrorCode::Busy,
+            format!("model {model} has {depth} requests queued or running (capacity {})", self.capacity),
+        )
+        .with_retry_after(self.retry_after_ms(depth as u32))
     }
 
     /// Requests admitted and not yet finished.
     pub fn depth(&self) -> u32 {
-        self.capacity - self.slots.available_permits() as u32
+        self.state().places.len() as u32
     }
 
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.capacity as u32
     }
 
-    /// Feeds a finished request's service time into the estimate.
+    /// Takes the next queued embedding entry in turn if `fits` accepts it; entries whose
+    /// deadline has passed are answered `Timeout` and skipped.
+    pub fn pop_embed(&self, fits: impl Fn(&EmbedItem) -> bool) -> Option<EmbedItem> {
+        let mut state = self.state();
+        loop {
+            let entry = state.peek()?;
+            let expired = entry.deadline.is_some_and(|d| d <= Instant::now());
+            match &entry.payload {
+                Pending::Embed(item) if !expired && !fits(item) => return None,
+                _ => {}
+            }
+            let entry = state.pop()?;
+            state.places.insert(entry.seq, Place::Taken);
+            if expired {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                entry.payload.fail(deadline_passed());
+                continue;
+            }
+            match entry.payload {
+                Pending::Embed(item) => return Some(item),
+                other => other.fail(WireError::internal("a generation entry reached the embedding batcher")),
+            }
+        }
+    }
+
+    /// Waits until something is queued (returns at once if something was queued since
+    /// the last wait).
+    pub async fn wait_queued(&self) {
+        self.queued.notified().await;
+    }
+
+    /// Hands free slots to waiting streams, in turn.
+    fn dispatch(&self, state: &mut State) {
+        while state.running < self.slots {
+            let Some(entry) = state.pop() else { return };
+            let expired = entry.deadline.is_some_and(|d| d <= Instant::now());
+            match entry.payload {
+                _ if expired => {
+                    state.places.insert(entry.seq, Place::Taken);
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    entry.payload.fail(deadline_passed());
+                }
+                Pending::Turn(turn) => {
+                    if turn.send(Ok(())).is_ok() {
+                        state.places.insert(entry.seq, Place::Running);
+                        state.running += 1;
+                    } else {
+                        state.places.insert(entry.seq, Place::Taken);
+                    }
+                }
+                other @ Pending::Embed(_) => {
+                    state.places.insert(entry.seq, Place::Taken);
+                    other.fail(WireError::internal("an embedding entry reached a generation slot"));
+                }
+            }
+        }
+    }
+
+    /// Feeds a finished request's service time into the estimate (for work done in
+    /// batches or concurrently, the elapsed time divided by how many shared it).
     pub fn record_service(&self, elapsed: Duration) {
         let sample = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.service_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
-        self.service_us.store(new, Ordering::Relaxed);
+        self.service_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    /// Time for the queue ahead to drain at the measured rate (requests run one at a time
-    /// per worker); at least 1 ms, and 50 ms per request when nothing has been measured.
+    /// Time for the queue ahead to drain at the measured rate; at least 1 ms, and 50 ms
+    /// per request when nothing has been measured.
     pub fn retry_after_ms(&self, depth: u32) -> u64 {
         let per_request_us = match self.service_us.load(Ordering::Relaxed) {
             0 => 50_000,
@@ -78,32 +307,208 @@ impl Admission {
         };
         (u64::from(depth) * per_request_us / 1000).max(1)
     }
+
+    /// A generation request the model's batch path could not express ran on its own.
+    pub fn count_single_stream(&self) {
+        self.counters.single_stream.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A worker call that served `requests` requests together.
+    pub fn count_batch(&self, requests: usize) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.batched_requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> SchedStats {
+        let (queued, running) = {
+            let state = self.state();
+            (state.queued() as u32, state.running as u32)
+        };
+        let c = &self.counters;
+        SchedStats {
+            queued,
+            running,
+            slots: self.slots as u32,
+            admitted: c.admitted.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            shed: c.shed.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            single_stream: c.single_stream.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            batched_requests: c.batched_requests.load(Ordering::Relaxed),
+            service_us: self.service_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn deadline_passed() -> WireError {
+    WireError::new(ErrorCode::Timeout, "the request's deadline passed while it was queued; it never reached the model")
+}
+
+impl Admitted {
+    /// Queues `payload` behind this place, in its session's turn within its class;
+    /// `deadline` drops it with `Timeout` if it is still queued then.
+    pub fn enqueue(&self, payload: Pending, deadline: Option<Instant>) {
+        let admission = &self.admission;
+        let mut state = admission.state();
+        state.places.insert(self.seq, Place::Queued);
+        let ring = &mut state.classes[class(self.priority)];
+        let entry = Entry { seq: self.seq, deadline, payload };
+        match ring.iter_mut().find(|q| q.session == self.session) {
+            Some(queue) => queue.entries.push_back(entry),
+            None => ring.push_back(SessionQueue { session: self.session, entries: VecDeque::from([entry]) }),
+        }
+        if matches!(state.peek().map(|e| &e.payload), Some(Pending::Turn(_))) {
+            admission.dispatch(&mut state);
+        }
+        drop(state);
+        admission.queued.notify_one();
+    }
+
+    /// Takes the entry out of the queue if it is still there (its deadline passed, or its
+    /// client gave up); true if it was, and so never reaches the model.
+    pub fn withdraw(&self) -> bool {
+        let mut state = self.admission.state();
+        if state.places.get(&self.seq) != Some(&Place::Queued) {
+            return false;
+        }
+        state.remove(class(self.priority), self.session, self.seq);
+        state.places.insert(self.seq, Place::Held);
+        true
+    }
+
+    /// Withdraws the entry because its deadline passed: the `Timeout` answer, or `None`
+    /// if a consumer took it first (it is then served normally).
+    pub fn expire(&self) -> Option<WireError> {
+        self.withdraw().then(|| {
+            self.admission.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            deadline_passed()
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let admission = &self.admission;
+        let mut state = admission.state();
+        match state.places.remove(&self.seq) {
+            Some(Place::Queued) => {
+                state.remove(class(self.priority), self.session, self.seq);
+            }
+            Some(Place::Running) => {
+                state.running -= 1;
+                admission.dispatch(&mut state);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The instant `deadline_ms` after `arrived`, for a request that set one.
+pub fn deadline(arrived: Instant, deadline_ms: Option<u64>) -> Option<Instant> {
+    deadline_ms.map(|ms| arrived + Duration::from_millis(ms))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn turn(admitted: &Admitted) -> oneshot::Receiver<Result<(), WireError>> {
+        let (tx, rx) = oneshot::channel();
+        admitted.enqueue(Pending::Turn(tx), None);
+        rx
+    }
+
     #[test]
     fn refuses_when_full_with_retry_hint() {
-        let admission = Admission::new(2);
-        let a = admission.try_admit("m").unwrap();
-        let _b = admission.try_admit("m").unwrap();
+        let admission = Admission::new(2, 1);
+        let a = admission.admit("m", 1, Priority::Interactive).unwrap();
+        let _b = admission.admit("m", 1, Priority::Interactive).unwrap();
         assert_eq!(admission.depth(), 2);
-        let err = admission.try_admit("m").unwrap_err();
+        let err = admission.admit("m", 1, Priority::Interactive).unwrap_err();
         assert_eq!(err.code, ErrorCode::Busy);
         assert_eq!(err.retry_after_ms, Some(100));
         drop(a);
         assert_eq!(admission.depth(), 1);
-        assert!(admission.try_admit("m").is_ok());
+        assert!(admission.admit("m", 1, Priority::Interactive).is_ok());
+        assert_eq!(admission.stats().busy, 1);
     }
 
     #[test]
     fn retry_hint_follows_measured_service_time() {
-        let admission = Admission::new(4);
+        let admission = Admission::new(4, 1);
         admission.record_service(Duration::from_millis(8));
         assert_eq!(admission.retry_after_ms(4), 32);
         admission.record_service(Duration::from_millis(16));
         assert_eq!(admission.retry_after_ms(1), 9);
+    }
+
+    #[tokio::test]
+    async fn slots_go_to_interactive_first_then_sessions_in_turn() {
+        let admission = Admission::new(16, 1);
+        let running = admission.admit("m", 9, Priority::Interactive).unwrap();
+        let mut first = turn(&running);
+        assert_eq!(first.try_recv().unwrap(), Ok(()));
+        // Session 1 floods with batch work, then sessions 1 and 2 queue interactive work.
+        let batch: Vec<_> = (0..3).map(|_| admission.admit("m", 1, Priority::Batch).unwrap()).collect();
+        let mut batch_turns: Vec<_> = batch.iter().map(turn).collect();
+        let flood: Vec<_> = (0..3).map(|_| admission.admit("m", 1, Priority::Interactive).unwrap()).collect();
+        let mut flood_turns: Vec<_> = flood.iter().map(turn).collect();
+        let other = admission.admit("m", 2, Priority::Interactive).unwrap();
+        let mut other_turn = turn(&other);
+        assert_eq!(admission.stats().queued, 7);
+
+        // Order of service: flood[0], other (session 2's turn), flood[1], flood[2], batch...
+        drop(running);
+        assert_eq!(flood_turns[0].try_recv().unwrap(), Ok(()));
+        drop(flood);
+        // Dropping the first flood entry's place hands the slot on; the other queued
+        // flood entries were withdrawn by their drop, so session 2 is next.
+        assert_eq!(other_turn.try_recv().unwrap(), Ok(()));
+        assert!(flood_turns[1].try_recv().is_err());
+        drop(other);
+        assert_eq!(batch_turns[0].try_recv().unwrap(), Ok(()));
+        assert!(batch_turns[1].try_recv().is_err());
+    }
+
+    #[test]
+    fn interactive_work_sheds_the_newest_queued_batch_entry_when_full() {
+        let admission = Admission::new(2, 1);
+        let running = admission.admit("m", 1, Priority::Batch).unwrap();
+        let _t = turn(&running);
+        let queued = admission.admit("m", 1, Priority::Batch).unwrap();
+        let mut queued_turn = turn(&queued);
+        // Batch work is refused when full; interactive work takes the queued batch place.
+        assert_eq!(admission.admit("m", 2, Priority::Batch).unwrap_err().code, ErrorCode::Busy);
+        let urgent = admission.admit("m", 2, Priority::Interactive).unwrap();
+        let shed = queued_turn.try_recv().unwrap().unwrap_err();
+        assert_eq!(shed.code, ErrorCode::Busy);
+        assert!(shed.retry_after_ms.is_some());
+        drop(queued);
+        let mut urgent_turn = turn(&urgent);
+        assert_eq!(admission.depth(), 2);
+        // Nothing left to shed: the next interactive request is refused.
+        assert_eq!(admission.admit("m", 3, Priority::Interactive).unwrap_err().code, ErrorCode::Busy);
+        drop(running);
+        assert_eq!(urgent_turn.try_recv().unwrap(), Ok(()));
+        assert_eq!(admission.stats().shed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_queued_entry_past_its_deadline_never_runs() {
+        let admission = Admission::new(4, 1);
+        let running = admission.admit("m", 1, Priority::Interactive).unwrap();
+        let _t = turn(&running);
+        let late = admission.admit("m", 2, Priority::Interactive).unwrap();
+        let (tx, mut rx) = oneshot::channel();
+        late.enqueue(Pending::Turn(tx), Some(Instant::now()));
+        let next = admission.admit("m", 3, Priority::Interactive).unwrap();
+        let mut next_turn = turn(&next);
+        drop(running);
+        assert_eq!(rx.try_recv().unwrap().unwrap_err().code, ErrorCode::Timeout);
+        assert_eq!(next_turn.try_recv().unwrap(), Ok(()));
+        // expire() after a consumer took the entry reports nothing.
+        assert!(late.expire().is_none());
+        assert_eq!(admission.stats().timeouts, 1);
     }
 }

@@ -122,7 +122,7 @@ impl WorkerHandle {
         let (sink, stream) = link.split();
         // The outbound queue never holds more than the model's admission capacity allows
         // in flight, plus a Shutdown.
-        let (outbound, outbound_rx) = mpsc::channel(2 * config.queue_capacity + 16);
+        let (outbound, outbound_rx) = mpsc::channel(2 * spec.queue_capacity + 16);
         let pending = Arc::new(Mutex::new(Pending::default()));
         tokio::spawn(write_link(sink, outbound_rx));
         tokio::spawn(read_link(stream, pending.clone(), spec.name.clone(), ready.pid));
@@ -233,6 +233,8 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
         .arg(&spec.path)
         .arg("--python")
         .arg(&config.python.root)
+        .arg("--max-streams")
+        .arg(spec.max_streams.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

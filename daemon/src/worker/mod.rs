@@ -42,6 +42,7 @@ pub struct WorkerArgs {
     pub kind: ModelKind,
     pub path: PathBuf,
     pub python: PathBuf,
+    pub max_streams: usize,
 }
 
 pub fn main(args: WorkerArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The MLX thread: the embedded interpreter, the model adapter from `mlxd_runtime`, and
 //! the job loop. Everything that touches Python or MLX runs on this one thread.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use mlxd_proto::worker::{FromWorker, GenerateJob, Job, JobId, JobOutput, WorkerReady};
@@ -14,11 +15,25 @@ use crate::pyenv::PythonEnv;
 
 use mlxd_proto::MAX_STREAM_CREDIT;
 
-/// A generation in progress on this thread.
-struct ActiveStream {
+/// A generation on the single-stream path, stepped on its own.
+struct SingleStream {
     id: JobId,
     stream: Py<PyAny>,
     credit: u32,
+}
+
+/// The generation streams of this worker: on the batch engine (continuous batching) when
+/// the model allows it, else single streams interleaved token by token. Either way a
+/// stream runs only while it has credit: a batched stream without credit is paused (out
+/// of the batch, its cache kept) until credit comes.
+struct Streams {
+    adapter: Py<PyAny>,
+    max_streams: usize,
+    /// `mlxd_runtime.generate.BatchEngine`, or `None` on the single-stream path.
+    engine: Option<Py<PyAny>>,
+    /// Credit of each stream on the engine; 0 = paused.
+    batched: HashMap<JobId, u32>,
+    singles: Vec<SingleStream>,
 }
 
 pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Sender<FromWorker>) {
@@ -26,7 +41,7 @@ pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Se
     let loaded = PythonEnv::open(&args.python)
         .map_err(|err| format!("{err:#}"))
         .and_then(|env| Python::attach(|py| load(py, &env, args, &out)));
-    let (adapter, ready) = match loaded {
+    let (adapter, engine, ready) = match loaded {
         Ok(loaded) => loaded,
         Err(message) => {
             eprintln!("mlxd worker ({}): {message}", args.name);
@@ -37,101 +52,249 @@ pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Se
     if out.blocking_send(FromWorker::Ready(ready)).is_err() {
         return;
     }
-    let mut streams: Vec<ActiveStream> = Vec::new();
+    let mut streams =
+        Streams { adapter, max_streams: args.max_streams, engine, batched: HashMap::new(), singles: Vec::new() };
     loop {
         // Wait only when no stream can make progress; otherwise take what has arrived and
         // go on decoding, so new work joins between steps.
-        if !streams.iter().any(|s| s.credit > 0) {
+        if !streams.runnable() {
             match items.blocking_recv() {
-                Some(item) => handle(&adapter, &mut streams, item, &out),
+                Some(item) => streams.handle(item, &out),
                 None => break,
             }
         }
         while let Ok(item) = items.try_recv() {
-            handle(&adapter, &mut streams, item, &out);
+            streams.handle(item, &out);
         }
-        // One step of every stream that has credit; a stream without credit (its client is
-        // not reading) costs nothing until credit arrives.
-        let mut index = 0;
-        while index < streams.len() {
-            if streams[index].credit == 0 {
-                index += 1;
-                continue;
-            }
-            let finished = Python::attach(|py| step(py, &mut streams[index], &out));
-            if finished {
-                streams.swap_remove(index);
-            } else {
-                index += 1;
-            }
-        }
+        streams.step(&out);
     }
     Python::attach(|py| {
-        for stream in streams.drain(..) {
+        for stream in streams.singles.drain(..) {
             let _ = stream.stream.bind(py).call_method0("close");
         }
     });
 }
 
-fn handle(adapter: &Py<PyAny>, streams: &mut Vec<ActiveStream>, item: WorkItem, out: &mpsc::Sender<FromWorker>) {
-    match item {
-        WorkItem::Job(id, Job::Generate(job)) => {
-            let credit = job.credit.min(MAX_STREAM_CREDIT);
-            match Python::attach(|py| start_stream(py, adapter, job)) {
-                Ok(stream) => streams.push(ActiveStream { id, stream, credit }),
-                Err(error) => {
-                    let _ = out.blocking_send(FromWorker::Done { id, result: Err(error) });
+impl Streams {
+    fn runnable(&self) -> bool {
+        self.batched.values().any(|&credit| credit > 0) || self.singles.iter().any(|s| s.credit > 0)
+    }
+
+    fn handle(&mut self, item: WorkItem, out: &mpsc::Sender<FromWorker>) {
+        match item {
+            WorkItem::Job(id, Job::Generate(job)) => {
+                let credit = job.credit.min(MAX_STREAM_CREDIT);
+                let started = Python::attach(|py| match &self.engine {
+                    Some(engine) => start_batched(py, engine, id, job, credit > 0).map(|()| None),
+                    None => start_stream(py, &self.adapter, job).map(Some),
+                });
+                match started {
+                    Ok(None) => {
+                        self.batched.insert(id, credit);
+                    }
+                    Ok(Some(stream)) => self.singles.push(SingleStream { id, stream, credit }),
+                    Err(error) => {
+                        let _ = out.blocking_send(FromWorker::Done { id, result: Err(error) });
+                    }
+                }
+            }
+            WorkItem::Job(id, job) => {
+                let result = Python::attach(|py| run_job(py, &self.adapter, job));
+                let _ = out.blocking_send(FromWorker::Done { id, result });
+            }
+            WorkItem::Credit(id, events) => {
+                if let Some(credit) = self.batched.get_mut(&id) {
+                    let paused = *credit == 0;
+                    *credit = credit.saturating_add(events).min(MAX_STREAM_CREDIT);
+                    if paused && *credit > 0 {
+                        self.engine_call("resume", id, out);
+                    }
+                } else if let Some(stream) = self.singles.iter_mut().find(|s| s.id == id) {
+                    stream.credit = stream.credit.saturating_add(events).min(MAX_STREAM_CREDIT);
+                }
+            }
+            WorkItem::Cancel(id) => {
+                if self.batched.remove(&id).is_some() {
+                    let result = Python::attach(|py| {
+                        let engine = self.engine.as_ref().ok_or_else(|| WireError::internal("no batch engine"))?;
+                        let summary = engine
+                            .bind(py)
+                            .call_method1("cancel", (id,))
+                            .map_err(|err| WireError::internal(python_error(py, "cancelling a stream", err)))?;
+                        summary_from(py, &summary, FinishReason::Cancelled)
+                    });
+                    let _ = out.blocking_send(FromWorker::Done { id, result });
+                } else if let Some(index) = self.singles.iter().position(|s| s.id == id) {
+                    let stream = self.singles.swap_remove(index);
+                    let result = Python::attach(|py| {
+                        let _ = stream.stream.bind(py).call_method0("close");
+                        summary(py, &stream.stream, FinishReason::Cancelled)
+                    });
+                    let _ = out.blocking_send(FromWorker::Done { id, result });
                 }
             }
         }
-        WorkItem::Job(id, job) => {
-            let result = Python::attach(|py| run_job(py, adapter, job));
-            let _ = out.blocking_send(FromWorker::Done { id, result });
+    }
+
+    /// Calls `method(id)` on the engine (pause, resume); a failure fails that stream.
+    fn engine_call(&mut self, method: &str, id: JobId, out: &mpsc::Sender<FromWorker>) {
+        let Some(engine) = &self.engine else { return };
+        let failed = Python::attach(|py| {
+            engine
+                .bind(py)
+                .call_method1(method, (id,))
+                .err()
+                .map(|err| WireError::internal(python_error(py, &format!("{method} of a stream"), err)))
+        });
+        if let Some(error) = failed {
+            self.batched.remove(&id);
+            let _ = out.blocking_send(FromWorker::Done { id, result: Err(error) });
         }
-        WorkItem::Credit(id, events) => {
-            if let Some(stream) = streams.iter_mut().find(|s| s.id == id) {
-                stream.credit = stream.credit.saturating_add(events).min(MAX_STREAM_CREDIT);
+    }
+
+    /// One decoding step: one batched step of the engine's streams, then one token of
+    /// each single stream with credit.
+    fn step(&mut self, out: &mpsc::Sender<FromWorker>) {
+        if self.batched.values().any(|&credit| credit > 0) {
+            self.step_batch(out);
+        }
+        let mut index = 0;
+        while index < self.singles.len() {
+            if self.singles[index].credit == 0 {
+                index += 1;
+                continue;
             }
-        }
-        WorkItem::Cancel(id) => {
-            if let Some(index) = streams.iter().position(|s| s.id == id) {
-                let stream = streams.swap_remove(index);
-                let result = Python::attach(|py| {
-                    let _ = stream.stream.bind(py).call_method0("close");
-                    summary(py, &stream.stream, FinishReason::Cancelled)
-                });
-                let _ = out.blocking_send(FromWorker::Done { id, result });
+            let finished = Python::attach(|py| step(py, &mut self.singles[index], out));
+            if finished {
+                self.singles.swap_remove(index);
+            } else {
+                index += 1;
             }
         }
     }
+
+    fn step_batch(&mut self, out: &mpsc::Sender<FromWorker>) {
+        let Some(engine) = self.engine.as_ref().map(|e| Python::attach(|py| e.clone_ref(py))) else { return };
+        type Event = (JobId, String, i64, Option<String>);
+        let stepped = Python::attach(|py| {
+            engine
+                .bind(py)
+                .call_method0("step")
+                .and_then(|events| events.extract::<Vec<Event>>())
+                .map_err(|err| python_error(py, "decoding a batch", err))
+        });
+        let events = match stepped {
+            Ok(events) => events,
+            Err(message) => return self.fail_batch(message, out),
+        };
+        for (id, text, token, finish) in events {
+            let Some(credit) = self.batched.get_mut(&id) else { continue };
+            let token = u32::try_from(token).ok();
+            if !text.is_empty() || token.is_some() {
+                *credit = credit.saturating_sub(1);
+                let _ = out.blocking_send(FromWorker::Token { id, text, token });
+            }
+            match finish {
+                Some(finish) => {
+                    self.batched.remove(&id);
+                    let reason = if finish == "length" { FinishReason::Length } else { FinishReason::Stop };
+                    let result = Python::attach(|py| match engine.bind(py).call_method1("summary", (id,)) {
+                        Ok(summary) => summary_from(py, &summary, reason),
+                        Err(err) => Err(WireError::internal(python_error(py, "reading the summary", err))),
+                    });
+                    let _ = out.blocking_send(FromWorker::Done { id, result });
+                }
+                None if *credit == 0 => self.engine_call("pause", id, out),
+                None => {}
+            }
+        }
+    }
+
+    /// A batched step raised: every stream on the engine fails (its state is unknown), and
+    /// a fresh engine takes the next streams.
+    fn fail_batch(&mut self, message: String, out: &mpsc::Sender<FromWorker>) {
+        let error = WireError::internal(format!("generation failed: {message}"));
+        for (id, _) in self.batched.drain() {
+            let _ = out.blocking_send(FromWorker::Done { id, result: Err(error.clone()) });
+        }
+        self.engine = Python::attach(|py| match batch_engine(py, self.adapter.bind(py), self.max_streams) {
+            Ok(engine) => engine,
+            Err(err) => {
+                eprintln!("mlxd worker: cannot restart the batch engine, streams run one by one now: {err}");
+                None
+            }
+        });
+    }
 }
 
-fn start_stream(py: Python<'_>, adapter: &Py<PyAny>, job: GenerateJob) -> Result<Py<PyAny>, WireError> {
+/// The model's batch engine, or `None` (and why, on stderr) when its caches cannot batch.
+fn batch_engine(py: Python<'_>, adapter: &Bound<'_, PyAny>, max_streams: usize) -> Result<Option<Py<PyAny>>, String> {
+    batch_engine_or_reason(py, adapter, max_streams).map(|(engine, _)| engine)
+}
+
+fn batch_engine_or_reason(
+    py: Python<'_>,
+    adapter: &Bound<'_, PyAny>,
+    max_streams: usize,
+) -> Result<(Option<Py<PyAny>>, Option<String>), String> {
+    let engine = adapter
+        .call_method1("batch_engine", (max_streams,))
+        .map_err(|err| python_error(py, "starting the batch engine", err))?;
+    match engine.extract::<String>() {
+        Ok(reason) => Ok((None, Some(reason))),
+        Err(_) => Ok((Some(engine.unbind()), None)),
+    }
+}
+
+fn start_batched(
+    py: Python<'_>,
+    engine: &Py<PyAny>,
+    id: JobId,
+    job: GenerateJob,
+    active: bool,
+) -> Result<(), WireError> {
+    let (raw, messages, params) = stream_arguments(py, job).map_err(|err| request_error(py, err))?;
+    engine
+        .bind(py)
+        .call_method1("start", (id, raw, messages, params, active))
+        .map(|_| ())
+        .map_err(|err| request_error(py, err))
+}
+
+type StreamArguments<'py> = (Option<String>, Option<Vec<(String, String)>>, Bound<'py, PyDict>);
+
+/// A generation job as the Python adapters take it: raw prompt, chat messages, params.
+fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArguments<'_>> {
     let (raw, messages): (Option<String>, Option<Vec<(String, String)>>) = match job.input {
         PromptInput::Raw(text) => (Some(text), None),
         PromptInput::Chat(messages) => (None, Some(messages.into_iter().map(|m| (m.role, m.content)).collect())),
     };
     let params = PyDict::new(py);
-    let set = |key: &str, value: Bound<'_, PyAny>| params.set_item(key, value);
-    let result = (|| -> PyResult<Py<PyAny>> {
-        let p = &job.params;
-        // Checked UTF-8 by the daemon; lossy only as a last line of defence.
-        let stop: Vec<String> = p.stop.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
-        set("max_tokens", p.max_tokens.into_pyobject(py)?.into_any())?;
-        set("temperature", p.temperature.into_pyobject(py)?.into_any())?;
-        set("top_p", p.top_p.into_pyobject(py)?.into_any())?;
-        set("top_k", p.top_k.into_pyobject(py)?.into_any())?;
-        set("min_p", p.min_p.into_pyobject(py)?.into_any())?;
-        set("repetition_penalty", p.repetition_penalty.into_pyobject(py)?.into_any())?;
-        set("seed", p.seed.into_pyobject(py)?.into_any())?;
-        set("stop", stop.into_pyobject(py)?.into_any())?;
-        Ok(adapter.bind(py).call_method1("start", (raw, messages, &params))?.unbind())
-    })();
-    result.map_err(|err| request_error(py, err))
+    let p = &job.params;
+    // Checked UTF-8 by the daemon; lossy only as a last line of defence.
+    let stop: Vec<String> = p.stop.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+    params.set_item("max_tokens", p.max_tokens)?;
+    params.set_item("temperature", p.temperature)?;
+    params.set_item("top_p", p.top_p)?;
+    params.set_item("top_k", p.top_k)?;
+    params.set_item("min_p", p.min_p)?;
+    params.set_item("repetition_penalty", p.repetition_penalty)?;
+    params.set_item("seed", p.seed)?;
+    params.set_item("stop", stop)?;
+    Ok((raw, messages, params))
+}
+
+fn start_stream(py: Python<'_>, adapter: &Py<PyAny>, job: GenerateJob) -> Result<Py<PyAny>, WireError> {
+    let (raw, messages, params) = stream_arguments(py, job).map_err(|err| request_error(py, err))?;
+    adapter
+        .bind(py)
+        .call_method1("start", (raw, messages, params))
+        .map(Bound::unbind)
+        .map_err(|err| request_error(py, err))
 }
 
 /// Decodes one token of `stream`; true when the stream has finished (and `Done` was sent).
-fn step(py: Python<'_>, stream: &mut ActiveStream, out: &mpsc::Sender<FromWorker>) -> bool {
+fn step(py: Python<'_>, stream: &mut SingleStream, out: &mpsc::Sender<FromWorker>) -> bool {
     let stepped =
         stream.stream.bind(py).call_method0("step").and_then(|r| r.extract::<(String, i64, Option<String>)>());
     let (text, token, finish) = match stepped {
@@ -159,8 +322,19 @@ fn step(py: Python<'_>, stream: &mut ActiveStream, out: &mpsc::Sender<FromWorker
 }
 
 fn summary(py: Python<'_>, stream: &Py<PyAny>, finish_reason: FinishReason) -> Result<JobOutput, WireError> {
+    match stream.bind(py).call_method0("summary") {
+        Ok(summary) => summary_from(py, &summary, finish_reason),
+        Err(err) => Err(WireError::internal(python_error(py, "reading the summary", err))),
+    }
+}
+
+/// A stream's summary dict as the wire's `GenerationSummary`.
+fn summary_from(
+    py: Python<'_>,
+    summary: &Bound<'_, PyAny>,
+    finish_reason: FinishReason,
+) -> Result<JobOutput, WireError> {
     let read = || -> PyResult<GenerationSummary> {
-        let summary = stream.bind(py).call_method0("summary")?;
         Ok(GenerationSummary {
             finish_reason,
             prompt_tokens: summary.get_item("prompt_tokens")?.extract()?,
@@ -181,12 +355,9 @@ fn request_error(py: Python<'_>, err: PyErr) -> WireError {
     }
 }
 
-fn load(
-    py: Python<'_>,
-    env: &PythonEnv,
-    args: &WorkerArgs,
-    out: &mpsc::Sender<FromWorker>,
-) -> Result<(Py<PyAny>, WorkerReady), String> {
+type Loaded = (Py<PyAny>, Option<Py<PyAny>>, WorkerReady);
+
+fn load(py: Python<'_>, env: &PythonEnv, args: &WorkerArgs, out: &mpsc::Sender<FromWorker>) -> Result<Loaded, String> {
     let (major, minor) = {
         let v = py.version_info();
         (v.major, v.minor)
@@ -211,6 +382,13 @@ fn load(
     let get_u32 = |key: &str| -> u32 { info.get_item(key).ok().and_then(|v| v.extract::<u32>().ok()).unwrap_or(0) };
     let backend =
         info.get_item("backend").ok().and_then(|v| v.extract::<String>().ok()).unwrap_or_else(|| "unknown".into());
+    let (engine, single_stream) = match args.kind {
+        ModelKind::Generation => batch_engine_or_reason(py, &adapter, args.max_streams)?,
+        ModelKind::Embedding => (None, None),
+    };
+    if let Some(reason) = &single_stream {
+        eprintln!("mlxd worker ({}): streams run one by one, not batched: {reason}", args.name);
+    }
     let _ = out.blocking_send(FromWorker::Progress { stage: LoadStage::Weights, done: 1, total: 1 });
     let ready = WorkerReady {
         pid: std::process::id(),
@@ -219,11 +397,12 @@ fn load(
         max_seq_len: get_u32("max_seq_len"),
         backend,
         python_version: Python::version_str().split_whitespace().next().unwrap_or_default().to_string(),
+        single_stream,
     };
     if args.kind == ModelKind::Embedding && ready.dim == 0 {
         return Err("the embedding adapter reported no dimension".into());
     }
-    Ok((adapter.unbind(), ready))
+    Ok((adapter.unbind(), engine, ready))
 }
 
 /// Makes the interpreter see the virtualenv as `python -m venv` would: its site-packages

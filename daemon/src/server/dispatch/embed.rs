@@ -3,15 +3,16 @@
 //! embeddings through the model's batcher, merged with other requests.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use mlxd_proto::worker::{Job, JobOutput};
-use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Response, WireError};
+use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority, Response, WireError};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::resolve;
 use crate::registry::Model;
 use crate::sched::batcher::EmbedItem;
+use crate::sched::{self, Pending};
 use crate::server::session::Session;
 
 pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Response, WireError> {
@@ -38,13 +39,29 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Resp
     if model.spec.kind != ModelKind::Embedding {
         return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)));
     }
-    let registry = &session.daemon.registry;
-    let _ticket = model.admission.try_admit(&model.spec.name)?;
+    let arrived = Instant::now();
+    let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
     let _in_flight = model.begin_request();
-    let (reply, answer) = oneshot::channel();
+    model.start_batcher(&session.daemon.registry);
+    let (reply, mut answer) = oneshot::channel();
     let item = EmbedItem { texts: request.texts, normalize: request.normalize, priority: request.priority, reply };
-    model.batcher(registry).embed(item).await?;
-    let embeddings = answer.await.unwrap_or_else(|_| Err(WireError::internal("the embedding batch was dropped")))?;
+    let deadline = sched::deadline(arrived, request.deadline_ms);
+    admitted.enqueue(Pending::Embed(item), deadline);
+    if let Some(deadline) = deadline {
+        if let Ok(answer) = tokio::time::timeout_at(deadline, &mut answer).await {
+            return finish(answer);
+        }
+        if let Some(timeout) = admitted.expire() {
+            return Err(timeout);
+        }
+    }
+    finish(answer.await)
+}
+
+fn finish(
+    answer: Result<Result<mlxd_proto::Embeddings, WireError>, oneshot::error::RecvError>,
+) -> Result<Response, WireError> {
+    let embeddings = answer.unwrap_or_else(|_| Err(WireError::internal("the embedding batch was dropped")))?;
     Ok(Response::Embeddings(embeddings))
 }
 
@@ -76,9 +93,10 @@ pub async fn detokenize(session: &Arc<Session>, model: ModelRef, tokens: Vec<u32
     }
 }
 
-/// Admission, then the model's worker (loading it if needed), then the job.
+/// Admission (a place, not a turn: one-shot jobs are quick and run between batches), then
+/// the model's worker (loading it if needed), then the job.
 async fn run(session: &Arc<Session>, model: &Arc<Model>, job: Job) -> Result<JobOutput, WireError> {
-    let _ticket = model.admission.try_admit(&model.spec.name)?;
+    let _admitted = model.admission.admit(&model.spec.name, session.id, Priority::Interactive)?;
     let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
     let worker = model.ready(registry, |_| {}).await?;

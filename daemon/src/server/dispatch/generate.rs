@@ -15,9 +15,11 @@ use mlxd_proto::{
     ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
     Response, ServerMessage, WireError, MAX_STREAM_CREDIT,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::resolve;
+use crate::sched::{self, Pending};
 use crate::server::session::{Control, Session};
 use crate::supervise::WorkerHandle;
 
@@ -36,9 +38,35 @@ pub async fn generate(
     if model.spec.kind != ModelKind::Generation {
         return Err(WireError::bad_request(format!("model {} is not a text generation model", model.spec.name)));
     }
-    let _ticket = model.admission.try_admit(&model.spec.name)?;
+    let arrived = Instant::now();
+    let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
     let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
+
+    // Wait for one of the model's stream slots, in turn (interactive first, sessions
+    // round-robin); a deadline that passes first drops the request before it starts.
+    let (turn_tx, mut turn) = oneshot::channel();
+    let deadline = sched::deadline(arrived, request.deadline_ms);
+    admitted.enqueue(Pending::Turn(turn_tx), deadline);
+    let mut armed = deadline.is_some();
+    let expired = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+    tokio::pin!(expired);
+    loop {
+        tokio::select! {
+            granted = &mut turn => {
+                granted.unwrap_or_else(|_| Err(WireError::internal("the model's queue dropped the request")))?;
+                break;
+            }
+            () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
+            () = &mut expired, if armed => {
+                if let Some(timeout) = admitted.expire() {
+                    return Err(timeout);
+                }
+                armed = false; // taken just now: the turn follows
+            }
+        }
+    }
+
     let progress = |p| {
         let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
     };
@@ -46,6 +74,10 @@ pub async fn generate(
         worker = model.ready(registry, progress) => worker?,
         () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
     };
+    if worker.ready.single_stream.is_some() {
+        model.admission.count_single_stream();
+    }
+    let started = Instant::now();
 
     let mut owed = request.initial_credit; // granted by the client, not yet passed to the worker
     job.credit = owed.min(MAX_STREAM_CREDIT);
@@ -97,6 +129,8 @@ pub async fn generate(
             let _ = events.send(ServerMessage::Event { id, event: Event::Token { text, token } }).await;
         }
     }
+    // Streams share the model: each one's share of the time is what the next one waits.
+    model.admission.record_service(started.elapsed() / model.spec.max_streams.max(1) as u32);
     match result? {
         JobOutput::Generated(mut summary) => {
             if cancelled {
