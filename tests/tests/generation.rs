@@ -379,3 +379,45 @@ fn tiny_gguf(ggml_type: u32, bytes_per_block_of_32: usize) -> Vec<u8> {
     out.extend(vec![0u8; 32 * bytes_per_block_of_32]);
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_decode_together_and_a_cancelled_one_leaves_the_others_unchanged() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let questions = ["What is the capital of France?", "Name three colors.", "Who wrote Hamlet?"];
+    // Each stream alone, one after the other.
+    let mut alone = Vec::new();
+    for question in questions {
+        alone.push(collect(&client, request(chat(question), greedy(24))).await.unwrap().tokens);
+    }
+
+    // Together, from separate connections, beside a long stream cancelled midway.
+    let mut endless = client.generate(request(chat("Write a long story about a dragon."), greedy(2000))).await.unwrap();
+    let mut tasks = Vec::new();
+    for question in questions {
+        let client = daemon.client().await;
+        tasks.push(tokio::spawn(async move { collect(&client, request(chat(question), greedy(24))).await }));
+    }
+    for _ in 0..6 {
+        assert!(matches!(endless.next().await.unwrap(), Some(StreamItem::Token { .. })));
+    }
+    endless.cancel().await;
+    let cancelled = loop {
+        match endless.next().await.unwrap() {
+            Some(StreamItem::Token { .. }) => {}
+            Some(StreamItem::Done(summary)) => break summary,
+            None => unreachable!(),
+        }
+    };
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    for (i, task) in tasks.into_iter().enumerate() {
+        let together = task.await.unwrap().unwrap();
+        assert_eq!(together.tokens, alone[i], "stream {i} changed when run beside others");
+    }
+    // They ran on the batch path: no request fell back to single streams.
+    let models = client.models().await.unwrap();
+    let smollm2 = models.iter().find(|m| m.name == "smollm2").unwrap();
+    assert_eq!(smollm2.sched.single_stream, 0, "{:?}", smollm2.sched);
+    assert_eq!(smollm2.sched.slots, 8);
+    assert_eq!(smollm2.sched.running, 0);
+}
