@@ -39,6 +39,8 @@ bench: setup-release
 	.venv/bin/python bench/decode.py
 	.venv/bin/python bench/load.py
 	.venv/bin/python bench/embed_batching.py
+	.venv/bin/python bench/generation.py
+	.venv/bin/python bench/overload.py
 
 fmt:
 	cargo fmt --all

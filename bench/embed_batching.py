@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--bin", default=str(ROOT / "target/release"))
     args = parser.parse_args()
     binaries = Path(args.bin)
-    batched = measure(binaries, [], args.seconds)
-    unbatched = measure(binaries, ["--embed-max-batch", "1"], args.seconds)
+    # The same queue on both sides (the default is sized from the batch, 4 x 64 texts).
+    batched = measure(binaries, ["--queue-capacity", "256"], args.seconds)
+    unbatched = measure(binaries, ["--queue-capacity", "256", "--embed-max-batch", "1"], args.seconds)
     ratio = batched["texts_per_s"] / unbatched["texts_per_s"]
     row = lambda name, r: (f"| {name} | {r['texts_per_s']:.1f} | {r['latency_ms']['p50']:.0f} |"
                            f" {r['latency_ms']['p99']:.0f} | {r['busy']} | {sum(r['errors'].values())} |")

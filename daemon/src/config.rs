@@ -10,6 +10,7 @@
 //! max_loaded_models = 8
 //! queue_capacity = 256      # requests admitted per model before Busy [default: 4 x its batch]
 //! max_streams = 8            # generation streams decoded together per model
+//! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -169,6 +170,8 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
 
 /// Generation streams per model decoded together, unless configured.
 pub const DEFAULT_MAX_STREAMS: usize = 8;
+/// Workers run this much nicer than the daemon unless configured.
+pub const DEFAULT_WORKER_NICE: i32 = 5;
 /// A model's default queue capacity is this many batches.
 pub const QUEUE_PER_BATCH: usize = 4;
 
@@ -187,6 +190,9 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
     /// Library preloaded into workers (`LD_PRELOAD`), if any.
     pub blas_preload: Option<PathBuf>,
+    /// Niceness added to worker processes: model compute yields the CPU to the daemon's
+    /// own answers (status, Busy, other models' leases) and to clients when they compete.
+    pub worker_nice: i32,
     /// Bytes of weights that may be loaded at once.
     pub memory_budget: u64,
     pub max_loaded_models: usize,
@@ -207,6 +213,7 @@ pub struct Overrides {
     pub max_loaded_models: Option<usize>,
     pub queue_capacity: Option<usize>,
     pub max_streams: Option<usize>,
+    pub worker_nice: Option<i32>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
 }
@@ -228,6 +235,7 @@ struct FileDaemon {
     max_loaded_models: Option<usize>,
     queue_capacity: Option<usize>,
     max_streams: Option<usize>,
+    worker_nice: Option<i32>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
 }
@@ -345,6 +353,7 @@ impl DaemonConfig {
             max_connections: 256,
             drain_timeout: Duration::from_secs(10),
             blas_preload: resolve_blas(overrides.blas.as_deref()),
+            worker_nice: overrides.worker_nice.or(file.daemon.worker_nice).unwrap_or(DEFAULT_WORKER_NICE).clamp(0, 19),
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
             embed_batch,

@@ -64,6 +64,10 @@ struct ServeOptions {
     /// Generation streams each model decodes together in one batch [default: 8]
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
+    /// Niceness of worker processes (0-19), so the daemon answers promptly while workers
+    /// compute [default: 5]
+    #[arg(long, value_name = "N")]
+    worker_nice: Option<i32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +205,7 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         max_loaded_models: options.max_loaded_models,
         queue_capacity: options.queue_capacity,
         max_streams: options.max_streams,
+        worker_nice: options.worker_nice,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),
     })?;

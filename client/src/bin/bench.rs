@@ -50,6 +50,8 @@ pub struct BenchArgs {
 #[derive(Debug, Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    /// How long each Busy refusal took to arrive.
+    busy_latencies: Vec<Duration>,
     items: u64,
     busy: u64,
     dropped: u64,
@@ -161,7 +163,10 @@ async fn record(tally: &Mutex<Tally>, result: Result<u64, ClientError>, latency:
             tally.latencies.push(latency);
             tally.items += items;
         }
-        Err(ClientError::Wire(err)) if err.code == ErrorCode::Busy => tally.busy += 1,
+        Err(ClientError::Wire(err)) if err.code == ErrorCode::Busy => {
+            tally.busy += 1;
+            tally.busy_latencies.push(latency);
+        }
         Err(ClientError::Wire(err)) => *tally.errors.entry(err.code.to_string()).or_default() += 1,
         Err(other) => *tally.errors.entry(format!("client: {other}")).or_default() += 1,
     }
@@ -205,6 +210,9 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
     let unit = if args.kind == "generate" { "tokens" } else { "texts" };
     let (p50, p90, p99, max) =
         (percentile(&sorted, 0.5), percentile(&sorted, 0.9), percentile(&sorted, 0.99), percentile(&sorted, 1.0));
+    let mut busy = tally.busy_latencies.clone();
+    busy.sort();
+    let (busy_p50, busy_p99, busy_max) = (percentile(&busy, 0.5), percentile(&busy, 0.99), percentile(&busy, 1.0));
     if json {
         let value = serde_json::json!({
             "model": args.model, "kind": args.kind, "connections": args.connections,
@@ -212,7 +220,8 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
             "seconds": seconds, "ok": sorted.len(), "requests_per_s": requests,
             format!("{unit}_per_s"): items,
             "latency_ms": { "p50": p50, "p90": p90, "p99": p99, "max": max },
-            "busy": tally.busy, "dropped_by_generator": tally.dropped, "errors": tally.errors,
+            "busy": tally.busy, "busy_latency_ms": { "p50": busy_p50, "p99": busy_p99, "max": busy_max },
+            "dropped_by_generator": tally.dropped, "errors": tally.errors,
         });
         println!("{value}");
         return;
@@ -228,6 +237,9 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
     println!("  ok {}  busy {}  dropped by generator {}", sorted.len(), tally.busy, tally.dropped);
     println!("  throughput {requests:.1} req/s, {items:.1} {unit}/s");
     println!("  latency ms  p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}");
+    if tally.busy > 0 {
+        println!("  busy answered in ms  p50 {busy_p50:.2}  p99 {busy_p99:.2}  max {busy_max:.2}");
+    }
     for (code, count) in &tally.errors {
         println!("  error {code}: {count}");
     }

@@ -405,6 +405,19 @@ fn model_json(m: &ModelInfo) -> serde_json::Value {
         "backend": m.backend,
         "worker_pid": m.worker_pid,
         "last_error": m.last_error,
+        "sched": {
+            "queued": m.sched.queued,
+            "running": m.sched.running,
+            "slots": m.sched.slots,
+            "admitted": m.sched.admitted,
+            "busy": m.sched.busy,
+            "shed": m.sched.shed,
+            "timeouts": m.sched.timeouts,
+            "single_stream": m.sched.single_stream,
+            "batches": m.sched.batches,
+            "batched_requests": m.sched.batched_requests,
+            "service_us": m.sched.service_us,
+        },
     })
 }
 
@@ -460,6 +473,23 @@ fn print_models(models: &[ModelInfo]) {
             seconds(m.keep_alive_left_ms),
             m.source
         );
+        let q = &m.sched;
+        if q.admitted > 0 {
+            let mut line = format!("{:<12} {} admitted, {} busy", "", q.admitted, q.busy);
+            if q.shed + q.timeouts > 0 {
+                line += &format!(", {} shed, {} timed out", q.shed, q.timeouts);
+            }
+            if q.batches > 0 {
+                line += &format!(", {:.1} requests per batch", q.batched_requests as f64 / q.batches as f64);
+            }
+            if m.kind == mlxd_client::proto::ModelKind::Generation {
+                line += &format!(", streams {}/{}", q.running, q.slots);
+                if q.single_stream > 0 {
+                    line += &format!(", {} not batched (single-stream fallback)", q.single_stream);
+                }
+            }
+            println!("{line}");
+        }
         if let Some(err) = &m.last_error {
             println!("{:<12} last error: {err}", "");
         }

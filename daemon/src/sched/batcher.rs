@@ -86,7 +86,7 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
                     texts += item.texts.len();
                     batch.push(item);
                 }
-                if batch.len() == before {
+                if batch.len() == before && queue.queued() > 0 {
                     break; // the next entry does not fit: run what we have
                 }
             }

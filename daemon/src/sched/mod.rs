@@ -256,6 +256,11 @@ impl Admission {
         }
     }
 
+    /// Entries waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.state().queued()
+    }
+
     /// Waits until something is queued (returns at once if something was queued since
     /// the last wait).
     pub async fn wait_queued(&self) {

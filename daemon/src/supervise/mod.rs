@@ -244,11 +244,16 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
         command.env("LD_PRELOAD", blas);
     }
     let link_fd = link.as_raw_fd();
+    let nice = config.worker_nice;
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, prctl, getppid, _exit-free error returns).
+    // async-signal-safe functions (dup2, setpriority, prctl; no allocation).
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(link_fd, WORKER_LINK_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Before exec, so every thread the worker starts (BLAS, MLX) inherits it.
+            if nice > 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             #[cfg(target_os = "linux")]
