@@ -13,6 +13,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+BLAS_CANDIDATES = [
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+]
+
+
+def blas() -> str | None:
+    """Debian's OpenBLAS, which the daemon preloads into workers when it is installed."""
+    return next((p for p in BLAS_CANDIDATES if os.path.isfile(p)), None)
+
+
+def store_model(name: str) -> Path:
+    """A model's directory in the default store (where `make setup` imports smollm2)."""
+    root = os.environ.get("MLXD_STORE") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mlxd")
+    return Path(root) / "models" / name
+
 
 @contextlib.contextmanager
 def private_daemon(binaries: Path, extra: list[str] = ()):

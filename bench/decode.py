@@ -23,13 +23,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+from common import ROOT, blas, machine, private_daemon, store_model, write_section  # noqa: E402
 
 PROMPT = "Write a long story about a dragon."
-BLAS_CANDIDATES = [
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
-]
 
 IN_PROCESS = r"""
 import json, sys, time
@@ -54,10 +50,6 @@ for _ in range(5):
     t = time.perf_counter(); mx.eval(a @ b); times.append(time.perf_counter() - t)
 print(min(times))
 """
-
-
-def blas() -> str | None:
-    return next((p for p in BLAS_CANDIDATES if os.path.isfile(p)), None)
 
 
 def python_env(preload: str | None) -> dict:
@@ -95,12 +87,6 @@ def matmul_seconds(preload: str | None) -> float:
     return float(out.stdout.strip())
 
 
-def store_dir() -> Path:
-    root = os.environ.get("MLXD_STORE") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mlxd")
-    return Path(root) / "models" / "smollm2"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
@@ -108,7 +94,7 @@ def main() -> None:
     parser.add_argument("--bin", default=str(ROOT / "target/release"))
     args = parser.parse_args()
     binaries = Path(args.bin)
-    model_dir = store_dir()
+    model_dir = store_model("smollm2")
     if not (model_dir / "config.json").exists():
         sys.exit(f"{model_dir} missing: run `make setup` first")
     preload = blas()

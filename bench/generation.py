@@ -25,16 +25,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+from common import ROOT, blas, machine, private_daemon, store_model, write_section  # noqa: E402
 
 PROMPT = "Tell me a story."  # what `mlxctl bench --kind generate` sends
-BLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-
-
-def store_model(name: str) -> Path:
-    root = os.environ.get("MLXD_STORE") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mlxd")
-    return Path(root) / "models" / name
 
 
 def mlxd(binaries: Path, socket_path: Path, streams: int, seconds: float, max_tokens: int) -> dict:
@@ -55,8 +48,8 @@ def free_port() -> int:
 def mlx_lm_server(model: Path, streams: int, seconds: float, max_tokens: int) -> dict:
     port = free_port()
     env = dict(os.environ)
-    if Path(BLAS).exists():
-        env["LD_PRELOAD"] = BLAS
+    if blas():
+        env["LD_PRELOAD"] = blas()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlx_lm.server", "--model", str(model), "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
