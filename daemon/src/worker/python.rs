@@ -218,7 +218,7 @@ impl Streams {
             let _ = out.blocking_send(FromWorker::Done { id, result: Err(error.clone()) });
         }
         self.engine = Python::attach(|py| match batch_engine(py, self.adapter.bind(py), self.max_streams) {
-            Ok(engine) => engine,
+            Ok((engine, _)) => engine,
             Err(err) => {
                 eprintln!("mlxd worker: cannot restart the batch engine, streams run one by one now: {err}");
                 None
@@ -227,12 +227,8 @@ impl Streams {
     }
 }
 
-/// The model's batch engine, or `None` (and why, on stderr) when its caches cannot batch.
-fn batch_engine(py: Python<'_>, adapter: &Bound<'_, PyAny>, max_streams: usize) -> Result<Option<Py<PyAny>>, String> {
-    batch_engine_or_reason(py, adapter, max_streams).map(|(engine, _)| engine)
-}
-
-fn batch_engine_or_reason(
+/// The model's batch engine, or why it cannot have one (its caches cannot batch).
+fn batch_engine(
     py: Python<'_>,
     adapter: &Bound<'_, PyAny>,
     max_streams: usize,
@@ -383,7 +379,7 @@ fn load(py: Python<'_>, env: &PythonEnv, args: &WorkerArgs, out: &mpsc::Sender<F
     let backend =
         info.get_item("backend").ok().and_then(|v| v.extract::<String>().ok()).unwrap_or_else(|| "unknown".into());
     let (engine, single_stream) = match args.kind {
-        ModelKind::Generation => batch_engine_or_reason(py, &adapter, args.max_streams)?,
+        ModelKind::Generation => batch_engine(py, &adapter, args.max_streams)?,
         ModelKind::Embedding => (None, None),
     };
     if let Some(reason) = &single_stream {
