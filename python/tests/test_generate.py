@@ -121,12 +121,17 @@ def _drain(engine, until=None):
     return out
 
 
-def test_batched_greedy_streams_equal_each_stream_alone(generator):
-    params = {"max_tokens": 20, "temperature": 0.0}
+def _alone_and_batched(generator, params):
+    """Each prompt's output on its own, and an engine with all of them started (job = index)."""
     alone = [_run(generator.start(None, p, params)) for p in PROMPTS]
     engine = generator.batch_engine(8)
     for job, prompt in enumerate(PROMPTS):
         engine.start(job, None, prompt, params)
+    return alone, engine
+
+
+def test_batched_greedy_streams_equal_each_stream_alone(generator):
+    alone, engine = _alone_and_batched(generator, {"max_tokens": 20, "temperature": 0.0})
     out = _drain(engine)
     for job in range(len(PROMPTS)):
         assert out[job][1] == alone[job][1], f"stream {job} changed in the batch"
@@ -135,11 +140,7 @@ def test_batched_greedy_streams_equal_each_stream_alone(generator):
 
 
 def test_a_stream_cancelled_mid_batch_leaves_the_others_unchanged(generator):
-    params = {"max_tokens": 20, "temperature": 0.0}
-    alone = [_run(generator.start(None, p, params)) for p in PROMPTS]
-    engine = generator.batch_engine(8)
-    for job, prompt in enumerate(PROMPTS):
-        engine.start(job, None, prompt, params)
+    alone, engine = _alone_and_batched(generator, {"max_tokens": 20, "temperature": 0.0})
     out = _drain(engine, until=lambda out: len(out.get(1, ("", [], None))[1]) >= 4)
     summary = engine.cancel(1)
     assert summary["completion_tokens"] >= 4

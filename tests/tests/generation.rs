@@ -56,6 +56,18 @@ async fn collect(client: &Client, request: GenerateRequest) -> Result<Output, Cl
     }
 }
 
+/// Cancels a stream and reads it to its final summary (tokens already on the way are skipped).
+async fn cancel_and_finish(stream: &mut mlxd_client::GenerationStream) -> GenerationSummary {
+    stream.cancel().await;
+    loop {
+        match stream.next().await.unwrap() {
+            Some(StreamItem::Token { .. }) => {}
+            Some(StreamItem::Done(summary)) => return summary,
+            None => unreachable!("stream ended without a summary"),
+        }
+    }
+}
+
 #[test]
 fn mlxctl_answers_paris_through_the_daemon_and_the_stdio_fallback() {
     let daemon = Daemon::start(&[]);
@@ -222,14 +234,7 @@ async fn cancel_and_disconnect_free_the_model_within_a_step() {
         assert!(matches!(stream.next().await.unwrap(), Some(StreamItem::Token { .. })));
     }
     let cancelled_at = Instant::now();
-    stream.cancel().await;
-    let summary = loop {
-        match stream.next().await.unwrap() {
-            Some(StreamItem::Token { .. }) => {}
-            Some(StreamItem::Done(summary)) => break summary,
-            None => unreachable!(),
-        }
-    };
+    let summary = cancel_and_finish(&mut stream).await;
     assert_eq!(summary.finish_reason, FinishReason::Cancelled);
     assert!(summary.completion_tokens < 100, "stopped promptly: {summary:?}");
     assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancel took {:?}", cancelled_at.elapsed());
@@ -401,14 +406,7 @@ async fn streams_decode_together_and_a_cancelled_one_leaves_the_others_unchanged
     for _ in 0..6 {
         assert!(matches!(endless.next().await.unwrap(), Some(StreamItem::Token { .. })));
     }
-    endless.cancel().await;
-    let cancelled = loop {
-        match endless.next().await.unwrap() {
-            Some(StreamItem::Token { .. }) => {}
-            Some(StreamItem::Done(summary)) => break summary,
-            None => unreachable!(),
-        }
-    };
+    let cancelled = cancel_and_finish(&mut endless).await;
     assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
     for (i, task) in tasks.into_iter().enumerate() {
         let together = task.await.unwrap().unwrap();
