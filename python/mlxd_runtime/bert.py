@@ -9,12 +9,42 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from . import faults
+
+
+# erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
+# approximation Eigen and XLA use for float32, within 5e-7 of the true erf (as close as
+# mx.erf). MLX's CPU backend evaluates erf/exp element by element at ~40 ns each, which
+# made GELU two thirds of the encoder's time on a batch; this form is only multiplies and
+# adds, which MLX vectorises (and compiles into one kernel on GPUs). ~8x faster on CPU.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def erf(x: mx.array) -> mx.array:
+    x = mx.clip(x, -4.0, 4.0)
+    x2 = x * x
+    p = x2 * _ERF_P[0] + _ERF_P[1]
+    for c in _ERF_P[2:]:
+        p = p * x2 + c
+    q = x2 * _ERF_Q[0] + _ERF_Q[1]
+    for c in _ERF_Q[2:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+@partial(mx.compile, shapeless=True)
+def gelu(x: mx.array) -> mx.array:
+    """Exact (erf) GELU, HF's "gelu": x * Phi(x)."""
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
 
 class BertConfig:
@@ -86,7 +116,7 @@ class Layer(nn.Module):
         self.output = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         if cfg.hidden_act == "gelu":
-            self.act = nn.gelu  # HF "gelu" is the exact erf form
+            self.act = gelu  # HF "gelu" is the exact erf form
         elif cfg.hidden_act == "relu":
             self.act = nn.relu
         else:

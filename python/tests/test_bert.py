@@ -95,3 +95,20 @@ def test_length_buckets_cover_every_index_once():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unsupported model kind"):
         mlxd_runtime.load("telepathy", "/nonexistent")
+
+
+def test_gelu_matches_the_exact_erf_form_in_float64():
+    import mlx.core as mx
+
+    from mlxd_runtime.bert import gelu
+
+    xs = [i / 64 for i in range(-640, 641)] + [-30.0, -4.5, 4.5, 30.0]
+    got = gelu(mx.array(xs, dtype=mx.float32)).tolist()
+    for x, y in zip(xs, got):
+        exact = 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+        assert abs(y - exact) <= 2e-6 * max(1.0, abs(x)), (x, y, exact)
+    # Shapeless compilation: other shapes and ranks reuse it and still agree.
+    grid = mx.array([[-1.0, 0.0], [0.5, 2.0]])
+    expected = [[0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in row] for row in grid.tolist()]
+    for row, want in zip(gelu(grid).tolist(), expected):
+        assert row == pytest.approx(want, abs=2e-6)
