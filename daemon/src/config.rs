@@ -11,6 +11,7 @@
 //! queue_capacity = 256      # requests admitted per model before Busy [default: 4 x its batch]
 //! max_streams = 8            # generation streams decoded together per model
 //! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
+//! prompt_cache = "256MiB"    # KV caches of recent prompts kept per generation model ("0": off)
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -125,6 +126,8 @@ pub struct ModelSpec {
     pub max_streams: usize,
     /// Requests admitted (queued or running) before `Busy`.
     pub queue_capacity: usize,
+    /// Bytes of KV cache kept for recent prompts (generation models; 0: none).
+    pub prompt_cache_bytes: u64,
 }
 
 impl ModelSpec {
@@ -140,6 +143,7 @@ impl ModelSpec {
             pinned: false,
             max_streams: DEFAULT_MAX_STREAMS,
             queue_capacity: QUEUE_PER_BATCH * DEFAULT_MAX_STREAMS,
+            prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES,
         }
     }
 }
@@ -170,6 +174,8 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
 
 /// Generation streams per model decoded together, unless configured.
 pub const DEFAULT_MAX_STREAMS: usize = 8;
+/// KV cache kept per generation model for recent prompts: 256 MiB.
+pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 /// Workers run this much nicer than the daemon unless configured.
 pub const DEFAULT_WORKER_NICE: i32 = 5;
 /// A model's default queue capacity is this many batches.
@@ -213,6 +219,7 @@ pub struct Overrides {
     pub max_loaded_models: Option<usize>,
     pub queue_capacity: Option<usize>,
     pub max_streams: Option<usize>,
+    pub prompt_cache: Option<String>,
     pub worker_nice: Option<i32>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
@@ -235,6 +242,7 @@ struct FileDaemon {
     max_loaded_models: Option<usize>,
     queue_capacity: Option<usize>,
     max_streams: Option<usize>,
+    prompt_cache: Option<String>,
     worker_nice: Option<i32>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
@@ -251,6 +259,7 @@ struct FileModel {
     aliases: Vec<String>,
     max_streams: Option<usize>,
     queue_capacity: Option<usize>,
+    prompt_cache: Option<String>,
 }
 
 impl DaemonConfig {
@@ -308,11 +317,19 @@ impl DaemonConfig {
         };
         let max_streams = overrides.max_streams.or(file.daemon.max_streams).unwrap_or(DEFAULT_MAX_STREAMS).max(1);
         let queue_capacity = overrides.queue_capacity.or(file.daemon.queue_capacity);
+        let prompt_cache = match overrides.prompt_cache.as_deref().or(file.daemon.prompt_cache.as_deref()) {
+            Some(text) => parse_size(text).context("prompt_cache")?,
+            None => DEFAULT_PROMPT_CACHE_BYTES,
+        };
         let mut aliases = BTreeMap::new();
         for model in &mut models {
             model.keep_alive = default_keep_alive;
             let entry = file.models.get(&model.name);
             model.max_streams = entry.and_then(|e| e.max_streams).unwrap_or(max_streams).max(1);
+            model.prompt_cache_bytes = match entry.and_then(|e| e.prompt_cache.as_deref()) {
+                Some(text) => parse_size(text).with_context(|| format!("models.{}.prompt_cache", model.name))?,
+                None => prompt_cache,
+            };
             // Sized from what one batch holds, so a full queue is a few batches of work.
             let batch = match model.kind {
                 ModelKind::Embedding => embed_batch.max_batch,

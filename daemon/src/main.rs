@@ -64,6 +64,10 @@ struct ServeOptions {
     /// Generation streams each model decodes together in one batch [default: 8]
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
+    /// KV cache kept per generation model for recent prompts, so a repeated prefix (a
+    /// system prompt, an earlier turn) is not computed again ("0" turns it off) [default: 256MiB]
+    #[arg(long, value_name = "SIZE")]
+    prompt_cache: Option<String>,
     /// Niceness of worker processes (0-19), so the daemon answers promptly while workers
     /// compute [default: 5]
     #[arg(long, value_name = "N")]
@@ -131,6 +135,9 @@ enum Command {
         /// Generation streams decoded together.
         #[arg(long, default_value_t = mlxd::config::DEFAULT_MAX_STREAMS)]
         max_streams: usize,
+        /// Bytes of KV cache kept for recent prompts (0: none).
+        #[arg(long, default_value_t = mlxd::config::DEFAULT_PROMPT_CACHE_BYTES)]
+        prompt_cache_bytes: u64,
     },
 }
 
@@ -183,8 +190,8 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
-        Command::Worker { name, kind, path, python, max_streams } => {
-            worker::main(WorkerArgs { name, kind, path, python, max_streams })
+        Command::Worker { name, kind, path, python, max_streams, prompt_cache_bytes } => {
+            worker::main(WorkerArgs { name, kind, path, python, max_streams, prompt_cache_bytes })
         }
     };
     if let Err(err) = result {
@@ -205,6 +212,7 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         max_loaded_models: options.max_loaded_models,
         queue_capacity: options.queue_capacity,
         max_streams: options.max_streams,
+        prompt_cache: options.prompt_cache.clone(),
         worker_nice: options.worker_nice,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),

@@ -186,6 +186,7 @@ class _Sequence:
         self.uid: int | None = None  # the BatchGenerator's id while in the batch
         self.saved = None  # (cache, tokens in it) while paused after decoding began
         self.last_token: int | None = None
+        self.cached_tokens = 0  # prompt tokens taken from the prompt cache
         self.completion_tokens = 0
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
@@ -202,6 +203,12 @@ class _Sequence:
         }
 
 
+# The prompt cache's trie is keyed by model too; an engine serves one model.
+_CACHE_KEY = "model"
+# Most prompts kept (bytes bound it too).
+_PROMPT_CACHE_ENTRIES = 32
+
+
 class BatchEngine:
     """Continuous batching over mlx-lm's BatchGenerator.
 
@@ -214,10 +221,18 @@ class BatchEngine:
     batch with its KV cache, trimmed by the one position whose sample was not delivered —
     and re-inserted when credit comes (:meth:`resume`); it costs no compute meanwhile and
     its output is the same as if it had never paused.
+
+    Prompt cache: the KV cache of every finished stream (prompt and completion) is kept in
+    an LRU of at most `prompt_cache_bytes` (mlx-lm's `LRUPromptCache`, a token trie). A new
+    stream whose prompt shares a prefix with one of them (a system prompt, the earlier turns
+    of a chat, the same prompt again) starts from a copy of that cache and computes only
+    the rest. At least one prompt token is always computed, so the first sample comes from
+    fresh logits.
     """
 
-    def __init__(self, generator: "Generator", max_streams: int):
+    def __init__(self, generator: "Generator", max_streams: int, prompt_cache_bytes: int = 0):
         from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import LRUPromptCache
 
         self.tokenizer = generator.tokenizer
         self.generator = generator
@@ -228,6 +243,11 @@ class BatchEngine:
             sampler=_greedy,
             completion_batch_size=max(1, max_streams),
             prefill_batch_size=max(1, min(8, max_streams)),
+        )
+        self.prompt_cache = (
+            LRUPromptCache(max_size=_PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes)
+            if prompt_cache_bytes > 0
+            else None
         )
         self.sequences: dict[int, _Sequence] = {}
         self.by_uid: dict[int, _Sequence] = {}
@@ -245,7 +265,7 @@ class BatchEngine:
     def _insert(self, sequence: _Sequence) -> None:
         remaining = sequence.max_tokens - sequence.completion_tokens
         if sequence.saved is None:
-            prompt, caches, tokens = sequence.prompt, None, None
+            prompt, caches, tokens = self._cached_prefix(sequence)
         else:
             cache, tokens = sequence.saved
             prompt, caches, tokens = [sequence.last_token], [cache], [tokens]
@@ -262,6 +282,28 @@ class BatchEngine:
         )
         sequence.uid = uid
         self.by_uid[uid] = sequence
+
+    def _cached_prefix(self, sequence: _Sequence):
+        """(tokens to compute, [cache] or None, [tokens in the cache] or None) for a stream
+        starting afresh: the longest cached prefix of its prompt is reused."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        prompt = sequence.prompt
+        if self.prompt_cache is None:
+            return prompt, None, None
+        cache, rest = self.prompt_cache.fetch_nearest_cache(_CACHE_KEY, prompt)
+        if cache is None:
+            return prompt, None, None
+        if not rest:  # all of it: compute the last position again to sample from
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        reused = len(prompt) - len(rest)
+        sequence.cached_tokens = reused
+        return rest, [cache], [prompt[:reused]]
+
+    def _keep(self, tokens, cache) -> None:
+        if self.prompt_cache is not None and cache and tokens:
+            self.prompt_cache.insert_cache(_CACHE_KEY, list(tokens), cache)
 
     def active(self) -> int:
         """Streams in the batch (decoding or waiting for their prefill)."""
@@ -297,7 +339,11 @@ class BatchEngine:
             text, finish = sequence.stops.apply(detokenizer.last_segment, finish)
             if finish is not None:
                 if response.finish_reason is None:  # a stop string: leave the batch now
-                    self.batch.remove([response.uid])
+                    saved = self.batch.remove([response.uid], return_prompt_caches=True)
+                    cache, tokens = saved.get(response.uid, (None, None))
+                else:
+                    cache, tokens = response.prompt_cache, response.all_tokens
+                self._keep(tokens, cache)
                 self._forget(sequence)
             events.append((sequence.job, text, token, finish))
         return events
@@ -418,7 +464,7 @@ class Generator:
         """A stream on the single-stream path."""
         return Stream(self, self.checked_prompt(raw, messages), params)
 
-    def batch_engine(self, max_streams: int) -> "BatchEngine | str":
+    def batch_engine(self, max_streams: int, prompt_cache_bytes: int = 0) -> "BatchEngine | str":
         """The continuous-batching engine, or why this model cannot use it (its caches must
         merge into a batch, and trim, which pausing a stream needs)."""
         from mlx_lm.models.cache import make_prompt_cache
@@ -428,7 +474,7 @@ class Generator:
                 return f"{type(layer).__name__} caches cannot be batched"
             if not layer.is_trimmable():
                 return f"{type(layer).__name__} caches cannot be trimmed"
-        return BatchEngine(self, max_streams)
+        return BatchEngine(self, max_streams, prompt_cache_bytes)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))

@@ -179,3 +179,34 @@ def test_stop_strings_and_eos_in_the_batch(generator):
     assert out[0][0].startswith("The capital of France is")
     assert out[1][2] == "stop" and "Paris" in out[1][0]  # ended by end-of-sequence
     assert engine.active() == 0 and not engine.sequences
+
+
+def test_prompt_cache_reuses_a_prefix_and_changes_nothing(generator):
+    greedy = {"max_tokens": 12, "temperature": 0.0}
+    seeded = {"max_tokens": 12, "temperature": 0.8, "seed": 5}
+    alone = {i: _run(generator.start(None, PROMPTS[i], greedy))[1] for i in (0, 1)}
+    alone_seeded = _run(generator.start(None, PROMPTS[2], seeded))[1]
+    engine = generator.batch_engine(8, 64 << 20)
+    for job, prompt in enumerate(PROMPTS[:3]):
+        engine.start(job, None, prompt, seeded if job == 2 else greedy)
+    first = _drain(engine)
+    assert len(engine.prompt_cache) == 3
+    # The same prompts again: everything but the last prompt position comes from the cache.
+    for job, prompt in enumerate(PROMPTS[:3]):
+        engine.start(10 + job, None, prompt, seeded if job == 2 else greedy)
+    cached = {job: engine.sequences[job].cached_tokens for job in (10, 11, 12)}
+    again = _drain(engine)
+    for job in (0, 1):
+        assert first[job][1] == alone[job], f"stream {job} changed in the batch"
+        assert cached[10 + job] == len(generator.prompt_ids(None, PROMPTS[job])) - 1
+        assert again[10 + job][1] == alone[job], f"stream {job} changed with a cached prompt"
+    assert again[12][1] == first[2][1] == alone_seeded, "a cached prompt changed a seeded stream"
+    # A longer conversation that starts with an earlier exchange reuses it as a prefix.
+    turn = PROMPTS[0] + [("assistant", first[0][0]), ("user", "And of Spain?")]
+    engine.start(20, None, turn, greedy)
+    assert engine.sequences[20].cached_tokens >= len(generator.prompt_ids(None, PROMPTS[0]))
+    _drain(engine)
+    # Off (0 bytes): nothing kept.
+    engine = generator.batch_engine(8, 0)
+    engine.start(0, None, PROMPTS[0], greedy)
+    assert _drain(engine)[0][1] == alone[0] and engine.prompt_cache is None

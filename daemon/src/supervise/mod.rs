@@ -235,6 +235,8 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
         .arg(&config.python.root)
         .arg("--max-streams")
         .arg(spec.max_streams.to_string())
+        .arg("--prompt-cache-bytes")
+        .arg(spec.prompt_cache_bytes.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

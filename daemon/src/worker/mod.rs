@@ -43,6 +43,7 @@ pub struct WorkerArgs {
     pub path: PathBuf,
     pub python: PathBuf,
     pub max_streams: usize,
+    pub prompt_cache_bytes: u64,
 }
 
 pub fn main(args: WorkerArgs) -> Result<()> {

@@ -29,6 +29,7 @@ struct SingleStream {
 struct Streams {
     adapter: Py<PyAny>,
     max_streams: usize,
+    prompt_cache_bytes: u64,
     /// `mlxd_runtime.generate.BatchEngine`, or `None` on the single-stream path.
     engine: Option<Py<PyAny>>,
     /// Credit of each stream on the engine; 0 = paused.
@@ -52,8 +53,14 @@ pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Se
     if out.blocking_send(FromWorker::Ready(ready)).is_err() {
         return;
     }
-    let mut streams =
-        Streams { adapter, max_streams: args.max_streams, engine, batched: HashMap::new(), singles: Vec::new() };
+    let mut streams = Streams {
+        adapter,
+        max_streams: args.max_streams,
+        prompt_cache_bytes: args.prompt_cache_bytes,
+        engine,
+        batched: HashMap::new(),
+        singles: Vec::new(),
+    };
     loop {
         // Wait only when no stream can make progress; otherwise take what has arrived and
         // go on decoding, so new work joins between steps.
@@ -217,11 +224,13 @@ impl Streams {
         for (id, _) in self.batched.drain() {
             let _ = out.blocking_send(FromWorker::Done { id, result: Err(error.clone()) });
         }
-        self.engine = Python::attach(|py| match batch_engine(py, self.adapter.bind(py), self.max_streams) {
-            Ok((engine, _)) => engine,
-            Err(err) => {
-                eprintln!("mlxd worker: cannot restart the batch engine, streams run one by one now: {err}");
-                None
+        self.engine = Python::attach(|py| {
+            match batch_engine(py, self.adapter.bind(py), self.max_streams, self.prompt_cache_bytes) {
+                Ok((engine, _)) => engine,
+                Err(err) => {
+                    eprintln!("mlxd worker: cannot restart the batch engine, streams run one by one now: {err}");
+                    None
+                }
             }
         });
     }
@@ -232,9 +241,10 @@ fn batch_engine(
     py: Python<'_>,
     adapter: &Bound<'_, PyAny>,
     max_streams: usize,
+    prompt_cache_bytes: u64,
 ) -> Result<(Option<Py<PyAny>>, Option<String>), String> {
     let engine = adapter
-        .call_method1("batch_engine", (max_streams,))
+        .call_method1("batch_engine", (max_streams, prompt_cache_bytes))
         .map_err(|err| python_error(py, "starting the batch engine", err))?;
     match engine.extract::<String>() {
         Ok(reason) => Ok((None, Some(reason))),
@@ -379,7 +389,7 @@ fn load(py: Python<'_>, env: &PythonEnv, args: &WorkerArgs, out: &mpsc::Sender<F
     let backend =
         info.get_item("backend").ok().and_then(|v| v.extract::<String>().ok()).unwrap_or_else(|| "unknown".into());
     let (engine, single_stream) = match args.kind {
-        ModelKind::Generation => batch_engine(py, &adapter, args.max_streams)?,
+        ModelKind::Generation => batch_engine(py, &adapter, args.max_streams, args.prompt_cache_bytes)?,
         ModelKind::Embedding => (None, None),
     };
     if let Some(reason) = &single_stream {
