@@ -42,9 +42,20 @@ def load(kind: str, path: str, options: dict[str, Any] | None = None):
     if kind == "embedding":
         from .bert import BertEmbedder
 
-        return BertEmbedder.from_dir(path, **options)
-    if kind == "generation":
+        adapter = BertEmbedder.from_dir(path, **options)
+    elif kind == "generation":
         from .generate import Generator
 
-        return Generator.from_dir(path, **options)
-    raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding', 'generation'")
+        adapter = Generator.from_dir(path, **options)
+    else:
+        raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding', 'generation'")
+    if backend() == "cpu":
+        import mlx.core as mx
+
+        # On the CPU, MLX's buffer cache keeps freed buffers by size and only grows as new
+        # batch shapes come (texts of new lengths, prompts of new sizes): ~300 MiB after a
+        # few hundred varied embedding batches. Buffers come from malloc there, which the
+        # supervisor sets up to reuse freed memory (MALLOC_*_THRESHOLD_), so the cache is
+        # off: as fast, and the worker's memory stays at its working set.
+        mx.set_cache_limit(0)
+    return adapter

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import faults
+from . import backend, faults
 
 
 # erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
@@ -45,6 +45,13 @@ def erf(x: mx.array) -> mx.array:
 def gelu(x: mx.array) -> mx.array:
     """Exact (erf) GELU, HF's "gelu": x * Phi(x)."""
     return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
+
+
+# Padded tokens in one forward pass of the encoder; larger batches run as several passes.
+# On a CPU the cost is linear in tokens, so passes of 1024 tokens lose nothing and bound
+# the activations (~6 MiB a tensor at MiniLM's size, whatever the batch); a GPU needs
+# larger passes to be busy.
+TOKENS_PER_FORWARD = {"cpu": 1024, "gpu": 8192}
 
 
 class BertConfig:
@@ -177,6 +184,9 @@ class BertEmbedder:
         self.max_seq_len = max_seq_len
         self.dim = dim
         self.name = name
+        # Most padded tokens in one forward pass (see embed); the cost on CPU is linear in
+        # tokens, so smaller passes lose nothing there and bound the activations.
+        self.tokens_per_forward = TOKENS_PER_FORWARD.get(backend(), 8192)
 
     @classmethod
     def from_dir(cls, path: str, **_options) -> "BertEmbedder":
@@ -208,8 +218,6 @@ class BertEmbedder:
         return cls(model, tokenizer, max_seq_len, cfg.hidden_size, model_dir.name)
 
     def info(self) -> dict:
-        from . import backend
-
         return {
             "kind": "embedding",
             "dim": self.dim,
@@ -225,9 +233,13 @@ class BertEmbedder:
         lengths = [len(e.ids) for e in encodings]
         rows: list[mx.array | None] = [None] * len(texts)
         for group in _length_buckets(lengths):
-            pooled = self._encode([encodings[i].ids for i in group], normalize)
-            for row, index in enumerate(group):
-                rows[index] = pooled[row]
+            for chunk in _chunks(group, lengths, self.tokens_per_forward):
+                pooled = self._encode([encodings[i].ids for i in chunk], normalize)
+                # Evaluated chunk by chunk: a forward pass's activations are freed before
+                # the next one, so the worker's memory does not grow with the batch.
+                mx.eval(pooled)
+                for row, index in enumerate(chunk):
+                    rows[index] = pooled[row]
         out = mx.stack(rows).astype(mx.float32)
         mx.eval(out)
         return bytes(memoryview(out)), len(texts), self.dim, lengths
@@ -252,6 +264,21 @@ class BertEmbedder:
 
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _chunks(group: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Splits a length group (sorted by length) into runs of at most `budget` padded tokens
+    (always at least one text)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for index in group:
+        if current and (len(current) + 1) * max(lengths[index], lengths[current[-1]]) > budget:
+            chunks.append(current)
+            current = []
+        current.append(index)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _length_buckets(lengths: list[int], slack: float = 1.25, min_pad: int = 16) -> list[list[int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlxd_runtime
-from mlxd_runtime.bert import _length_buckets
+from mlxd_runtime.bert import _chunks, _length_buckets
 
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "minilm_reference.json"
 
@@ -90,6 +90,26 @@ def test_length_buckets_cover_every_index_once():
     for group in groups:
         widths = [lengths[i] for i in group]
         assert max(widths) * len(widths) <= 1.25 * sum(widths) + 16
+
+
+def test_chunks_bound_padded_tokens_per_forward_pass():
+    lengths = [10] * 30 + [300]
+    chunks = _chunks(list(range(len(lengths))), lengths, 100)
+    assert [i for c in chunks for i in c] == list(range(len(lengths)))
+    assert [len(c) for c in chunks] == [10, 10, 10, 1]  # a text over the budget goes alone
+
+
+def test_a_batch_split_into_passes_gives_the_same_vectors(embedder, reference):
+    texts = [item["text"] for item in reference["items"]]
+    whole, _, dim, _ = embedder.embed(texts, True)
+    budget = embedder.tokens_per_forward
+    try:
+        embedder.tokens_per_forward = 16  # about one text a pass
+        split, _, _, _ = embedder.embed(texts, True)
+    finally:
+        embedder.tokens_per_forward = budget
+    a, b = struct.unpack(f"{len(texts) * dim}f", whole), struct.unpack(f"{len(texts) * dim}f", split)
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
 
 
 def test_unknown_kind_is_refused():

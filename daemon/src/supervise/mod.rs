@@ -25,6 +25,16 @@ use tokio_util::codec::Framed;
 
 use crate::config::{DaemonConfig, ModelSpec};
 
+/// glibc malloc settings for workers on Linux: allocations up to 32 MiB (its maximum) come
+/// from the heap, up to 256 MiB of free heap is kept rather than trimmed, and one arena
+/// serves every thread. MLX's CPU buffers are then reused by malloc at no page-fault cost,
+/// and the worker's memory stays at its working set. (With glibc's adaptive defaults, a
+/// freed activation went back to the kernel and the next batch faulted it in again: ~50 %
+/// slower; with per-thread arenas, the level under load wandered by ~20 % run to run.)
+#[cfg(target_os = "linux")]
+const WORKER_MALLOC_ENV: [(&str, &str); 3] =
+    [("MALLOC_MMAP_THRESHOLD_", "33554432"), ("MALLOC_TRIM_THRESHOLD_", "268435456"), ("MALLOC_ARENA_MAX", "1")];
+
 /// The worker's end of the socketpair is always this descriptor number.
 pub const WORKER_LINK_FD: i32 = 3;
 
@@ -244,6 +254,14 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
     if let Some(blas) = &config.blas_preload {
         tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
         command.env("LD_PRELOAD", blas);
+    }
+    #[cfg(target_os = "linux")]
+    for (name, value) in WORKER_MALLOC_ENV {
+        // glibc: freed buffers stay in the heap for reuse instead of going back to the
+        // kernel after every batch (MLX's own CPU buffer cache is off, see mlxd_runtime).
+        if std::env::var_os(name).is_none() {
+            command.env(name, value);
+        }
     }
     let link_fd = link.as_raw_fd();
     let nice = config.worker_nice;
