@@ -244,11 +244,22 @@ async fn serve<R, W>(
                     }
                     continue;
                 }
+                // Limits and the model's queue are checked here, before a task exists:
+                // `Busy` is answered from this loop at once, however loaded the daemon is.
+                let prepared = match dispatch::admit(&session, &body) {
+                    Ok(prepared) => prepared,
+                    Err(refusal) => {
+                        if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
+                            break "client stopped reading";
+                        }
+                        continue;
+                    }
+                };
                 let control = Arc::new(Control::default());
                 session.in_flight().insert(id, control.clone());
                 let (session, outbound) = (session.clone(), outbound.clone());
                 requests.spawn(async move {
-                    let result = dispatch::handle(&session, id, body, &outbound, &control).await;
+                    let result = dispatch::handle(&session, id, body, prepared, &outbound, &control).await;
                     session.in_flight().remove(&id);
                     let _ = outbound.send(dispatch::Reply(result).into_message(id)).await;
                 });

@@ -9,13 +9,13 @@ use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority, Respons
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::resolve;
-use crate::registry::Model;
+use super::{resolve, Ticket};
 use crate::sched::batcher::EmbedItem;
 use crate::sched::{self, Pending};
 use crate::server::session::Session;
 
-pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Response, WireError> {
+/// Limits, the model, and a place in its queue (or `Busy`), without waiting.
+pub fn admit(session: &Session, request: &EmbedRequest) -> Result<Ticket, WireError> {
     let limits = &session.daemon.config.limits;
     if request.texts.len() > limits.max_texts_per_embed as usize {
         return Err(WireError::new(
@@ -41,6 +41,12 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest) -> Result<Resp
     }
     let arrived = Instant::now();
     let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
+    Ok(Ticket { model, admitted, arrived })
+}
+
+/// Queues the texts for the model's batcher and waits for their vectors (or the deadline).
+pub async fn embed(session: &Arc<Session>, request: EmbedRequest, ticket: Ticket) -> Result<Response, WireError> {
+    let Ticket { model, admitted, arrived } = ticket;
     let _in_flight = model.begin_request();
     model.start_batcher(&session.daemon.registry);
     let (reply, mut answer) = oneshot::channel();
@@ -65,38 +71,43 @@ fn finish(
     Ok(Response::Embeddings(embeddings))
 }
 
-pub async fn tokenize(
-    session: &Arc<Session>,
-    model: ModelRef,
-    text: String,
-    add_special_tokens: bool,
-) -> Result<Response, WireError> {
+/// Tokenize and detokenize: the text limit, the model, and a place in its queue (a place,
+/// not a turn: one-shot jobs are quick and run between batches).
+pub fn admit_one_shot(session: &Session, model: &ModelRef, text: Option<&String>) -> Result<Ticket, WireError> {
     let limit = session.daemon.config.limits.max_text_bytes as usize;
-    if text.len() > limit {
+    if let Some(text) = text.filter(|text| text.len() > limit) {
         return Err(WireError::new(
             ErrorCode::TooLarge,
             format!("text is {} bytes; max_text_bytes is {limit}", text.len()),
         ));
     }
-    let model = resolve(session, &model)?;
-    match run(session, &model, Job::Tokenize { text, add_special_tokens }).await? {
+    let model = resolve(session, model)?;
+    let admitted = model.admission.admit(&model.spec.name, session.id, Priority::Interactive)?;
+    Ok(Ticket { model, admitted, arrived: Instant::now() })
+}
+
+pub async fn tokenize(
+    session: &Arc<Session>,
+    ticket: Ticket,
+    text: String,
+    add_special_tokens: bool,
+) -> Result<Response, WireError> {
+    match run(session, ticket, Job::Tokenize { text, add_special_tokens }).await? {
         JobOutput::Tokens(tokens) => Ok(Response::Tokens(tokens)),
         other => Err(unexpected(&other)),
     }
 }
 
-pub async fn detokenize(session: &Arc<Session>, model: ModelRef, tokens: Vec<u32>) -> Result<Response, WireError> {
-    let model = resolve(session, &model)?;
-    match run(session, &model, Job::Detokenize { tokens }).await? {
+pub async fn detokenize(session: &Arc<Session>, ticket: Ticket, tokens: Vec<u32>) -> Result<Response, WireError> {
+    match run(session, ticket, Job::Detokenize { tokens }).await? {
         JobOutput::Text(text) => Ok(Response::Text(text)),
         other => Err(unexpected(&other)),
     }
 }
 
-/// Admission (a place, not a turn: one-shot jobs are quick and run between batches), then
-/// the model's worker (loading it if needed), then the job.
-async fn run(session: &Arc<Session>, model: &Arc<Model>, job: Job) -> Result<JobOutput, WireError> {
-    let _admitted = model.admission.admit(&model.spec.name, session.id, Priority::Interactive)?;
+/// The model's worker (loading it if needed), then the job.
+async fn run(session: &Arc<Session>, ticket: Ticket, job: Job) -> Result<JobOutput, WireError> {
+    let Ticket { model, admitted: _admitted, .. } = ticket;
     let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
     let worker = model.ready(registry, |_| {}).await?;

@@ -18,7 +18,7 @@ use mlxd_proto::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::resolve;
+use super::{resolve, Ticket};
 use crate::sched::{self, Pending};
 use crate::server::session::{Control, Session};
 use crate::supervise::WorkerHandle;
@@ -26,20 +26,28 @@ use crate::supervise::WorkerHandle;
 const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 
-pub async fn generate(
-    session: &Arc<Session>,
-    id: RequestId,
-    request: GenerateRequest,
-    events: &mpsc::Sender<ServerMessage>,
-    control: &Control,
-) -> Result<Response, WireError> {
-    let mut job = validate(&request, &session.daemon.config.limits)?;
+/// Validation, the model, and a place in its queue (or `Busy`), without waiting.
+pub fn admit(session: &Session, request: &GenerateRequest) -> Result<(Ticket, GenerateJob), WireError> {
+    let job = validate(request, &session.daemon.config.limits)?;
     let model = resolve(session, &request.model)?;
     if model.spec.kind != ModelKind::Generation {
         return Err(WireError::bad_request(format!("model {} is not a text generation model", model.spec.name)));
     }
     let arrived = Instant::now();
     let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
+    Ok((Ticket { model, admitted, arrived }, job))
+}
+
+pub async fn generate(
+    session: &Arc<Session>,
+    id: RequestId,
+    request: GenerateRequest,
+    ticket: Ticket,
+    mut job: GenerateJob,
+    events: &mpsc::Sender<ServerMessage>,
+    control: &Control,
+) -> Result<Response, WireError> {
+    let Ticket { model, admitted, arrived } = ticket;
     let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
 

@@ -14,11 +14,14 @@ mod lease;
 
 use std::sync::Arc;
 
+use mlxd_proto::worker::GenerateJob;
 use mlxd_proto::{ErrorCode, ModelRef, Request, RequestId, Response, ServerMessage, WireError};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::session::{Control, Session};
 use crate::registry::Model;
+use crate::sched::Admitted;
 
 /// A request's final answer.
 #[derive(Debug)]
@@ -29,30 +32,73 @@ pub fn answer_now(session: &Session, body: &Request) -> Option<Reply> {
     info::answer(session, body).map(Reply)
 }
 
-/// Handles a request that may wait (for a load, a queue, a worker). Stream events go to
-/// `events`; the final answer is returned. A Cancel ends the request with `Cancelled`,
-/// except a generation, which stops its stream and reports how far it got.
+/// A place in a model's queue, taken in the session's read loop before the request's task
+/// starts, so that a refusal (a limit, an unknown model, `Busy`) is answered at once.
+#[derive(Debug)]
+pub struct Ticket {
+    model: Arc<Model>,
+    admitted: Admitted,
+    arrived: Instant,
+}
+
+/// What [`admit`] prepared for a request's task.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Requests that queue nowhere (leases, loads, ...).
+    None,
+    Embed(Ticket),
+    /// Tokenize and detokenize: a place, not a turn.
+    OneShot(Ticket),
+    Generate(Ticket, GenerateJob),
+}
+
+/// Checks a model request against the limits and admits it to its model's queue, without
+/// waiting; an `Err` is the request's final answer.
+pub fn admit(session: &Session, body: &Request) -> Result<Prepared, WireError> {
+    match body {
+        Request::Embed(request) => embed::admit(session, request).map(Prepared::Embed),
+        Request::Tokenize { model, text, .. } => {
+            embed::admit_one_shot(session, model, Some(text)).map(Prepared::OneShot)
+        }
+        Request::Detokenize { model, .. } => embed::admit_one_shot(session, model, None).map(Prepared::OneShot),
+        Request::Generate(request) => generate::admit(session, request).map(|(t, job)| Prepared::Generate(t, job)),
+        _ => Ok(Prepared::None),
+    }
+}
+
+/// Handles a request that may wait (for a load, a queue, a worker), with what [`admit`]
+/// prepared for it. Stream events go to `events`; the final answer is returned. A Cancel
+/// ends the request with `Cancelled`, except a generation, which stops its stream and
+/// reports how far it got.
 pub async fn handle(
     session: &Arc<Session>,
     id: RequestId,
     body: Request,
+    prepared: Prepared,
     events: &mpsc::Sender<ServerMessage>,
     control: &Control,
 ) -> Result<Response, WireError> {
     let is_stream = matches!(body, Request::Generate(_));
     let work = async {
-        match body {
-            Request::Generate(request) => generate::generate(session, id, request, events, control).await,
-            Request::Lease(request) => lease::lease(session, id, request, events).await,
-            Request::Release { lease } => session.release(lease).map(|()| Response::Released),
-            Request::Load { model } => lease::load(session, id, &model, events).await,
-            Request::Embed(request) => embed::embed(session, request).await,
-            Request::Tokenize { model, text, add_special_tokens } => {
-                embed::tokenize(session, model, text, add_special_tokens).await
+        match (body, prepared) {
+            (Request::Generate(request), Prepared::Generate(ticket, job)) => {
+                generate::generate(session, id, request, ticket, job, events, control).await
             }
-            Request::Detokenize { model, tokens } => embed::detokenize(session, model, tokens).await,
-            Request::Unload { model, force } => lease::unload(session, &model, force).await,
-            Request::Ping | Request::Status | Request::ListModels | Request::Weights => {
+            (Request::Embed(request), Prepared::Embed(ticket)) => embed::embed(session, request, ticket).await,
+            (Request::Tokenize { text, add_special_tokens, .. }, Prepared::OneShot(ticket)) => {
+                embed::tokenize(session, ticket, text, add_special_tokens).await
+            }
+            (Request::Detokenize { tokens, .. }, Prepared::OneShot(ticket)) => {
+                embed::detokenize(session, ticket, tokens).await
+            }
+            (Request::Generate(_) | Request::Embed(_) | Request::Tokenize { .. } | Request::Detokenize { .. }, _) => {
+                Err(WireError::internal("a model request reached its task without admission"))
+            }
+            (Request::Lease(request), _) => lease::lease(session, id, request, events).await,
+            (Request::Release { lease }, _) => session.release(lease).map(|()| Response::Released),
+            (Request::Load { model }, _) => lease::load(session, id, &model, events).await,
+            (Request::Unload { model, force }, _) => lease::unload(session, &model, force).await,
+            (Request::Ping | Request::Status | Request::ListModels | Request::Weights, _) => {
                 Err(WireError::internal("supervisor request reached a request task"))
             }
         }
