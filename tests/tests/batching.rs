@@ -84,26 +84,33 @@ async fn a_full_queue_refuses_at_once_with_a_retry_hint() {
 #[test]
 fn mlxctl_bench_reports_throughput_latency_and_refusals() {
     let daemon = Daemon::start(&[]);
-    let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
-        std::process::Command::new(mlxd_tests::bin("mlxctl")).arg("--socket").arg(&daemon.socket).args([
-            "--no-fallback",
-            "--json",
-            "bench",
-            "--model",
-            "minilm",
-            "--connections",
-            "4",
-            "--duration",
-            "1",
-        ]),
-        std::time::Duration::from_secs(120),
-    );
-    assert!(status.success(), "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let bench = |args: &[&str]| -> serde_json::Value {
+        let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
+            std::process::Command::new(mlxd_tests::bin("mlxctl"))
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["--no-fallback", "--json", "bench", "--model", "minilm"])
+                .args(args),
+            std::time::Duration::from_secs(120),
+        );
+        assert!(status.success(), "{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    // Closed loop for a fixed time.
+    let report = bench(&["--connections", "4", "--duration", "1"]);
     assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(report["texts_per_s"].as_f64().unwrap() > 0.0);
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() >= report["latency_ms"]["p50"].as_f64().unwrap());
     assert_eq!(report["errors"], serde_json::json!({}));
+    // A fixed number of requests, closed and open loop: exactly that many are answered.
+    for args in
+        [&["--connections", "3", "--requests", "10"][..], &["--connections", "2", "--requests", "7", "--rate", "50"]]
+    {
+        let report = bench(args);
+        let wanted: u64 = args[args.iter().position(|a| *a == "--requests").unwrap() + 1].parse().unwrap();
+        assert_eq!(report["ok"].as_u64().unwrap() + report["busy"].as_u64().unwrap(), wanted, "{report}");
+        assert_eq!(report["errors"], serde_json::json!({}));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

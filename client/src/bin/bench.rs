@@ -7,6 +7,7 @@
 //! throughput, latency percentiles, Busy refusals and errors by code.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,12 @@ pub struct BenchArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// Seconds to run [default: 10, or until --requests are done].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Requests to send in all (with --duration too, whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
     /// Open loop at this many requests per second (default: closed loop).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -73,18 +77,29 @@ pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result
     one_request(&clients[0], &args, 0).await.map(drop)?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(args.duration);
-    let progress = tokio::spawn(show_progress(tally.clone(), started, args.duration, json));
+    let duration = match (args.duration, args.requests) {
+        (Some(seconds), _) => Some(seconds),
+        (None, Some(_)) => None,
+        (None, None) => Some(10.0),
+    };
+    let deadline = duration.map(|seconds| started + Duration::from_secs_f64(seconds));
+    // Requests not yet started, when counted.
+    let budget = Arc::new(Budget { left: AtomicU64::new(args.requests.unwrap_or(u64::MAX)), deadline });
+    let goal = match (duration, args.requests) {
+        (Some(seconds), _) => Goal::Seconds(seconds),
+        (None, requests) => Goal::Requests(requests.unwrap_or(0)),
+    };
+    let progress = tokio::spawn(show_progress(tally.clone(), started, goal, json));
     match args.rate {
         None => {
             let tasks: Vec<_> = clients
                 .iter()
                 .enumerate()
                 .map(|(index, client)| {
-                    let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
+                    let (client, args, tally, budget) = (client.clone(), args.clone(), tally.clone(), budget.clone());
                     tokio::spawn(async move {
                         let mut n = 0;
-                        while Instant::now() < deadline {
+                        while budget.take() {
                             let sent = Instant::now();
                             let result = one_request(&client, &args, index * 1_000_000 + n).await;
                             record(&tally, result, sent.elapsed()).await;
@@ -104,8 +119,11 @@ pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let tasks = tokio_util::task::TaskTracker::new();
             let mut n = 0usize;
-            while Instant::now() < deadline {
+            loop {
                 tick.tick().await;
+                if !budget.take() {
+                    break;
+                }
                 let Ok(slot) = outstanding.clone().try_acquire_owned() else {
                     tally.lock().await.dropped += 1;
                     continue;
@@ -127,6 +145,29 @@ pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result
     progress.abort();
     report(&args, &*tally.lock().await, elapsed, json);
     Ok(())
+}
+
+/// When to stop: a deadline, a number of requests, or both (whichever comes first).
+struct Budget {
+    left: AtomicU64,
+    deadline: Option<Instant>,
+}
+
+impl Budget {
+    /// Takes one request's place; false when the run is over.
+    fn take(&self) -> bool {
+        if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return false;
+        }
+        self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    }
+}
+
+/// What the progress bar counts towards.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    Seconds(f64),
+    Requests(u64),
 }
 
 /// One request; returns how many items (texts or tokens) it produced.
@@ -172,18 +213,25 @@ async fn record(tally: &Mutex<Tally>, result: Result<u64, ClientError>, latency:
     }
 }
 
-async fn show_progress(tally: Arc<Mutex<Tally>>, started: Instant, total: f64, json: bool) {
+async fn show_progress(tally: Arc<Mutex<Tally>>, started: Instant, goal: Goal, json: bool) {
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return;
     }
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let done = started.elapsed().as_secs_f64().min(total);
-        let width = 30;
-        let filled = ((done / total) * width as f64) as usize;
         let tally = tally.lock().await;
+        let answered = tally.latencies.len() as u64 + tally.busy + tally.errors.values().sum::<u64>();
+        let (fraction, label) = match goal {
+            Goal::Seconds(total) => {
+                let done = started.elapsed().as_secs_f64().min(total);
+                (done / total.max(1e-9), format!("{done:4.1}/{total:.0}s"))
+            }
+            Goal::Requests(total) => (answered as f64 / total.max(1) as f64, format!("{answered}/{total}")),
+        };
+        let width = 30;
+        let filled = ((fraction.clamp(0.0, 1.0)) * width as f64) as usize;
         eprint!(
-            "\r[{}{}] {done:4.1}/{total:.0}s  {} ok  {} busy  {} errors ",
+            "\r[{}{}] {label}  {} ok  {} busy  {} errors ",
             "#".repeat(filled),
             " ".repeat(width - filled),
             tally.latencies.len(),
