@@ -12,6 +12,8 @@
 //! max_streams = 8            # generation streams decoded together per model
 //! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
 //! prompt_cache = "256MiB"    # KV caches of recent prompts kept per generation model ("0": off)
+//! circuit_failures = 5       # crashes / failed loads in a row before a model is marked failed
+//! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -204,6 +206,22 @@ pub struct DaemonConfig {
     pub max_loaded_models: usize,
     /// How embedding requests are merged into worker calls.
     pub embed_batch: crate::sched::batcher::BatchPolicy,
+    pub restart: RestartPolicy,
+}
+
+/// When a failing model stops being restarted.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// Failures in a row (crashes, failed loads) that open the circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit refuses requests before one more start is tried.
+    pub circuit_cooldown: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { circuit_failures: 5, circuit_cooldown: Duration::from_secs(60) }
+    }
 }
 
 /// What the command line says; each set field overrides the config file.
@@ -244,6 +262,8 @@ struct FileDaemon {
     max_streams: Option<usize>,
     prompt_cache: Option<String>,
     worker_nice: Option<i32>,
+    circuit_failures: Option<u32>,
+    circuit_cooldown: Option<String>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
 }
@@ -374,6 +394,17 @@ impl DaemonConfig {
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
             embed_batch,
+            restart: RestartPolicy {
+                circuit_failures: file
+                    .daemon
+                    .circuit_failures
+                    .unwrap_or(RestartPolicy::default().circuit_failures)
+                    .max(1),
+                circuit_cooldown: match &file.daemon.circuit_cooldown {
+                    Some(text) => parse_duration(text).context("circuit_cooldown")?,
+                    None => RestartPolicy::default().circuit_cooldown,
+                },
+            },
         })
     }
 }

@@ -8,6 +8,7 @@ production: with the variable unset every hook is a no-op.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def maybe_fail(stage: str) -> None:
@@ -19,6 +20,7 @@ def maybe_fail(stage: str) -> None:
         if where != stage:
             continue
         if what == "crash":
+            print(f"mlxd test fault: crashing at {stage}", file=sys.stderr, flush=True)
             os._exit(17)
         if what == "raise":
             raise RuntimeError(f"test fault injected at {stage}")

@@ -76,8 +76,14 @@ impl Daemon {
     }
 
     pub fn start_at(dir: TempDir, socket: PathBuf, extra_args: &[&str]) -> Daemon {
+        Self::start_with_env(dir, socket, extra_args, &[])
+    }
+
+    /// Like [`Daemon::start_at`], with extra environment variables for the daemon (and so
+    /// its workers), e.g. `MLXD_TEST_FAULT`.
+    pub fn start_with_env(dir: TempDir, socket: PathBuf, extra_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = dir.join("daemon.log");
-        let child = spawn_daemon(&socket, &log, extra_args);
+        let child = spawn_daemon_env(&socket, &log, extra_args, env);
         let mut daemon = Daemon { child, socket, log, dir };
         daemon.wait_ready();
         daemon
@@ -145,6 +151,10 @@ impl Drop for Daemon {
 }
 
 pub fn spawn_daemon(socket: &Path, log: &Path, extra_args: &[&str]) -> Child {
+    spawn_daemon_env(socket, log, extra_args, &[])
+}
+
+pub fn spawn_daemon_env(socket: &Path, log: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::File::create(log).expect("create log");
     let mut command = Command::new(bin("mlxd"));
     command
@@ -157,7 +167,8 @@ pub fn spawn_daemon(socket: &Path, log: &Path, extra_args: &[&str]) -> Child {
         .env("XDG_CONFIG_HOME", log.parent().expect("log in a temp dir"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log_file);
+        .stderr(log_file)
+        .envs(env.iter().copied());
     // Its own process group, so a test that dies does not leave signals ambiguous.
     command.process_group(0);
     command.spawn().expect("spawn mlxd")
@@ -309,4 +320,12 @@ pub fn bundled_gguf() -> PathBuf {
 /// The named model's entry in a status or model list.
 pub fn model_named<'a>(models: &'a [mlxd_client::proto::ModelInfo], name: &str) -> &'a mlxd_client::proto::ModelInfo {
     models.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no model {name} in {models:?}"))
+}
+
+/// Whether process `pid` still exists (a zombie counts as gone: it holds no memory).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
 }

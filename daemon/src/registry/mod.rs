@@ -150,3 +150,29 @@ impl Registry {
         futures_util::future::join_all(stops).await;
     }
 }
+
+/// Times an idempotent job (embed, tokenize, detokenize) is run again on a restarted
+/// worker after the one running it died.
+pub const MAX_REPLAYS: u32 = 3;
+
+/// Runs an idempotent job on the model's worker (loading it if needed). If the worker dies
+/// with the job in hand, the job is run again on its replacement, up to [`MAX_REPLAYS`]
+/// times: the client sees one answer either way. Errors the job itself caused (bad input
+/// reported by a live worker) are not replayed.
+pub async fn run_replayable(
+    model: &std::sync::Arc<Model>,
+    registry: &Registry,
+    job: mlxd_proto::worker::Job,
+) -> Result<mlxd_proto::worker::JobOutput, mlxd_proto::WireError> {
+    let mut replays = 0;
+    loop {
+        let worker = model.ready(registry, |_| {}).await?;
+        match worker.run(job.clone()).await {
+            Err(err) if !worker.is_alive() && !worker.was_stopped() && replays < MAX_REPLAYS => {
+                replays += 1;
+                tracing::warn!(model = %model.spec.name, replays, "worker died with a job in hand; running it again: {err}");
+            }
+            result => return result,
+        }
+    }
+}

@@ -1,5 +1,14 @@
 //! One model's state machine: Unloaded → Loading → Ready → Unloading → Unloaded (or
-//! Failed), its users (leases and in-flight requests), and its keep-alive.
+//! Failed), its users (leases and in-flight requests), its keep-alive, and its health.
+//!
+//! Health: a worker that crashes, or a load that fails, is a failure. The next start waits
+//! an exponential backoff with jitter (250 ms doubling to 30 s); a worker that served a
+//! request before it died starts the count again, so only a crash loop climbs. After
+//! `circuit_failures` failures in a row the circuit opens: the model is Failed and
+//! requests get `WorkerFailed` at once, with the last cause (exit status or signal and
+//! the worker's last stderr lines), until `circuit_cooldown` passes (then one more start
+//! is tried) or an operator loads it. A model that crashed while it had users (leases or
+//! requests) is restarted by itself; an idle one on its next use. Nothing spins.
 //!
 //! Every transition happens under the model's one lock, and so does every change to its
 //! users. An unload (keep-alive, eviction, operator) is decided under that lock only when
@@ -24,6 +33,23 @@ use crate::weights::pool::Pinned;
 
 /// How long a worker has to exit when unloaded before it is killed.
 const UNLOAD_GRACE: Duration = Duration::from_secs(2);
+/// The first restart's delay; it doubles with each failure in a row, up to the maximum.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Failures in a row and what follows from them.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failed loads and crashes since a worker last served a request.
+    failures: u32,
+    /// No start before this (backoff).
+    retry_at: Option<Instant>,
+    /// While the circuit is open, requests fail at once.
+    open_until: Option<Instant>,
+    last_cause: Option<String>,
+    /// Workers that died (crashed or were killed) since the daemon started.
+    restarts: u64,
+}
 
 /// What a load in progress tells those waiting on it.
 #[derive(Debug, Clone)]
@@ -61,6 +87,7 @@ struct State {
     unload_requested: bool,
     /// The mapped weight files, held while loaded.
     weights: Pinned,
+    health: Health,
 }
 
 impl State {
@@ -77,6 +104,8 @@ pub struct Model {
     state: Mutex<State>,
     /// Started on the first embedding request (embedding models only).
     batcher: std::sync::OnceLock<()>,
+    /// Notified when a dead worker has been dealt with (its slot changed).
+    settled: tokio::sync::Notify,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -103,8 +132,10 @@ impl Model {
                 idle_keep_alive: KeepAlive::Never,
                 unload_requested: false,
                 weights: Pinned::default(),
+                health: Health::default(),
             }),
             batcher: std::sync::OnceLock::new(),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -153,13 +184,25 @@ impl Model {
             enum Wait {
                 Load(watch::Receiver<LoadStatus>),
                 Unload(watch::Receiver<bool>),
+                /// A dead worker whose death is being recorded, or a backoff.
+                Until(Instant),
             }
             let wait = {
                 let mut state = self.state();
+                let now = Instant::now();
                 match &state.slot {
                     Slot::Ready(worker) if worker.is_alive() => return Ok(worker.clone()),
+                    Slot::Ready(_) => Wait::Until(now + Duration::from_millis(100)),
                     Slot::Loading(status) => Wait::Load(status.clone()),
                     Slot::Unloading(done) => Wait::Unload(done.clone()),
+                    Slot::Failed(err) if state.health.open_until.is_some_and(|until| until > now) => {
+                        let mut err = err.clone();
+                        err.retry_after_ms = state.health.open_until.map(|until| (until - now).as_millis() as u64);
+                        return Err(err);
+                    }
+                    _ if state.health.retry_at.is_some_and(|at| at > now) => {
+                        Wait::Until(state.health.retry_at.unwrap_or(now))
+                    }
                     _ => {
                         let first = LoadProgress {
                             model: self.spec.name.clone(),
@@ -178,6 +221,9 @@ impl Model {
             match wait {
                 Wait::Unload(mut done) => {
                     let _ = done.wait_for(|gone| *gone).await;
+                }
+                Wait::Until(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), self.settled.notified()).await;
                 }
                 Wait::Load(mut status) => loop {
                     let current = status.borrow_and_update().clone();
@@ -222,6 +268,10 @@ impl Model {
                 );
                 let worker = Arc::new(worker);
                 state.slot = Slot::Ready(worker.clone());
+                state.health.retry_at = None;
+                state.health.open_until = None;
+                state.health.last_cause = None;
+                tokio::spawn(self.clone().watch_worker(registry.clone(), worker.clone()));
                 let _ = status.send(LoadStatus::Ready(worker));
                 // Loaded for requesters that may all have left meanwhile: start the clock.
                 if state.users() == 0 {
@@ -231,9 +281,93 @@ impl Model {
             }
             Err(err) => {
                 tracing::error!(model = %self.spec.name, %err, "load failed");
-                state.slot = Slot::Failed(err.clone());
+                let err = self.record_failure(&mut state, err.message.clone(), false, &registry).unwrap_or(err);
                 let _ = status.send(LoadStatus::Failed(err));
             }
+        }
+        drop(state);
+        self.settled.notify_waiters();
+    }
+
+    /// Waits for `worker` to exit; unless the daemon stopped it, records the failure (and
+    /// restarts the model if it has users).
+    async fn watch_worker(self: Arc<Self>, registry: Registry, worker: Arc<WorkerHandle>) {
+        worker.exited().await;
+        if worker.was_stopped() {
+            return;
+        }
+        let cause = worker.death_cause().await;
+        tracing::warn!(model = %self.spec.name, "{cause}");
+        {
+            let mut state = self.state();
+            if !matches!(&state.slot, Slot::Ready(current) if Arc::ptr_eq(current, &worker)) {
+                return;
+            }
+            state.health.restarts += 1;
+            state.weights = Pinned::default();
+            self.record_failure(&mut state, cause, worker.has_served(), &registry);
+        }
+        self.settled.notify_waiters();
+    }
+
+    /// Counts a failed load or a dead worker: the slot becomes Failed with the cause, and
+    /// the next start waits a backoff — or, after `circuit_failures` in a row, the circuit
+    /// opens (returning the error requests will get until it closes). A model with users
+    /// is restarted once the backoff has passed.
+    fn record_failure(
+        self: &Arc<Self>,
+        state: &mut State,
+        cause: String,
+        served: bool,
+        registry: &Registry,
+    ) -> Option<WireError> {
+        let policy = registry.config().restart;
+        let health = &mut state.health;
+        if served {
+            health.failures = 0;
+        }
+        health.failures += 1;
+        health.last_cause = Some(cause.clone());
+        let now = Instant::now();
+        if health.failures >= policy.circuit_failures {
+            health.open_until = Some(now + policy.circuit_cooldown);
+            health.retry_at = None;
+            let err = WireError::new(
+                ErrorCode::WorkerFailed,
+                format!(
+                    "model {} failed {} times in a row and is off for {} s (or until `mlxctl load {}`); last cause: {cause}",
+                    self.spec.name,
+                    health.failures,
+                    policy.circuit_cooldown.as_secs(),
+                    self.spec.name
+                ),
+            );
+            tracing::error!(model = %self.spec.name, failures = health.failures, "circuit open: {cause}");
+            state.slot = Slot::Failed(err.clone());
+            return Some(err);
+        }
+        let delay = backoff(health.failures);
+        health.retry_at = Some(now + delay);
+        // Failed, with the cause, until the next start (after the backoff) succeeds.
+        state.slot = Slot::Failed(WireError::new(ErrorCode::WorkerFailed, cause));
+        if state.users() > 0 {
+            tracing::info!(model = %self.spec.name, delay_ms = delay.as_millis() as u64, "restarting the worker");
+            let (model, registry) = (self.clone(), registry.clone());
+            tokio::spawn(async move {
+                let _ = model.ready(&registry, |_| {}).await;
+            });
+        }
+        None
+    }
+
+    /// An operator's load: a model whose circuit is open is tried again now.
+    pub fn reset_health(&self) {
+        let mut state = self.state();
+        state.health.failures = 0;
+        state.health.retry_at = None;
+        state.health.open_until = None;
+        if matches!(state.slot, Slot::Failed(_)) {
+            state.slot = Slot::Unloaded;
         }
     }
 
@@ -396,12 +530,12 @@ impl Model {
     pub fn info(&self) -> ModelInfo {
         let state = self.state();
         let (model_state, worker, last_error) = match &state.slot {
-            Slot::Unloaded => (ModelState::Unloaded, None, None),
-            Slot::Loading(_) => (ModelState::Loading, None, None),
+            Slot::Loading(_) => (ModelState::Loading, None, state.health.last_cause.clone()),
             Slot::Ready(worker) if worker.is_alive() => (ModelState::Ready, Some(worker.clone()), None),
-            Slot::Ready(_) => (ModelState::Unloaded, None, Some("worker exited; reloads on next use".into())),
+            Slot::Ready(_) => (ModelState::Unloaded, None, Some("worker exited; restarting".into())),
             Slot::Unloading(_) => (ModelState::Unloading, None, None),
             Slot::Failed(err) => (ModelState::Failed, None, Some(err.message.clone())),
+            Slot::Unloaded => (ModelState::Unloaded, None, None),
         };
         let now = Instant::now();
         let keep_alive_left_ms = match (&state.slot, state.idle_since, state.idle_keep_alive) {
@@ -435,6 +569,14 @@ impl Model {
     pub(super) fn uses_weights(&self, path: &std::path::Path) -> bool {
         self.state().weights.files.iter().any(|f| f.path == path)
     }
+}
+
+/// The delay before the `failures`-th start in a row: 250 ms doubling up to 30 s, scaled
+/// by a factor in [0.5, 1) from the clock's low bits so models restarting together spread.
+fn backoff(failures: u32) -> Duration {
+    let exponential = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    exponential.mul_f64(0.5 + f64::from(nanos % 500) / 1000.0)
 }
 
 /// A lease on a model: keeps it loaded while held.

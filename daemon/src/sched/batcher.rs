@@ -105,10 +105,7 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
     let texts: Vec<String> = batch.iter().flat_map(|item| item.texts.iter().cloned()).collect();
     tracing::debug!(model = %model.spec.name, requests = batch.len(), texts = texts.len(), "embedding batch");
     let started = std::time::Instant::now();
-    let result = match model.ready(registry, |_| {}).await {
-        Ok(worker) => worker.run(Job::Embed { texts, normalize: false }).await,
-        Err(err) => Err(err),
-    };
+    let result = crate::registry::run_replayable(model, registry, Job::Embed { texts, normalize: false }).await;
     model.admission.record_service(started.elapsed() / batch.len() as u32);
     model.admission.count_batch(batch.len());
     let (dim, vectors, tokens) = match result {

@@ -3,14 +3,16 @@
 //!
 //! A worker's death never takes the daemon down: the link's reader sees EOF, marks the
 //! handle dead and fails every job still pending on it with `WorkerFailed`, so no accepted
-//! request is left without an answer. The registry then starts a fresh worker on the next
-//! request. (Restart with backoff, retries and the watchdog build on this.)
+//! request is left without an answer; the cause (exit status or signal, and the worker's
+//! last lines on stderr) is kept for the model's status and its circuit breaker. The
+//! model ([`crate::registry::Model`]) restarts workers with backoff and replays what can
+//! be replayed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,9 +20,10 @@ use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
 use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady};
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, WireError};
+use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use crate::config::{DaemonConfig, ModelSpec};
@@ -50,6 +53,9 @@ struct Waiter {
     tokens: Option<mpsc::Sender<TokenEvent>>,
 }
 
+/// Lines of a worker's stderr kept for the cause of its death.
+const STDERR_TAIL_LINES: usize = 12;
+
 /// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
 /// dies, so a job can never be registered after the failure sweep and wait forever.
 #[derive(Debug, Default)]
@@ -78,6 +84,45 @@ pub struct WorkerHandle {
     next_job: AtomicU64,
     /// Killed (SIGKILL) when the handle is dropped: a worker never outlives its handle.
     child: Mutex<Option<Child>>,
+    /// Turns true when the link closes (the worker exited or was stopped).
+    gone: watch::Receiver<bool>,
+    /// Set once the worker has answered a job successfully: a worker that crashes after
+    /// serving is not a crash loop.
+    served: Arc<AtomicBool>,
+    stderr: StderrTail,
+    model: String,
+}
+
+/// The last lines a worker wrote to stderr (each is also logged as it comes).
+#[derive(Debug, Clone)]
+pub struct StderrTail(Arc<(Mutex<VecDeque<String>>, watch::Sender<bool>)>);
+
+impl Default for StderrTail {
+    fn default() -> Self {
+        StderrTail(Arc::new((Mutex::new(VecDeque::new()), watch::Sender::new(false))))
+    }
+}
+
+impl StderrTail {
+    fn push(&self, line: String) {
+        let mut lines = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == STDERR_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The kept lines, joined by " | " (empty if none).
+    pub fn joined(&self) -> String {
+        let lines = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Waits (briefly) until the worker's stderr is closed, so its last words are read.
+    async fn wait_closed(&self) {
+        let mut closed = self.0 .1.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), closed.wait_for(|c| *c)).await;
+    }
 }
 
 impl WorkerHandle {
@@ -90,7 +135,13 @@ impl WorkerHandle {
     ) -> Result<WorkerHandle, WireError> {
         tracing::info!(model = %spec.name, "starting worker");
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(spec, e))?;
-        let child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
+        let mut child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
+        let stderr = StderrTail::default();
+        if let Some(pipe) = child.stderr.take() {
+            tokio::spawn(forward_stderr(pipe, stderr.clone(), spec.name.clone(), child.id().unwrap_or(0)));
+        }
+        // Kill the child if loading fails or is abandoned: it must not outlive this call.
+        let mut child = KillOnDrop(Some(child));
         ours.set_nonblocking(true).map_err(|e| spawn_error(spec, e))?;
         let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(spec, e))?;
         let mut link = Framed::new(
@@ -110,6 +161,14 @@ impl WorkerHandle {
                         format!("loading {} failed: {message}", spec.name),
                     ))
                 }
+                None => {
+                    let status = child.wait_briefly().await;
+                    stderr.wait_closed().await;
+                    return Err(WireError::new(
+                        ErrorCode::WorkerFailed,
+                        format!("worker for {} {status} while loading{}", spec.name, tail_suffix(&stderr)),
+                    ));
+                }
                 Some(Ok(other)) => {
                     return Err(WireError::internal(format!("worker sent {other:?} before it was ready")))
                 }
@@ -117,12 +176,6 @@ impl WorkerHandle {
                     return Err(WireError::new(
                         ErrorCode::WorkerFailed,
                         format!("worker link broke while loading {}: {err}", spec.name),
-                    ))
-                }
-                None => {
-                    return Err(WireError::new(
-                        ErrorCode::WorkerFailed,
-                        format!("worker for {} exited while loading (see the daemon's log for its output)", spec.name),
                     ))
                 }
             }
@@ -134,9 +187,45 @@ impl WorkerHandle {
         // in flight, plus a Shutdown.
         let (outbound, outbound_rx) = mpsc::channel(2 * spec.queue_capacity + 16);
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let served = Arc::new(AtomicBool::new(false));
+        let (gone_tx, gone) = watch::channel(false);
         tokio::spawn(write_link(sink, outbound_rx));
-        tokio::spawn(read_link(stream, pending.clone(), spec.name.clone(), ready.pid));
-        Ok(WorkerHandle { ready, outbound, pending, next_job: AtomicU64::new(1), child: Mutex::new(Some(child)) })
+        tokio::spawn(read_link(stream, pending.clone(), served.clone(), gone_tx, spec.name.clone(), ready.pid));
+        Ok(WorkerHandle {
+            ready,
+            outbound,
+            pending,
+            next_job: AtomicU64::new(1),
+            child: Mutex::new(child.0.take()),
+            gone,
+            served,
+            stderr,
+            model: spec.name.clone(),
+        })
+    }
+
+    /// Waits until the worker's link closes (it exited, crashed or was stopped).
+    pub async fn exited(&self) {
+        let mut gone = self.gone.clone();
+        let _ = gone.wait_for(|gone| *gone).await;
+    }
+
+    /// Whether the link closed because the daemon stopped the worker (not a failure).
+    pub fn was_stopped(&self) -> bool {
+        lock(&self.pending).stopping
+    }
+
+    /// Whether the worker ever answered a job successfully.
+    pub fn has_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Why a dead worker died: its exit status or signal and its last stderr lines.
+    pub async fn death_cause(&self) -> String {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let status = KillOnDrop(child).wait_briefly().await;
+        self.stderr.wait_closed().await;
+        format!("worker {} for {} {status}{}", self.ready.pid, self.model, tail_suffix(&self.stderr))
     }
 
     /// Runs one job on the worker and waits for its answer. Fails with `WorkerFailed` if
@@ -226,6 +315,69 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A child killed if dropped before it was reaped.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// "exited with status N" / "was killed by signal N (SIGKILL)", waiting up to a second
+    /// for the process to be reaped (it is killed if it has not exited by then).
+    async fn wait_briefly(&mut self) -> String {
+        let Some(child) = self.0.as_mut() else { return "exited".into() };
+        let status = match tokio::time::timeout(std::time::Duration::from_secs(1), child.wait()).await {
+            Ok(Ok(status)) => status,
+            _ => {
+                let _ = child.kill().await;
+                match child.wait().await {
+                    Ok(status) => status,
+                    Err(_) => return "exited (status unknown)".into(),
+                }
+            }
+        };
+        self.0 = None;
+        describe_exit(status)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => {
+            let name = nix::sys::signal::Signal::try_from(signal).map_or_else(|_| String::new(), |s| format!(" ({s})"));
+            format!("was killed by signal {signal}{name}")
+        }
+        _ => "exited".into(),
+    }
+}
+
+fn tail_suffix(stderr: &StderrTail) -> String {
+    let tail = stderr.joined();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output: {tail}")
+    }
+}
+
+/// Logs a worker's stderr line by line (it is the worker's own log) and keeps the last
+/// lines for the cause of its death.
+async fn forward_stderr(pipe: tokio::process::ChildStderr, tail: StderrTail, model: String, pid: u32) {
+    let mut lines = tokio::io::BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "mlxd::worker", %model, pid, "{line}");
+        tail.push(line);
+    }
+    tail.0 .1.send_replace(true);
+}
+
 fn spawn_error(spec: &ModelSpec, err: std::io::Error) -> WireError {
     WireError::new(ErrorCode::WorkerFailed, format!("cannot start a worker for {}: {err}", spec.name))
 }
@@ -249,7 +401,7 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
         .arg(spec.prompt_cache_bytes.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(blas) = &config.blas_preload {
         tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
@@ -311,10 +463,20 @@ async fn write_link(mut sink: LinkSink, mut outbound: mpsc::Receiver<ToWorker>) 
     }
 }
 
-async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: String, pid: u32) {
+async fn read_link(
+    mut stream: LinkStream,
+    pending: Arc<Mutex<Pending>>,
+    served: Arc<AtomicBool>,
+    gone: watch::Sender<bool>,
+    model: String,
+    pid: u32,
+) {
     let cause = loop {
         match stream.next().await {
             Some(Ok(FromWorker::Done { id, result })) => {
+                if result.is_ok() {
+                    served.store(true, Ordering::Relaxed);
+                }
                 let waiter = lock(&pending).jobs.remove(&id);
                 match waiter {
                     Some(waiter) => {
@@ -355,4 +517,5 @@ async fn read_link(mut stream: LinkStream, pending: Arc<Mutex<Pending>>, model: 
     for (_, waiter) in orphans {
         let _ = waiter.reply.send(Err(WireError::new(ErrorCode::WorkerFailed, cause.clone())));
     }
+    let _ = gone.send(true);
 }

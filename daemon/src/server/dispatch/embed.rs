@@ -108,11 +108,9 @@ pub async fn detokenize(session: &Arc<Session>, ticket: Ticket, tokens: Vec<u32>
 /// The model's worker (loading it if needed), then the job.
 async fn run(session: &Arc<Session>, ticket: Ticket, job: Job) -> Result<JobOutput, WireError> {
     let Ticket { model, admitted: _admitted, .. } = ticket;
-    let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
-    let worker = model.ready(registry, |_| {}).await?;
     let started = Instant::now();
-    let output = worker.run(job).await?;
+    let output = crate::registry::run_replayable(&model, &session.daemon.registry, job).await?;
     model.admission.record_service(started.elapsed());
     Ok(output)
 }

@@ -78,65 +78,83 @@ pub async fn generate(
     let progress = |p| {
         let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
     };
-    let worker = tokio::select! {
-        worker = model.ready(registry, progress) => worker?,
-        () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
-    };
-    if worker.ready.single_stream.is_some() {
-        model.admission.count_single_stream();
-    }
-    let started = Instant::now();
-
+    let progress = &progress;
     let mut owed = request.initial_credit; // granted by the client, not yet passed to the worker
-    job.credit = owed.min(MAX_STREAM_CREDIT);
-    owed -= job.credit;
-    let mut outstanding = job.credit; // passed to the worker, not yet delivered
-    let mut stream = worker.start_stream(Job::Generate(job), MAX_STREAM_CREDIT as usize).await?;
-    let mut cancel_guard = CancelOnDrop { worker: &worker, id: stream.id, armed: true };
-    let mut cancelled = false;
+    let mut replays = 0;
+    let (result, cancelled, started) = loop {
+        let worker = tokio::select! {
+            worker = model.ready(registry, progress) => worker?,
+            () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
+        };
+        if worker.ready.single_stream.is_some() {
+            model.admission.count_single_stream();
+        }
+        let started = Instant::now();
+        job.credit = owed.min(MAX_STREAM_CREDIT);
+        owed -= job.credit;
+        let mut outstanding = job.credit; // passed to the worker, not yet delivered
+        let mut delivered = 0u32;
+        let mut stream = worker.start_stream(Job::Generate(job.clone()), MAX_STREAM_CREDIT as usize).await?;
+        let mut cancel_guard = CancelOnDrop { worker: &worker, id: stream.id, armed: true };
+        let mut cancelled = false;
 
-    let result = loop {
-        tokio::select! {
-            biased;
-            () = control.cancel.cancelled(), if !cancelled => {
-                // Stop at the next step, then wait for the worker's summary.
-                cancelled = true;
-                worker.cancel(stream.id);
-            }
-            done = &mut stream.done => {
-                break done.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream")));
-            }
-            token = stream.tokens.recv() => {
-                let Some((text, token)) = token else {
-                    // Only after the final answer was routed: take it.
-                    break (&mut stream.done).await.unwrap_or_else(|_| {
-                        Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream"))
-                    });
-                };
-                outstanding = outstanding.saturating_sub(1);
-                if !cancelled {
-                    let event = ServerMessage::Event { id, event: Event::Token { text, token } };
-                    if events.send(event).await.is_err() {
-                        control.cancel.cancel(); // the client is gone
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = control.cancel.cancelled(), if !cancelled => {
+                    // Stop at the next step, then wait for the worker's summary.
+                    cancelled = true;
+                    worker.cancel(stream.id);
+                }
+                done = &mut stream.done => {
+                    break done.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream")));
+                }
+                token = stream.tokens.recv() => {
+                    let Some((text, token)) = token else {
+                        // Only after the final answer was routed: take it.
+                        break (&mut stream.done).await.unwrap_or_else(|_| {
+                            Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream"))
+                        });
+                    };
+                    outstanding = outstanding.saturating_sub(1);
+                    delivered += 1;
+                    if !cancelled {
+                        let event = ServerMessage::Event { id, event: Event::Token { text, token } };
+                        if events.send(event).await.is_err() {
+                            control.cancel.cancel(); // the client is gone
+                        }
+                    }
+                    if !cancelled {
+                        pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
                     }
                 }
-                if !cancelled {
+                granted = control.credit.take(), if !cancelled => {
+                    owed = owed.saturating_add(granted);
                     pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
                 }
             }
-            granted = control.credit.take(), if !cancelled => {
-                owed = owed.saturating_add(granted);
-                pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
+        };
+        cancel_guard.armed = false;
+        // Tokens sent before the final answer are already in the buffer: deliver them first.
+        while let Ok((text, token)) = stream.tokens.try_recv() {
+            delivered += 1;
+            if !cancelled {
+                let _ = events.send(ServerMessage::Event { id, event: Event::Token { text, token } }).await;
             }
         }
-    };
-    cancel_guard.armed = false;
-    // Tokens sent before the final answer are already in the buffer: deliver them first.
-    while let Ok((text, token)) = stream.tokens.try_recv() {
-        if !cancelled {
-            let _ = events.send(ServerMessage::Event { id, event: Event::Token { text, token } }).await;
+        drop(cancel_guard);
+        // A worker that died before this stream produced anything: start it again on the
+        // next worker, with the credit it had. One that had streamed tokens cannot be
+        // replayed (the client has them); it ends with the worker's error.
+        let worker_died = !worker.is_alive() && !worker.was_stopped();
+        if result.is_err() && delivered == 0 && !cancelled && worker_died && replays < crate::registry::MAX_REPLAYS {
+            replays += 1;
+            owed = owed.saturating_add(outstanding);
+            tracing::warn!(model = %model.spec.name, replays, "worker died before the stream started; starting it again");
+            continue;
         }
-    }
+        break (result, cancelled, started);
+    };
     // Streams share the model: each one's share of the time is what the next one waits.
     model.admission.record_service(started.elapsed() / model.spec.max_streams.max(1) as u32);
     match result? {

@@ -34,6 +34,8 @@ pub async fn load(
     let model = registry.get(name)?.clone();
     // Held as a request while loading, so it cannot be unloaded before it is reported.
     let _loading = model.begin_request();
+    // An operator's load tries a model whose circuit is open again now.
+    model.reset_health();
     model.ready(registry, progress_to(id, events)).await?;
     Ok(Response::Loaded(model.info()))
 }

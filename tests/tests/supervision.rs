@@ -1,0 +1,159 @@
+//! Supervision on the real daemon and real workers: a worker killed under load loses no
+//! request, a model that cannot start opens its circuit and says why, and no worker
+//! outlives its daemon.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlxd_client::proto::{ErrorCode, ModelState, Request};
+use mlxd_client::ClientError;
+use mlxd_tests::{cosine, minilm_reference, model_named, process_alive, Daemon, TempDir};
+
+/// The minilm worker's pid once it is ready (and has a pid other than `not`).
+async fn ready_worker(daemon: &Daemon, not: Option<u32>) -> u32 {
+    let client = daemon.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client.status().await.unwrap();
+        let model = model_named(&status.models, "minilm");
+        if let (ModelState::Ready, Some(pid)) = (model.state, model.worker_pid) {
+            if Some(pid) != not {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new ready worker within 60 s: {model:?}\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill(2) with a pid we read from the daemon's status.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_worker_under_load_loses_no_embedding() {
+    let daemon = Daemon::start(&[]);
+    let daemon_pid = daemon.client().await.status().await.unwrap().pid;
+    let reference = Arc::new(minilm_reference());
+    daemon.client().await.embed("minilm", vec!["warm".into()]).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let client = daemon.client().await;
+        let (stop, served, reference) = (stop.clone(), served.clone(), reference.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = c;
+            while !stop.load(Ordering::Relaxed) {
+                let item = &reference[n % reference.len()];
+                let got = client.embed("minilm", vec![item.text.clone()]).await;
+                let got = got.unwrap_or_else(|err| panic!("client {c}, request {n}: {err}"));
+                let similarity = cosine(&got.vectors, &item.embedding);
+                assert!(similarity > 0.9999, "client {c}: wrong vector for {:?} ({similarity})", item.text);
+                served.fetch_add(1, Ordering::Relaxed);
+                n += 8;
+            }
+        }));
+    }
+
+    let mut pid = ready_worker(&daemon, None).await;
+    for round in 0..20 {
+        // Kill it while it works: wait for some answers from this worker first.
+        let before = served.load(Ordering::Relaxed);
+        while served.load(Ordering::Relaxed) < before + 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kill9(pid);
+        let next = ready_worker(&daemon, Some(pid)).await;
+        assert!(!process_alive(pid), "round {round}: the killed worker {pid} is still there");
+        pid = next;
+    }
+    let before = served.load(Ordering::Relaxed);
+    while served.load(Ordering::Relaxed) < before + 8 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client saw an error or a wrong vector");
+    }
+    let status = daemon.client().await.status().await.unwrap();
+    assert_eq!(status.pid, daemon_pid, "the daemon restarted");
+    let log = daemon.log_text();
+    assert!(log.matches("was killed by signal 9 (SIGKILL)").count() >= 20, "20 kills are not all in the log:\n{log}");
+    assert!(log.contains("running it again"), "no job in hand was replayed:\n{log}");
+    eprintln!(
+        "{} embeddings served, {} replayed jobs over 20 kills",
+        served.load(Ordering::Relaxed),
+        log.matches("running it again").count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_crashes_on_every_load_opens_its_circuit_and_says_why() {
+    let dir = TempDir::new();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[daemon]\ncircuit_failures = 3\ncircuit_cooldown = \"1h\"\n").unwrap();
+    let socket = dir.join("s.sock");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let daemon = Daemon::start_with_env(dir, socket, &["--config", &config_arg], &[("MLXD_TEST_FAULT", "load:crash")]);
+    let client = daemon.client().await;
+
+    let mut errors = Vec::new();
+    let started = Instant::now();
+    while errors.len() < 3 {
+        match client.embed("minilm", vec!["hello".into()]).await {
+            Err(ClientError::Wire(err)) => errors.push(err),
+            other => panic!("a model that cannot load answered {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "3 failed loads took over a minute");
+    }
+    for err in &errors {
+        eprintln!("{err}");
+        assert_eq!(err.code, ErrorCode::WorkerFailed, "{err}");
+        assert!(err.message.contains("exited with status 17"), "the cause is named: {err}");
+        assert!(err.message.contains("mlxd test fault: crashing at load"), "with the worker's last words: {err}");
+    }
+    assert!(errors[2].message.contains("3 times in a row"), "the third failure opens the circuit: {}", errors[2]);
+
+    // Open: refused at once with the cause and a retry hint, no new worker started.
+    let asked = Instant::now();
+    let Err(ClientError::Wire(err)) = client.embed("minilm", vec!["hello".into()]).await else {
+        panic!("an open circuit served a request");
+    };
+    assert!(asked.elapsed() < Duration::from_secs(1), "an open circuit answers at once");
+    assert_eq!(err.code, ErrorCode::WorkerFailed);
+    assert!(err.message.contains("exited with status 17") && err.retry_after_ms.is_some(), "{err}");
+    let status = client.status().await.unwrap();
+    let model = model_named(&status.models, "minilm");
+    assert_eq!(model.state, ModelState::Failed);
+    assert!(model.last_error.as_deref().unwrap_or("").contains("exited with status 17"), "{model:?}");
+    // The other model is untouched.
+    assert_eq!(model_named(&status.models, "smollm2").state, ModelState::Unloaded);
+
+    // An operator's load tries again at once (and here fails the same way, not with the circuit).
+    let Err(ClientError::Wire(err)) = client.call(Request::Load { model: "minilm".into() }).await else {
+        panic!("the load cannot succeed")
+    };
+    assert!(!err.message.contains("times in a row") && err.message.contains("status 17"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_worker_outlives_a_killed_daemon() {
+    let mut daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    client.embed("minilm", vec!["hello".into()]).await.unwrap();
+    let worker = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.unwrap();
+    assert!(process_alive(worker));
+    kill9(daemon.pid());
+    let _ = daemon.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while process_alive(worker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_alive(worker), "worker {worker} outlived its daemon by 2 s");
+}
