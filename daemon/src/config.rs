@@ -12,6 +12,7 @@
 //! max_streams = 8            # generation streams decoded together per model
 //! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
 //! prompt_cache = "256MiB"    # KV caches of recent prompts kept per generation model ("0": off)
+//! stuck_after = "120s"       # a worker with work that makes no progress this long is restarted
 //! circuit_failures = 5       # crashes / failed loads in a row before a model is marked failed
 //! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
 //!
@@ -209,9 +210,12 @@ pub struct DaemonConfig {
     pub restart: RestartPolicy,
 }
 
-/// When a failing model stops being restarted.
+/// When a failing model stops being restarted, and when a worker is judged stuck.
 #[derive(Debug, Clone, Copy)]
 pub struct RestartPolicy {
+    /// A worker with work in hand that reports no progress for this long (or sends no
+    /// heartbeat at all) is killed and restarted.
+    pub stuck_after: Duration,
     /// Failures in a row (crashes, failed loads) that open the circuit.
     pub circuit_failures: u32,
     /// How long an open circuit refuses requests before one more start is tried.
@@ -220,7 +224,11 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        RestartPolicy { circuit_failures: 5, circuit_cooldown: Duration::from_secs(60) }
+        RestartPolicy {
+            stuck_after: Duration::from_secs(120),
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(60),
+        }
     }
 }
 
@@ -238,6 +246,7 @@ pub struct Overrides {
     pub queue_capacity: Option<usize>,
     pub max_streams: Option<usize>,
     pub prompt_cache: Option<String>,
+    pub stuck_after: Option<String>,
     pub worker_nice: Option<i32>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
@@ -264,6 +273,7 @@ struct FileDaemon {
     worker_nice: Option<i32>,
     circuit_failures: Option<u32>,
     circuit_cooldown: Option<String>,
+    stuck_after: Option<String>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
 }
@@ -395,6 +405,10 @@ impl DaemonConfig {
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
             embed_batch,
             restart: RestartPolicy {
+                stuck_after: match overrides.stuck_after.as_deref().or(file.daemon.stuck_after.as_deref()) {
+                    Some(text) => parse_duration(text).context("stuck_after")?.max(Duration::from_secs(1)),
+                    None => RestartPolicy::default().stuck_after,
+                },
                 circuit_failures: file
                     .daemon
                     .circuit_failures

@@ -68,6 +68,10 @@ struct ServeOptions {
     /// system prompt, an earlier turn) is not computed again ("0" turns it off) [default: 256MiB]
     #[arg(long, value_name = "SIZE")]
     prompt_cache: Option<String>,
+    /// A worker with work in hand that reports no progress for this long is killed and
+    /// restarted (its idempotent jobs replayed) [default: 120s]
+    #[arg(long, value_name = "DURATION")]
+    stuck_after: Option<String>,
     /// Niceness of worker processes (0-19), so the daemon answers promptly while workers
     /// compute [default: 5]
     #[arg(long, value_name = "N")]
@@ -213,6 +217,7 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         queue_capacity: options.queue_capacity,
         max_streams: options.max_streams,
         prompt_cache: options.prompt_cache.clone(),
+        stuck_after: options.stuck_after.clone(),
         worker_nice: options.worker_nice,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),

@@ -64,6 +64,10 @@ pub enum FromWorker {
     Done { id: JobId, result: Result<JobOutput, WireError> },
     /// One generated piece of a generation stream (never more than its credit).
     Token { id: JobId, text: String, token: Option<u32> },
+    /// Sent every second from the worker's I/O thread, whatever the MLX thread is doing:
+    /// whether it has work, and how long since that work last made progress (a batch
+    /// pass, a decoding step, a load stage). The supervisor's watchdog reads these.
+    Heartbeat { busy: bool, since_progress_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,24 @@ from typing import Any
 
 from . import faults
 
-__all__ = ["load", "backend"]
+__all__ = ["load", "backend", "progress", "set_progress_hook"]
+
+
+_progress_hook = None
+
+
+def set_progress_hook(hook) -> None:
+    """Installed by the worker: a callable that tells the supervisor's watchdog the work in
+    hand moved forward. Without it (tests, in-process use) progress goes nowhere."""
+    global _progress_hook
+    _progress_hook = hook
+
+
+def progress() -> None:
+    """Reports progress of long work (a batch pass, a load stage, a prefill chunk). A worker
+    busy for longer than the daemon's `stuck_after` without progress is killed."""
+    if _progress_hook is not None:
+        _progress_hook()
 
 
 def backend() -> str:

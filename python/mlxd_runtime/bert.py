@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import backend, faults
+from . import backend, faults, progress
 
 
 # erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
@@ -238,6 +238,7 @@ class BertEmbedder:
                 # Evaluated chunk by chunk: a forward pass's activations are freed before
                 # the next one, so the worker's memory does not grow with the batch.
                 mx.eval(pooled)
+                progress()
                 for row, index in enumerate(chunk):
                     rows[index] = pooled[row]
         out = mx.stack(rows).astype(mx.float32)

@@ -1,14 +1,23 @@
 """Test-only fault hooks, inert unless MLXD_TEST_FAULT is set.
 
-`MLXD_TEST_FAULT=load:crash` makes the worker's process die while loading, so tests can
-drive the supervisor's crash handling with the real worker binary. Nothing here runs in
-production: with the variable unset every hook is a no-op.
+`MLXD_TEST_FAULT` is a comma-separated list of `STAGE:ACTION[:ARG]`, so tests can drive
+the supervisor's crash handling and watchdog with the real worker binary:
+
+- `load:crash` — the worker process dies (status 17) while loading;
+- `embed:raise` — the job raises;
+- `embed:hang` — the job never returns and reports no progress (the watchdog's case);
+- `embed:slow:SECONDS` — the job takes that long but reports progress every 0.25 s;
+- `ACTION-once:MARKER` (e.g. `embed:hang-once:/tmp/x`) — only the first worker to create
+  the marker file is affected, so the restarted worker serves the replayed job.
+
+Nothing here runs in production: with the variable unset every hook is a no-op.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def maybe_fail(stage: str) -> None:
@@ -16,11 +25,29 @@ def maybe_fail(stage: str) -> None:
     if not spec:
         return
     for item in spec.split(","):
-        where, _, what = item.partition(":")
-        if where != stage:
+        parts = item.split(":", 2)
+        if len(parts) < 2 or parts[0] != stage:
             continue
+        what, arg = parts[1], parts[2] if len(parts) > 2 else ""
+        if what.endswith("-once"):
+            try:
+                os.close(os.open(arg, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            what, arg = what[: -len("-once")], ""
         if what == "crash":
             print(f"mlxd test fault: crashing at {stage}", file=sys.stderr, flush=True)
             os._exit(17)
         if what == "raise":
             raise RuntimeError(f"test fault injected at {stage}")
+        if what == "hang":
+            print(f"mlxd test fault: hanging at {stage}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+        if what == "slow":
+            from . import progress
+
+            end = time.monotonic() + float(arg or 5)
+            while time.monotonic() < end:
+                time.sleep(0.25)
+                progress()

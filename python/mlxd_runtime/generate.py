@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import faults
+from . import faults, progress
 
 
 class BadRequest(ValueError):
@@ -131,6 +131,7 @@ class Stream:
             max_tokens=int(params["max_tokens"]),
             sampler=_make_sampler(params),
             logits_processors=_make_processors(params) or None,
+            prompt_progress_callback=lambda *_: progress(),
         )
 
     def step(self) -> tuple[str, int, str | None]:

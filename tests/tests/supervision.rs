@@ -157,3 +157,37 @@ async fn no_worker_outlives_a_killed_daemon() {
     }
     assert!(!process_alive(worker), "worker {worker} outlived its daemon by 2 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_killed_and_its_job_replayed_but_a_slow_steady_one_is_left_alone() {
+    let dir = TempDir::new();
+    let marker = dir.join("hung-once");
+    let socket = dir.join("s.sock");
+    // The first worker hangs in its first embedding (no progress); a worker that makes
+    // progress every 0.25 s for 5 s is slow, not stuck.
+    let fault = format!("embed:hang-once:{},embed:slow:5", marker.display());
+    let daemon = Daemon::start_with_env(dir, socket, &["--stuck-after", "2s"], &[("MLXD_TEST_FAULT", &fault)]);
+    let client = daemon.client().await;
+    let reference = minilm_reference();
+
+    let asked = Instant::now();
+    let got = client.embed("minilm", vec![reference[0].text.clone()]).await.expect("replayed on a new worker");
+    let took = asked.elapsed();
+    assert!(cosine(&got.vectors, &reference[0].embedding) > 0.9999);
+    let log = daemon.log_text();
+    assert!(log.contains("made no progress for"), "the watchdog did not act:\n{log}");
+    assert!(log.contains("mlxd test fault: hanging at embed"), "the first worker did not hang:\n{log}");
+    // Stuck after 2 s, killed (SIGTERM, up to 3 s grace), restarted, replayed: 5 s of
+    // slow-but-steady work on the new worker, and no more than that.
+    assert!(took < Duration::from_secs(40), "hang detection and replay took {took:?}");
+    let pid = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.unwrap();
+
+    // The new worker takes 5 s per request, progressing all the while: never killed.
+    let asked = Instant::now();
+    let got = client.embed("minilm", vec![reference[1].text.clone()]).await.unwrap();
+    assert!(asked.elapsed() >= Duration::from_secs(5), "the slow fault did not apply");
+    assert!(cosine(&got.vectors, &reference[1].embedding) > 0.9999);
+    let after = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.unwrap();
+    assert_eq!(pid, after, "a slow worker making progress was restarted");
+    assert_eq!(daemon.log_text().matches("; killing it").count(), 1, "{}", daemon.log_text());
+}

@@ -55,6 +55,31 @@ struct Waiter {
 
 /// Lines of a worker's stderr kept for the cause of its death.
 const STDERR_TAIL_LINES: usize = 12;
+/// How long a worker judged stuck has to exit after SIGTERM before SIGKILL.
+const STUCK_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The last heartbeat a worker sent.
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    at: std::time::Instant,
+    busy: bool,
+    since_progress_ms: u64,
+}
+
+impl Beat {
+    /// Why the worker is stuck, if it is: busy without progress, or silent, for `limit`.
+    fn stuck(&self, limit: std::time::Duration) -> Option<String> {
+        let silent = self.at.elapsed();
+        let without_progress = std::time::Duration::from_millis(self.since_progress_ms) + silent;
+        if silent > limit {
+            Some(format!("sent no heartbeat for {} s", silent.as_secs()))
+        } else if self.busy && without_progress > limit {
+            Some(format!("made no progress for {} s with work in hand", without_progress.as_secs()))
+        } else {
+            None
+        }
+    }
+}
 
 /// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
 /// dies, so a job can never be registered after the failure sweep and wait forever.
@@ -91,6 +116,8 @@ pub struct WorkerHandle {
     served: Arc<AtomicBool>,
     stderr: StderrTail,
     model: String,
+    /// Set by the watchdog when it kills the worker: why.
+    stuck: Arc<Mutex<Option<String>>>,
 }
 
 /// The last lines a worker wrote to stderr (each is also logged as it comes).
@@ -149,10 +176,37 @@ impl WorkerHandle {
             FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
         );
 
+        let stuck_after = config.restart.stuck_after;
         let ready = loop {
-            match link.next().await {
+            let Ok(frame) = tokio::time::timeout(stuck_after, link.next()).await else {
+                let status = child.wait_briefly().await;
+                return Err(WireError::new(
+                    ErrorCode::WorkerFailed,
+                    format!(
+                        "worker for {} sent nothing for {} s while loading and {status}{}",
+                        spec.name,
+                        stuck_after.as_secs(),
+                        tail_suffix(&stderr)
+                    ),
+                ));
+            };
+            match frame {
                 Some(Ok(FromWorker::Progress { stage, done, total })) => {
                     progress(LoadProgress { model: spec.name.clone(), stage, done, total })
+                }
+                Some(Ok(FromWorker::Heartbeat { busy, since_progress_ms })) => {
+                    let beat = Beat { at: std::time::Instant::now(), busy, since_progress_ms };
+                    if let Some(why) = beat.stuck(stuck_after) {
+                        let status = child.wait_briefly().await; // kills it: it is not exiting
+                        return Err(WireError::new(
+                            ErrorCode::WorkerFailed,
+                            format!(
+                                "worker for {} {why} while loading; it {status}{}",
+                                spec.name,
+                                tail_suffix(&stderr)
+                            ),
+                        ));
+                    }
                 }
                 Some(Ok(FromWorker::Ready(ready))) => break ready,
                 Some(Ok(FromWorker::LoadFailed { message })) => {
@@ -189,8 +243,12 @@ impl WorkerHandle {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let served = Arc::new(AtomicBool::new(false));
         let (gone_tx, gone) = watch::channel(false);
+        let beat = Arc::new(Mutex::new(Beat { at: std::time::Instant::now(), busy: false, since_progress_ms: 0 }));
+        let stuck = Arc::new(Mutex::new(None));
         tokio::spawn(write_link(sink, outbound_rx));
-        tokio::spawn(read_link(stream, pending.clone(), served.clone(), gone_tx, spec.name.clone(), ready.pid));
+        let link = Link { pending: pending.clone(), served: served.clone(), beat: beat.clone(), gone: gone_tx };
+        tokio::spawn(read_link(stream, link, spec.name.clone(), ready.pid));
+        tokio::spawn(watchdog(beat, gone.clone(), stuck.clone(), stuck_after, spec.name.clone(), ready.pid));
         Ok(WorkerHandle {
             ready,
             outbound,
@@ -201,6 +259,7 @@ impl WorkerHandle {
             served,
             stderr,
             model: spec.name.clone(),
+            stuck,
         })
     }
 
@@ -225,7 +284,9 @@ impl WorkerHandle {
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         let status = KillOnDrop(child).wait_briefly().await;
         self.stderr.wait_closed().await;
-        format!("worker {} for {} {status}{}", self.ready.pid, self.model, tail_suffix(&self.stderr))
+        let stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stuck = stuck.map_or_else(String::new, |why| format!(" after the watchdog found it stuck ({why})"));
+        format!("worker {} for {} {status}{stuck}{}", self.ready.pid, self.model, tail_suffix(&self.stderr))
     }
 
     /// Runs one job on the worker and waits for its answer. Fails with `WorkerFailed` if
@@ -463,16 +524,55 @@ async fn write_link(mut sink: LinkSink, mut outbound: mpsc::Receiver<ToWorker>) 
     }
 }
 
-async fn read_link(
-    mut stream: LinkStream,
+/// What the link's reader updates.
+struct Link {
     pending: Arc<Mutex<Pending>>,
     served: Arc<AtomicBool>,
+    beat: Arc<Mutex<Beat>>,
     gone: watch::Sender<bool>,
+}
+
+/// Kills a worker that is stuck: busy without progress, or silent, for `stuck_after`
+/// (SIGTERM, then SIGKILL after a grace period). Its death then goes the way of any crash:
+/// jobs in hand fail or are replayed, and the model restarts it.
+async fn watchdog(
+    beat: Arc<Mutex<Beat>>,
+    mut gone: watch::Receiver<bool>,
+    stuck: Arc<Mutex<Option<String>>>,
+    stuck_after: std::time::Duration,
     model: String,
     pid: u32,
 ) {
+    let mut tick = tokio::time::interval(crate::worker::HEARTBEAT_INTERVAL);
+    let why = loop {
+        tokio::select! {
+            _ = gone.wait_for(|gone| *gone) => return,
+            _ = tick.tick() => {}
+        }
+        let last = *beat.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = last.stuck(stuck_after) {
+            break why;
+        }
+    };
+    tracing::error!(%model, pid, "worker {why}; killing it");
+    *stuck.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // The child is not reaped until its handle says so, so the pid cannot be reused yet.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    if tokio::time::timeout(STUCK_KILL_GRACE, gone.wait_for(|gone| *gone)).await.is_err() {
+        tracing::warn!(%model, "worker ignored SIGTERM; SIGKILL");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+async fn read_link(mut stream: LinkStream, link: Link, model: String, pid: u32) {
+    let Link { pending, served, beat, gone } = link;
     let cause = loop {
         match stream.next().await {
+            Some(Ok(FromWorker::Heartbeat { busy, since_progress_ms })) => {
+                *beat.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Beat { at: std::time::Instant::now(), busy, since_progress_ms };
+            }
             Some(Ok(FromWorker::Done { id, result })) => {
                 if result.is_ok() {
                     served.store(true, Ordering::Relaxed);

@@ -32,6 +32,51 @@ use tokio_util::codec::Framed;
 
 use crate::supervise::WORKER_LINK_FD;
 
+/// How often the worker tells the supervisor it is alive and how its work progresses.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Liveness shared by the MLX thread (which records progress) and the I/O thread (which
+/// reports it in heartbeats).
+#[derive(Debug)]
+pub struct Pulse {
+    started: std::time::Instant,
+    last_progress_ms: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl Pulse {
+    fn new() -> Pulse {
+        Pulse {
+            started: std::time::Instant::now(),
+            last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+            busy: std::sync::atomic::AtomicBool::new(true), // loading is work
+        }
+    }
+
+    /// The work in hand moved forward.
+    pub fn progress(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the MLX thread has work; becoming busy counts as progress.
+    pub fn set_busy(&self, busy: bool) {
+        if busy && !self.busy.load(std::sync::atomic::Ordering::Relaxed) {
+            self.progress();
+        }
+        self.busy.store(busy, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn heartbeat(&self) -> FromWorker {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed);
+        FromWorker::Heartbeat {
+            busy: self.busy.load(std::sync::atomic::Ordering::Relaxed),
+            since_progress_ms: now.saturating_sub(last),
+        }
+    }
+}
+
 /// Jobs buffered between the link and the Python thread. The supervisor's admission
 /// queue already bounds what it sends; this bounds the worker's memory independently.
 const JOB_QUEUE: usize = 256;
@@ -68,13 +113,32 @@ pub fn main(args: WorkerArgs) -> Result<()> {
 
     let (jobs_tx, jobs_rx) = mpsc::channel::<WorkItem>(JOB_QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<FromWorker>(JOB_QUEUE);
+    let pulse = std::sync::Arc::new(Pulse::new());
+    // Weak: once the MLX thread drops its sender the answers channel closes (the orderly
+    // end), and the heartbeats stop with it.
+    let heartbeats = (out_tx.downgrade(), pulse.clone());
     let mlx_thread = std::thread::Builder::new()
         .name("mlx".into())
-        .spawn(move || python::run(&args, jobs_rx, out_tx))
+        .spawn(move || python::run(&args, jobs_rx, out_tx, &pulse))
         .context("starting the MLX thread")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let supervisor_gone = runtime.block_on(relay(link, jobs_tx, out_rx))?;
+    let supervisor_gone = runtime.block_on(async move {
+        let (out, pulse) = heartbeats;
+        let beating = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(out) = out.upgrade() else { break };
+                if out.send(pulse.heartbeat()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let gone = relay(link, jobs_tx, out_rx).await;
+        beating.abort();
+        gone
+    })?;
     if supervisor_gone {
         // Nobody is left to answer; do not wait for the job in progress.
         std::process::exit(0);

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::sync::mpsc;
 
-use super::{WorkItem, WorkerArgs};
+use super::{Pulse, WorkItem, WorkerArgs};
 use crate::pyenv::PythonEnv;
 
 use mlxd_proto::MAX_STREAM_CREDIT;
@@ -37,11 +37,17 @@ struct Streams {
     singles: Vec<SingleStream>,
 }
 
-pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Sender<FromWorker>) {
+pub fn run(
+    args: &WorkerArgs,
+    mut items: mpsc::Receiver<WorkItem>,
+    out: mpsc::Sender<FromWorker>,
+    pulse: &std::sync::Arc<Pulse>,
+) {
     let _ = out.blocking_send(FromWorker::Progress { stage: LoadStage::Starting, done: 0, total: 1 });
+    pulse.progress();
     let loaded = PythonEnv::open(&args.python)
         .map_err(|err| format!("{err:#}"))
-        .and_then(|env| Python::attach(|py| load(py, &env, args, &out)));
+        .and_then(|env| Python::attach(|py| load(py, &env, args, &out, pulse)));
     let (adapter, engine, ready) = match loaded {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -65,15 +71,21 @@ pub fn run(args: &WorkerArgs, mut items: mpsc::Receiver<WorkItem>, out: mpsc::Se
         // Wait only when no stream can make progress; otherwise take what has arrived and
         // go on decoding, so new work joins between steps.
         if !streams.runnable() {
-            match items.blocking_recv() {
+            pulse.set_busy(false);
+            let item = items.blocking_recv();
+            pulse.set_busy(true);
+            match item {
                 Some(item) => streams.handle(item, &out),
                 None => break,
             }
+            pulse.progress();
         }
         while let Ok(item) = items.try_recv() {
             streams.handle(item, &out);
+            pulse.progress();
         }
         streams.step(&out);
+        pulse.progress();
     }
     Python::attach(|py| {
         for stream in streams.singles.drain(..) {
@@ -363,7 +375,13 @@ fn request_error(py: Python<'_>, err: PyErr) -> WireError {
 
 type Loaded = (Py<PyAny>, Option<Py<PyAny>>, WorkerReady);
 
-fn load(py: Python<'_>, env: &PythonEnv, args: &WorkerArgs, out: &mpsc::Sender<FromWorker>) -> Result<Loaded, String> {
+fn load(
+    py: Python<'_>,
+    env: &PythonEnv,
+    args: &WorkerArgs,
+    out: &mpsc::Sender<FromWorker>,
+    pulse: &std::sync::Arc<Pulse>,
+) -> Result<Loaded, String> {
     let (major, minor) = {
         let v = py.version_info();
         (v.major, v.minor)
@@ -379,6 +397,19 @@ fn load(py: Python<'_>, env: &PythonEnv, args: &WorkerArgs, out: &mpsc::Sender<F
     use_virtualenv(py, &env.site_packages).map_err(|err| python_error(py, "setting up the virtualenv", err))?;
     let _ = out.blocking_send(FromWorker::Progress { stage: LoadStage::Weights, done: 0, total: 1 });
     let runtime = py.import("mlxd_runtime").map_err(|err| python_error(py, "importing mlxd_runtime", err))?;
+    pulse.progress();
+    // Long Python work (a batch's passes, a load's stages) reports progress through this.
+    let beat = pulse.clone();
+    let hook = pyo3::types::PyCFunction::new_closure(
+        py,
+        Some(c"progress"),
+        Some(c"Tells the supervisor's watchdog that the work in hand moved forward."),
+        move |_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| beat.progress(),
+    )
+    .map_err(|err| python_error(py, "making the progress hook", err))?;
+    runtime
+        .call_method1("set_progress_hook", (hook,))
+        .map_err(|err| python_error(py, "installing the progress hook", err))?;
     let kind = crate::supervise::kind_arg(args.kind);
     let path = args.path.to_string_lossy().into_owned();
     let adapter = runtime
