@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlxd_client::proto::{ErrorCode, ModelState, Request};
-use mlxd_client::ClientError;
+use mlxd_client::proto::{
+    ErrorCode, GenerateParams, GenerateRequest, ModelRef, ModelState, Priority, PromptInput, Request,
+};
+use mlxd_client::{ClientError, StreamItem};
 use mlxd_tests::{cosine, minilm_reference, model_named, process_alive, Daemon, TempDir};
 
 /// The minilm worker's pid once it is ready (and has a pid other than `not`).
@@ -190,4 +192,61 @@ async fn a_hung_worker_is_killed_and_its_job_replayed_but_a_slow_steady_one_is_l
     let after = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.unwrap();
     assert_eq!(pid, after, "a slow worker making progress was restarted");
     assert_eq!(daemon.log_text().matches("; killing it").count(), 1, "{}", daemon.log_text());
+}
+
+fn story(max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        model: ModelRef::Name("smollm2".into()),
+        input: PromptInput::Raw("Once upon a time".into()),
+        params: GenerateParams { max_tokens, temperature: 0.0, ..GenerateParams::default() },
+        initial_credit: 0,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    }
+}
+
+async fn tokens_of(stream: &mut mlxd_client::GenerationStream) -> Result<Vec<u32>, ClientError> {
+    let mut tokens = Vec::new();
+    loop {
+        match stream.next().await? {
+            Some(StreamItem::Token { token, .. }) => tokens.extend(token),
+            Some(StreamItem::Done(_)) => return Ok(tokens),
+            None => unreachable!("stream ended without a summary"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_replayed_if_it_had_not_started_and_ends_typed_if_it_had() {
+    let dir = TempDir::new();
+    let marker = dir.join("crash-once");
+    let socket = dir.join("s.sock");
+    // The first worker dies at its first decoding step, before any token was sent.
+    let fault = format!("step:crash-once:{}", marker.display());
+    let daemon = Daemon::start_with_env(dir, socket, &[], &[("MLXD_TEST_FAULT", &fault)]);
+    let client = daemon.client().await;
+
+    let mut stream = client.generate(story(12)).await.unwrap();
+    let replayed = tokens_of(&mut stream).await.expect("a stream that had not started is replayed");
+    assert_eq!(replayed.len(), 12);
+    let log = daemon.log_text();
+    assert!(log.contains("mlxd test fault: crashing at step"), "the first worker did not crash:\n{log}");
+    assert!(log.contains("worker died before the stream started"), "{log}");
+    // The same greedy request on the healthy worker gives the same tokens.
+    let mut again = client.generate(story(12)).await.unwrap();
+    assert_eq!(tokens_of(&mut again).await.unwrap(), replayed);
+
+    // A stream that had delivered tokens ends with a typed error when its worker dies.
+    let mut stream = client.generate(story(400)).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(stream.next().await.unwrap(), Some(StreamItem::Token { .. })));
+    }
+    kill9(model_named(&client.status().await.unwrap().models, "smollm2").worker_pid.unwrap());
+    match tokens_of(&mut stream).await {
+        Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::WorkerFailed, "{err}"),
+        other => panic!("a stream whose worker died mid-way ended with {other:?}"),
+    }
+    // And the model serves the next one on a new worker.
+    let mut next = client.generate(story(12)).await.unwrap();
+    assert_eq!(tokens_of(&mut next).await.unwrap(), replayed);
 }
