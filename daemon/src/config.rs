@@ -12,6 +12,10 @@
 //! max_streams = 8            # generation streams decoded together per model
 //! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
 //! prompt_cache = "256MiB"    # KV caches of recent prompts kept per generation model ("0": off)
+//! max_streams_per_session = 16 # generation streams one connection may have open
+//! socket_group = "mlxd"      # the socket is 0660 and this group's members may connect
+//! allowed_uids = [1001]      # users allowed besides the daemon's own (peer credentials)
+//! allowed_groups = ["ml"]    # groups whose members are allowed (names or gids)
 //! stuck_after = "120s"       # a worker with work that makes no progress this long is restarted
 //! circuit_failures = 5       # crashes / failed loads in a row before a model is marked failed
 //! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
@@ -195,6 +199,8 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// Sessions served at once; further connections wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Generation streams one session may have open at once.
+    pub max_streams_per_session: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
     /// Library preloaded into workers (`LD_PRELOAD`), if any.
@@ -208,6 +214,53 @@ pub struct DaemonConfig {
     /// How embedding requests are merged into worker calls.
     pub embed_batch: crate::sched::batcher::BatchPolicy,
     pub restart: RestartPolicy,
+    pub access: AccessPolicy,
+}
+
+/// Who may use the daemon. The socket file's mode is the first gate (0600, or 0660 with
+/// `socket_group`); every connection's peer credentials are then checked here.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    /// The daemon's own user, always allowed.
+    pub owner_uid: u32,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    /// The group the socket belongs to (mode 0660); its members are allowed.
+    pub socket_group: Option<u32>,
+}
+
+impl AccessPolicy {
+    /// Whether a peer with `uid`, primary `gid` and supplementary `groups` may connect;
+    /// `Err` says why not.
+    pub fn check(&self, uid: u32, gid: Option<u32>, groups: &[u32]) -> Result<(), String> {
+        let in_group = |g: u32| gid == Some(g) || groups.contains(&g);
+        if uid == self.owner_uid
+            || self.allowed_uids.contains(&uid)
+            || self.allowed_gids.iter().any(|&g| in_group(g))
+            || self.socket_group.is_some_and(in_group)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "uid {uid} is not allowed to use this daemon (allowed: its owner uid {}{}{}{})",
+            self.owner_uid,
+            if self.allowed_uids.is_empty() { String::new() } else { format!(", uids {:?}", self.allowed_uids) },
+            if self.allowed_gids.is_empty() { String::new() } else { format!(", gids {:?}", self.allowed_gids) },
+            self.socket_group.map_or_else(String::new, |g| format!(", members of the socket's group {g}")),
+        ))
+    }
+}
+
+/// A group given by name or number.
+pub fn resolve_group(text: &str) -> Result<u32> {
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => bail!("no group named {text:?}"),
+        Err(err) => bail!("looking up group {text:?}: {err}"),
+    }
 }
 
 /// When a failing model stops being restarted, and when a worker is judged stuck.
@@ -247,6 +300,9 @@ pub struct Overrides {
     pub max_streams: Option<usize>,
     pub prompt_cache: Option<String>,
     pub stuck_after: Option<String>,
+    pub socket_group: Option<String>,
+    pub allow_uids: Vec<u32>,
+    pub allow_groups: Vec<String>,
     pub worker_nice: Option<i32>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
@@ -274,6 +330,10 @@ struct FileDaemon {
     circuit_failures: Option<u32>,
     circuit_cooldown: Option<String>,
     stuck_after: Option<String>,
+    max_streams_per_session: Option<usize>,
+    socket_group: Option<String>,
+    allowed_uids: Option<Vec<u32>>,
+    allowed_groups: Option<Vec<String>>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
 }
@@ -398,12 +458,33 @@ impl DaemonConfig {
             aliases,
             limits: Self::default_limits(),
             max_connections: 256,
+            max_streams_per_session: file.daemon.max_streams_per_session.unwrap_or(16).max(1),
             drain_timeout: Duration::from_secs(10),
             blas_preload: resolve_blas(overrides.blas.as_deref()),
             worker_nice: overrides.worker_nice.or(file.daemon.worker_nice).unwrap_or(DEFAULT_WORKER_NICE).clamp(0, 19),
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
             embed_batch,
+            access: AccessPolicy {
+                owner_uid: nix::unistd::getuid().as_raw(),
+                allowed_uids: overrides
+                    .allow_uids
+                    .iter()
+                    .chain(file.daemon.allowed_uids.iter().flatten())
+                    .copied()
+                    .collect(),
+                allowed_gids: {
+                    let mut gids = Vec::new();
+                    for group in overrides.allow_groups.iter().chain(file.daemon.allowed_groups.iter().flatten()) {
+                        gids.push(resolve_group(group).context("allowed_groups")?);
+                    }
+                    gids
+                },
+                socket_group: match overrides.socket_group.as_deref().or(file.daemon.socket_group.as_deref()) {
+                    Some(group) => Some(resolve_group(group).context("socket_group")?),
+                    None => None,
+                },
+            },
             restart: RestartPolicy {
                 stuck_after: match overrides.stuck_after.as_deref().or(file.daemon.stuck_after.as_deref()) {
                     Some(text) => parse_duration(text).context("stuck_after")?.max(Duration::from_secs(1)),

@@ -68,6 +68,17 @@ struct ServeOptions {
     /// system prompt, an earlier turn) is not computed again ("0" turns it off) [default: 256MiB]
     #[arg(long, value_name = "SIZE")]
     prompt_cache: Option<String>,
+    /// Group that owns the socket (name or gid): the socket becomes mode 0660 and the
+    /// group's members may connect. Never world-accessible either way.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// A uid allowed to connect besides the daemon's own (repeatable); checked against
+    /// each connection's peer credentials.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// A group (name or gid) whose members may connect (repeatable).
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    allow_groups: Vec<String>,
     /// A worker with work in hand that reports no progress for this long is killed and
     /// restarted (its idempotent jobs replayed) [default: 120s]
     #[arg(long, value_name = "DURATION")]
@@ -218,6 +229,9 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         max_streams: options.max_streams,
         prompt_cache: options.prompt_cache.clone(),
         stuck_after: options.stuck_after.clone(),
+        socket_group: options.socket_group.clone(),
+        allow_uids: options.allow_uids.clone(),
+        allow_groups: options.allow_groups.clone(),
         worker_nice: options.worker_nice,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),
@@ -239,7 +253,7 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
     let path = socket.unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let bound = BoundSocket::bind(&path)?;
+        let bound = BoundSocket::bind(&path, config.access.socket_group)?;
         let daemon = Daemon::new(config, path.display().to_string());
         server::run(bound, daemon, shutdown_signal()).await;
         anyhow::Ok(())
@@ -259,7 +273,7 @@ fn stdio(options: ServeOptions) -> Result<()> {
             shutdown_signal().await;
             on_signal.cancel();
         });
-        let peer = session::Peer { pid: Some(std::process::id() as i32), uid: Some(nix::unistd::getuid().as_raw()) };
+        let peer = session::Peer::of_self();
         session::run(daemon.clone(), tokio::io::stdin(), tokio::io::stdout(), peer, stop).await;
         daemon.registry.shutdown(WORKER_STOP_GRACE).await;
     });

@@ -26,8 +26,9 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
-    /// Binds `path` with mode 0600 in a directory created with mode 0700.
-    pub fn bind(path: &Path) -> Result<BoundSocket> {
+    /// Binds `path` with mode 0600 in a directory created with mode 0700 — or, with a
+    /// `group`, the socket 0660 and a directory it creates 0710, both owned by that group.
+    pub fn bind(path: &Path, group: Option<u32>) -> Result<BoundSocket> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -35,6 +36,12 @@ impl BoundSocket {
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            if let Some(gid) = group {
+                // Members may pass through to the socket, not list the directory.
+                chown_group(dir, gid)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+                    .with_context(|| format!("chmod 0710 {}", dir.display()))?;
+            }
         }
         let lock_path = lock_path(path);
         let lock_file = OpenOptions::new()
@@ -68,8 +75,15 @@ impl BoundSocket {
         // The process umask (set in main) already makes the socket 0600 at creation, so
         // there is no window in which it is reachable by others; chmod states it anyway.
         let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        let mode = match group {
+            Some(gid) => {
+                chown_group(path, gid)?;
+                0o660
+            }
+            None => 0o600,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)?;
         Ok(BoundSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()), _lock: lock })
     }
@@ -85,6 +99,11 @@ impl BoundSocket {
             _ => {}
         }
     }
+}
+
+fn chown_group(path: &Path, gid: u32) -> Result<()> {
+    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+        .with_context(|| format!("giving {} to group {gid} (the daemon's user must be a member)", path.display()))
 }
 
 fn lock_path(socket: &Path) -> PathBuf {

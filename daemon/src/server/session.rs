@@ -40,14 +40,46 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Peer {
     pub pid: Option<i32>,
     pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 impl Peer {
     pub fn of(stream: &tokio::net::UnixStream) -> Peer {
         match stream.peer_cred() {
-            Ok(cred) => Peer { pid: cred.pid(), uid: Some(cred.uid()) },
+            Ok(cred) => Peer { pid: cred.pid(), uid: Some(cred.uid()), gid: Some(cred.gid()) },
             Err(_) => Peer::default(),
         }
+    }
+
+    /// This process (the stdio mode's only client).
+    pub fn of_self() -> Peer {
+        Peer {
+            pid: Some(std::process::id() as i32),
+            uid: Some(nix::unistd::getuid().as_raw()),
+            gid: Some(nix::unistd::getgid().as_raw()),
+        }
+    }
+
+    /// The peer's supplementary groups (Linux: from /proc; empty where unknown).
+    fn groups(&self) -> Vec<u32> {
+        let Some(pid) = self.pid else { return Vec::new() };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Groups:"))
+                    .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks the peer against the daemon's access policy.
+    pub fn authorize(&self, policy: &crate::config::AccessPolicy) -> Result<(), WireError> {
+        let Some(uid) = self.uid else {
+            return Err(WireError::new(ErrorCode::Unauthorized, "the peer's credentials cannot be read"));
+        };
+        policy.check(uid, self.gid, &self.groups()).map_err(|why| WireError::new(ErrorCode::Unauthorized, why))
     }
 }
 
@@ -56,6 +88,8 @@ impl Peer {
 pub struct Control {
     pub cancel: CancellationToken,
     pub credit: CreditGate,
+    /// A generation stream (counted against the per-session stream limit).
+    pub is_stream: bool,
 }
 
 /// Stream credit granted by the client and not yet passed on. Lossless however many small
@@ -150,6 +184,11 @@ where
 {
     let mut frames_in = FramedRead::new(reader, FrameCodec::<ClientMessage, ()>::new(HANDSHAKE_MAX_FRAME_LEN, 0));
     let mut frames_out = FramedWrite::new(writer, FrameCodec::<(), ServerMessage>::new(0, HANDSHAKE_MAX_FRAME_LEN));
+    if let Err(refusal) = peer.authorize(&daemon.config.access) {
+        tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, gid = ?peer.gid, "connection refused: {}", refusal.message);
+        let _ = frames_out.send(ServerMessage::Fatal(refusal)).await;
+        return;
+    }
 
     let hello = match handshake(&mut frames_in, &stop).await {
         Ok(hello) => hello,
@@ -255,7 +294,8 @@ async fn serve<R, W>(
                         continue;
                     }
                 };
-                let control = Arc::new(Control::default());
+                let control =
+                    Arc::new(Control { is_stream: matches!(body, Request::Generate(_)), ..Control::default() });
                 session.in_flight().insert(id, control.clone());
                 let (session, outbound) = (session.clone(), outbound.clone());
                 requests.spawn(async move {
@@ -320,6 +360,16 @@ fn admit(session: &Session, id: RequestId, body: &Request) -> Option<WireError> 
         return Some(
             WireError::new(ErrorCode::Busy, format!("session has {limit} requests in flight (max_in_flight)"))
                 .with_retry_after(10),
+        );
+    }
+    let streams = session.daemon.config.max_streams_per_session;
+    if matches!(body, Request::Generate(_)) && in_flight.values().filter(|c| c.is_stream).count() >= streams {
+        return Some(
+            WireError::new(
+                ErrorCode::Busy,
+                format!("session has {streams} generation streams open (max_streams_per_session)"),
+            )
+            .with_retry_after(10),
         );
     }
     None
