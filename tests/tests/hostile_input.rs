@@ -142,3 +142,157 @@ async fn bad_frames_end_only_their_connection() {
     );
     assert!(daemon.log_text().contains("bad frame"), "bad frames are logged");
 }
+
+/// splitmix64: a reproducible stream of random numbers without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Up to `max` - 1 random bytes.
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Valid requests to mutate (none that would run for long if a mutation kept them valid).
+fn templates() -> Vec<Vec<u8>> {
+    use mlxd_client::proto::{EmbedRequest, ModelRef, Priority, Request};
+    let request = |id, body| frame(&ClientMessage::Request { id, body });
+    vec![
+        request(1, Request::Ping),
+        request(2, Request::Status),
+        request(3, Request::ListModels),
+        request(
+            4,
+            Request::Embed(EmbedRequest {
+                model: ModelRef::Name("minilm".into()),
+                texts: vec!["a short text".into(), "another".into()],
+                normalize: true,
+                priority: Priority::Interactive,
+                deadline_ms: Some(2000),
+            }),
+        ),
+        request(
+            5,
+            Request::Tokenize {
+                model: ModelRef::Name("minilm".into()),
+                text: "hello".into(),
+                add_special_tokens: true,
+            },
+        ),
+        request(6, Request::Release { lease: 77 }),
+        frame(&ClientMessage::Cancel { id: 4 }),
+        frame(&ClientMessage::Credit { id: 4, events: 3 }),
+    ]
+}
+
+fn mutate(rng: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
+    for _ in 0..=rng.below(4) {
+        match rng.below(5) {
+            0 if !bytes.is_empty() => {
+                let i = rng.below(bytes.len());
+                bytes[i] ^= 1 << rng.below(8);
+            }
+            1 if !bytes.is_empty() => {
+                let i = rng.below(bytes.len());
+                bytes[i] = rng.next() as u8;
+            }
+            2 => bytes.truncate(rng.below(bytes.len() + 1)),
+            3 => bytes.extend(rng.bytes(16)),
+            _ if bytes.len() > PREFIX_LEN => {
+                // A body with a consistent length prefix, so the mutation reaches the decoder.
+                let len = (bytes.len() - PREFIX_LEN) as u32;
+                bytes[..PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+/// Sends `bytes`, closes the write side, and reads whatever comes until the daemon closes
+/// the connection (or a second passes: then this side hangs up, which cancels its work).
+fn send_and_drain(daemon: &Daemon, bytes: &[u8]) {
+    let mut stream = UnixStream::connect(&daemon.socket).expect("the daemon still accepts connections");
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let _ = stream.write_all(bytes);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_random_and_mutated_frames_leave_correct_embeddings() {
+    let daemon = Daemon::start(&[]);
+    let seed = std::env::var("MLXD_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f00d);
+    eprintln!("random frames with seed {seed} (MLXD_FUZZ_SEED to repeat)");
+    let mut rng = Rng(seed);
+    let hello = hello(PROTOCOL_VERSION);
+    let templates = templates();
+    let pid = daemon.pid();
+    let daemon_ref = &daemon;
+    let sent = tokio::task::block_in_place(|| {
+        let mut sent = 0;
+        for _ in 0..2500 {
+            let mut bytes = Vec::new();
+            match rng.below(4) {
+                // Noise from the first byte.
+                0 => bytes = rng.bytes(64),
+                // A valid length prefix around random bytes, before or after a Hello.
+                1 => {
+                    if rng.below(2) == 0 {
+                        bytes.extend(&hello);
+                    }
+                    let body = rng.bytes(48);
+                    bytes.extend((body.len() as u32).to_be_bytes());
+                    bytes.extend(body);
+                }
+                // A mutated Hello.
+                2 => bytes = mutate(&mut rng, hello.clone()),
+                // A Hello, then a few requests of which some are mutated.
+                _ => {
+                    bytes.extend(&hello);
+                    for _ in 0..=rng.below(3) {
+                        let template = templates[rng.below(templates.len())].clone();
+                        bytes.extend(if rng.below(3) == 0 { template } else { mutate(&mut rng, template) });
+                    }
+                }
+            }
+            send_and_drain(daemon_ref, &bytes);
+            sent += 1;
+        }
+        sent
+    });
+    assert_eq!(sent, 2500);
+    let log = daemon.log_text();
+    let (sessions, bad) = (log.matches("session opened").count(), log.matches("bad frame").count());
+    eprintln!("{sessions} sessions opened, {bad} ended on a bad frame");
+    assert!(sessions > 500 && bad > 100, "the frames did not reach the decoder ({sessions} sessions, {bad} bad frames)");
+    // Still serving, and correctly.
+    let client = daemon.client().await;
+    let reference = minilm_reference();
+    let texts: Vec<String> = reference.iter().map(|r| r.text.clone()).collect();
+    let got = client.embed("minilm", texts).await.expect("served after the random frames");
+    let dim = got.dim as usize;
+    for (item, vector) in reference.iter().zip(got.vectors.chunks(dim)) {
+        assert!(cosine(vector, &item.embedding) > 0.9999, "wrong vector for {:?} after random frames", item.text);
+    }
+    assert_eq!(client.status().await.unwrap().pid, pid, "the daemon restarted");
+}
