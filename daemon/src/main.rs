@@ -153,6 +153,10 @@ enum Command {
         /// Bytes of KV cache kept for recent prompts (0: none).
         #[arg(long, default_value_t = mlxd::config::DEFAULT_PROMPT_CACHE_BYTES)]
         prompt_cache_bytes: u64,
+        /// The store of the daemon that started this worker: how a later daemon on the same
+        /// store recognises a worker left behind.
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -205,7 +209,7 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
-        Command::Worker { name, kind, path, python, max_streams, prompt_cache_bytes } => {
+        Command::Worker { name, kind, path, python, max_streams, prompt_cache_bytes, store: _ } => {
             worker::main(WorkerArgs { name, kind, path, python, max_streams, prompt_cache_bytes })
         }
     };
@@ -254,6 +258,7 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let bound = BoundSocket::bind(&path, config.access.socket_group)?;
+        mlxd::supervise::end_orphans(&config.store).await;
         let daemon = Daemon::new(config, path.display().to_string());
         server::run(bound, daemon, shutdown_signal()).await;
         anyhow::Ok(())

@@ -284,7 +284,10 @@ async fn thousands_of_random_and_mutated_frames_leave_correct_embeddings() {
     let log = daemon.log_text();
     let (sessions, bad) = (log.matches("session opened").count(), log.matches("bad frame").count());
     eprintln!("{sessions} sessions opened, {bad} ended on a bad frame");
-    assert!(sessions > 500 && bad > 100, "the frames did not reach the decoder ({sessions} sessions, {bad} bad frames)");
+    assert!(
+        sessions > 500 && bad > 100,
+        "the frames did not reach the decoder ({sessions} sessions, {bad} bad frames)"
+    );
     // Still serving, and correctly.
     let client = daemon.client().await;
     let reference = minilm_reference();

@@ -250,3 +250,57 @@ async fn a_generation_is_replayed_if_it_had_not_started_and_ends_typed_if_it_had
     let mut next = client.generate(story(12)).await.unwrap();
     assert_eq!(tokens_of(&mut next).await.unwrap(), replayed);
 }
+
+#[test]
+fn a_new_daemon_ends_workers_left_behind_on_its_store() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let dir = TempDir::new();
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    // A worker whose supervisor is not a daemon (this test plays a dead daemon's part): it
+    // has a live link, so nothing else would ever end it.
+    let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let link = theirs.as_raw_fd();
+    let mut command = std::process::Command::new(mlxd_tests::bin("mlxd"));
+    command
+        .args([
+            "worker",
+            "--name",
+            "minilm",
+            "--kind",
+            "embedding",
+            "--path",
+            "/nonexistent",
+            "--python",
+            "/nonexistent",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(link, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut left_behind = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(left_behind.try_wait().unwrap().is_none(), "the stand-in worker did not stay up");
+
+    // Another store's daemon leaves it alone; a daemon on its store ends it.
+    let other = Daemon::start(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(left_behind.try_wait().unwrap().is_none(), "a daemon on another store ended it");
+    drop(other);
+    let daemon = Daemon::start(&["--store", store.to_str().unwrap()]);
+    let status = mlxd_tests::wait_timeout(&mut left_behind, Duration::from_secs(3))
+        .expect("the left-behind worker was not ended within 3 s of the daemon starting");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    assert!(daemon.log_text().contains("left behind by an earlier daemon"), "{}", daemon.log_text());
+}
