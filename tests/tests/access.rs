@@ -191,6 +191,31 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
         while let Ok(Some(_)) = stream.next().await {}
     }
 
+    // Per request: prompt bytes (max_text_bytes) and max_tokens.
+    let client = daemon.client().await;
+    let huge_prompt =
+        GenerateRequest { input: PromptInput::Raw("x".repeat(limits.max_text_bytes as usize + 1)), ..long_story() };
+    let mut too_long = client.generate(huge_prompt).await.unwrap();
+    match too_long.next().await {
+        Err(ClientError::Wire(err)) => {
+            assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
+            assert!(err.message.contains("max_text_bytes"), "{err}");
+        }
+        other => panic!("a prompt over max_text_bytes was accepted: {other:?}"),
+    }
+    let greedy_too_far = GenerateRequest {
+        params: GenerateParams { max_tokens: limits.max_tokens + 1, ..long_story().params },
+        ..long_story()
+    };
+    let mut too_many = client.generate(greedy_too_far).await.unwrap();
+    match too_many.next().await {
+        Err(ClientError::Wire(err)) => {
+            assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
+            assert!(err.message.contains("max_tokens"), "{err}");
+        }
+        other => panic!("max_tokens over the limit was accepted: {other:?}"),
+    }
+
     // Requests in flight: max_in_flight per session (the embeddings take 30 s each).
     let client = daemon.client().await;
     let mut pending = Vec::new();
