@@ -3,7 +3,7 @@
 //! allocate past the frame limit, and whatever decodes must re-encode to something that
 //! decodes to the same bytes again.
 //!
-//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run frames -- -max_total_time=60`
+//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 PYO3_PYTHON=$PWD/../.venv/bin/python cargo fuzz run frames -- -max_total_time=60`
 
 #![no_main]
 

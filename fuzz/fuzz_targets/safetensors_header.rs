@@ -2,7 +2,7 @@
 //! worker sees it: any input must be accepted or refused with an error, never panic, and
 //! an accepted header must describe ranges inside the input.
 //!
-//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run safetensors_header -- -max_total_time=60`
+//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 PYO3_PYTHON=$PWD/../.venv/bin/python cargo fuzz run safetensors_header -- -max_total_time=60`
 //! (cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain use them).
 
 #![no_main]
