@@ -31,6 +31,16 @@ async fn ready_worker(daemon: &Daemon, not: Option<u32>) -> u32 {
     }
 }
 
+/// Seconds of the day at which the first log line containing `needle` was written.
+fn log_time(log: &str, needle: &str) -> f64 {
+    let line = log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"));
+    // "2026-11-23T00:49:07.641759Z ..."
+    let time = line.split_whitespace().next().and_then(|t| t.split_once('T')).map(|(_, t)| t.trim_end_matches('Z'));
+    let parts: Vec<f64> = time.unwrap_or("").split(':').filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(parts.len(), 3, "no timestamp on {line:?}");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
 fn kill9(pid: u32) {
     // SAFETY: kill(2) with a pid we read from the daemon's status.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
@@ -179,8 +189,14 @@ async fn a_hung_worker_is_killed_and_its_job_replayed_but_a_slow_steady_one_is_l
     let log = daemon.log_text();
     assert!(log.contains("made no progress for"), "the watchdog did not act:\n{log}");
     assert!(log.contains("mlxd test fault: hanging at embed"), "the first worker did not hang:\n{log}");
-    // Stuck after 2 s, killed (SIGTERM, up to 3 s grace), restarted, replayed: 5 s of
-    // slow-but-steady work on the new worker, and no more than that.
+    // Detected within the configured 2 s (checked on the daemon's own clock, one
+    // heartbeat of slack), then killed, restarted and replayed on the new worker.
+    let hung_at = log_time(&log, "mlxd test fault: hanging at embed");
+    let killed_at = log_time(&log, "; killing it");
+    let detection = killed_at - hung_at;
+    // (The hang's log line arrives through the worker's stderr pipe, a little after the
+    // job's last progress; the watchdog looks once a second.)
+    assert!((1.0..=4.0).contains(&detection), "the hang was acted on after {detection:.2} s, not ~2 s:\n{log}");
     assert!(took < Duration::from_secs(40), "hang detection and replay took {took:?}");
     let pid = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.unwrap();
 
