@@ -79,6 +79,16 @@ impl Daemon {
         Self::start_with_env(dir, socket, extra_args, &[])
     }
 
+    /// A daemon whose config file (`$XDG_CONFIG_HOME/mlxd/config.toml`, which the harness
+    /// points at the daemon's temp dir) is `config`, with extra environment variables.
+    pub fn with_config(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.join("mlxd")).expect("config dir");
+        std::fs::write(dir.join("mlxd/config.toml"), config).expect("write config");
+        let socket = dir.join("s.sock");
+        Self::start_with_env(dir, socket, &[], env)
+    }
+
     /// Like [`Daemon::start_at`], with extra environment variables for the daemon (and so
     /// its workers), e.g. `MLXD_TEST_FAULT`.
     pub fn start_with_env(dir: TempDir, socket: PathBuf, extra_args: &[&str], env: &[(&str, &str)]) -> Daemon {

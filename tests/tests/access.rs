@@ -133,6 +133,17 @@ fn the_socket_group_gets_0660_and_only_its_members_reach_the_socket() {
     assert!(!daemon.log_text().contains("uid=Some(65534) gid=Some(12345)"), "it never got as far as the daemon");
 }
 
+/// The request was refused with `code`, by a message naming the `limit`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, ClientError>, code: ErrorCode, limit: &str) {
+    match result {
+        Err(ClientError::Wire(err)) => {
+            assert_eq!(err.code, code, "{err}");
+            assert!(err.message.contains(limit), "the refusal does not name {limit}: {err}");
+        }
+        other => panic!("over {limit}, and accepted: {other:?}"),
+    }
+}
+
 fn long_story() -> GenerateRequest {
     GenerateRequest {
         model: ModelRef::Name("smollm2".into()),
@@ -146,14 +157,9 @@ fn long_story() -> GenerateRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
-    let dir = TempDir::new();
-    let config = dir.join("config.toml");
-    std::fs::write(&config, "[daemon]\nmax_streams_per_session = 3\n").unwrap();
-    let socket = dir.join("s.sock");
-    let config_arg = config.to_str().unwrap().to_owned();
     // Every embedding takes 30 s (progressing), so requests stay in flight.
     let daemon =
-        Daemon::start_with_env(dir, socket, &["--config", &config_arg], &[("MLXD_TEST_FAULT", "embed:slow:30")]);
+        Daemon::with_config("[daemon]\nmax_streams_per_session = 3\n", &[("MLXD_TEST_FAULT", "embed:slow:30")]);
     let client = daemon.client().await;
     let limits = client.welcome().limits.clone();
 
@@ -162,13 +168,7 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
     for _ in 0..limits.max_leases {
         leases.push(client.lease("minilm").await.unwrap());
     }
-    match client.lease("minilm").await {
-        Err(ClientError::Wire(err)) => {
-            assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
-            assert!(err.message.contains("max_leases"), "{err}");
-        }
-        other => panic!("lease {} of {} was granted: {other:?}", limits.max_leases + 1, limits.max_leases),
-    }
+    assert_refused(client.lease("minilm").await, ErrorCode::TooLarge, "max_leases");
     drop(leases);
 
     // Generation streams: max_streams_per_session (3 here); a fourth is refused at once.
@@ -179,13 +179,7 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
         streams.push(client.generate(long_story()).await.unwrap());
     }
     let mut fourth = client.generate(long_story()).await.unwrap();
-    match fourth.next().await {
-        Err(ClientError::Wire(err)) => {
-            assert_eq!(err.code, ErrorCode::Busy, "{err}");
-            assert!(err.message.contains("max_streams_per_session"), "{err}");
-        }
-        other => panic!("a fourth stream on the session was accepted: {other:?}"),
-    }
+    assert_refused(fourth.next().await, ErrorCode::Busy, "max_streams_per_session");
     for mut stream in streams {
         stream.cancel().await;
         while let Ok(Some(_)) = stream.next().await {}
@@ -196,25 +190,13 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
     let huge_prompt =
         GenerateRequest { input: PromptInput::Raw("x".repeat(limits.max_text_bytes as usize + 1)), ..long_story() };
     let mut too_long = client.generate(huge_prompt).await.unwrap();
-    match too_long.next().await {
-        Err(ClientError::Wire(err)) => {
-            assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
-            assert!(err.message.contains("max_text_bytes"), "{err}");
-        }
-        other => panic!("a prompt over max_text_bytes was accepted: {other:?}"),
-    }
+    assert_refused(too_long.next().await, ErrorCode::TooLarge, "max_text_bytes");
     let greedy_too_far = GenerateRequest {
         params: GenerateParams { max_tokens: limits.max_tokens + 1, ..long_story().params },
         ..long_story()
     };
     let mut too_many = client.generate(greedy_too_far).await.unwrap();
-    match too_many.next().await {
-        Err(ClientError::Wire(err)) => {
-            assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
-            assert!(err.message.contains("max_tokens"), "{err}");
-        }
-        other => panic!("max_tokens over the limit was accepted: {other:?}"),
-    }
+    assert_refused(too_many.next().await, ErrorCode::TooLarge, "max_tokens");
 
     // Requests in flight: max_in_flight per session (the embeddings take 30 s each).
     let client = daemon.client().await;

@@ -107,12 +107,8 @@ async fn killing_the_worker_under_load_loses_no_embedding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_crashes_on_every_load_opens_its_circuit_and_says_why() {
-    let dir = TempDir::new();
-    let config = dir.join("config.toml");
-    std::fs::write(&config, "[daemon]\ncircuit_failures = 3\ncircuit_cooldown = \"1h\"\n").unwrap();
-    let socket = dir.join("s.sock");
-    let config_arg = config.to_str().unwrap().to_owned();
-    let daemon = Daemon::start_with_env(dir, socket, &["--config", &config_arg], &[("MLXD_TEST_FAULT", "load:crash")]);
+    let config = "[daemon]\ncircuit_failures = 3\ncircuit_cooldown = \"1h\"\n";
+    let daemon = Daemon::with_config(config, &[("MLXD_TEST_FAULT", "load:crash")]);
     let client = daemon.client().await;
 
     let mut errors = Vec::new();

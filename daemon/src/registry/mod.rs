@@ -7,6 +7,7 @@
 //! unleased, unpinned models least recently used first; when nothing can be evicted the
 //! load fails at once with `OutOfMemory` naming what holds the memory.
 
+mod health;
 pub mod model;
 
 use std::collections::BTreeMap;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, ModelInfo, ModelState, WireError};
 use tokio::sync::watch;
 
+use super::health::{Health, Next};
 use super::Registry;
 use crate::config::{KeepAlive, ModelSpec};
 use crate::sched::batcher;
@@ -33,24 +34,6 @@ use crate::weights::pool::Pinned;
 
 /// How long a worker has to exit when unloaded before it is killed.
 const UNLOAD_GRACE: Duration = Duration::from_secs(2);
-/// The first restart's delay; it doubles with each failure in a row, up to the maximum.
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Failures in a row and what follows from them.
-#[derive(Debug, Default)]
-struct Health {
-    /// Failed loads and crashes since a worker last served a request.
-    failures: u32,
-    /// No start before this (backoff).
-    retry_at: Option<Instant>,
-    /// While the circuit is open, requests fail at once.
-    open_until: Option<Instant>,
-    last_cause: Option<String>,
-    /// Workers that died (crashed or were killed) since the daemon started.
-    restarts: u64,
-}
-
 /// What a load in progress tells those waiting on it.
 #[derive(Debug, Clone)]
 enum LoadStatus {
@@ -303,7 +286,6 @@ impl Model {
             if !matches!(&state.slot, Slot::Ready(current) if Arc::ptr_eq(current, &worker)) {
                 return;
             }
-            state.health.restarts += 1;
             state.weights = Pinned::default();
             self.record_failure(&mut state, cause, worker.has_served(), &registry);
         }
@@ -322,32 +304,21 @@ impl Model {
         registry: &Registry,
     ) -> Option<WireError> {
         let policy = registry.config().restart;
-        let health = &mut state.health;
-        if served {
-            health.failures = 0;
-        }
-        health.failures += 1;
-        health.last_cause = Some(cause.clone());
-        let now = Instant::now();
-        if health.failures >= policy.circuit_failures {
-            health.open_until = Some(now + policy.circuit_cooldown);
-            health.retry_at = None;
+        let Next::RetryAfter(delay) = state.health.failed(cause.clone(), served, &policy, Instant::now()) else {
+            let failures = state.health.failures;
             let err = WireError::new(
                 ErrorCode::WorkerFailed,
                 format!(
-                    "model {} failed {} times in a row and is off for {} s (or until `mlxctl load {}`); last cause: {cause}",
+                    "model {} failed {failures} times in a row and is off for {} s (or until `mlxctl load {}`); last cause: {cause}",
                     self.spec.name,
-                    health.failures,
                     policy.circuit_cooldown.as_secs(),
                     self.spec.name
                 ),
             );
-            tracing::error!(model = %self.spec.name, failures = health.failures, "circuit open: {cause}");
+            tracing::error!(model = %self.spec.name, failures, "circuit open: {cause}");
             state.slot = Slot::Failed(err.clone());
             return Some(err);
-        }
-        let delay = backoff(health.failures);
-        health.retry_at = Some(now + delay);
+        };
         // Failed, with the cause, until the next start (after the backoff) succeeds.
         state.slot = Slot::Failed(WireError::new(ErrorCode::WorkerFailed, cause));
         if state.users() > 0 {
@@ -569,14 +540,6 @@ impl Model {
     pub(super) fn uses_weights(&self, path: &std::path::Path) -> bool {
         self.state().weights.files.iter().any(|f| f.path == path)
     }
-}
-
-/// The delay before the `failures`-th start in a row: 250 ms doubling up to 30 s, scaled
-/// by a factor in [0.5, 1) from the clock's low bits so models restarting together spread.
-fn backoff(failures: u32) -> Duration {
-    let exponential = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    exponential.mul_f64(0.5 + f64::from(nanos % 500) / 1000.0)
 }
 
 /// A lease on a model: keeps it loaded while held.

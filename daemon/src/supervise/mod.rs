@@ -28,6 +28,12 @@ use tokio_util::codec::Framed;
 
 use crate::config::{DaemonConfig, ModelSpec};
 
+mod orphans;
+mod watchdog;
+
+pub use orphans::end_orphans;
+use watchdog::{watchdog, Beat};
+
 /// glibc malloc settings for workers on Linux: allocations up to 32 MiB (its maximum) come
 /// from the heap, up to 256 MiB of free heap is kept rather than trimmed, and one arena
 /// serves every thread. MLX's CPU buffers are then reused by malloc at no page-fault cost,
@@ -55,32 +61,6 @@ struct Waiter {
 
 /// Lines of a worker's stderr kept for the cause of its death.
 const STDERR_TAIL_LINES: usize = 12;
-/// How long a worker judged stuck has to exit after SIGTERM before SIGKILL.
-const STUCK_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The last heartbeat a worker sent.
-#[derive(Debug, Clone, Copy)]
-struct Beat {
-    at: std::time::Instant,
-    busy: bool,
-    since_progress_ms: u64,
-}
-
-impl Beat {
-    /// Why the worker is stuck, if it is: busy without progress, or silent, for `limit`.
-    fn stuck(&self, limit: std::time::Duration) -> Option<String> {
-        let silent = self.at.elapsed();
-        let without_progress = std::time::Duration::from_millis(self.since_progress_ms) + silent;
-        if silent > limit {
-            Some(format!("sent no heartbeat for {} s", silent.as_secs()))
-        } else if self.busy && without_progress > limit {
-            Some(format!("made no progress for {} s with work in hand", without_progress.as_secs()))
-        } else {
-            None
-        }
-    }
-}
-
 /// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
 /// dies, so a job can never be registered after the failure sweep and wait forever.
 #[derive(Debug, Default)]
@@ -534,39 +514,6 @@ struct Link {
     gone: watch::Sender<bool>,
 }
 
-/// Kills a worker that is stuck: busy without progress, or silent, for `stuck_after`
-/// (SIGTERM, then SIGKILL after a grace period). Its death then goes the way of any crash:
-/// jobs in hand fail or are replayed, and the model restarts it.
-async fn watchdog(
-    beat: Arc<Mutex<Beat>>,
-    mut gone: watch::Receiver<bool>,
-    stuck: Arc<Mutex<Option<String>>>,
-    stuck_after: std::time::Duration,
-    model: String,
-    pid: u32,
-) {
-    let mut tick = tokio::time::interval(crate::worker::HEARTBEAT_INTERVAL);
-    let why = loop {
-        tokio::select! {
-            _ = gone.wait_for(|gone| *gone) => return,
-            _ = tick.tick() => {}
-        }
-        let last = *beat.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = last.stuck(stuck_after) {
-            break why;
-        }
-    };
-    tracing::error!(%model, pid, "worker {why}; killing it");
-    *stuck.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    // The child is not reaped until its handle says so, so the pid cannot be reused yet.
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    if tokio::time::timeout(STUCK_KILL_GRACE, gone.wait_for(|gone| *gone)).await.is_err() {
-        tracing::warn!(%model, "worker ignored SIGTERM; SIGKILL");
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
 async fn read_link(mut stream: LinkStream, link: Link, model: String, pid: u32) {
     let Link { pending, served, beat, gone } = link;
     let cause = loop {
@@ -620,80 +567,4 @@ async fn read_link(mut stream: LinkStream, link: Link, model: String, pid: u32) 
         let _ = waiter.reply.send(Err(WireError::new(ErrorCode::WorkerFailed, cause.clone())));
     }
     let _ = gone.send(true);
-}
-
-/// Ends workers left behind by an earlier daemon on the same store: `mlxd worker` processes
-/// started with `--store STORE` whose parent is not a running `mlxd serve`/`stdio` (their
-/// supervisor is gone). They die with their supervisor in the normal course of things
-/// (PR_SET_PDEATHSIG, and the link closing); this catches any that did not. SIGTERM, then
-/// SIGKILL after 2 s. Linux only (it reads /proc).
-pub async fn end_orphans(store: &std::path::Path) {
-    #[cfg(target_os = "linux")]
-    {
-        let orphans = find_orphans(store);
-        if orphans.is_empty() {
-            return;
-        }
-        for &pid in &orphans {
-            tracing::warn!(pid, store = %store.display(), "ending a worker left behind by an earlier daemon");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while orphans.iter().any(|&pid| process_alive(pid)) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        for &pid in orphans.iter().filter(|&&pid| process_alive(pid)) {
-            tracing::warn!(pid, "the left-behind worker ignored SIGTERM; SIGKILL");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = store;
-}
-
-#[cfg(target_os = "linux")]
-fn find_orphans(store: &std::path::Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let me = std::process::id();
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|&pid| {
-            let argv = cmdline(pid);
-            is_mlxd(&argv, "worker")
-                && argv.windows(2).any(|w| w[0] == "--store" && std::path::Path::new(&w[1]) == store)
-                && !parent_of(pid).is_some_and(|parent| {
-                    let argv = cmdline(parent);
-                    is_mlxd(&argv, "serve") || is_mlxd(&argv, "stdio")
-                })
-        })
-        .collect()
-}
-
-#[cfg(target_os = "linux")]
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
-        })
-        .unwrap_or_default()
-}
-
-#[cfg(target_os = "linux")]
-fn is_mlxd(argv: &[String], command: &str) -> bool {
-    argv.first().is_some_and(|exe| std::path::Path::new(exe).file_name().is_some_and(|n| n == "mlxd"))
-        && argv.get(1).is_some_and(|c| c == command)
-}
-
-#[cfg(target_os = "linux")]
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(target_os = "linux")]
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
