@@ -41,6 +41,16 @@ fn log_time(log: &str, needle: &str) -> f64 {
     parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
 }
 
+/// A daemon whose workers get `MLXD_TEST_FAULT=fault(marker)`, `marker` being a fresh
+/// path for `-once` faults (only the first worker to create it is affected).
+fn with_fault(fault: impl Fn(&str) -> String, args: &[&str]) -> Daemon {
+    let dir = TempDir::new();
+    let marker = dir.join("fault-once");
+    let socket = dir.join("s.sock");
+    let fault = fault(marker.to_str().unwrap());
+    Daemon::start_with_env(dir, socket, args, &[("MLXD_TEST_FAULT", &fault)])
+}
+
 fn kill9(pid: u32) {
     // SAFETY: kill(2) with a pid we read from the daemon's status.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
@@ -168,13 +178,9 @@ async fn no_worker_outlives_a_killed_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_worker_is_killed_and_its_job_replayed_but_a_slow_steady_one_is_left_alone() {
-    let dir = TempDir::new();
-    let marker = dir.join("hung-once");
-    let socket = dir.join("s.sock");
     // The first worker hangs in its first embedding (no progress); a worker that makes
     // progress every 0.25 s for 5 s is slow, not stuck.
-    let fault = format!("embed:hang-once:{},embed:slow:5", marker.display());
-    let daemon = Daemon::start_with_env(dir, socket, &["--stuck-after", "2s"], &[("MLXD_TEST_FAULT", &fault)]);
+    let daemon = with_fault(|marker| format!("embed:hang-once:{marker},embed:slow:5"), &["--stuck-after", "2s"]);
     let client = daemon.client().await;
     let reference = minilm_reference();
 
@@ -230,12 +236,8 @@ async fn tokens_of(stream: &mut mlxd_client::GenerationStream) -> Result<Vec<u32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_is_replayed_if_it_had_not_started_and_ends_typed_if_it_had() {
-    let dir = TempDir::new();
-    let marker = dir.join("crash-once");
-    let socket = dir.join("s.sock");
     // The first worker dies at its first decoding step, before any token was sent.
-    let fault = format!("step:crash-once:{}", marker.display());
-    let daemon = Daemon::start_with_env(dir, socket, &[], &[("MLXD_TEST_FAULT", &fault)]);
+    let daemon = with_fault(|marker| format!("step:crash-once:{marker}"), &[]);
     let client = daemon.client().await;
 
     let mut stream = client.generate(story(12)).await.unwrap();

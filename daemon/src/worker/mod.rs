@@ -12,6 +12,8 @@ pub(crate) mod python;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -33,47 +35,44 @@ use tokio_util::codec::Framed;
 use crate::supervise::WORKER_LINK_FD;
 
 /// How often the worker tells the supervisor it is alive and how its work progresses.
-pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Liveness shared by the MLX thread (which records progress) and the I/O thread (which
 /// reports it in heartbeats).
 #[derive(Debug)]
 pub struct Pulse {
-    started: std::time::Instant,
-    last_progress_ms: std::sync::atomic::AtomicU64,
-    busy: std::sync::atomic::AtomicBool,
+    started: Instant,
+    last_progress_ms: AtomicU64,
+    busy: AtomicBool,
 }
 
 impl Pulse {
     fn new() -> Pulse {
         Pulse {
-            started: std::time::Instant::now(),
-            last_progress_ms: std::sync::atomic::AtomicU64::new(0),
-            busy: std::sync::atomic::AtomicBool::new(true), // loading is work
+            started: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(true), // loading is work
         }
     }
 
     /// The work in hand moved forward.
     pub fn progress(&self) {
         let now = self.started.elapsed().as_millis() as u64;
-        self.last_progress_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
     }
 
     /// Whether the MLX thread has work; becoming busy counts as progress.
     pub fn set_busy(&self, busy: bool) {
-        if busy && !self.busy.load(std::sync::atomic::Ordering::Relaxed) {
+        if busy && !self.busy.load(Ordering::Relaxed) {
             self.progress();
         }
-        self.busy.store(busy, std::sync::atomic::Ordering::Relaxed);
+        self.busy.store(busy, Ordering::Relaxed);
     }
 
     fn heartbeat(&self) -> FromWorker {
         let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed);
-        FromWorker::Heartbeat {
-            busy: self.busy.load(std::sync::atomic::Ordering::Relaxed),
-            since_progress_ms: now.saturating_sub(last),
-        }
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        FromWorker::Heartbeat { busy: self.busy.load(Ordering::Relaxed), since_progress_ms: now.saturating_sub(last) }
     }
 }
 
