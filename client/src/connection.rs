@@ -102,7 +102,7 @@ impl ConnectOptions {
             .socket
             .clone()
             // SAFETY: getuid has no preconditions and cannot fail.
-            .unwrap_or_else(|| mlxd_proto::paths::default_socket_path(unsafe { libc::getuid() }));
+            .unwrap_or_else(|| mlxd_proto::paths::client_socket_path(unsafe { libc::getuid() }));
         match tokio::net::UnixStream::connect(&path).await {
             Ok(stream) => {
                 let (reader, writer) = stream.into_split();
@@ -360,6 +360,14 @@ impl Client {
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
         match self.call(Request::Status).await? {
             Response::Status(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The daemon's Prometheus metrics (OpenMetrics text).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        match self.call(Request::Metrics).await? {
+            Response::Metrics(text) => Ok(text),
             other => Err(unexpected(&other)),
         }
     }

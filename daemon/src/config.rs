@@ -19,6 +19,8 @@
 //! stuck_after = "120s"       # a worker with work that makes no progress this long is restarted
 //! circuit_failures = 5       # crashes / failed loads in a row before a model is marked failed
 //! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
+//! metrics_addr = "127.0.0.1:9464" # Prometheus over HTTP (off unless set; loopback only ...
+//! metrics_allow_remote = false    # ... unless this is true)
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -215,6 +217,8 @@ pub struct DaemonConfig {
     pub embed_batch: crate::sched::batcher::BatchPolicy,
     pub restart: RestartPolicy,
     pub access: AccessPolicy,
+    /// Where Prometheus can scrape `/metrics` over HTTP (off when `None`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Who may use the daemon. The socket file's mode is the first gate (0600, or 0660 with
@@ -285,6 +289,21 @@ impl Default for RestartPolicy {
     }
 }
 
+/// The metrics listener's address: loopback only, unless remote scraping is allowed
+/// explicitly (the endpoint has no authentication; model names and load are visible).
+fn parse_metrics_addr(text: &str, allow_remote: bool) -> Result<std::net::SocketAddr> {
+    let addr: std::net::SocketAddr = text
+        .parse()
+        .with_context(|| format!("metrics_addr {text:?} is not an IP address and port, e.g. 127.0.0.1:9464"))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        anyhow::bail!(
+            "metrics_addr {addr} is not a loopback address; the metrics endpoint has no authentication, so \
+             allow it with --metrics-allow-remote (or metrics_allow_remote = true) if that is intended"
+        );
+    }
+    Ok(addr)
+}
+
 /// What the command line says; each set field overrides the config file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -306,6 +325,8 @@ pub struct Overrides {
     pub worker_nice: Option<i32>,
     pub embed_max_batch: Option<usize>,
     pub embed_max_delay: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub metrics_allow_remote: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +357,8 @@ struct FileDaemon {
     allowed_groups: Option<Vec<String>>,
     python: Option<PathBuf>,
     store: Option<PathBuf>,
+    metrics_addr: Option<String>,
+    metrics_allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -465,6 +488,13 @@ impl DaemonConfig {
             memory_budget,
             max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
             embed_batch,
+            metrics_addr: match overrides.metrics_addr.as_deref().or(file.daemon.metrics_addr.as_deref()) {
+                Some(text) => Some(parse_metrics_addr(
+                    text,
+                    overrides.metrics_allow_remote || file.daemon.metrics_allow_remote.unwrap_or(false),
+                )?),
+                None => None,
+            },
             access: AccessPolicy {
                 owner_uid: nix::unistd::getuid().as_raw(),
                 allowed_uids: overrides

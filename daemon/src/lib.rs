@@ -15,6 +15,10 @@
 //! - [`weights`]: safetensors header checks and the mmap pool of weight files.
 //! - [`supervise`]: spawning `mlxd worker` processes and routing jobs to them.
 //! - [`worker`]: the worker process itself: the pyo3 interpreter on one dedicated thread.
+//! - [`metrics`]: Prometheus metrics (events counted where they happen, state read at
+//!   scrape time).
+//! - [`service`]: socket activation (systemd, launchd), sd_notify readiness, and
+//!   `mlxd install` / `uninstall`.
 //! - [`logging`]: tracing set-up shared by every subcommand.
 //! - [`store`]: the model store (imported models, atomic writes, provenance).
 //! - [`import`]: `mlxd import` — GGUF conversion and model directories into the store.
@@ -25,10 +29,12 @@
 pub mod config;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod pyenv;
 pub mod registry;
 pub mod sched;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod supervise;
 pub mod weights;

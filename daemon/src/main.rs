@@ -3,6 +3,8 @@
 //! - `mlxd serve`: the daemon on a Unix socket.
 //! - `mlxd stdio`: the same protocol on stdin/stdout for one tenant; exits when stdin closes.
 //! - `mlxd import`: bring a GGUF file or a model directory into the store.
+//! - `mlxd install` / `mlxd uninstall`: systemd units or launchd plists for this binary.
+//! - `mlxd completions SHELL`: shell completions.
 //! - `mlxd worker`: a model worker, started by the daemon (not by hand).
 
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mlxd::config::{DaemonConfig, Overrides};
-use mlxd::server::{self, listener::BoundSocket, session, Daemon, WORKER_STOP_GRACE};
+use mlxd::logging::LogFormat;
+use mlxd::server::{self, listener::BoundSocket, metrics_http, session, Daemon, WORKER_STOP_GRACE};
 use mlxd::worker::{self, WorkerArgs};
 use mlxd_proto::ModelKind;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "mlxd", version, about = "Model supervisor daemon: shared MLX models for local processes")]
 struct Cli {
+    /// Log format: human (terminal), json (one object per line), or auto: human on a
+    /// terminal or under journald, json otherwise. Level: MLXD_LOG (e.g. debug, mlxd=trace).
+    #[arg(long, global = true, env = "MLXD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +94,55 @@ struct ServeOptions {
     /// compute [default: 5]
     #[arg(long, value_name = "N")]
     worker_nice: Option<i32>,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Allow --metrics-addr on a non-loopback address (the endpoint has no authentication).
+    #[arg(long)]
+    metrics_allow_remote: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallOptions {
+    /// For this user: systemd user units / a LaunchAgent [default unless run as root]
+    #[arg(long, conflicts_with = "system")]
+    user: bool,
+    /// For the host: system units / a LaunchDaemon, run as the `mlxd` user, socket group
+    /// `mlxd` [default when run as root]
+    #[arg(long)]
+    system: bool,
+    /// Model store the service uses [default: the user's store; /var/lib/mlxd for --system]
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Virtualenv with MLX the service uses [default: as `mlxd serve` would find it now]
+    #[arg(long, value_name = "DIR")]
+    python: Option<PathBuf>,
+    /// Write the files here instead of where the service manager reads them; implies
+    /// --no-enable.
+    #[arg(long, value_name = "DIR")]
+    unit_dir: Option<PathBuf>,
+    /// Print what would be done without doing it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write (or remove) the files but do not run systemctl / launchctl.
+    #[arg(long)]
+    no_enable: bool,
+}
+
+impl InstallOptions {
+    fn args(&self) -> mlxd::service::install::InstallArgs {
+        use mlxd::service::install::Scope;
+        let scope =
+            if self.system || (!self.user && nix::unistd::geteuid().is_root()) { Scope::System } else { Scope::User };
+        mlxd::service::install::InstallArgs {
+            scope,
+            store: self.store.clone(),
+            python: self.python.clone(),
+            unit_dir: self.unit_dir.clone(),
+            dry_run: self.dry_run,
+            no_enable: self.no_enable,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +191,15 @@ enum Command {
         /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
         #[arg(long, value_name = "DIR", global = true)]
         store: Option<PathBuf>,
+    },
+    /// Install mlxd as a socket-activated service (systemd or launchd) for this binary.
+    Install(InstallOptions),
+    /// Disable and remove the service files `mlxd install` wrote (the store stays).
+    Uninstall(InstallOptions),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Run a model worker (started by the daemon on its socketpair).
     #[command(hide = true)]
@@ -200,8 +265,12 @@ fn parse_kind(value: &str) -> Result<ModelKind, String> {
 }
 
 fn main() {
-    mlxd::logging::init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Worker { .. }) {
+        mlxd::logging::init_worker();
+    } else {
+        mlxd::logging::init(cli.log_format);
+    }
     let result = match cli.command {
         Command::Serve { socket, drain_timeout, options } => serve(socket, Duration::from_secs(drain_timeout), options),
         Command::Stdio { options } => stdio(options),
@@ -209,6 +278,17 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
+        Command::Install(options) => mlxd::service::install::install(&options.args()),
+        Command::Uninstall(options) => mlxd::service::install::uninstall(&options.args()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "mlxd",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Worker { name, kind, path, python, max_streams, prompt_cache_bytes, store: _ } => {
             worker::main(WorkerArgs { name, kind, path, python, max_streams, prompt_cache_bytes })
         }
@@ -239,6 +319,8 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         worker_nice: options.worker_nice,
         embed_max_batch: options.embed_max_batch,
         embed_max_delay: options.embed_max_delay.clone(),
+        metrics_addr: options.metrics_addr.clone(),
+        metrics_allow_remote: options.metrics_allow_remote,
     })?;
     if config.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");
@@ -252,15 +334,40 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
 fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions) -> Result<()> {
     // Everything the daemon creates (socket, lock file) is private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Before any thread exists: this reads and clears LISTEN_FDS/LISTEN_PID.
+    let inherited = mlxd::service::activation::take()?;
     let mut config = build_config(&options)?;
     config.drain_timeout = drain_timeout;
-    let path = socket.unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let bound = BoundSocket::bind(&path, config.access.socket_group)?;
+        let bound = match inherited {
+            Some(inherited) => {
+                if let Some(socket) = &socket {
+                    tracing::warn!(ignored = %socket.display(), "--socket ignored: serving the socket the service manager passed");
+                }
+                tracing::info!(manager = inherited.manager, "socket activation");
+                BoundSocket::inherited(inherited)?
+            }
+            None => {
+                let path = socket
+                    .unwrap_or_else(|| mlxd_proto::paths::default_socket_path(nix::unistd::getuid().as_raw()));
+                BoundSocket::bind(&path, config.access.socket_group)?
+            }
+        };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(metrics_http::bind(addr).await?),
+            None => None,
+        };
         mlxd::supervise::end_orphans(&config.store).await;
-        let daemon = Daemon::new(config, path.display().to_string());
+        let daemon = Daemon::new(config, bound.path.display().to_string());
+        let stop_metrics = CancellationToken::new();
+        let metrics_task = metrics_listener
+            .map(|listener| tokio::spawn(metrics_http::serve(listener, daemon.clone(), stop_metrics.clone())));
         server::run(bound, daemon, shutdown_signal()).await;
+        stop_metrics.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));

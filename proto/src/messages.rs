@@ -74,6 +74,9 @@ pub enum Request {
     Unload { model: String, force: bool },
     /// The weight files the daemon has mapped; answered by the supervisor. Since v1.
     Weights,
+    /// The daemon's Prometheus metrics as OpenMetrics text; answered by the supervisor.
+    /// Since v2 (appended).
+    Metrics,
 }
 
 /// Which model a request is for: by name (used for that request only) or by a lease of
@@ -228,6 +231,9 @@ pub enum Response {
     Unloaded(ModelInfo),
     /// Since v1.
     Weights(Vec<MappedWeights>),
+    /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
+    /// Since v2 (appended).
+    Metrics(String),
 }
 
 /// One weight file mapped by the daemon (once, however many models use it).

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import faults
 
-__all__ = ["load", "backend", "progress", "set_progress_hook"]
+__all__ = ["load", "backend", "progress", "set_progress_hook", "eval_with_progress"]
 
 
 _progress_hook = None
@@ -38,11 +38,41 @@ def set_progress_hook(hook) -> None:
     _progress_hook = hook
 
 
-def progress() -> None:
+def progress(done: int | None = None, total: int | None = None) -> None:
     """Reports progress of long work (a batch pass, a load stage, a prefill chunk). A worker
-    busy for longer than the daemon's `stuck_after` without progress is killed."""
+    busy for longer than the daemon's `stuck_after` without progress is killed. While a
+    model loads, `done`/`total` (bytes of weights) also reach clients as load progress."""
     if _progress_hook is not None:
-        _progress_hook()
+        if done is not None and total is not None:
+            _progress_hook(int(done), int(total))
+        else:
+            _progress_hook()
+
+
+# Weights are materialised in chunks of about this many bytes, one progress report each.
+_EVAL_CHUNK_BYTES = 16 << 20
+
+
+def eval_with_progress(parameters) -> None:
+    """Materialises a model's (lazily loaded) parameters in chunks, reporting the bytes
+    done so far after each: the load progress clients see, and the watchdog's sign of life."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    arrays = [array for _, array in tree_flatten(parameters)]
+    total = max(1, sum(array.nbytes for array in arrays))
+    done, chunk, chunk_bytes = 0, [], 0
+    progress(0, total)
+    for array in arrays:
+        chunk.append(array)
+        chunk_bytes += array.nbytes
+        if chunk_bytes >= _EVAL_CHUNK_BYTES:
+            mx.eval(chunk)
+            done += chunk_bytes
+            progress(done, total)
+            chunk, chunk_bytes = [], 0
+    mx.eval(chunk)
+    progress(total, total)
 
 
 def backend() -> str:

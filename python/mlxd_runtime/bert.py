@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import backend, faults, progress
+from . import backend, eval_with_progress, faults, progress
 
 
 # erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
@@ -207,7 +207,7 @@ class BertEmbedder:
         # strict: a missing or unexpected tensor is a load error, never silent garbage.
         model.load_weights(list(weights.items()), strict=True)
         model.eval()
-        mx.eval(model.parameters())
+        eval_with_progress(model.parameters())
 
         max_seq_len = _max_seq_length(model_dir, cfg)
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))

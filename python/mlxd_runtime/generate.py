@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import faults, progress
+from . import eval_with_progress, faults, progress
 
 
 class BadRequest(ValueError):
@@ -421,7 +421,9 @@ class Generator:
     def from_dir(cls, path: str, **_options) -> "Generator":
         from mlx_lm import load
 
-        model, tokenizer = load(path)
+        # lazy: the weights are materialised below in chunks, reporting load progress.
+        model, tokenizer = load(path, lazy=True)
+        eval_with_progress(model.parameters())
         config = json.loads((Path(path) / "config.json").read_text())
         max_seq_len = int(config.get("max_position_embeddings", 2048))
         return cls(model, tokenizer, max_seq_len)

@@ -173,6 +173,8 @@ pub fn spawn_daemon_env(socket: &Path, log: &Path, extra_args: &[&str], env: &[(
         .arg(socket)
         .args(extra_args)
         .env("MLXD_LOG", "debug")
+        // Tests read the log as text (JSON is the default when stderr is a file).
+        .env("MLXD_LOG_FORMAT", "human")
         // A developer's own ~/.config/mlxd/config.toml must not change what tests see.
         .env("XDG_CONFIG_HOME", log.parent().expect("log in a temp dir"))
         .stdin(Stdio::null())

@@ -3,15 +3,16 @@
 //! `--no-fallback`.
 
 mod bench;
+mod view;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mlxd_client::proto::{
-    ChatMessage, DaemonStatus, Embeddings, ErrorCode, GenerateParams, GenerateRequest, ModelInfo, ModelRef, ModelState,
-    PromptInput,
+    ChatMessage, DaemonStatus, Embeddings, ErrorCode, Event, GenerateParams, GenerateRequest, LoadStage, ModelInfo,
+    ModelRef, PromptInput,
 };
 use mlxd_client::{ClientError, ConnectOptions, StreamItem};
 use serde_json::json;
@@ -39,8 +40,24 @@ struct Cli {
 enum Command {
     /// Check the daemon answers.
     Ping,
-    /// Daemon and model status.
+    /// Daemon and model status (with --json: the metrics too).
     Status,
+    /// The status table, refreshed live until Ctrl-C.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes.
+        #[arg(long, hide = true)]
+        iterations: Option<u64>,
+    },
+    /// The daemon's Prometheus metrics (OpenMetrics text; JSON with --json).
+    Metrics,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The models the daemon can serve.
     Models,
     /// Embed texts (`-` reads one text per line from stdin).
@@ -115,25 +132,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line saying what went wrong, and where it helps, one line saying what to do.
 fn report(cli: &Cli, err: ClientError) -> ExitCode {
-    match &err {
-        ClientError::Wire(wire) if wire.code == ErrorCode::Busy => {
+    if let ClientError::Wire(wire) = &err {
+        if wire.code == ErrorCode::Busy {
             let hint = wire.retry_after_ms.map(|ms| format!(" (retry after {ms} ms)")).unwrap_or_default();
             eprintln!("busy: {}{hint}", wire.message);
             return ExitCode::from(75); // EX_TEMPFAIL
         }
-        ClientError::NoDaemon { path, .. } => {
-            eprintln!(
-                "mlxctl: {err}\nhint: start one with `mlxd serve{}`, or drop --no-fallback",
-                cli.socket.as_ref().map(|_| format!(" --socket {}", path.display())).unwrap_or_default()
-            );
-        }
-        ClientError::Fallback { .. } => {
-            eprintln!("mlxctl: {err}\nhint: build mlxd (`make build`) or set MLXD_BIN to its path");
-        }
-        _ => eprintln!("mlxctl: {err}"),
+    }
+    eprintln!("mlxctl: {err}");
+    if let Some(hint) = hint(cli, &err) {
+        eprintln!("hint: {hint}");
     }
     ExitCode::FAILURE
+}
+
+fn hint(cli: &Cli, err: &ClientError) -> Option<String> {
+    Some(match err {
+        ClientError::NoDaemon { path, .. } => format!(
+            "start one with `mlxd serve{}` (or `mlxd install` to have it start on first use), or drop --no-fallback",
+            cli.socket.as_ref().map(|_| format!(" --socket {}", path.display())).unwrap_or_default()
+        ),
+        ClientError::Fallback { .. } => "build mlxd (`make setup`) or set MLXD_BIN to its path".into(),
+        ClientError::Closed => "the daemon went away; `mlxctl status` shows whether one is running".into(),
+        ClientError::Wire(wire) | ClientError::Handshake(wire) => match wire.code {
+            ErrorCode::NotFound => "`mlxctl models` lists the models this daemon serves".into(),
+            ErrorCode::Unauthorized => {
+                "the daemon's owner can allow you with --allow-uid, --allow-group or --socket-group".into()
+            }
+            ErrorCode::VersionMismatch => {
+                "mlxctl and mlxd come from different builds; use the pair from one build".into()
+            }
+            ErrorCode::WorkerFailed => {
+                "`mlxctl status` shows the model's last error; `mlxctl load MODEL` tries it again now".into()
+            }
+            ErrorCode::OutOfMemory => "unload a model (`mlxctl unload NAME`) or raise --memory-budget".into(),
+            _ => return None,
+        },
+        _ => return None,
+    })
 }
 
 async fn run(cli: &Cli) -> Result<(), ClientError> {
@@ -144,8 +182,18 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
         retry: mlxd_client::RetryPolicy { max_retries: cli.retries, ..Default::default() },
         ..ConnectOptions::default()
     };
-    if let Command::Bench(args) = &cli.command {
-        return bench::run(options, args.clone(), cli.json).await;
+    match &cli.command {
+        Command::Bench(args) => return bench::run(options, args.clone(), cli.json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "mlxctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let client = options.connect().await?;
     match &cli.command {
@@ -162,9 +210,23 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
         Command::Status => {
             let status = client.status().await?;
             if cli.json {
-                print_json(&status_json(&status));
+                let mut value = status_json(&status);
+                value["metrics"] = view::metrics_json(&client.metrics().await?);
+                print_json(&value);
             } else {
-                print_status(&status);
+                print!("{}", view::render_status(&status, None));
+            }
+        }
+        Command::Top { interval, iterations } => {
+            let interval = std::time::Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+            view::top(&client, interval, *iterations).await?;
+        }
+        Command::Metrics => {
+            let text = client.metrics().await?;
+            if cli.json {
+                print_json(&view::metrics_json(&text));
+            } else {
+                print!("{text}");
             }
         }
         Command::Models => {
@@ -172,7 +234,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             if cli.json {
                 print_json(&json!(models.iter().map(model_json).collect::<Vec<_>>()));
             } else {
-                print_models(&models);
+                print!("{}", view::render_models(&models, None));
             }
         }
         Command::Embed { model, no_normalize, texts } => {
@@ -245,19 +307,10 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
         Command::Load { model } => {
             let started = std::time::Instant::now();
             let request = mlxd_client::proto::Request::Load { model: model.clone() };
-            let json = cli.json;
-            let on_event = |event| {
-                if let mlxd_client::proto::Event::LoadProgress(p) = event {
-                    if json {
-                        print_json(
-                            &json!({ "stage": format!("{:?}", p.stage).to_lowercase(), "done": p.done, "total": p.total }),
-                        );
-                    } else {
-                        eprintln!("{}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
-                    }
-                }
-            };
-            match client.call_with_events(request, on_event).await? {
+            let mut bar = LoadBar::new(model, cli.json);
+            let result = client.call_with_events(request, |event| bar.update(event)).await;
+            bar.finish(result.is_ok());
+            match result? {
                 mlxd_client::proto::Response::Loaded(info) => {
                     if cli.json {
                         print_json(&model_json(&info));
@@ -265,7 +318,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                         println!(
                             "{} is {} ({:.1} s)",
                             info.name,
-                            state_name(info.state),
+                            view::state_name(info.state),
                             started.elapsed().as_secs_f64()
                         );
                     }
@@ -280,13 +333,13 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                     if cli.json {
                         print_json(&model_json(&info));
                     } else {
-                        println!("{} is {}", info.name, state_name(info.state));
+                        println!("{} is {}", info.name, view::state_name(info.state));
                     }
                 }
                 other => return Err(ClientError::Wire(mlxd_client::proto::WireError::internal(format!("{other:?}")))),
             }
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Completions { .. } => unreachable!("handled above"),
         Command::Tokenize { model, text } => {
             let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
             if cli.json {
@@ -377,21 +430,11 @@ fn print_embeddings(texts: &[String], e: &Embeddings) {
     }
 }
 
-fn state_name(state: ModelState) -> &'static str {
-    match state {
-        ModelState::Unloaded => "unloaded",
-        ModelState::Loading => "loading",
-        ModelState::Ready => "ready",
-        ModelState::Unloading => "unloading",
-        ModelState::Failed => "failed",
-    }
-}
-
 fn model_json(m: &ModelInfo) -> serde_json::Value {
     json!({
         "name": m.name,
         "kind": format!("{:?}", m.kind).to_lowercase(),
-        "state": state_name(m.state),
+        "state": view::state_name(m.state),
         "source": m.source,
         "leases": m.leases,
         "in_flight": m.in_flight,
@@ -433,65 +476,78 @@ fn status_json(s: &DaemonStatus) -> serde_json::Value {
     })
 }
 
-fn print_status(s: &DaemonStatus) {
-    let uptime = s.uptime_ms / 1000;
-    println!(
-        "mlxd {} (protocol v{}) pid {} up {}h{:02}m{:02}s at {}, {} session(s)",
-        s.daemon_version,
-        s.protocol_version,
-        s.pid,
-        uptime / 3600,
-        uptime / 60 % 60,
-        uptime % 60,
-        s.endpoint,
-        s.sessions
-    );
-    print_models(&s.models);
+/// `mlxctl load`'s progress: a bar on a terminal (spinner while the worker starts, bytes
+/// of weights as they are materialised), plain lines otherwise, JSON lines with --json.
+struct LoadBar {
+    model: String,
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Option<(LoadStage, u64, u64)>,
 }
 
-fn print_models(models: &[ModelInfo]) {
-    println!(
-        "{:<12} {:<10} {:<9} {:>6} {:>6} {:>7} {:>9} {:>7} {:>10}  SOURCE",
-        "MODEL", "KIND", "STATE", "LEASES", "IN-FL", "QUEUE", "RESIDENT", "IDLE", "KEEP-ALIVE"
-    );
-    let seconds = |ms: Option<u64>| ms.map_or_else(|| "-".to_string(), |ms| format!("{}s", ms / 1000));
-    for m in models {
-        let kind = format!("{:?}", m.kind).to_lowercase();
-        let queue = format!("{}/{}", m.queue_depth, m.queue_capacity);
-        let resident =
-            if m.resident_bytes == 0 { "-".to_string() } else { format!("{} MB", m.resident_bytes / 1_000_000) };
-        println!(
-            "{:<12} {:<10} {:<9} {:>6} {:>6} {:>7} {:>9} {:>7} {:>10}  {}",
-            m.name,
-            kind,
-            state_name(m.state),
-            m.leases,
-            m.in_flight,
-            queue,
-            resident,
-            seconds(m.idle_ms),
-            seconds(m.keep_alive_left_ms),
-            m.source
-        );
-        let q = &m.sched;
-        if q.admitted > 0 {
-            let mut line = format!("{:<12} {} admitted, {} busy", "", q.admitted, q.busy);
-            if q.shed + q.timeouts > 0 {
-                line += &format!(", {} shed, {} timed out", q.shed, q.timeouts);
-            }
-            if q.batches > 0 {
-                line += &format!(", {:.1} requests per batch", q.batched_requests as f64 / q.batches as f64);
-            }
-            if m.kind == mlxd_client::proto::ModelKind::Generation {
-                line += &format!(", streams {}/{}", q.running, q.slots);
-                if q.single_stream > 0 {
-                    line += &format!(", {} not batched (single-stream fallback)", q.single_stream);
-                }
-            }
-            println!("{line}");
+impl LoadBar {
+    fn new(model: &str, json: bool) -> LoadBar {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(format!("{model}: starting the worker"));
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            bar
+        });
+        LoadBar { model: model.to_owned(), json, bar, last_line: None }
+    }
+
+    fn update(&mut self, event: Event) {
+        let Event::LoadProgress(p) = event else { return };
+        if self.json {
+            let stage = format!("{:?}", p.stage).to_lowercase();
+            print_json(&json!({ "model": p.model, "stage": stage, "done": p.done, "total": p.total }));
+            return;
         }
-        if let Some(err) = &m.last_error {
-            println!("{:<12} last error: {err}", "");
+        let Some(bar) = &self.bar else {
+            // Not a terminal: a line per stage, and per tenth of the weights.
+            let tenth = |done: u64, total: u64| done.saturating_mul(10) / total.max(1);
+            let new_line = match self.last_line {
+                Some((stage, done, total)) => {
+                    stage != p.stage || total != p.total || tenth(done, total) != tenth(p.done, p.total)
+                }
+                None => true,
+            };
+            if new_line {
+                eprintln!("{}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
+                self.last_line = Some((p.stage, p.done, p.total));
+            }
+            return;
+        };
+        match p.stage {
+            LoadStage::Starting => bar.set_message(format!("{}: starting the worker", self.model)),
+            // Byte counts (> 1) get a bar; the stage markers (0/1, 1/1) a message.
+            LoadStage::Weights if p.total > 1 => {
+                if bar.length() != Some(p.total) {
+                    bar.set_length(p.total);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({elapsed})",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    bar.set_message(format!("{}: loading weights", self.model));
+                }
+                bar.set_position(p.done);
+            }
+            LoadStage::Weights if p.done == 0 => bar.set_message(format!("{}: importing the runtime", self.model)),
+            LoadStage::Weights => bar.set_message(format!("{}: warming up", self.model)),
+            LoadStage::Ready => bar.set_message(format!("{}: ready", self.model)),
+        }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if let Some(bar) = self.bar.take() {
+            if ok {
+                bar.finish_and_clear();
+            } else {
+                bar.abandon();
+            }
         }
     }
 }

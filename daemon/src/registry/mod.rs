@@ -16,6 +16,7 @@ use std::sync::Arc;
 use mlxd_proto::{ErrorCode, MappedWeights, ModelInfo, WireError};
 
 use crate::config::DaemonConfig;
+use crate::metrics::Metrics;
 use crate::weights::pool::WeightPool;
 pub use model::{InFlightGuard, LeaseGuard, Model, UnloadReason};
 
@@ -28,6 +29,7 @@ struct Inner {
     /// Serialises "is there room, and whom to evict" decisions between loads.
     make_room: tokio::sync::Mutex<()>,
     pool: WeightPool,
+    metrics: Arc<Metrics>,
 }
 
 /// All servable models by name. Cheap to clone.
@@ -38,7 +40,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(config: Arc<DaemonConfig>) -> Registry {
-        let models = config.models.iter().map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone())))).collect();
+        let metrics = Arc::new(Metrics::new());
+        let models = config
+            .models
+            .iter()
+            .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), metrics.clone()))))
+            .collect();
         let aliases = config.aliases.clone();
         Registry {
             inner: Arc::new(Inner {
@@ -47,6 +54,7 @@ impl Registry {
                 aliases,
                 make_room: tokio::sync::Mutex::new(()),
                 pool: WeightPool::default(),
+                metrics,
             }),
         }
     }
@@ -62,6 +70,30 @@ impl Registry {
             let known: Vec<&str> = self.inner.models.keys().map(String::as_str).collect();
             WireError::new(ErrorCode::NotFound, format!("no model named {name:?} (known: {})", known.join(", ")))
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The model label for metrics: the canonical name of a known model, else "-" (so
+    /// names clients make up never become label values).
+    pub fn metric_label(&self, name: &str) -> String {
+        self.get(name).map_or_else(|_| crate::metrics::NO_MODEL.to_owned(), |m| m.spec.name.clone())
+    }
+
+    /// What a metrics scrape reads besides the event counters.
+    pub fn metrics_snapshot(&self, uptime: std::time::Duration, sessions: u32) -> crate::metrics::Snapshot {
+        let models = self
+            .inner
+            .models
+            .values()
+            .map(|m| {
+                let (circuit_open, failures_in_a_row) = m.health_view();
+                crate::metrics::ModelSnapshot { info: m.info(), circuit_open, failures_in_a_row }
+            })
+            .collect();
+        crate::metrics::Snapshot { uptime, sessions, models }
     }
 
     pub fn pool(&self) -> &WeightPool {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use super::health::{Health, Next};
 use super::Registry;
 use crate::config::{KeepAlive, ModelSpec};
+use crate::metrics::Metrics;
 use crate::sched::batcher;
 use crate::sched::Admission;
 use crate::supervise::WorkerHandle;
@@ -89,6 +90,7 @@ pub struct Model {
     batcher: std::sync::OnceLock<()>,
     /// Notified when a dead worker has been dealt with (its slot changed).
     settled: tokio::sync::Notify,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -99,8 +101,18 @@ pub enum UnloadReason {
     Requested,
 }
 
+impl UnloadReason {
+    fn label(self) -> &'static str {
+        match self {
+            UnloadReason::KeepAlive => "keep_alive",
+            UnloadReason::Evicted => "evicted",
+            UnloadReason::Requested => "requested",
+        }
+    }
+}
+
 impl Model {
-    pub fn new(spec: ModelSpec) -> Model {
+    pub fn new(spec: ModelSpec, metrics: Arc<Metrics>) -> Model {
         Model {
             admission: Admission::new(spec.queue_capacity, spec.max_streams),
             spec,
@@ -119,6 +131,7 @@ impl Model {
             }),
             batcher: std::sync::OnceLock::new(),
             settled: tokio::sync::Notify::new(),
+            metrics,
         }
     }
 
@@ -193,6 +206,9 @@ impl Model {
                             done: 0,
                             total: 1,
                         };
+                        if state.health.failures > 0 {
+                            self.metrics.worker_restarted(&self.spec.name);
+                        }
                         let (tx, rx) = watch::channel(LoadStatus::Progress(first));
                         state.slot = Slot::Loading(rx.clone());
                         // Its own task: the load completes even if this requester goes away.
@@ -225,6 +241,7 @@ impl Model {
 
     async fn load(self: Arc<Self>, registry: Registry, status: watch::Sender<LoadStatus>) {
         tracing::info!(model = %self.spec.name, path = %self.spec.path.display(), "loading");
+        crate::service::notify::status(&format!("loading {}", self.spec.name));
         let started = Instant::now();
         let result = match registry.make_room(&self).await {
             // Every weight file is mapped and its header checked before the worker sees it.
@@ -238,6 +255,7 @@ impl Model {
             },
             Err(err) => Err(err),
         };
+        self.metrics.load_done(&self.spec.name, result.is_ok(), started.elapsed());
         let mut state = self.state();
         match result {
             Ok((worker, weights)) => {
@@ -249,6 +267,12 @@ impl Model {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "ready"
                 );
+                crate::service::notify::status(&format!(
+                    "{} ready on {} in {:.1} s",
+                    self.spec.name,
+                    worker.ready.backend,
+                    started.elapsed().as_secs_f64()
+                ));
                 let worker = Arc::new(worker);
                 state.slot = Slot::Ready(worker.clone());
                 state.health.retry_at = None;
@@ -264,6 +288,7 @@ impl Model {
             }
             Err(err) => {
                 tracing::error!(model = %self.spec.name, %err, "load failed");
+                crate::service::notify::status(&format!("loading {} failed", self.spec.name));
                 let err = self.record_failure(&mut state, err.message.clone(), false, &registry).unwrap_or(err);
                 let _ = status.send(LoadStatus::Failed(err));
             }
@@ -281,6 +306,7 @@ impl Model {
         }
         let cause = worker.death_cause().await;
         tracing::warn!(model = %self.spec.name, "{cause}");
+        self.metrics.worker_failed(&self.spec.name);
         {
             let mut state = self.state();
             if !matches!(&state.slot, Slot::Ready(current) if Arc::ptr_eq(current, &worker)) {
@@ -329,6 +355,12 @@ impl Model {
             });
         }
         None
+    }
+
+    /// Whether the circuit is open now, and the failures in a row.
+    pub fn health_view(&self) -> (bool, u32) {
+        let state = self.state();
+        (state.health.open_until.is_some_and(|until| until > Instant::now()), state.health.failures)
     }
 
     /// An operator's load: a model whose circuit is open is tried again now.
@@ -382,6 +414,7 @@ impl Model {
             (worker, done)
         };
         tracing::info!(model = %self.spec.name, ?reason, "unloading");
+        self.metrics.unloaded(&self.spec.name, reason.label());
         worker.stop(UNLOAD_GRACE).await;
         {
             let mut state = self.state();

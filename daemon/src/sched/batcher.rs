@@ -40,6 +40,8 @@ pub struct EmbedItem {
     pub texts: Vec<String>,
     pub normalize: bool,
     pub priority: Priority,
+    /// When the request arrived (for the queue-wait metric).
+    pub arrived: tokio::time::Instant,
     pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
 }
 
@@ -103,6 +105,11 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
         return;
     }
     let texts: Vec<String> = batch.iter().flat_map(|item| item.texts.iter().cloned()).collect();
+    let now = tokio::time::Instant::now();
+    for item in &batch {
+        model.metrics.queue_wait(&model.spec.name, now - item.arrived);
+    }
+    model.metrics.batch_size(&model.spec.name, "embed", batch.len());
     tracing::debug!(model = %model.spec.name, requests = batch.len(), texts = texts.len(), "embedding batch");
     let started = std::time::Instant::now();
     let result = crate::registry::run_replayable(model, registry, Job::Embed { texts, normalize: false }).await;

@@ -20,9 +20,12 @@ pub struct BoundSocket {
     pub listener: UnixListener,
     pub path: PathBuf,
     /// (device, inode) of the socket file we created, so shutdown never removes a file
-    /// that someone else put at the path meanwhile.
-    identity: (u64, u64),
-    _lock: Flock<File>,
+    /// that someone else put at the path meanwhile. `None` for a socket the service
+    /// manager passed: it owns the file, which outlives this process.
+    identity: Option<(u64, u64)>,
+    _lock: Option<Flock<File>>,
+    /// "systemd" or "launchd" when the socket was inherited.
+    pub activated_by: Option<&'static str>,
 }
 
 impl BoundSocket {
@@ -85,13 +88,35 @@ impl BoundSocket {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)?;
-        Ok(BoundSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()), _lock: lock })
+        Ok(BoundSocket {
+            listener,
+            path: path.to_path_buf(),
+            identity: Some((meta.dev(), meta.ino())),
+            _lock: Some(lock),
+            activated_by: None,
+        })
+    }
+
+    /// A socket the service manager bound and passed (socket activation). Its permissions
+    /// are the unit's (`SocketMode=`, `SocketGroup=`); the daemon never removes it. Call
+    /// within the tokio runtime.
+    pub fn inherited(inherited: crate::service::activation::Inherited) -> Result<BoundSocket> {
+        let listener =
+            UnixListener::from_std(inherited.listener).context("registering the inherited socket with tokio")?;
+        Ok(BoundSocket {
+            listener,
+            path: inherited.path.unwrap_or_else(|| PathBuf::from("(inherited socket)")),
+            identity: None,
+            _lock: None,
+            activated_by: Some(inherited.manager),
+        })
     }
 
     /// Removes the socket file if it is still the one we bound.
     pub fn remove_socket_file(&self) {
+        let Some(identity) = self.identity else { return };
         match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
+            Ok(meta) if (meta.dev(), meta.ino()) == identity => {
                 if let Err(err) = std::fs::remove_file(&self.path) {
                     tracing::warn!(path = %self.path.display(), %err, "cannot remove socket");
                 }

@@ -4,9 +4,11 @@
 //! - [`listener`]: binding the socket (permissions, one daemon per path, stale sockets).
 //! - [`session`]: handshake, the request loop and bounded outbound queue of one client.
 //! - [`dispatch`]: answering each request family.
+//! - [`metrics_http`]: the optional HTTP listener for Prometheus.
 
 pub mod dispatch;
 pub mod listener;
+pub mod metrics_http;
 pub mod session;
 
 use std::future::Future;
@@ -52,6 +54,13 @@ impl Daemon {
         })
     }
 
+    /// The Prometheus exposition: event counters and the state of every model now.
+    pub fn render_metrics(&self) -> String {
+        let registry = &self.registry;
+        let snapshot = registry.metrics_snapshot(self.started.elapsed(), self.sessions.load(Ordering::Relaxed));
+        registry.metrics().render(&snapshot)
+    }
+
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
@@ -65,6 +74,7 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
     let stop_sessions = CancellationToken::new();
     tokio::pin!(shutdown);
     tracing::info!(socket = %socket.path.display(), "serving");
+    crate::service::notify::ready(&daemon.endpoint);
 
     loop {
         // The connection limit is taken before accept: past it, connections wait in the
@@ -99,6 +109,7 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
     }
 
     tracing::info!("shutting down: no new connections; draining in-flight requests");
+    crate::service::notify::stopping();
     socket.remove_socket_file();
     drop(socket);
     stop_sessions.cancel();

@@ -204,7 +204,9 @@ where
         }
     };
     let session_id = daemon.next_session_id();
-    let span = tracing::info_span!("session", id = session_id, client = %hello.client_name, pid = ?peer.pid);
+    // -1: the kernel did not say (never on Linux).
+    let pid = peer.pid.unwrap_or(-1);
+    let span = tracing::info_span!("session", id = session_id, client = %hello.client_name, pid);
     serve(daemon, frames_in, frames_out, hello, peer, session_id, stop).instrument(span).await;
 }
 
@@ -233,7 +235,7 @@ async fn serve<R, W>(
     }
     frames_in.decoder_mut().set_limits(limits.max_frame_len, 0);
     frames_out.encoder_mut().set_limits(0, hello.max_frame_len.clamp(HANDSHAKE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
-    tracing::info!(uid = ?peer.uid, "session opened");
+    tracing::info!(uid = peer.uid.map_or(-1, i64::from), "session opened");
     daemon.sessions.fetch_add(1, Ordering::Relaxed);
 
     let session = Arc::new(Session {
@@ -271,13 +273,16 @@ async fn serve<R, W>(
         };
         match message {
             ClientMessage::Request { id, body } => {
+                let done = Done::new(&session, &body);
                 if let Some(refusal) = admit(&session, id, &body) {
+                    done.record(&Err(refusal.code));
                     if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
                         break "client stopped reading";
                     }
                     continue;
                 }
                 if let Some(reply) = dispatch::answer_now(&session, &body) {
+                    done.record(&reply.outcome());
                     if outbound.send(reply.into_message(id)).await.is_err() {
                         break "client stopped reading";
                     }
@@ -288,6 +293,7 @@ async fn serve<R, W>(
                 let prepared = match dispatch::admit(&session, &body) {
                     Ok(prepared) => prepared,
                     Err(refusal) => {
+                        done.record(&Err(refusal.code));
                         if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
                             break "client stopped reading";
                         }
@@ -298,11 +304,21 @@ async fn serve<R, W>(
                     Arc::new(Control { is_stream: matches!(body, Request::Generate(_)), ..Control::default() });
                 session.in_flight().insert(id, control.clone());
                 let (session, outbound) = (session.clone(), outbound.clone());
-                requests.spawn(async move {
-                    let result = dispatch::handle(&session, id, body, prepared, &outbound, &control).await;
-                    session.in_flight().remove(&id);
-                    let _ = outbound.send(dispatch::Reply(result).into_message(id)).await;
-                });
+                // Everything logged while the request runs carries the client's request id.
+                let span = tracing::info_span!("request", id, kind = done.kind, model = %done.model);
+                requests.spawn(
+                    async move {
+                        let result = dispatch::handle(&session, id, body, prepared, &outbound, &control).await;
+                        session.in_flight().remove(&id);
+                        let reply = dispatch::Reply(result);
+                        done.record(&reply.outcome());
+                        if let Err(error) = &reply.0 {
+                            tracing::debug!(code = ?error.code, "request failed: {}", error.message);
+                        }
+                        let _ = outbound.send(reply.into_message(id)).await;
+                    }
+                    .instrument(span),
+                );
             }
             ClientMessage::Cancel { id } => {
                 if let Some(control) = session.in_flight().get(&id) {
@@ -346,9 +362,32 @@ async fn serve<R, W>(
     tracing::info!(released_leases = released, "session closed");
 }
 
+/// A request's labels and arrival, for the requests and duration metrics.
+struct Done {
+    daemon: Arc<Daemon>,
+    kind: &'static str,
+    model: String,
+    arrived: std::time::Instant,
+}
+
+impl Done {
+    fn new(session: &Session, body: &Request) -> Done {
+        Done {
+            daemon: session.daemon.clone(),
+            kind: dispatch::kind(body),
+            model: dispatch::model_label(session, body),
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    fn record(&self, outcome: &Result<(), ErrorCode>) {
+        self.daemon.registry.metrics().request_done(&self.model, self.kind, *outcome, self.arrived.elapsed());
+    }
+}
+
 /// Refusals decided before any work: duplicate ids and the per-session in-flight limit.
 fn admit(session: &Session, id: RequestId, body: &Request) -> Option<WireError> {
-    if matches!(body, Request::Ping | Request::Status | Request::ListModels | Request::Weights) {
+    if matches!(body, Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics) {
         return None; // answered at once, never counted
     }
     let in_flight = session.in_flight();
@@ -437,6 +476,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 impl dispatch::Reply {
+    fn outcome(&self) -> Result<(), ErrorCode> {
+        self.0.as_ref().map(|_| ()).map_err(|error| error.code)
+    }
+
     fn into_message(self, id: RequestId) -> ServerMessage {
         match self.0 {
             Ok(body) => ServerMessage::Response { id, body },

@@ -400,11 +400,18 @@ fn load(
     pulse.progress();
     // Long Python work (a batch's passes, a load's stages) reports progress through this.
     let beat = pulse.clone();
+    let load_progress = out.clone();
     let hook = pyo3::types::PyCFunction::new_closure(
         py,
         Some(c"progress"),
-        Some(c"Tells the supervisor's watchdog that the work in hand moved forward."),
-        move |_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| beat.progress(),
+        Some(c"Tells the supervisor's watchdog that the work in hand moved forward; (done, total) while loading."),
+        move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| {
+            beat.progress();
+            if let Ok((done, total)) = args.extract::<(u64, u64)>() {
+                // Dropped rather than waited for if the link is backed up: progress is advisory.
+                let _ = load_progress.try_send(FromWorker::Progress { stage: LoadStage::Weights, done, total });
+            }
+        },
     )
     .map_err(|err| python_error(py, "making the progress hook", err))?;
     runtime

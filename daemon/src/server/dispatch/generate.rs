@@ -63,6 +63,8 @@ pub async fn generate(
         tokio::select! {
             granted = &mut turn => {
                 granted.unwrap_or_else(|_| Err(WireError::internal("the model's queue dropped the request")))?;
+                model.metrics.queue_wait(&model.spec.name, arrived.elapsed());
+                model.metrics.batch_size(&model.spec.name, "generate", model.admission.stats().running as usize);
                 break;
             }
             () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
@@ -117,6 +119,9 @@ pub async fn generate(
                         });
                     };
                     outstanding = outstanding.saturating_sub(1);
+                    if delivered == 0 {
+                        model.metrics.first_token(&model.spec.name, arrived.elapsed());
+                    }
                     delivered += 1;
                     if !cancelled {
                         let event = ServerMessage::Event { id, event: Event::Token { text, token } };
@@ -159,6 +164,7 @@ pub async fn generate(
     model.admission.record_service(started.elapsed() / model.spec.max_streams.max(1) as u32);
     match result? {
         JobOutput::Generated(mut summary) => {
+            model.metrics.generation_done(&model.spec.name, summary.completion_tokens, summary.generation_tokens_per_s);
             if cancelled {
                 summary.finish_reason = FinishReason::Cancelled;
             }

@@ -1,4 +1,4 @@
-//! Ping, status and the model list: facts the supervisor holds, answered without a task
+//! Ping, status, metrics and the model list: facts the supervisor holds, answered without a task
 //! and without waiting on any worker, so they stay fast however busy the models are.
 
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ pub fn answer(session: &Session, body: &Request) -> Option<Result<Response, Wire
         Request::Ping => Response::Pong,
         Request::ListModels => Response::Models(daemon.registry.infos()),
         Request::Weights => Response::Weights(daemon.registry.weights()),
+        Request::Metrics => Response::Metrics(daemon.render_metrics()),
         Request::Status => Response::Status(DaemonStatus {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,

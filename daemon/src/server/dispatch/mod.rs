@@ -98,7 +98,7 @@ pub async fn handle(
             (Request::Release { lease }, _) => session.release(lease).map(|()| Response::Released),
             (Request::Load { model }, _) => lease::load(session, id, &model, events).await,
             (Request::Unload { model, force }, _) => lease::unload(session, &model, force).await,
-            (Request::Ping | Request::Status | Request::ListModels | Request::Weights, _) => {
+            (Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics, _) => {
                 Err(WireError::internal("supervisor request reached a request task"))
             }
         }
@@ -109,6 +109,47 @@ pub async fn handle(
     tokio::select! {
         result = work => result,
         () = control.cancel.cancelled() => Err(WireError::new(ErrorCode::Cancelled, format!("request {id} cancelled"))),
+    }
+}
+
+/// A request's kind, for metrics and logs.
+pub fn kind(body: &Request) -> &'static str {
+    match body {
+        Request::Ping => "ping",
+        Request::Status => "status",
+        Request::ListModels => "list_models",
+        Request::Lease(_) => "lease",
+        Request::Release { .. } => "release",
+        Request::Embed(_) => "embed",
+        Request::Generate(_) => "generate",
+        Request::Tokenize { .. } => "tokenize",
+        Request::Detokenize { .. } => "detokenize",
+        Request::Load { .. } => "load",
+        Request::Unload { .. } => "unload",
+        Request::Weights => "weights",
+        Request::Metrics => "metrics",
+    }
+}
+
+/// The model a request is for, as a metrics label: a known model's name, else "-".
+pub fn model_label(session: &Session, body: &Request) -> String {
+    let registry = &session.daemon.registry;
+    let by_ref = |model: &ModelRef| match model {
+        ModelRef::Name(name) => registry.metric_label(name),
+        ModelRef::Lease(lease) => {
+            session.leased_model(*lease).map_or_else(|_| crate::metrics::NO_MODEL.to_owned(), |m| m.spec.name.clone())
+        }
+    };
+    match body {
+        Request::Embed(request) => by_ref(&request.model),
+        Request::Generate(request) => by_ref(&request.model),
+        Request::Tokenize { model, .. } | Request::Detokenize { model, .. } => by_ref(model),
+        Request::Lease(request) => registry.metric_label(&request.model),
+        Request::Load { model } | Request::Unload { model, .. } => registry.metric_label(model),
+        Request::Release { lease } => by_ref(&ModelRef::Lease(*lease)),
+        Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics => {
+            crate::metrics::NO_MODEL.to_owned()
+        }
     }
 }
 
