@@ -210,8 +210,18 @@ impl Client {
             pid: std::process::id(),
             max_frame_len: options.max_frame_len,
         };
-        frames_out.send(ClientMessage::Hello(hello)).await?;
-        let welcome = match frames_in.next().await {
+        // A daemon that refuses the peer (its credentials) answers before reading the Hello
+        // and closes, so the Hello may meet a closed socket: the refusal is still there to
+        // be read, and says more than the broken pipe.
+        let sent = frames_out.send(ClientMessage::Hello(hello)).await;
+        let answer = frames_in.next().await;
+        if let Err(err) = sent {
+            return match answer {
+                Some(Ok(ServerMessage::Fatal(refusal))) => Err(ClientError::Handshake(refusal)),
+                _ => Err(err.into()),
+            };
+        }
+        let welcome = match answer {
             Some(Ok(ServerMessage::Welcome(welcome))) => welcome,
             Some(Ok(ServerMessage::Fatal(err))) => return Err(ClientError::Handshake(err)),
             Some(Ok(other)) => {

@@ -89,6 +89,8 @@ fn requests() {
         &ClientMessage::Request { id: 6, body: Request::Unload { model: "m".into(), force: true } },
         "01 06 0a 01 6d 01",
     );
+    pinned(&ClientMessage::Request { id: 7, body: Request::Weights }, "01 07 0b");
+    pinned(&ClientMessage::Request { id: 7, body: Request::Metrics }, "01 07 0c");
     pinned(&ClientMessage::Cancel { id: 3 }, "02 03");
     pinned(&ClientMessage::Credit { id: 3, events: 16 }, "03 03 10");
 }
@@ -123,6 +125,10 @@ fn generate_request() {
 #[test]
 fn responses_events_and_errors() {
     pinned(&ServerMessage::Response { id: 5, body: Response::Pong }, "01 05 00");
+    pinned(
+        &ServerMessage::Response { id: 5, body: Response::Metrics("# EOF\n".into()) },
+        "01 05 0c 06 23 20 45 4f 46 0a",
+    );
     pinned(
         &ServerMessage::Response {
             id: 2,

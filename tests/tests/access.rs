@@ -62,6 +62,7 @@ async fn a_peer_outside_the_allow_list_is_refused_with_unauthorized() {
             .env("HOME", &dir.0)
             .env("XDG_CONFIG_HOME", &dir.0)
             .env("MLXD_LOG", "info")
+            .env("MLXD_LOG_FORMAT", "human")
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

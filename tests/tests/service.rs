@@ -348,3 +348,58 @@ async fn json_logs_carry_the_session_and_the_clients_request_id() {
     assert!(session["client"].as_str().is_some_and(|c| c.starts_with("service")), "{session}");
     assert!(session["id"].is_u64() && session["pid"].as_i64() == Some(std::process::id() as i64), "{session}");
 }
+
+#[test]
+fn shell_completions_are_generated_for_both_binaries() {
+    for (binary, shell, marker) in
+        [("mlxctl", "bash", "_mlxctl()"), ("mlxctl", "zsh", "#compdef mlxctl"), ("mlxd", "fish", "complete -c mlxd")]
+    {
+        let (status, stdout, stderr) =
+            run_with_timeout(Command::new(bin(binary)).args(["completions", shell]), Duration::from_secs(30));
+        assert!(status.success(), "{binary} completions {shell}: {stderr}");
+        assert!(stdout.contains(marker), "{binary} {shell}: no {marker:?}");
+        assert!(stdout.contains("top") || binary == "mlxd", "subcommands are completed");
+        assert!(stdout.contains("install") || binary == "mlxctl");
+    }
+}
+
+/// No systemd runs in the test environment, so `systemctl` here is a stand-in on PATH that
+/// records its arguments: this checks what `mlxd install` asks the service manager to do,
+/// in order, not systemd itself (the units themselves are checked by systemd-analyze).
+#[test]
+fn install_and_uninstall_drive_systemctl_for_socket_activation() {
+    let dir = TempDir::new();
+    let fake_bin = dir.join("bin");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let calls = dir.join("calls");
+    let script = format!("#!/bin/sh\necho \"$*\" >> {}\n", calls.display());
+    std::fs::write(fake_bin.join("systemctl"), script).unwrap();
+    std::fs::set_permissions(fake_bin.join("systemctl"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let config = dir.join("config");
+    let run = |args: &[&str]| {
+        let (status, stdout, stderr) = run_with_timeout(
+            Command::new(bin("mlxd")).args(args).env("PATH", &path).env("XDG_CONFIG_HOME", &config),
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "mlxd {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let venv = repo_root().join(".venv");
+    let out = run(&["install", "--user", "--python", venv.to_str().unwrap()]);
+    assert!(config.join("systemd/user/mlxd.service").exists() && config.join("systemd/user/mlxd.socket").exists());
+    assert!(out.contains("ran systemctl --user enable --now mlxd.socket"), "{out}");
+    let recorded = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        recorded.lines().collect::<Vec<_>>(),
+        ["--user daemon-reload", "--user enable --now mlxd.socket", "--user try-restart mlxd.service"]
+    );
+    std::fs::remove_file(&calls).unwrap();
+    run(&["uninstall", "--user"]);
+    let recorded = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        recorded.lines().collect::<Vec<_>>(),
+        ["--user disable --now mlxd.socket mlxd.service", "--user daemon-reload"]
+    );
+    assert!(!config.join("systemd/user/mlxd.service").exists());
+}

@@ -74,12 +74,23 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         }
         println!("{verb} {}", file.path.display());
     }
-    if args.scope == Scope::System && (python.starts_with("/root") || python.starts_with("/home")) {
-        println!(
-            "note: the virtualenv {} is in a home directory; the service's user must be able to read it \
-             (or pass --python with a venv elsewhere, e.g. /opt/mlxd/venv)",
-            python.display()
-        );
+    if args.scope == Scope::System {
+        let in_home =
+            |path: &Path| path.starts_with("/root") || path.starts_with("/home") || path.starts_with("/Users");
+        if in_home(&python) {
+            println!(
+                "note: the virtualenv {} is in a home directory; the service's user must be able to read it \
+                 (or pass --python with a venv elsewhere, e.g. /opt/mlxd/venv)",
+                python.display()
+            );
+        }
+        if in_home(&binary) {
+            println!(
+                "note: {} is in a home directory; the service's user must be able to run it (or copy it to \
+                 /usr/local/bin and run `mlxd install` from there)",
+                binary.display()
+            );
+        }
     }
     if args.dry_run || args.no_enable || args.unit_dir.is_some() {
         println!("service manager left alone{}", if args.dry_run { " (dry run)" } else { "" });

@@ -400,16 +400,18 @@ fn load(
     pulse.progress();
     // Long Python work (a batch's passes, a load's stages) reports progress through this.
     let beat = pulse.clone();
-    let load_progress = out.clone();
+    // Weak: the module keeps this hook for the worker's life, and a strong sender would
+    // keep the link's writer (and so the process) alive after the job loop ends.
+    let load_progress = out.downgrade();
     let hook = pyo3::types::PyCFunction::new_closure(
         py,
         Some(c"progress"),
         Some(c"Tells the supervisor's watchdog that the work in hand moved forward; (done, total) while loading."),
         move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| {
             beat.progress();
-            if let Ok((done, total)) = args.extract::<(u64, u64)>() {
+            if let (Ok((done, total)), Some(out)) = (args.extract::<(u64, u64)>(), load_progress.upgrade()) {
                 // Dropped rather than waited for if the link is backed up: progress is advisory.
-                let _ = load_progress.try_send(FromWorker::Progress { stage: LoadStage::Weights, done, total });
+                let _ = out.try_send(FromWorker::Progress { stage: LoadStage::Weights, done, total });
             }
         },
     )
