@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README):
 #   make run   — set everything up, then serve the bundled models in the foreground
 #   make test  — set everything up, then run every test and lint
-.PHONY: setup setup-release setup-test run test test-rust test-python lint fmt clean bench
+.PHONY: setup setup-release setup-test setup-bench run test test-rust test-python lint fmt clean bench
 
 # Forwarded to `mlxd serve`, e.g. make run ARGS="--socket /tmp/mlxd.sock"
 ARGS ?=
@@ -39,12 +39,19 @@ test-python:
 	cd python && LD_PRELOAD=$(BLAS_PRELOAD) ../.venv/bin/python -m pytest -q
 
 # Benchmarks (not tests): numbers go to BENCHMARKS.md with the machine and the command.
-bench: setup-release
+bench: setup-bench
 	.venv/bin/python bench/decode.py
 	.venv/bin/python bench/load.py
 	.venv/bin/python bench/embed_batching.py
 	.venv/bin/python bench/generation.py
 	.venv/bin/python bench/overload.py
+	.venv/bin/python bench/memory.py
+	.venv/bin/python bench/overhead.py
+	.venv/bin/python bench/report.py
+
+# Release binaries, and matplotlib for the charts.
+setup-bench:
+	scripts/setup.sh --release --bench
 
 fmt:
 	cargo fmt --all

@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, blas, machine, private_daemon, store_model, write_section  # noqa: E402
+from common import ROOT, blas, machine, private_daemon, save_result, store_model, write_section  # noqa: E402
 
 PROMPT = "Write a long story about a dragon."
 
@@ -151,6 +151,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     write_section("decode", report)
+    save_result("decode", {"tokens_per_s": {"mlxd": daemon_tps, "in_process": local_tps}, "ratio": ratio})
 
 
 if __name__ == "__main__":

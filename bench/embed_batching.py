@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+from common import ROOT, machine, private_daemon, save_result, write_section  # noqa: E402
 
 
 def measure(binaries: Path, extra: list[str], seconds: float) -> dict:
@@ -58,6 +58,8 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     write_section("embed-batching", report)
+    save_result("embed_batching", {"texts_per_s": {"batched": batched["texts_per_s"],
+                                                   "unbatched": unbatched["texts_per_s"]}, "ratio": ratio})
 
 
 if __name__ == "__main__":

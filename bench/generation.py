@@ -25,7 +25,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, blas, machine, private_daemon, store_model, write_section  # noqa: E402
+from common import ROOT, blas, machine, private_daemon, save_result, store_model, write_section  # noqa: E402
 
 PROMPT = "Tell me a story."  # what `mlxctl bench --kind generate` sends
 
@@ -110,14 +110,17 @@ def main() -> None:
         for streams in (1, 4, 8):
             results[streams] = mlxd(binaries, socket_path, streams, args.seconds, args.max_tokens)
             print(f"mlxd {streams} streams: {results[streams]['tokens_per_s']:.1f} tok/s", flush=True)
-    server = mlx_lm_server(model, 8, args.seconds, args.max_tokens)
-    print(f"mlx_lm.server 8 concurrent: {server['tokens_per_s']:.1f} tok/s", flush=True)
+    servers = {}
+    for streams in (1, 4, 8):
+        servers[streams] = mlx_lm_server(model, streams, args.seconds, args.max_tokens)
+        print(f"mlx_lm.server {streams} concurrent: {servers[streams]['tokens_per_s']:.1f} tok/s", flush=True)
+    server = servers[8]
 
     single = results[1]["tokens_per_s"]
     scale = results[8]["tokens_per_s"] / single
     versus = results[8]["tokens_per_s"] / server["tokens_per_s"]
     lines = [
-        "## Generation: aggregate tokens/s at 1, 4, 8 concurrent streams, and mlx_lm.server (issue 5)",
+        "## Generation: aggregate tokens/s at 1, 4, 8 concurrent streams, mlxd and mlx_lm.server (issue 5)",
         "",
         f"- Date: {date.today().isoformat()}; machine: {machine()}",
         f"- Command: `.venv/bin/python bench/generation.py --seconds {args.seconds:g} --max-tokens {args.max_tokens}`"
@@ -132,7 +135,8 @@ def main() -> None:
     for streams, r in results.items():
         lines.append(f"| mlxd | {streams} | {r['tokens_per_s']:.1f} | {r['ok']} | {r['latency_ms']['p50']:.0f} |"
                      f" {r['latency_ms']['p99']:.0f} | {r['busy']} | {sum(r['errors'].values())} |")
-    lines.append(f"| mlx_lm.server | 8 | {server['tokens_per_s']:.1f} | {server['requests']} | | | | {server['errors']} |")
+    for streams, s in servers.items():
+        lines.append(f"| mlx_lm.server | {streams} | {s['tokens_per_s']:.1f} | {s['requests']} | | | | {s['errors']} |")
     lines += [
         "",
         f"**8 streams vs 1: {scale:.2f}x** (goal >= 4x: {'met' if scale >= 4 else 'NOT met'}).",
@@ -141,6 +145,10 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     write_section("generation", report)
+    save_result("generation", {
+        "tokens_per_s": {"mlxd": {str(n): r["tokens_per_s"] for n, r in results.items()},
+                         "mlx_lm.server": {str(n): s["tokens_per_s"] for n, s in servers.items()}},
+        "scale_8_vs_1": scale, "versus_mlx_lm_server_at_8": versus})
 
 
 if __name__ == "__main__":

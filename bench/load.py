@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+from common import ROOT, machine, private_daemon, save_result, write_section  # noqa: E402
 
 MODELS = ("minilm", "smollm2")
 
@@ -84,6 +84,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     write_section("load", report)
+    save_result("load", {"seconds": {model: {"cold": cold, "reload": warm} for model, cold, warm in rows}})
 
 
 if __name__ == "__main__":

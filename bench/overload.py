@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, machine, private_daemon, write_section  # noqa: E402
+from common import ROOT, machine, private_daemon, save_result, write_section  # noqa: E402
 
 PROTOCOL_VERSION = 2
 BUSY = 2  # ErrorCode::Busy
@@ -281,6 +281,8 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     write_section("overload", report)
+    save_result("overload", {"memory_growth": growth, "status_p99_ms": status_p99, "busy_p99_ms": busy_p99,
+                             "errors": sum(errors.values()), "crashed": bool(crashed)})
 
 
 if __name__ == "__main__":

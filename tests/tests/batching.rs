@@ -45,6 +45,31 @@ async fn batched_embeddings_equal_unbatched_ones() {
     assert!(merged > 0, "no batch merged several requests");
 }
 
+/// A client sending one request after another, alone, never waits for a batch to fill:
+/// nobody else is there to fill it. With a 500 ms batch delay, a wait would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_sequential_client_is_not_held_back_for_company() {
+    let daemon = Daemon::start(&["--embed-max-delay", "500ms"]);
+    let client = daemon.client().await;
+    client.embed("minilm", vec!["warm".into()]).await.unwrap();
+    for i in 0..8 {
+        let started = std::time::Instant::now();
+        client.embed("minilm", vec![format!("sentence {i}")]).await.unwrap();
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(450), "request {i} took {took:?}: it waited for company");
+    }
+    // With a second client sending at the same time, waiting for company is right again.
+    let other = daemon.client().await;
+    let (a, b) = tokio::join!(
+        client.embed("minilm", vec!["together one".into()]),
+        other.embed("minilm", vec!["together two".into()])
+    );
+    a.unwrap();
+    b.unwrap();
+    let log = daemon.log_text();
+    assert!(log.lines().filter(|l| l.contains("embedding batch")).count() >= 9, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once_with_a_retry_hint() {
     let daemon = Daemon::start(&["--queue-capacity", "2", "--embed-max-batch", "1"]);

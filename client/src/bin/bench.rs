@@ -19,15 +19,19 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Model to load.
+    /// Model to load (not needed for ping).
     #[arg(long, short)]
-    pub model: String,
-    /// What to send: embed or generate.
-    #[arg(long, default_value = "embed")]
+    pub model: Option<String>,
+    /// What to send: embed, generate, or ping (the protocol round trip, no model).
+    #[arg(long, default_value = "embed", value_parser = ["embed", "generate", "ping"])]
     pub kind: String,
     /// Concurrent connections.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Closed loop: requests each connection keeps in flight (frames pipelined on one
+    /// connection).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub pipeline: usize,
     /// Seconds to run [default: 10, or until --requests are done].
     #[arg(long)]
     pub duration: Option<f64>,
@@ -63,6 +67,12 @@ struct Tally {
 }
 
 pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result<(), ClientError> {
+    if args.kind != "ping" && args.model.is_none() {
+        return Err(ClientError::Wire(mlxd_client::proto::WireError::bad_request(format!(
+            "mlxctl bench --kind {} needs --model",
+            args.kind
+        ))));
+    }
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         // No client-side retries: a benchmark counts every Busy the daemon answers.
@@ -92,11 +102,10 @@ pub async fn run(options: ConnectOptions, args: BenchArgs, json: bool) -> Result
     let progress = tokio::spawn(show_progress(tally.clone(), started, goal, json));
     match args.rate {
         None => {
-            let tasks: Vec<_> = clients
-                .iter()
-                .enumerate()
-                .map(|(index, client)| {
-                    let (client, args, tally, budget) = (client.clone(), args.clone(), tally.clone(), budget.clone());
+            let tasks: Vec<_> = (0..clients.len() * args.pipeline.max(1))
+                .map(|index| {
+                    let client = clients[index % clients.len()].clone();
+                    let (args, tally, budget) = (args.clone(), tally.clone(), budget.clone());
                     tokio::spawn(async move {
                         let mut n = 0;
                         while budget.take() {
@@ -173,9 +182,13 @@ enum Goal {
 /// One request; returns how many items (texts or tokens) it produced.
 async fn one_request(client: &Client, args: &BenchArgs, n: usize) -> Result<u64, ClientError> {
     let priority = if args.batch_priority { Priority::Batch } else { Priority::Interactive };
+    let model = args.model.clone().unwrap_or_default();
+    if args.kind == "ping" {
+        return client.ping().await.map(|()| 1);
+    }
     if args.kind == "generate" {
         let request = GenerateRequest {
-            model: ModelRef::Name(args.model.clone()),
+            model: ModelRef::Name(model),
             input: PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: "Tell me a story.".into() }]),
             params: GenerateParams { max_tokens: args.max_tokens, temperature: 0.0, ..Default::default() },
             initial_credit: 0,
@@ -192,8 +205,7 @@ async fn one_request(client: &Client, args: &BenchArgs, n: usize) -> Result<u64,
         return Ok(tokens);
     }
     let texts = (0..args.texts).map(|i| format!("benchmark sentence number {n} part {i}")).collect();
-    let request =
-        EmbedRequest { model: ModelRef::Name(args.model.clone()), texts, normalize: true, priority, deadline_ms: None };
+    let request = EmbedRequest { model: ModelRef::Name(model), texts, normalize: true, priority, deadline_ms: None };
     Ok(u64::from(client.embed_with(request).await?.count))
 }
 
@@ -255,7 +267,11 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
     let seconds = elapsed.as_secs_f64();
     let requests = sorted.len() as f64 / seconds;
     let items = tally.items as f64 / seconds;
-    let unit = if args.kind == "generate" { "tokens" } else { "texts" };
+    let unit = match args.kind.as_str() {
+        "generate" => "tokens",
+        "ping" => "pongs",
+        _ => "texts",
+    };
     let (p50, p90, p99, max) =
         (percentile(&sorted, 0.5), percentile(&sorted, 0.9), percentile(&sorted, 0.99), percentile(&sorted, 1.0));
     let mut busy = tally.busy_latencies.clone();
@@ -263,7 +279,7 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
     let (busy_p50, busy_p99, busy_max) = (percentile(&busy, 0.5), percentile(&busy, 0.99), percentile(&busy, 1.0));
     if json {
         let value = serde_json::json!({
-            "model": args.model, "kind": args.kind, "connections": args.connections,
+            "model": args.model, "kind": args.kind, "connections": args.connections, "pipeline": args.pipeline,
             "mode": args.rate.map_or("closed".to_string(), |r| format!("open {r}/s")),
             "seconds": seconds, "ok": sorted.len(), "requests_per_s": requests,
             format!("{unit}_per_s"): items,
@@ -279,7 +295,7 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration, json: bool) {
         "{} x {} on {} ({}), {seconds:.1} s",
         args.connections,
         args.kind,
-        args.model,
+        args.model.as_deref().unwrap_or("the daemon"),
         args.rate.map_or("closed loop".to_string(), |r| format!("open loop {r}/s"))
     );
     println!("  ok {}  busy {}  dropped by generator {}", sorted.len(), tally.busy, tally.dropped);

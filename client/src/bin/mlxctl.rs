@@ -107,8 +107,22 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Load generator: N connections, embed or generate, closed or open loop.
+    /// Load generator: N connections, embed, generate or ping, closed or open loop.
     Bench(bench::BenchArgs),
+    /// Be one tenant: lease an embedding and a generation model, then embed and generate in
+    /// turn until --seconds pass or stdin closes. Prints `ready` after the first round and a
+    /// JSON summary at the end (memory benchmarks, soak tests).
+    Tenant {
+        #[arg(long, default_value = "minilm")]
+        embed_model: String,
+        #[arg(long, default_value = "smollm2")]
+        generate_model: String,
+        #[arg(long, default_value_t = 3600.0)]
+        seconds: f64,
+        /// Tokens per generation.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+    },
     /// Show a text's token ids.
     Tokenize {
         #[arg(long, short)]
@@ -119,14 +133,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The load generator uses every core; everything else needs one thread.
+    let mut builder = match cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("mlxctl: cannot start: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&cli)) {
+    let result = runtime.block_on(run(&cli));
+    // A blocking read of stdin (`tenant`) may still be waiting: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(&cli, err),
     }
@@ -340,6 +362,9 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Command::Bench(_) | Command::Completions { .. } => unreachable!("handled above"),
+        Command::Tenant { embed_model, generate_model, seconds, max_tokens } => {
+            tenant(&client, embed_model, generate_model, *seconds, *max_tokens).await?;
+        }
         Command::Tokenize { model, text } => {
             let tokens = client.tokenize(ModelRef::Name(model.clone()), text).await?;
             if cli.json {
@@ -349,6 +374,53 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `mlxctl tenant`: what one client process of a shared daemon does, in a loop.
+async fn tenant(
+    client: &mlxd_client::Client,
+    embed_model: &str,
+    generate_model: &str,
+    seconds: f64,
+    max_tokens: u32,
+) -> Result<(), ClientError> {
+    let embedder = client.lease(embed_model).await?;
+    let generator = client.lease(generate_model).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+    // Ends the loop when whoever started us closes our stdin.
+    let stdin_closed = tokio::spawn(async {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+    });
+    let (mut rounds, mut tokens) = (0u64, 0u64);
+    loop {
+        let text = format!("tenant {} round {rounds}: a sentence to embed", std::process::id());
+        embedder.embed(vec![text]).await?;
+        let request = GenerateRequest {
+            model: ModelRef::Lease(generator.lease_id()),
+            input: PromptInput::Raw(format!("Round {rounds}. Once upon a time")),
+            params: GenerateParams { max_tokens, temperature: 0.0, ..Default::default() },
+            initial_credit: 0,
+            priority: Default::default(),
+            deadline_ms: None,
+        };
+        let mut stream = client.generate(request).await?;
+        while let Some(item) = stream.next().await? {
+            if let StreamItem::Token { token: Some(_), .. } = item {
+                tokens += 1;
+            }
+        }
+        rounds += 1;
+        if rounds == 1 {
+            println!("ready");
+            let _ = std::io::stdout().flush();
+        }
+        if tokio::time::Instant::now() >= deadline || stdin_closed.is_finished() {
+            break;
+        }
+    }
+    print_json(&json!({ "rounds": rounds, "tokens": tokens }));
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! The embedding batcher: requests for one model are merged into one worker call.
 //!
 //! A batch is flushed when it holds `max_batch` texts, or `max_delay` after its first
-//! request was taken; a lone interactive request that finds the model idle (no batch ended in the last
-//! `max_delay`) goes at once. While a batch runs, new requests queue, so under load batches
+//! request was taken. A lone interactive request goes at once when waiting could not find it
+//! company: the model is idle (no batch ended in the last `max_delay`), or no other session
+//! has sent the model anything lately (a single client sending one request after another
+//! would otherwise wait `max_delay` every time). While a batch runs, new requests queue, so under load batches
 //! fill by themselves. Entries are taken in the admission queue's order: interactive
 //! before batch, sessions in turn, so a flooding client fills batches only with what the
 //! others leave. The worker always returns raw (unnormalised) mean-pooled
@@ -34,12 +36,17 @@ impl Default for BatchPolicy {
     }
 }
 
+/// How far back "another client sent something" counts.
+const RECENT: Duration = Duration::from_millis(250);
+
 /// One request waiting for its vectors.
 #[derive(Debug)]
 pub struct EmbedItem {
     pub texts: Vec<String>,
     pub normalize: bool,
     pub priority: Priority,
+    /// The session that sent it (whether other clients are active decides the wait).
+    pub session: u64,
     /// When the request arrived (for the queue-wait metric).
     pub arrived: tokio::time::Instant,
     pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
@@ -55,8 +62,10 @@ pub fn start(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
 async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
     let queue = model.admission.clone();
     // When the last batch ended: a model that finished one a moment ago is under load, and
-    // the next request will likely have company within `max_delay`.
+    // the next request will likely have company within `max_delay`...
     let mut last_batch_end: Option<tokio::time::Instant> = None;
+    // ... if more than one client is sending: the sessions of recent requests, newest last.
+    let mut recent: std::collections::VecDeque<(tokio::time::Instant, u64)> = std::collections::VecDeque::new();
     loop {
         let first = loop {
             if let Some(item) = queue.pop_embed(|_| true) {
@@ -74,9 +83,16 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
             batch.push(item);
         }
         // Work that finds company or a model busy a moment ago waits a little for more;
-        // a lone interactive request that finds the model idle goes now.
+        // a lone interactive request that finds the model idle, or no other client about,
+        // goes now.
+        let now = tokio::time::Instant::now();
+        while recent.front().is_some_and(|(at, _)| now - *at > RECENT) || recent.len() > 64 {
+            recent.pop_front();
+        }
+        let others_active = recent.iter().any(|(_, session)| *session != batch[0].session);
         let idle = last_batch_end.is_none_or(|end| end.elapsed() >= policy.max_delay);
-        let alone_on_idle_model = batch.len() == 1 && batch[0].priority == Priority::Interactive && idle;
+        let alone_on_idle_model =
+            batch.len() == 1 && batch[0].priority == Priority::Interactive && (idle || !others_active);
         if !alone_on_idle_model && policy.max_batch > 1 && texts < policy.max_batch {
             let deadline = tokio::time::Instant::now() + policy.max_delay;
             while texts < policy.max_batch {
@@ -93,6 +109,7 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
                 }
             }
         }
+        recent.extend(batch.iter().map(|item| (now, item.session)));
         run_batch(&model, &registry, batch).await;
         last_batch_end = Some(tokio::time::Instant::now());
     }

@@ -50,8 +50,14 @@ pub async fn embed(session: &Arc<Session>, request: EmbedRequest, ticket: Ticket
     let _in_flight = model.begin_request();
     model.start_batcher(&session.daemon.registry);
     let (reply, mut answer) = oneshot::channel();
-    let item =
-        EmbedItem { texts: request.texts, normalize: request.normalize, priority: request.priority, arrived, reply };
+    let item = EmbedItem {
+        texts: request.texts,
+        normalize: request.normalize,
+        priority: request.priority,
+        session: session.id,
+        arrived,
+        reply,
+    };
     let deadline = sched::deadline(arrived, request.deadline_ms);
     admitted.enqueue(Pending::Embed(item), deadline);
     if let Some(deadline) = deadline {
