@@ -164,9 +164,12 @@ def test_paused_and_resumed_seeded_stream_gives_the_same_tokens(generator):
                 tokens.append(token)
                 if len(tokens) in (2, 7) and 0 in engine.sequences:
                     engine.pause(0)  # its client ran out of credit ...
+                    # ... so it leaves the batch: the steps below compute stream 1 alone.
+                    assert engine.active() == 1
                     for _ in range(3):
                         engine.step()  # ... while the other stream goes on
                     engine.resume(0)
+                    assert engine.active() == 2
     assert tokens == alone
 
 

@@ -202,8 +202,11 @@ async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
         assert_eq!(out.tokens, alone.tokens, "the other stream's output is unaffected");
     }
     let best_during = *during.iter().min().unwrap();
+    // That a paused stream leaves the batch (costs no compute) is checked exactly in
+    // python/tests/test_generate.py; here only a gross slowdown is caught: this shared VM's
+    // speed drifts by 10-30 % between two measurements, so a tighter bound would test it.
     assert!(
-        best_during.as_secs_f64() <= alone_time.as_secs_f64() * 1.2,
+        best_during.as_secs_f64() <= alone_time.as_secs_f64() * 1.5,
         "a stalled reader slowed another client from {alone_time:?} to {best_during:?}"
     );
 
