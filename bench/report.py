@@ -83,38 +83,31 @@ def charts() -> list[str]:
     except ImportError:
         return ["(charts skipped: matplotlib is not installed; `scripts/setup.sh --bench` installs it)"]
     CHARTS.mkdir(exist_ok=True)
-    made = []
-    if memory := load_result("memory"):
+
+    def line_chart(file: str, series: dict[str, dict[str, float]], xticks: list[int], xlabel: str, ylabel: str,
+                   title: str, scale: float = 1.0) -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for name, series in memory["pss_mib"].items():
-            if series:
-                ns = sorted(series, key=int)
-                ax.plot([int(n) for n in ns], [series[n] / 1024 for n in ns], marker="o", label=name)
-        ax.set_xlabel("client processes (each embeds and generates)")
-        ax.set_ylabel("total PSS, GiB")
-        ax.set_title("Memory of N clients using MiniLM + SmolLM2")
-        ax.set_xticks([int(n) for n in memory["clients"]])
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(CHARTS / "memory.png")
-        plt.close(fig)
-        made.append("![PSS vs N](bench/charts/memory.png)")
-    if generation := load_result("generation"):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for name, series in generation["tokens_per_s"].items():
-            ns = sorted(series, key=int)
-            ax.plot([int(n) for n in ns], [series[n] for n in ns], marker="o", label=name)
-        ax.set_xlabel("concurrent generation requests")
-        ax.set_ylabel("aggregate tokens/s")
-        ax.set_title("SmolLM2-135M decode throughput")
-        ax.set_xticks([1, 4, 8])
+        for name, points in series.items():
+            if points:
+                xs = sorted(points, key=int)
+                ax.plot([int(x) for x in xs], [points[x] * scale for x in xs], marker="o", label=name)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xticks=xticks)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(CHARTS / "generation.png")
+        fig.savefig(CHARTS / file)
         plt.close(fig)
+
+    made = []
+    if memory := load_result("memory"):
+        line_chart("memory.png", memory["pss_mib"], [int(n) for n in memory["clients"]],
+                   "client processes (each embeds and generates)", "total PSS, GiB",
+                   "Memory of N clients using MiniLM + SmolLM2", scale=1 / 1024)
+        made.append("![PSS vs N](bench/charts/memory.png)")
+    if generation := load_result("generation"):
+        line_chart("generation.png", generation["tokens_per_s"], [1, 4, 8], "concurrent generation requests",
+                   "aggregate tokens/s", "SmolLM2-135M decode throughput")
         made.append("![tokens/s vs concurrency](bench/charts/generation.png)")
     return made
 
