@@ -22,13 +22,14 @@ Usage: .venv/bin/python bench/memory.py [--clients 1,4,8,16] [--bin target/relea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -41,8 +42,7 @@ from generation import free_port  # noqa: E402
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_ARENA_MAX": "1"}
 
 CLIENT = r"""
-import json, os, select, sys, time, urllib.request
-import mlx.core as mx
+import json, os, select, sys, urllib.request
 import mlxd_runtime
 embed_dir, llm_dir, server = sys.argv[1], sys.argv[2], sys.argv[3]
 embedder = mlxd_runtime.load("embedding", embed_dir)  # also sets MLX's cache limit as workers do
@@ -70,6 +70,7 @@ while True:
 
 
 def env_for_clients() -> dict:
+    """What a worker's environment adds: the allocator settings and the OpenBLAS preload."""
     env = {**os.environ, **MALLOC_ENV}
     if blas():
         env["LD_PRELOAD"] = blas()
@@ -151,9 +152,6 @@ def with_mlx_lm_server(n: int) -> tuple[float, float]:
 
 
 def wait_for_server(url: str) -> None:
-    import json
-    import urllib.request
-
     body = json.dumps({"model": str(store_model("smollm2")), "prompt": "Hi", "max_tokens": 1}).encode()
     for _ in range(1200):
         try:

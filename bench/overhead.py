@@ -28,8 +28,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, blas, machine, minilm_dir, private_daemon, save_result, write_section  # noqa: E402
-from memory import MALLOC_ENV  # noqa: E402
+from common import ROOT, machine, minilm_dir, private_daemon, save_result, write_section  # noqa: E402
+from memory import env_for_clients  # noqa: E402
 
 IN_PROCESS_EMBED = r"""
 import json, sys, time
@@ -54,11 +54,8 @@ def bench(binaries: Path, socket: Path, *args: str) -> dict:
 
 
 def in_process_embed_p50(count: int) -> float:
-    env = {**os.environ, **MALLOC_ENV}
-    if blas():
-        env["LD_PRELOAD"] = blas()
     out = subprocess.run([sys.executable, "-c", IN_PROCESS_EMBED, str(minilm_dir()), str(count)],
-                         check=True, capture_output=True, text=True, env=env).stdout
+                         check=True, capture_output=True, text=True, env=env_for_clients()).stdout
     return statistics.median(json.loads(out))
 
 

@@ -275,14 +275,14 @@ async fn serve<R, W>(
             ClientMessage::Request { id, body } => {
                 let done = Done::new(&session, &body);
                 if let Some(refusal) = admit(&session, id, &body) {
-                    done.record(&Err(refusal.code));
+                    done.record(&session, &Err(refusal.code));
                     if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
                         break "client stopped reading";
                     }
                     continue;
                 }
                 if let Some(reply) = dispatch::answer_now(&session, &body) {
-                    done.record(&reply.outcome());
+                    done.record(&session, &reply.outcome());
                     if outbound.send(reply.into_message(id)).await.is_err() {
                         break "client stopped reading";
                     }
@@ -293,7 +293,7 @@ async fn serve<R, W>(
                 let prepared = match dispatch::admit(&session, &body) {
                     Ok(prepared) => prepared,
                     Err(refusal) => {
-                        done.record(&Err(refusal.code));
+                        done.record(&session, &Err(refusal.code));
                         if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
                             break "client stopped reading";
                         }
@@ -311,7 +311,7 @@ async fn serve<R, W>(
                         let result = dispatch::handle(&session, id, body, prepared, &outbound, &control).await;
                         session.in_flight().remove(&id);
                         let reply = dispatch::Reply(result);
-                        done.record(&reply.outcome());
+                        done.record(&session, &reply.outcome());
                         if let Err(error) = &reply.0 {
                             tracing::debug!(code = ?error.code, "request failed: {}", error.message);
                         }
@@ -364,7 +364,6 @@ async fn serve<R, W>(
 
 /// A request's labels and arrival, for the requests and duration metrics.
 struct Done {
-    daemon: Arc<Daemon>,
     kind: &'static str,
     model: String,
     arrived: std::time::Instant,
@@ -373,15 +372,14 @@ struct Done {
 impl Done {
     fn new(session: &Session, body: &Request) -> Done {
         Done {
-            daemon: session.daemon.clone(),
             kind: dispatch::kind(body),
             model: dispatch::model_label(session, body),
             arrived: std::time::Instant::now(),
         }
     }
 
-    fn record(&self, outcome: &Result<(), ErrorCode>) {
-        self.daemon.registry.metrics().request_done(&self.model, self.kind, *outcome, self.arrived.elapsed());
+    fn record(&self, session: &Session, outcome: &Result<(), ErrorCode>) {
+        session.daemon.registry.metrics().request_done(&self.model, self.kind, *outcome, self.arrived.elapsed());
     }
 }
 
