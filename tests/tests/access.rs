@@ -13,7 +13,7 @@ use mlxd_client::proto::{
     ErrorCode, GenerateParams, GenerateRequest, ModelRef, Priority, PromptInput, Request, Response,
 };
 use mlxd_client::{ClientError, ConnectOptions};
-use mlxd_tests::{bin, run_with_timeout, Daemon, TempDir};
+use mlxd_tests::{bin, model_named, run_with_timeout, Daemon, TempDir};
 
 const NOBODY: u32 = 65534;
 
@@ -206,16 +206,25 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
         let client = client.clone();
         pending.push(tokio::spawn(async move { client.embed("minilm", vec![format!("text {i}")]).await }));
     }
+    // Wait until all of them are in flight (seen from another session), so the next one
+    // is over the limit: sending it earlier would be admitted and wait out the 30 s fault.
+    let observer = daemon.client().await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        match client.call(Request::Ping).await {
-            Ok(Response::Pong) => {}
-            other => panic!("ping: {other:?}"),
+    loop {
+        let status = observer.status().await.unwrap();
+        if model_named(&status.models, "minilm").in_flight >= limits.max_in_flight {
+            break;
         }
-        match client.embed("minilm", vec!["one too many".into()]).await {
-            Err(ClientError::Wire(err)) if err.message.contains("max_in_flight") => break err,
-            _ => assert!(Instant::now() < deadline, "max_in_flight was never reached"),
-        }
+        assert!(Instant::now() < deadline, "max_in_flight was never reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match client.call(Request::Ping).await {
+        Ok(Response::Pong) => {}
+        other => panic!("ping: {other:?}"),
+    }
+    let refused = match client.embed("minilm", vec!["one too many".into()]).await {
+        Err(ClientError::Wire(err)) if err.message.contains("max_in_flight") => err,
+        other => panic!("over max_in_flight, and got {other:?}"),
     };
     assert_eq!(refused.code, ErrorCode::Busy, "{refused}");
     assert!(refused.retry_after_ms.is_some());
