@@ -71,3 +71,64 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
         Ok(())
     }
 }
+
+/// A client's frame as the daemon reads it: a message, or a request refused for what it
+/// would cost decoded (its frame was consumed whole, so the session goes on and the
+/// refusal is answered under the request's id when it could be read).
+#[derive(Debug)]
+pub enum Incoming {
+    Message(crate::ClientMessage),
+    OverLimit { id: Option<crate::RequestId>, reason: String },
+}
+
+/// The daemon's decoder of client frames: the frame limit, then the session's sequence caps
+/// ([`crate::bounds`]).
+#[derive(Debug)]
+pub struct ClientFrames {
+    max_in: u32,
+    limits: crate::bounds::DecodeLimits,
+}
+
+impl ClientFrames {
+    pub fn new(max_in: u32) -> Self {
+        ClientFrames { max_in, limits: crate::bounds::DecodeLimits::default() }
+    }
+
+    /// Applies the limits of the session (after the handshake).
+    pub fn set_limits(&mut self, max_in: u32, limits: crate::bounds::DecodeLimits) {
+        self.max_in = max_in.min(frame::ABSOLUTE_MAX_FRAME_LEN);
+        self.limits = limits;
+    }
+}
+
+impl Decoder for ClientFrames {
+    type Item = Incoming;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        let Some(len) = frame::body_len(src, self.max_in)? else {
+            return Ok(None);
+        };
+        if src.len() < PREFIX_LEN + len {
+            src.reserve(PREFIX_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        let body = src.split_to(len);
+        match frame::decode_body_within(&body, self.limits) {
+            Ok(message) => Ok(Some(Incoming::Message(message))),
+            Err(FrameError::OverLimit(reason)) => {
+                Ok(Some(Incoming::OverLimit { id: frame::request_id(&body), reason }))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}

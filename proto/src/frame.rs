@@ -6,6 +6,8 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::bounds::DecodeLimits;
+
 /// Bytes in the length prefix.
 pub const PREFIX_LEN: usize = 4;
 
@@ -41,6 +43,10 @@ pub enum FrameError {
     TrailingBytes(usize),
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// The frame decodes to more sequence elements than a limit allows (see
+    /// [`crate::bounds`]); the frame was consumed whole, so the connection can go on.
+    #[error("{0}")]
+    OverLimit(String),
     #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
     Truncated(usize),
     #[error(transparent)]
@@ -79,13 +85,30 @@ pub fn body_len(buf: &[u8], max_len: u32) -> Result<Option<usize>, FrameError> {
 
 /// Decodes one message from a complete frame body (without the prefix). The body must be
 /// exactly one message: trailing bytes mean the peer and we disagree on the schema.
+/// Sequences are bounded by the protocol's ceilings ([`crate::bounds`]).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (message, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|err| FrameError::Decode(err.to_string()))?;
-    if used != body.len() {
-        return Err(FrameError::TrailingBytes(body.len() - used));
-    }
-    Ok(message)
+    decode_body_within(body, DecodeLimits::default())
+}
+
+/// [`decode_body`] with a session's sequence caps.
+pub fn decode_body_within<T: DeserializeOwned>(body: &[u8], limits: DecodeLimits) -> Result<T, FrameError> {
+    crate::bounds::within(limits, || {
+        let (message, used) =
+            bincode::serde::decode_from_slice(body, config()).map_err(|err| FrameError::Decode(err.to_string()))?;
+        if used != body.len() {
+            return Err(FrameError::TrailingBytes(body.len() - used));
+        }
+        Ok(message)
+    })
+}
+
+/// The request id of a `ClientMessage::Request` body, read from its first fields alone (so
+/// a request whose body is refused can still be answered under its id).
+pub fn request_id(body: &[u8]) -> Option<u64> {
+    let config = bincode::config::standard();
+    let ((variant, id), _): ((u32, u64), usize) = bincode::serde::decode_from_slice(body, config).ok()?;
+    // `ClientMessage::Request` is variant 1 (Hello is 0), frozen by the pinned-bytes tests.
+    (variant == 1).then_some(id)
 }
 
 /// Encodes a message body alone (no prefix); used by tests that pin the wire bytes.

@@ -67,7 +67,12 @@ pub enum Request {
     /// Tokenizes a text with the model's tokenizer; ends with `Response::Tokens`.
     Tokenize { model: ModelRef, text: String, add_special_tokens: bool },
     /// Turns token ids back into text; ends with `Response::Text`.
-    Detokenize { model: ModelRef, tokens: Vec<u32> },
+    Detokenize {
+        model: ModelRef,
+        /// At most [`crate::bounds::MAX_DETOKENIZE_TOKENS`].
+        #[serde(deserialize_with = "crate::bounds::tokens")]
+        tokens: Vec<u32>,
+    },
     /// Loads a model without leasing it; streams `Event::LoadProgress`; ends with `Response::Loaded`.
     Load { model: String },
     /// Unloads a model. Refused while it is leased unless `force`; ends with `Response::Unloaded`.
@@ -106,6 +111,8 @@ pub enum Priority {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedRequest {
     pub model: ModelRef,
+    /// At most the session's `max_texts_per_embed`.
+    #[serde(deserialize_with = "crate::bounds::texts")]
     pub texts: Vec<String>,
     /// L2-normalise each vector (what sentence-transformers does for MiniLM).
     pub normalize: bool,
@@ -130,7 +137,8 @@ pub enum PromptInput {
     /// Used as is.
     Raw(String),
     /// Rendered with the model's chat template, with the generation prompt appended.
-    Chat(Vec<ChatMessage>),
+    /// At most [`crate::bounds::MAX_CHAT_MESSAGES`].
+    Chat(#[serde(deserialize_with = "crate::bounds::messages")] Vec<ChatMessage>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +160,9 @@ pub struct GenerateParams {
     pub repetition_penalty: f32,
     pub seed: Option<u64>,
     /// Stop sequences as raw bytes: the daemon checks they are UTF-8 and answers
-    /// `BadRequest` if not, rather than the frame failing to decode.
+    /// `BadRequest` if not, rather than the frame failing to decode. At most
+    /// [`crate::bounds::MAX_STOP_STRINGS`].
+    #[serde(deserialize_with = "crate::bounds::stop_strings")]
     pub stop: Vec<Vec<u8>>,
 }
 
@@ -308,6 +318,9 @@ pub struct GenerationSummary {
     pub completion_tokens: u32,
     pub prompt_tokens_per_s: f32,
     pub generation_tokens_per_s: f32,
+    /// Prompt tokens taken from the prompt cache instead of computed (a prefix this
+    /// client's user sent before; the cache is never shared across users). Since v3.
+    pub cached_prompt_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

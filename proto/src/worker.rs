@@ -49,6 +49,9 @@ pub struct GenerateJob {
     pub params: GenerateParams,
     /// Token events the worker may send before more `Credit` arrives.
     pub credit: u32,
+    /// Which part of the prompt cache the stream may read and fill (the client's uid):
+    /// a cached prefix is reused only within one partition.
+    pub cache_partition: u32,
 }
 
 /// Worker → supervisor.
