@@ -19,6 +19,8 @@
 //!   scrape time).
 //! - [`service`]: socket activation (systemd, launchd), sd_notify readiness, and
 //!   `mlxd install` / `uninstall`.
+//! - [`tasks`]: owners for background tasks (tracked, stopped at shutdown, panics logged,
+//!   service tasks restarted).
 //! - [`logging`]: tracing set-up shared by every subcommand.
 //! - [`store`]: the model store (imported models, atomic writes, provenance).
 //! - [`import`]: `mlxd import` — GGUF conversion and model directories into the store.
@@ -37,5 +39,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod supervise;
+pub mod tasks;
 pub mod weights;
 pub mod worker;

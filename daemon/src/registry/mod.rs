@@ -30,6 +30,7 @@ struct Inner {
     make_room: tokio::sync::Mutex<()>,
     pool: WeightPool,
     metrics: Arc<Metrics>,
+    tasks: crate::tasks::Tasks,
 }
 
 /// All servable models by name. Cheap to clone.
@@ -41,10 +42,11 @@ pub struct Registry {
 impl Registry {
     pub fn new(config: Arc<DaemonConfig>) -> Registry {
         let metrics = Arc::new(Metrics::new());
+        let tasks = crate::tasks::Tasks::new();
         let models = config
             .models
             .iter()
-            .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), metrics.clone()))))
+            .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), metrics.clone(), tasks.clone()))))
             .collect();
         let aliases = config.aliases.clone();
         Registry {
@@ -55,6 +57,7 @@ impl Registry {
                 make_room: tokio::sync::Mutex::new(()),
                 pool: WeightPool::default(),
                 metrics,
+                tasks,
             }),
         }
     }
@@ -70,6 +73,16 @@ impl Registry {
             let known: Vec<&str> = self.inner.models.keys().map(String::as_str).collect();
             WireError::new(ErrorCode::NotFound, format!("no model named {name:?} (known: {})", known.join(", ")))
         })
+    }
+
+    /// The owner of the registry's background tasks (loads, timers, batchers, links).
+    pub fn tasks(&self) -> &crate::tasks::Tasks {
+        &self.inner.tasks
+    }
+
+    /// The daemon has begun to shut down: no model is loaded or restarted from now on.
+    pub fn begin_shutdown(&self) {
+        self.inner.tasks.begin_shutdown();
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -178,9 +191,11 @@ impl Registry {
     /// Stops every worker, all at once, each within `grace`; used at daemon shutdown after
     /// requests have drained, so no worker is left to be killed by the kernel.
     pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.begin_shutdown();
         let workers: Vec<_> = self.inner.models.values().filter_map(|m| m.take_worker()).collect();
         let stops = workers.iter().map(|w| w.stop(grace));
         futures_util::future::join_all(stops).await;
+        self.inner.tasks.shutdown(grace).await;
     }
 }
 

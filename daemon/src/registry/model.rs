@@ -91,6 +91,8 @@ pub struct Model {
     /// Notified when a dead worker has been dealt with (its slot changed).
     settled: tokio::sync::Notify,
     pub metrics: Arc<Metrics>,
+    /// The registry's task owner: loads, restarts, keep-alive timers, the batcher.
+    tasks: crate::tasks::Tasks,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -112,7 +114,7 @@ impl UnloadReason {
 }
 
 impl Model {
-    pub fn new(spec: ModelSpec, metrics: Arc<Metrics>) -> Model {
+    pub fn new(spec: ModelSpec, metrics: Arc<Metrics>, tasks: crate::tasks::Tasks) -> Model {
         Model {
             admission: Admission::new(spec.queue_capacity, spec.max_streams),
             spec,
@@ -132,6 +134,7 @@ impl Model {
             batcher: std::sync::OnceLock::new(),
             settled: tokio::sync::Notify::new(),
             metrics,
+            tasks,
         }
     }
 
@@ -191,6 +194,9 @@ impl Model {
                     Slot::Ready(_) => Wait::Until(now + Duration::from_millis(100)),
                     Slot::Loading(status) => Wait::Load(status.clone()),
                     Slot::Unloading(done) => Wait::Unload(done.clone()),
+                    _ if self.tasks.is_closing() => {
+                        return Err(WireError::new(ErrorCode::Shutdown, "the daemon is shutting down"));
+                    }
                     Slot::Failed(err) if state.health.open_until.is_some_and(|until| until > now) => {
                         let mut err = err.clone();
                         err.retry_after_ms = state.health.open_until.map(|until| (until - now).as_millis() as u64);
@@ -212,7 +218,7 @@ impl Model {
                         let (tx, rx) = watch::channel(LoadStatus::Progress(first));
                         state.slot = Slot::Loading(rx.clone());
                         // Its own task: the load completes even if this requester goes away.
-                        tokio::spawn(self.clone().load(registry.clone(), tx));
+                        self.tasks.spawn("model load", self.clone().load(registry.clone(), tx));
                         Wait::Load(rx)
                     }
                 }
@@ -246,7 +252,7 @@ impl Model {
         let result = match registry.make_room(&self).await {
             // Every weight file is mapped and its header checked before the worker sees it.
             Ok(()) => match registry.pool().prepare(&self.spec.name, &self.spec.path) {
-                Ok(weights) => WorkerHandle::spawn(registry.config(), &self.spec, |p| {
+                Ok(weights) => WorkerHandle::spawn(registry.config(), &self.spec, &self.tasks, |p| {
                     let _ = status.send(LoadStatus::Progress(p));
                 })
                 .await
@@ -278,7 +284,7 @@ impl Model {
                 state.health.retry_at = None;
                 state.health.open_until = None;
                 state.health.last_cause = None;
-                tokio::spawn(self.clone().watch_worker(registry.clone(), worker.clone()));
+                self.tasks.spawn("worker watch", self.clone().watch_worker(registry.clone(), worker.clone()));
                 let _ = status.send(LoadStatus::Ready(worker));
                 // Loaded for requesters that may all have left meanwhile: start the clock.
                 if state.users() == 0 {
@@ -347,10 +353,12 @@ impl Model {
         };
         // Failed, with the cause, until the next start (after the backoff) succeeds.
         state.slot = Slot::Failed(WireError::new(ErrorCode::WorkerFailed, cause));
-        if state.users() > 0 {
+        if self.tasks.is_closing() {
+            tracing::info!(model = %self.spec.name, "not restarting the worker: the daemon is shutting down");
+        } else if state.users() > 0 {
             tracing::info!(model = %self.spec.name, delay_ms = delay.as_millis() as u64, "restarting the worker");
             let (model, registry) = (self.clone(), registry.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn("worker restart", async move {
                 let _ = model.ready(&registry, |_| {}).await;
             });
         }
@@ -387,8 +395,10 @@ impl Model {
         };
         let epoch = state.epoch;
         let model = self.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(async move {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.tasks.spawn("keep-alive timer", async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mlxd_proto::worker::{Job, JobOutput};
-use mlxd_proto::{Embeddings, Priority, WireError};
+use mlxd_proto::{Embeddings, ErrorCode, Priority, WireError};
 use tokio::sync::oneshot;
 
 use crate::registry::{Model, Registry};
@@ -54,9 +54,10 @@ pub struct EmbedItem {
 
 /// Starts the batcher task for `model`: it takes entries from the model's admission queue
 /// (interactive first, sessions in turn) and runs them in batches, for as long as the
-/// daemon runs.
+/// daemon runs — restarted by the registry's task owner should it ever panic.
 pub fn start(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
-    tokio::spawn(run(model, registry, policy));
+    let tasks = registry.tasks().clone();
+    tasks.spawn_service("embedding batcher", move || run(model.clone(), registry.clone(), policy));
 }
 
 async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
@@ -139,6 +140,20 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
         }
         Err(err) => return fail_all(batch, err),
     };
+    // The answer is split by the requests' text counts: check its shape first.
+    let texts: usize = batch.iter().map(|item| item.texts.len()).sum();
+    if (texts > 0 && dim == 0) || vectors.len() != texts * dim || tokens.len() != texts {
+        let error = WireError::new(
+            ErrorCode::WorkerFailed,
+            format!(
+                "the worker answered {} values of dimension {dim} and {} token counts for a batch of {texts} texts",
+                vectors.len(),
+                tokens.len()
+            ),
+        );
+        tracing::error!(model = %model.spec.name, "{}", error.message);
+        return fail_all(batch, error);
+    }
     let mut offset = 0;
     for item in batch {
         let count = item.texts.len();

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use crate::config::{DaemonConfig, ModelSpec};
+use crate::tasks::Tasks;
 
 mod orphans;
 mod watchdog;
@@ -98,6 +99,7 @@ pub struct WorkerHandle {
     model: String,
     /// Set by the watchdog when it kills the worker: why.
     stuck: Arc<Mutex<Option<String>>>,
+    tasks: Tasks,
 }
 
 /// The last lines a worker wrote to stderr (each is also logged as it comes).
@@ -138,6 +140,7 @@ impl WorkerHandle {
     pub async fn spawn(
         config: &DaemonConfig,
         spec: &ModelSpec,
+        tasks: &Tasks,
         progress: impl Fn(LoadProgress),
     ) -> Result<WorkerHandle, WireError> {
         tracing::info!(model = %spec.name, "starting worker");
@@ -145,7 +148,10 @@ impl WorkerHandle {
         let mut child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
         let stderr = StderrTail::default();
         if let Some(pipe) = child.stderr.take() {
-            tokio::spawn(forward_stderr(pipe, stderr.clone(), spec.name.clone(), child.id().unwrap_or(0)));
+            tasks.spawn(
+                "worker stderr",
+                forward_stderr(pipe, stderr.clone(), spec.name.clone(), child.id().unwrap_or(0)),
+            );
         }
         // Kill the child if loading fails or is abandoned: it must not outlive this call.
         let mut child = KillOnDrop(Some(child));
@@ -225,10 +231,13 @@ impl WorkerHandle {
         let (gone_tx, gone) = watch::channel(false);
         let beat = Arc::new(Mutex::new(Beat { at: std::time::Instant::now(), busy: false, since_progress_ms: 0 }));
         let stuck = Arc::new(Mutex::new(None));
-        tokio::spawn(write_link(sink, outbound_rx));
+        tasks.spawn("worker link writer", write_link(sink, outbound_rx, pending.clone(), ready.pid));
         let link = Link { pending: pending.clone(), served: served.clone(), beat: beat.clone(), gone: gone_tx };
-        tokio::spawn(read_link(stream, link, spec.name.clone(), ready.pid));
-        tokio::spawn(watchdog(beat, gone.clone(), stuck.clone(), stuck_after, spec.name.clone(), ready.pid));
+        tasks.spawn("worker link reader", read_link(stream, link, spec.name.clone(), ready.pid));
+        tasks.spawn(
+            "worker watchdog",
+            watchdog(beat, gone.clone(), stuck.clone(), stuck_after, spec.name.clone(), ready.pid),
+        );
         Ok(WorkerHandle {
             ready,
             outbound,
@@ -240,6 +249,7 @@ impl WorkerHandle {
             stderr,
             model: spec.name.clone(),
             stuck,
+            tasks: tasks.clone(),
         })
     }
 
@@ -293,7 +303,7 @@ impl WorkerHandle {
     pub fn cancel(&self, id: JobId) {
         if let Err(mpsc::error::TrySendError::Full(message)) = self.outbound.try_send(ToWorker::Cancel { id }) {
             let outbound = self.outbound.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn("worker cancel", async move {
                 let _ = outbound.send(message).await;
             });
         }
@@ -497,12 +507,39 @@ pub fn kind_arg(kind: mlxd_proto::ModelKind) -> &'static str {
 type LinkSink = futures_util::stream::SplitSink<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
 type LinkStream = futures_util::stream::SplitStream<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>>;
 
-async fn write_link(mut sink: LinkSink, mut outbound: mpsc::Receiver<ToWorker>) {
+async fn write_link(
+    mut sink: LinkSink,
+    mut outbound: mpsc::Receiver<ToWorker>,
+    pending: Arc<Mutex<Pending>>,
+    pid: u32,
+) {
     while let Some(message) = outbound.recv().await {
-        if let Err(err) = sink.send(message).await {
-            tracing::warn!(%err, "writing to worker failed");
-            break;
+        let job = match &message {
+            ToWorker::Job { id, .. } => Some(*id),
+            _ => None,
+        };
+        let err = match sink.send(message).await {
+            Ok(()) => continue,
+            Err(err) => err,
+        };
+        // A job too large for the link fails alone, with a typed error.
+        if let (Some(id), mlxd_proto::frame::FrameError::TooLarge { len, max }) = (job, &err) {
+            if let Some(waiter) = lock(&pending).jobs.remove(&id) {
+                let error = WireError::new(
+                    ErrorCode::TooLarge,
+                    format!("the job is {len} bytes, over the worker link's limit of {max}; send less per request"),
+                );
+                let _ = waiter.reply.send(Err(error));
+            }
+            continue;
         }
+        // The link is unusable: end the worker now, so its reader sees the link close and
+        // the model restarts it (replaying what it can) at once, not after the watchdog.
+        tracing::warn!(%err, pid, "writing to worker failed; killing it");
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        break;
     }
 }
 

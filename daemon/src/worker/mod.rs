@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
-use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
+use mlxd_proto::frame::{FrameError, ABSOLUTE_MAX_FRAME_LEN};
 use mlxd_proto::worker::{FromWorker, Job, JobId, ToWorker};
+use mlxd_proto::{ErrorCode, WireError};
 
 /// What the relay hands the MLX thread, in arrival order.
 #[derive(Debug)]
@@ -75,6 +76,9 @@ impl Pulse {
         FromWorker::Heartbeat { busy: self.busy.load(Ordering::Relaxed), since_progress_ms: now.saturating_sub(last) }
     }
 }
+
+/// The worker's exit status when its link writer fails.
+const WRITER_FAILED_EXIT: i32 = 70;
 
 /// Jobs buffered between the link and the Python thread. The supervisor's admission
 /// queue already bounds what it sends; this bounds the worker's memory independently.
@@ -159,9 +163,31 @@ async fn relay(
     let (mut sink, mut incoming) = framed.split();
     let writer = tokio::spawn(async move {
         while let Some(answer) = answers.recv().await {
-            if sink.send(answer).await.is_err() {
-                break;
+            let job = match &answer {
+                FromWorker::Done { id, .. } => Some(*id),
+                _ => None,
+            };
+            let error = match sink.send(answer).await {
+                Ok(()) => continue,
+                Err(error) => error,
+            };
+            // An answer too large for the link fails that job alone, as a typed error.
+            if let (Some(id), FrameError::TooLarge { len, max }) = (job, &error) {
+                let error = WireError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the answer is {len} bytes, over the worker link's limit of {max}; ask for less per request"
+                    ),
+                );
+                if sink.send(FromWorker::Done { id, result: Err(error) }).await.is_ok() {
+                    continue;
+                }
             }
+            // Anything else leaves the supervisor unable to hear from us: exit now, so it
+            // sees the link close at once (and replays the jobs) instead of waiting for
+            // the watchdog to notice the silence.
+            eprintln!("mlxd worker: writing to the supervisor failed: {error}; exiting");
+            std::process::exit(WRITER_FAILED_EXIT);
         }
     });
     let gone = loop {
