@@ -6,8 +6,9 @@
 //! - **Priority**: interactive entries are served before batch ones; when the model is
 //!   full, an interactive request takes the place of the newest queued batch request,
 //!   which is shed with `Busy`.
-//! - **Fairness**: within a class, sessions take turns (round-robin, one entry each), so
-//!   one client flooding a model cannot starve another of the same class.
+//! - **Fairness**: within a class, users (peer uids) take turns, and within a user its
+//!   sessions (round-robin, one entry each), so one client flooding a model — or one user
+//!   opening many connections — cannot starve another of the same class.
 //! - **Deadlines**: an entry still queued past its deadline is dropped with `Timeout` and
 //!   never reaches the model.
 //!
@@ -63,6 +64,13 @@ struct SessionQueue {
     entries: VecDeque<Entry>,
 }
 
+/// One user's sessions with queued entries, in turn order.
+#[derive(Debug)]
+struct UserQueue {
+    uid: u32,
+    sessions: VecDeque<SessionQueue>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
     /// Holds a place, not in the queue (before `enqueue`, or a one-shot job).
@@ -78,8 +86,8 @@ enum Place {
 struct State {
     /// Every admitted request's place; its size is the depth.
     places: HashMap<u64, Place>,
-    /// Per class (interactive, batch), the sessions with queued entries, in turn order.
-    classes: [VecDeque<SessionQueue>; 2],
+    /// Per class (interactive, batch), the users with queued entries, in turn order.
+    classes: [VecDeque<UserQueue>; 2],
     running: usize,
     next_seq: u64,
 }
@@ -92,37 +100,50 @@ fn class(priority: Priority) -> usize {
 }
 
 impl State {
-    /// Removes the entry `seq` of `session` from class `class`, if still queued.
-    fn remove(&mut self, class: usize, session: u64, seq: u64) -> Option<Entry> {
+    /// Removes the entry `seq` of `uid`'s `session` from class `class`, if still queued.
+    fn remove(&mut self, class: usize, uid: u32, session: u64, seq: u64) -> Option<Entry> {
         let ring = &mut self.classes[class];
-        let at = ring.iter().position(|q| q.session == session)?;
-        let queue = &mut ring[at];
+        let user_at = ring.iter().position(|u| u.uid == uid)?;
+        let user = &mut ring[user_at];
+        let at = user.sessions.iter().position(|q| q.session == session)?;
+        let queue = &mut user.sessions[at];
         let index = queue.entries.iter().position(|e| e.seq == seq)?;
         let entry = queue.entries.remove(index);
         if queue.entries.is_empty() {
-            ring.remove(at);
+            user.sessions.remove(at);
+        }
+        if user.sessions.is_empty() {
+            ring.remove(user_at);
         }
         entry
     }
 
-    /// The next entry in turn (interactive first, sessions round-robin), without taking it.
+    /// The next entry in turn (interactive first, users then their sessions round-robin),
+    /// without taking it.
     fn peek(&self) -> Option<&Entry> {
-        self.classes.iter().find_map(|ring| ring.front().and_then(|q| q.entries.front()))
+        self.classes.iter().find_map(|ring| {
+            ring.front().and_then(|user| user.sessions.front()).and_then(|queue| queue.entries.front())
+        })
     }
 
-    /// Takes the next entry in turn; the session goes to the back of its class's ring.
+    /// Takes the next entry in turn; its session goes to the back of its user's ring, and
+    /// the user to the back of its class's ring.
     fn pop(&mut self) -> Option<Entry> {
         let ring = self.classes.iter_mut().find(|ring| !ring.is_empty())?;
-        let mut queue = ring.pop_front()?;
+        let mut user = ring.pop_front()?;
+        let mut queue = user.sessions.pop_front()?;
         let entry = queue.entries.pop_front();
         if !queue.entries.is_empty() {
-            ring.push_back(queue);
+            user.sessions.push_back(queue);
+        }
+        if !user.sessions.is_empty() {
+            ring.push_back(user);
         }
         entry
     }
 
     fn queued(&self) -> usize {
-        self.classes.iter().flatten().map(|q| q.entries.len()).sum()
+        self.classes.iter().flatten().flat_map(|u| &u.sessions).map(|q| q.entries.len()).sum()
     }
 }
 
@@ -157,8 +178,15 @@ pub struct Admission {
 pub struct Admitted {
     admission: Arc<Admission>,
     seq: u64,
-    session: u64,
+    client: Client,
     priority: Priority,
+}
+
+/// Who a request is from, for turn-taking: the user (peer uid) and their session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub uid: u32,
+    pub session: u64,
 }
 
 impl Admission {
@@ -180,24 +208,25 @@ impl Admission {
     /// Admits a request or refuses it at once with `Busy`. When the model is full, an
     /// interactive request takes the place of the newest queued batch entry, which is
     /// answered `Busy` (shed).
-    pub fn admit(self: &Arc<Self>, model: &str, session: u64, priority: Priority) -> Result<Admitted, WireError> {
+    pub fn admit(self: &Arc<Self>, model: &str, client: Client, priority: Priority) -> Result<Admitted, WireError> {
         let mut state = self.state();
         if state.places.len() >= self.capacity {
             let victim = (priority == Priority::Interactive)
                 .then(|| {
                     state.classes[class(Priority::Batch)]
                         .iter()
-                        .flat_map(|q| q.entries.iter().map(move |e| (q.session, e.seq)))
+                        .flat_map(|u| u.sessions.iter().map(move |q| (u.uid, q)))
+                        .flat_map(|(uid, q)| q.entries.iter().map(move |e| (Client { uid, session: q.session }, e.seq)))
                         .max_by_key(|&(_, seq)| seq)
                 })
                 .flatten();
-            let Some((victim_session, victim_seq)) = victim else {
+            let Some((victim, victim_seq)) = victim else {
                 let depth = state.places.len();
                 drop(state);
                 self.counters.busy.fetch_add(1, Ordering::Relaxed);
                 return Err(self.busy(model, depth));
             };
-            if let Some(entry) = state.remove(class(Priority::Batch), victim_session, victim_seq) {
+            if let Some(entry) = state.remove(class(Priority::Batch), victim.uid, victim.session, victim_seq) {
                 state.places.remove(&victim_seq);
                 let depth = state.places.len() + 1;
                 self.counters.shed.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +240,7 @@ impl Admission {
         state.places.insert(seq, Place::Held);
         drop(state);
         self.counters.admitted.fetch_add(1, Ordering::Relaxed);
-        Ok(Admitted { admission: self.clone(), seq, session, priority })
+        Ok(Admitted { admission: self.clone(), seq, client, priority })
     }
 
     fn busy(&self, model: &str, depth: usize) -> WireError {
@@ -359,9 +388,17 @@ impl Admitted {
         state.places.insert(self.seq, Place::Queued);
         let ring = &mut state.classes[class(self.priority)];
         let entry = Entry { seq: self.seq, deadline, payload };
-        match ring.iter_mut().find(|q| q.session == self.session) {
+        let Client { uid, session } = self.client;
+        let user = match ring.iter().position(|u| u.uid == uid) {
+            Some(at) => &mut ring[at],
+            None => {
+                ring.push_back(UserQueue { uid, sessions: VecDeque::new() });
+                ring.back_mut().expect("just pushed")
+            }
+        };
+        match user.sessions.iter_mut().find(|q| q.session == session) {
             Some(queue) => queue.entries.push_back(entry),
-            None => ring.push_back(SessionQueue { session: self.session, entries: VecDeque::from([entry]) }),
+            None => user.sessions.push_back(SessionQueue { session, entries: VecDeque::from([entry]) }),
         }
         if matches!(state.peek().map(|e| &e.payload), Some(Pending::Turn(_))) {
             admission.dispatch(&mut state);
@@ -377,7 +414,7 @@ impl Admitted {
         if state.places.get(&self.seq) != Some(&Place::Queued) {
             return false;
         }
-        state.remove(class(self.priority), self.session, self.seq);
+        state.remove(class(self.priority), self.client.uid, self.client.session, self.seq);
         state.places.insert(self.seq, Place::Held);
         true
     }
@@ -398,7 +435,7 @@ impl Drop for Admitted {
         let mut state = admission.state();
         match state.places.remove(&self.seq) {
             Some(Place::Queued) => {
-                state.remove(class(self.priority), self.session, self.seq);
+                state.remove(class(self.priority), self.client.uid, self.client.session, self.seq);
             }
             Some(Place::Running) => {
                 state.running -= 1;
@@ -418,6 +455,11 @@ pub fn deadline(arrived: Instant, deadline_ms: Option<u64>) -> Option<Instant> {
 mod tests {
     use super::*;
 
+    /// Session `session` of a user of its own.
+    fn c(session: u64) -> Client {
+        Client { uid: session as u32, session }
+    }
+
     fn turn(admitted: &Admitted) -> oneshot::Receiver<Result<(), WireError>> {
         let (tx, rx) = oneshot::channel();
         admitted.enqueue(Pending::Turn(tx), None);
@@ -427,15 +469,15 @@ mod tests {
     #[test]
     fn refuses_when_full_with_retry_hint() {
         let admission = Admission::new(2, 1);
-        let a = admission.admit("m", 1, Priority::Interactive).unwrap();
-        let _b = admission.admit("m", 1, Priority::Interactive).unwrap();
+        let a = admission.admit("m", c(1), Priority::Interactive).unwrap();
+        let _b = admission.admit("m", c(1), Priority::Interactive).unwrap();
         assert_eq!(admission.depth(), 2);
-        let err = admission.admit("m", 1, Priority::Interactive).unwrap_err();
+        let err = admission.admit("m", c(1), Priority::Interactive).unwrap_err();
         assert_eq!(err.code, ErrorCode::Busy);
         assert_eq!(err.retry_after_ms, Some(100));
         drop(a);
         assert_eq!(admission.depth(), 1);
-        assert!(admission.admit("m", 1, Priority::Interactive).is_ok());
+        assert!(admission.admit("m", c(1), Priority::Interactive).is_ok());
         assert_eq!(admission.stats().busy, 1);
     }
 
@@ -451,15 +493,15 @@ mod tests {
     #[tokio::test]
     async fn slots_go_to_interactive_first_then_sessions_in_turn() {
         let admission = Admission::new(16, 1);
-        let running = admission.admit("m", 9, Priority::Interactive).unwrap();
+        let running = admission.admit("m", c(9), Priority::Interactive).unwrap();
         let mut first = turn(&running);
         assert_eq!(first.try_recv().unwrap(), Ok(()));
         // Session 1 floods with batch work, then sessions 1 and 2 queue interactive work.
-        let batch: Vec<_> = (0..3).map(|_| admission.admit("m", 1, Priority::Batch).unwrap()).collect();
+        let batch: Vec<_> = (0..3).map(|_| admission.admit("m", c(1), Priority::Batch).unwrap()).collect();
         let mut batch_turns: Vec<_> = batch.iter().map(turn).collect();
-        let flood: Vec<_> = (0..3).map(|_| admission.admit("m", 1, Priority::Interactive).unwrap()).collect();
+        let flood: Vec<_> = (0..3).map(|_| admission.admit("m", c(1), Priority::Interactive).unwrap()).collect();
         let mut flood_turns: Vec<_> = flood.iter().map(turn).collect();
-        let other = admission.admit("m", 2, Priority::Interactive).unwrap();
+        let other = admission.admit("m", c(2), Priority::Interactive).unwrap();
         let mut other_turn = turn(&other);
         assert_eq!(admission.stats().queued, 7);
 
@@ -476,16 +518,46 @@ mod tests {
         assert!(batch_turns[1].try_recv().is_err());
     }
 
+    #[tokio::test]
+    async fn users_take_turns_before_their_sessions() {
+        let admission = Admission::new(64, 1);
+        let running = admission.admit("m", c(99), Priority::Interactive).unwrap();
+        let _t = turn(&running);
+        // User 1 opens three sessions with two requests each; user 2 has one session.
+        let mut queued = Vec::new();
+        for session in [11, 12, 13] {
+            for _ in 0..2 {
+                let admitted = admission.admit("m", Client { uid: 1, session }, Priority::Interactive).unwrap();
+                let rx = turn(&admitted);
+                queued.push(((1, session), admitted, rx));
+            }
+        }
+        for _ in 0..3 {
+            let admitted = admission.admit("m", Client { uid: 2, session: 21 }, Priority::Interactive).unwrap();
+            let rx = turn(&admitted);
+            queued.push(((2, 21), admitted, rx));
+        }
+        drop(running);
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let at = queued.iter_mut().position(|(_, _, rx)| rx.try_recv().is_ok()).expect("one was served");
+            let (who, admitted, _) = queued.remove(at);
+            order.push(who);
+            drop(admitted); // finishes: the next one in turn runs
+        }
+        assert_eq!(order, [(1, 11), (2, 21), (1, 12), (2, 21), (1, 13), (2, 21)]);
+    }
+
     #[test]
     fn interactive_work_sheds_the_newest_queued_batch_entry_when_full() {
         let admission = Admission::new(2, 1);
-        let running = admission.admit("m", 1, Priority::Batch).unwrap();
+        let running = admission.admit("m", c(1), Priority::Batch).unwrap();
         let _t = turn(&running);
-        let queued = admission.admit("m", 1, Priority::Batch).unwrap();
+        let queued = admission.admit("m", c(1), Priority::Batch).unwrap();
         let mut queued_turn = turn(&queued);
         // Batch work is refused when full; interactive work takes the queued batch place.
-        assert_eq!(admission.admit("m", 2, Priority::Batch).unwrap_err().code, ErrorCode::Busy);
-        let urgent = admission.admit("m", 2, Priority::Interactive).unwrap();
+        assert_eq!(admission.admit("m", c(2), Priority::Batch).unwrap_err().code, ErrorCode::Busy);
+        let urgent = admission.admit("m", c(2), Priority::Interactive).unwrap();
         let shed = queued_turn.try_recv().unwrap().unwrap_err();
         assert_eq!(shed.code, ErrorCode::Busy);
         assert!(shed.retry_after_ms.is_some());
@@ -493,7 +565,7 @@ mod tests {
         let mut urgent_turn = turn(&urgent);
         assert_eq!(admission.depth(), 2);
         // Nothing left to shed: the next interactive request is refused.
-        assert_eq!(admission.admit("m", 3, Priority::Interactive).unwrap_err().code, ErrorCode::Busy);
+        assert_eq!(admission.admit("m", c(3), Priority::Interactive).unwrap_err().code, ErrorCode::Busy);
         drop(running);
         assert_eq!(urgent_turn.try_recv().unwrap(), Ok(()));
         assert_eq!(admission.stats().shed, 1);
@@ -502,12 +574,12 @@ mod tests {
     #[tokio::test]
     async fn a_queued_entry_past_its_deadline_never_runs() {
         let admission = Admission::new(4, 1);
-        let running = admission.admit("m", 1, Priority::Interactive).unwrap();
+        let running = admission.admit("m", c(1), Priority::Interactive).unwrap();
         let _t = turn(&running);
-        let late = admission.admit("m", 2, Priority::Interactive).unwrap();
+        let late = admission.admit("m", c(2), Priority::Interactive).unwrap();
         let (tx, mut rx) = oneshot::channel();
         late.enqueue(Pending::Turn(tx), Some(Instant::now()));
-        let next = admission.admit("m", 3, Priority::Interactive).unwrap();
+        let next = admission.admit("m", c(3), Priority::Interactive).unwrap();
         let mut next_turn = turn(&next);
         drop(running);
         assert_eq!(rx.try_recv().unwrap().unwrap_err().code, ErrorCode::Timeout);
