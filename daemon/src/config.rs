@@ -21,6 +21,10 @@
 //! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
 //! metrics_addr = "127.0.0.1:9464" # Prometheus over HTTP (off unless set; loopback only ...
 //! metrics_allow_remote = false    # ... unless this is true)
+//! admin_groups = ["mlxd-admin"]   # members may take operator actions (forced unload, ...)
+//! max_connections_per_uid = 64    # connections one user may have open at once
+//! stream_pause_limit = "30s" # a stream paused for lack of credit this long ends (Timeout)
+//! frame_read_timeout = "30s" # a frame begun must be finished within this
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -187,6 +191,13 @@ pub const DEFAULT_MAX_STREAMS: usize = 8;
 pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 /// Workers run this much nicer than the daemon unless configured.
 pub const DEFAULT_WORKER_NICE: i32 = 5;
+/// Connections one user may hold when not configured.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// How long a stream may stay paused for lack of credit when not configured.
+pub const DEFAULT_STREAM_PAUSE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a begun frame may take to arrive when not configured.
+pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A model's default queue capacity is this many batches.
 pub const QUEUE_PER_BATCH: usize = 4;
 
@@ -203,6 +214,13 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     /// Generation streams one session may have open at once.
     pub max_streams_per_session: usize,
+    /// Connections one user (peer uid) may have open at once, under `max_connections`.
+    pub max_connections_per_uid: usize,
+    /// How long a generation stream may stay paused for lack of credit (it keeps its slot
+    /// and its KV cache meanwhile, outside the decode batch) before it ends with `Timeout`.
+    pub stream_pause_limit: Duration,
+    /// How long a client may take to finish a frame it has begun.
+    pub frame_read_timeout: Duration,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
     /// Library preloaded into workers (`LD_PRELOAD`), if any.
@@ -231,6 +249,8 @@ pub struct AccessPolicy {
     pub allowed_gids: Vec<u32>,
     /// The group the socket belongs to (mode 0660); its members are allowed.
     pub socket_group: Option<u32>,
+    /// Groups whose members may take operator actions (besides the owner and root).
+    pub admin_gids: Vec<u32>,
 }
 
 impl AccessPolicy {
@@ -252,6 +272,16 @@ impl AccessPolicy {
             if self.allowed_gids.is_empty() { String::new() } else { format!(", gids {:?}", self.allowed_gids) },
             self.socket_group.map_or_else(String::new, |g| format!(", members of the socket's group {g}")),
         ))
+    }
+}
+
+impl AccessPolicy {
+    /// Whether a peer may take operator actions: forced unloads (which revoke other
+    /// sessions' leases), loads that reset a failed model's circuit, keep-alive choices
+    /// (which hold or free a model for everyone). Only the daemon's own user, root and
+    /// members of an admin group may; the socket group's members may use models.
+    pub fn is_operator(&self, uid: u32, gid: Option<u32>, groups: &[u32]) -> bool {
+        uid == self.owner_uid || uid == 0 || self.admin_gids.iter().any(|&g| gid == Some(g) || groups.contains(&g))
     }
 }
 
@@ -327,6 +357,10 @@ pub struct Overrides {
     pub embed_max_delay: Option<String>,
     pub metrics_addr: Option<String>,
     pub metrics_allow_remote: bool,
+    pub admin_groups: Vec<String>,
+    pub max_connections_per_uid: Option<usize>,
+    pub stream_pause_limit: Option<String>,
+    pub frame_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +393,10 @@ struct FileDaemon {
     store: Option<PathBuf>,
     metrics_addr: Option<String>,
     metrics_allow_remote: Option<bool>,
+    admin_groups: Option<Vec<String>>,
+    max_connections_per_uid: Option<usize>,
+    stream_pause_limit: Option<String>,
+    frame_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,6 +520,27 @@ impl DaemonConfig {
             limits: Self::default_limits(),
             max_connections: 256,
             max_streams_per_session: file.daemon.max_streams_per_session.unwrap_or(16).max(1),
+            max_connections_per_uid: overrides
+                .max_connections_per_uid
+                .or(file.daemon.max_connections_per_uid)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_UID)
+                .max(1),
+            stream_pause_limit: match overrides
+                .stream_pause_limit
+                .as_deref()
+                .or(file.daemon.stream_pause_limit.as_deref())
+            {
+                Some(text) => parse_duration(text).context("stream_pause_limit")?.max(Duration::from_millis(100)),
+                None => DEFAULT_STREAM_PAUSE_LIMIT,
+            },
+            frame_read_timeout: match overrides
+                .frame_read_timeout
+                .as_deref()
+                .or(file.daemon.frame_read_timeout.as_deref())
+            {
+                Some(text) => parse_duration(text).context("frame_read_timeout")?.max(Duration::from_millis(100)),
+                None => DEFAULT_FRAME_READ_TIMEOUT,
+            },
             drain_timeout: Duration::from_secs(10),
             blas_preload: resolve_blas(overrides.blas.as_deref()),
             worker_nice: overrides.worker_nice.or(file.daemon.worker_nice).unwrap_or(DEFAULT_WORKER_NICE).clamp(0, 19),
@@ -513,6 +572,13 @@ impl DaemonConfig {
                 socket_group: match overrides.socket_group.as_deref().or(file.daemon.socket_group.as_deref()) {
                     Some(group) => Some(resolve_group(group).context("socket_group")?),
                     None => None,
+                },
+                admin_gids: {
+                    let mut gids = Vec::new();
+                    for group in overrides.admin_groups.iter().chain(file.daemon.admin_groups.iter().flatten()) {
+                        gids.push(resolve_group(group).context("admin_groups")?);
+                    }
+                    gids
                 },
             },
             restart: RestartPolicy {

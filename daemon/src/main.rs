@@ -100,6 +100,21 @@ struct ServeOptions {
     /// Allow --metrics-addr on a non-loopback address (the endpoint has no authentication).
     #[arg(long)]
     metrics_allow_remote: bool,
+    /// A group (name or gid) whose members may take operator actions besides the daemon's
+    /// own user and root: forced unloads, loads that reset a failed model, keep-alive
+    /// choices that hold a model for everyone (repeatable)
+    #[arg(long = "admin-group", value_name = "GROUP")]
+    admin_groups: Vec<String>,
+    /// Connections one user may have open at once (under the global limit) [default: 64]
+    #[arg(long, value_name = "N")]
+    max_connections_per_uid: Option<usize>,
+    /// How long a generation stream may stay paused for lack of credit before it ends with
+    /// `Timeout` and gives its slot back [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    stream_pause_limit: Option<String>,
+    /// How long a client may take to finish a frame it has begun [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    frame_read_timeout: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -321,6 +336,10 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         embed_max_delay: options.embed_max_delay.clone(),
         metrics_addr: options.metrics_addr.clone(),
         metrics_allow_remote: options.metrics_allow_remote,
+        admin_groups: options.admin_groups.clone(),
+        max_connections_per_uid: options.max_connections_per_uid,
+        stream_pause_limit: options.stream_pause_limit.clone(),
+        frame_read_timeout: options.frame_read_timeout.clone(),
     })?;
     if config.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");

@@ -243,6 +243,10 @@ class BertEmbedder:
                     rows[index] = pooled[row]
         out = mx.stack(rows).astype(mx.float32)
         mx.eval(out)
+        if faults.wants("embed", "short"):
+            short = out[:-1]
+            mx.eval(short)
+            return bytes(memoryview(short)), len(texts) - 1, self.dim, lengths[:-1]
         return bytes(memoryview(out)), len(texts), self.dim, lengths
 
     def _encode(self, token_ids: list[list[int]], normalize: bool) -> mx.array:
@@ -264,6 +268,8 @@ class BertEmbedder:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def detokenize(self, ids: list[int]) -> str:
+        if faults.wants("detokenize", "huge"):
+            return "x" * (65 << 20)
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 

@@ -7,6 +7,8 @@ the supervisor's crash handling and watchdog with the real worker binary:
 - `embed:raise` — the job raises;
 - `embed:hang` — the job never returns and reports no progress (the watchdog's case);
 - `embed:slow:SECONDS` — the job takes that long but reports progress every 0.25 s;
+- `embed:short` — the answer has one vector fewer than the texts it was asked for;
+- `detokenize:huge` — the answer is a 65 MiB text, over the worker link's frame limit;
 - `ACTION-once:MARKER` (e.g. `embed:hang-once:/tmp/x`) — only the first worker to create
   the marker file is affected, so the restarted worker serves the replayed job.
 
@@ -51,3 +53,10 @@ def maybe_fail(stage: str) -> None:
             while time.monotonic() < end:
                 time.sleep(0.25)
                 progress()
+
+
+def wants(stage: str, action: str) -> bool:
+    """Whether the fault `STAGE:ACTION` is set (for faults that change an answer rather
+    than fail the job)."""
+    spec = os.environ.get("MLXD_TEST_FAULT", "")
+    return any(item.split(":", 2)[:2] == [stage, action] for item in spec.split(",") if item)

@@ -183,6 +183,9 @@ class _Sequence:
         self.sampler = _make_sampler(params)
         self.processors = _make_processors(params)
         self.stops = _Stops(params.get("stop", []))
+        # The prompt cache is partitioned (by the client's uid): a prefix cached for one
+        # partition is never reused by another, so time to first token reveals nothing.
+        self.cache_key = f"{_CACHE_KEY}:{int(params.get('cache_partition', 0))}"
         self.detokenizer = detokenizer
         self.uid: int | None = None  # the BatchGenerator's id while in the batch
         self.saved = None  # (cache, tokens in it) while paused after decoding began
@@ -198,13 +201,15 @@ class _Sequence:
         decode_s = (self.last_token_at or 0.0) - (self.first_token_at or 0.0)
         return {
             "prompt_tokens": len(self.prompt),
+            "cached_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
             "prompt_tps": len(self.prompt) / prompt_s if prompt_s > 0 else 0.0,
             "generation_tps": (self.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
         }
 
 
-# The prompt cache's trie is keyed by model too; an engine serves one model.
+# The prompt cache's trie is keyed by "model" too; an engine serves one model, so the key
+# only carries the stream's cache partition.
 _CACHE_KEY = "model"
 # Most prompts kept (bytes bound it too).
 _PROMPT_CACHE_ENTRIES = 32
@@ -292,7 +297,7 @@ class BatchEngine:
         prompt = sequence.prompt
         if self.prompt_cache is None:
             return prompt, None, None
-        cache, rest = self.prompt_cache.fetch_nearest_cache(_CACHE_KEY, prompt)
+        cache, rest = self.prompt_cache.fetch_nearest_cache(sequence.cache_key, prompt)
         if cache is None:
             return prompt, None, None
         if not rest:  # all of it: compute the last position again to sample from
@@ -302,9 +307,9 @@ class BatchEngine:
         sequence.cached_tokens = reused
         return rest, [cache], [prompt[:reused]]
 
-    def _keep(self, tokens, cache) -> None:
+    def _keep(self, sequence: _Sequence, tokens, cache) -> None:
         if self.prompt_cache is not None and cache and tokens:
-            self.prompt_cache.insert_cache(_CACHE_KEY, list(tokens), cache)
+            self.prompt_cache.insert_cache(sequence.cache_key, list(tokens), cache)
 
     def active(self) -> int:
         """Streams in the batch (decoding or waiting for their prefill)."""
@@ -344,7 +349,7 @@ class BatchEngine:
                     cache, tokens = saved.get(response.uid, (None, None))
                 else:
                     cache, tokens = response.prompt_cache, response.all_tokens
-                self._keep(tokens, cache)
+                self._keep(sequence, tokens, cache)
                 self._forget(sequence)
             events.append((sequence.job, text, token, finish))
         return events

@@ -184,6 +184,21 @@ def test_stop_strings_and_eos_in_the_batch(generator):
     assert engine.active() == 0 and not engine.sequences
 
 
+def test_prompt_cache_is_partitioned(generator):
+    """A prompt cached for one partition (one client uid) is never reused by another, so
+    its time to first token cannot tell another user what was sent; within a partition
+    it is."""
+    greedy = {"max_tokens": 4, "temperature": 0.0}
+    engine = generator.batch_engine(8, 64 << 20)
+    engine.start(0, None, PROMPTS[0], {**greedy, "cache_partition": 1000})
+    _drain(engine)
+    engine.start(1, None, PROMPTS[0], {**greedy, "cache_partition": 1001})
+    engine.start(2, None, PROMPTS[0], {**greedy, "cache_partition": 1000})
+    assert engine.sequences[1].cached_tokens == 0
+    assert engine.sequences[2].cached_tokens == len(generator.prompt_ids(None, PROMPTS[0])) - 1
+    _drain(engine)
+
+
 def test_prompt_cache_reuses_a_prefix_and_changes_nothing(generator):
     greedy = {"max_tokens": 12, "temperature": 0.0}
     seeded = {"max_tokens": 12, "temperature": 0.8, "seed": 5}

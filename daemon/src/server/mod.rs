@@ -70,6 +70,7 @@ impl Daemon {
 /// lets sessions finish in-flight requests for up to the drain timeout, and stops workers.
 pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
     let connection_slots = Arc::new(Semaphore::new(daemon.config.max_connections));
+    let per_uid = PerUid::default();
     let sessions = TaskTracker::new();
     let stop_sessions = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -99,16 +100,36 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let peer = Peer::of(&stream);
+        // One user's connections come out of that user's share, so a user opening many
+        // cannot take every slot from the others.
+        let Some(user_slot) = per_uid.take(peer.uid, daemon.config.max_connections_per_uid) else {
+            tracing::warn!(uid = ?peer.uid, pid = ?peer.pid, "connection refused: max_connections_per_uid reached");
+            let limit = daemon.config.max_connections_per_uid;
+            sessions.spawn(async move {
+                let error = mlxd_proto::WireError::new(
+                    mlxd_proto::ErrorCode::Busy,
+                    format!("this user already has {limit} connections open (max_connections_per_uid)"),
+                )
+                .with_retry_after(1000);
+                session::refuse(stream, error).await;
+                drop(slot);
+            });
+            continue;
+        };
         let daemon = daemon.clone();
         let stop = stop_sessions.child_token();
         sessions.spawn(async move {
             let (reader, writer) = stream.into_split();
             session::run(daemon, reader, writer, peer, stop).await;
+            drop(user_slot);
             drop(slot);
         });
     }
 
     tracing::info!("shutting down: no new connections; draining in-flight requests");
+    // From now on nothing is loaded or restarted: a worker that dies while requests drain
+    // fails them instead of coming back.
+    daemon.registry.begin_shutdown();
     crate::service::notify::stopping();
     socket.remove_socket_file();
     drop(socket);
@@ -118,4 +139,40 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
         tracing::warn!(timeout = ?daemon.config.drain_timeout, "drain deadline passed; abandoning remaining requests");
     }
     daemon.registry.shutdown(WORKER_STOP_GRACE).await;
+}
+
+/// Connections open per peer uid.
+#[derive(Debug, Default, Clone)]
+struct PerUid(Arc<std::sync::Mutex<std::collections::HashMap<Option<u32>, usize>>>);
+
+impl PerUid {
+    /// A connection slot of `uid`'s, unless it holds `limit` already.
+    fn take(&self, uid: Option<u32>, limit: usize) -> Option<UserSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(uid).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot { per_uid: self.clone(), uid })
+    }
+}
+
+/// One connection of a user; given back when dropped.
+#[derive(Debug)]
+struct UserSlot {
+    per_uid: PerUid,
+    uid: Option<u32>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_uid.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }

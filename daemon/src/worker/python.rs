@@ -299,6 +299,7 @@ fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArgument
     params.set_item("repetition_penalty", p.repetition_penalty)?;
     params.set_item("seed", p.seed)?;
     params.set_item("stop", stop)?;
+    params.set_item("cache_partition", job.cache_partition)?;
     Ok((raw, messages, params))
 }
 
@@ -359,6 +360,10 @@ fn summary_from(
             completion_tokens: summary.get_item("completion_tokens")?.extract()?,
             prompt_tokens_per_s: summary.get_item("prompt_tps")?.extract()?,
             generation_tokens_per_s: summary.get_item("generation_tps")?.extract()?,
+            cached_prompt_tokens: match summary.get_item("cached_tokens") {
+                Ok(cached) => cached.extract()?,
+                Err(_) => 0, // adapters without a prompt cache
+            },
         })
     };
     read().map(JobOutput::Generated).map_err(|err| WireError::internal(python_error(py, "reading the summary", err)))

@@ -40,7 +40,7 @@ pub fn admit(session: &Session, request: &EmbedRequest) -> Result<Ticket, WireEr
         return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)));
     }
     let arrived = Instant::now();
-    let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
+    let admitted = model.admission.admit(&model.spec.name, session.client(), request.priority)?;
     Ok(Ticket { model, admitted, arrived })
 }
 
@@ -89,8 +89,21 @@ pub fn admit_one_shot(session: &Session, model: &ModelRef, text: Option<&String>
         ));
     }
     let model = resolve(session, model)?;
-    let admitted = model.admission.admit(&model.spec.name, session.id, Priority::Interactive)?;
+    let admitted = model.admission.admit(&model.spec.name, session.client(), Priority::Interactive)?;
     Ok(Ticket { model, admitted, arrived: Instant::now() })
+}
+
+/// The token count of a Detokenize (the decoder already refuses more on the binary
+/// protocol; checked here for every front end).
+pub fn check_detokenize(tokens: &[u32]) -> Result<(), WireError> {
+    let max = mlxd_proto::bounds::MAX_DETOKENIZE_TOKENS as usize;
+    if tokens.len() > max {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("{} tokens in one Detokenize; at most {max} are allowed", tokens.len()),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn tokenize(

@@ -23,18 +23,21 @@ use crate::sched::{self, Pending};
 use crate::server::session::{Control, Session};
 use crate::supervise::WorkerHandle;
 
-const MAX_STOP_STRINGS: usize = 16;
-const MAX_STOP_BYTES: usize = 256;
+const MAX_STOP_STRINGS: usize = mlxd_proto::bounds::MAX_STOP_STRINGS as usize;
+const MAX_STOP_BYTES: usize = mlxd_proto::bounds::MAX_STOP_BYTES as usize;
 
 /// Validation, the model, and a place in its queue (or `Busy`), without waiting.
 pub fn admit(session: &Session, request: &GenerateRequest) -> Result<(Ticket, GenerateJob), WireError> {
-    let job = validate(request, &session.daemon.config.limits)?;
+    let mut job = validate(request, &session.daemon.config.limits)?;
+    // One user's prompts never warm the cache for another's (time to first token would
+    // tell them what was sent); one user's own sessions share it.
+    job.cache_partition = session.uid;
     let model = resolve(session, &request.model)?;
     if model.spec.kind != ModelKind::Generation {
         return Err(WireError::bad_request(format!("model {} is not a text generation model", model.spec.name)));
     }
     let arrived = Instant::now();
-    let admitted = model.admission.admit(&model.spec.name, session.id, request.priority)?;
+    let admitted = model.admission.admit(&model.spec.name, session.client(), request.priority)?;
     Ok((Ticket { model, admitted, arrived }, job))
 }
 
@@ -83,6 +86,8 @@ pub async fn generate(
     let progress = &progress;
     let mut owed = request.initial_credit; // granted by the client, not yet passed to the worker
     let mut replays = 0;
+    // Ended for staying paused longer than `stream_pause_limit`.
+    let mut paused_out = false;
     let (result, cancelled, started) = loop {
         let worker = tokio::select! {
             worker = model.ready(registry, progress) => worker?,
@@ -99,8 +104,14 @@ pub async fn generate(
         let mut stream = worker.start_stream(Job::Generate(job.clone()), MAX_STREAM_CREDIT as usize).await?;
         let mut cancel_guard = CancelOnDrop { worker: &worker, id: stream.id, armed: true };
         let mut cancelled = false;
+        // Paused: the worker has no credit for this stream and none is owed, or its next
+        // event cannot be queued for the client. A paused stream keeps its slot (and its
+        // KV cache, outside the decode batch) for at most `stream_pause_limit`.
+        let pause_limit = session.daemon.config.stream_pause_limit;
+        let mut paused_since = (outstanding == 0 && owed == 0).then(Instant::now);
 
         let result = loop {
+            let pause_deadline = paused_since.map(|since| since + pause_limit);
             tokio::select! {
                 biased;
                 () = control.cancel.cancelled(), if !cancelled => {
@@ -125,8 +136,17 @@ pub async fn generate(
                     delivered += 1;
                     if !cancelled {
                         let event = ServerMessage::Event { id, event: Event::Token { text, token } };
-                        if events.send(event).await.is_err() {
-                            control.cancel.cancel(); // the client is gone
+                        tokio::select! {
+                            sent = events.send(event) => if sent.is_err() {
+                                control.cancel.cancel(); // the client is gone
+                            },
+                            () = control.cancel.cancelled() => {}
+                            () = tokio::time::sleep(pause_limit) => {
+                                // Credit granted but the client does not read: paused too.
+                                paused_out = true;
+                                cancelled = true;
+                                worker.cancel(stream.id);
+                            }
                         }
                     }
                     if !cancelled {
@@ -137,7 +157,14 @@ pub async fn generate(
                     owed = owed.saturating_add(granted);
                     pass_on_credit(&worker, stream.id, &mut owed, &mut outstanding).await;
                 }
+                () = tokio::time::sleep_until(pause_deadline.unwrap_or_else(Instant::now)), if pause_deadline.is_some() && !cancelled => {
+                    paused_out = true;
+                    cancelled = true;
+                    worker.cancel(stream.id);
+                }
             }
+            let paused = !cancelled && outstanding == 0 && owed == 0;
+            paused_since = if paused { paused_since.or_else(|| Some(Instant::now())) } else { None };
         };
         cancel_guard.armed = false;
         // Tokens sent before the final answer are already in the buffer: deliver them first.
@@ -162,6 +189,16 @@ pub async fn generate(
     };
     // Streams share the model: each one's share of the time is what the next one waits.
     model.admission.record_service(started.elapsed() / model.spec.max_streams.max(1) as u32);
+    if paused_out {
+        let limit = session.daemon.config.stream_pause_limit;
+        return Err(WireError::new(
+            ErrorCode::Timeout,
+            format!(
+                "stream {id} was paused for lack of credit (or unread events) for {limit:?} (stream_pause_limit) and \
+                 was ended to give its slot back; grant credit and read events to keep a stream going"
+            ),
+        ));
+    }
     match result? {
         JobOutput::Generated(mut summary) => {
             model.metrics.generation_done(&model.spec.name, summary.completion_tokens, summary.generation_tokens_per_s);
@@ -207,6 +244,7 @@ fn cancelled_before_start() -> GenerationSummary {
         completion_tokens: 0,
         prompt_tokens_per_s: 0.0,
         generation_tokens_per_s: 0.0,
+        cached_prompt_tokens: 0,
     }
 }
 
@@ -261,6 +299,13 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             if messages.is_empty() {
                 return Err(WireError::bad_request("a chat prompt needs at least one message"));
             }
+            let max = mlxd_proto::bounds::MAX_CHAT_MESSAGES as usize;
+            if messages.len() > max {
+                return Err(WireError::new(
+                    ErrorCode::TooLarge,
+                    format!("{} chat messages; at most {max} are allowed", messages.len()),
+                ));
+            }
             messages.iter().map(|m| m.role.len() + m.content.len()).sum()
         }
     };
@@ -270,7 +315,7 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             format!("the prompt is {prompt_bytes} bytes; max_text_bytes is {}", limits.max_text_bytes),
         ));
     }
-    Ok(GenerateJob { input: request.input.clone(), params: p.clone(), credit: 0 })
+    Ok(GenerateJob { input: request.input.clone(), params: p.clone(), credit: 0, cache_partition: 0 })
 }
 
 #[cfg(test)]

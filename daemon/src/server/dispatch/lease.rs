@@ -17,6 +17,12 @@ pub async fn lease(
 ) -> Result<Response, WireError> {
     let registry = &session.daemon.registry;
     let model = registry.get(&request.model)?.clone();
+    if request.keep_alive_ms.is_some() && !session.operator {
+        return Err(operator_only(
+            "choosing a lease's keep-alive",
+            "it decides how long the model stays loaded for everyone; leave keep_alive_ms unset",
+        ));
+    }
     // Lease first, then load: the model is held from the moment we start waiting for it.
     let guard = model.lease(request.keep_alive_ms.map(KeepAlive::from_millis));
     model.ready(registry, progress_to(id, events)).await?;
@@ -34,13 +40,22 @@ pub async fn load(
     let model = registry.get(name)?.clone();
     // Held as a request while loading, so it cannot be unloaded before it is reported.
     let _loading = model.begin_request();
-    // An operator's load tries a model whose circuit is open again now.
-    model.reset_health();
+    // An operator's load tries a model whose circuit is open again now; anyone else's
+    // waits for the circuit like any request.
+    if session.operator {
+        model.reset_health();
+    }
     model.ready(registry, progress_to(id, events)).await?;
     Ok(Response::Loaded(model.info()))
 }
 
 pub async fn unload(session: &Arc<Session>, name: &str, force: bool) -> Result<Response, WireError> {
+    if !session.operator {
+        return Err(operator_only(
+            "unloading a model",
+            "other sessions may be using it, and a forced unload revokes their leases",
+        ));
+    }
     let registry = &session.daemon.registry;
     let model = registry.get(name)?.clone();
     model.unload(force).await?;
@@ -53,4 +68,15 @@ fn progress_to(id: RequestId, events: &mpsc::Sender<ServerMessage>) -> impl FnMu
     move |progress| {
         let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(progress) });
     }
+}
+
+/// The refusal of an operator action to a peer that is not an operator.
+fn operator_only(action: &str, why: &str) -> WireError {
+    WireError::new(
+        mlxd_proto::ErrorCode::Unauthorized,
+        format!(
+            "{action} is an operator action ({why}); only the daemon's own user, root and members of an \
+             --admin-group may"
+        ),
+    )
 }

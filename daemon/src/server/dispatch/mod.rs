@@ -60,7 +60,10 @@ pub fn admit(session: &Session, body: &Request) -> Result<Prepared, WireError> {
         Request::Tokenize { model, text, .. } => {
             embed::admit_one_shot(session, model, Some(text)).map(Prepared::OneShot)
         }
-        Request::Detokenize { model, .. } => embed::admit_one_shot(session, model, None).map(Prepared::OneShot),
+        Request::Detokenize { model, tokens } => {
+            embed::check_detokenize(tokens)?;
+            embed::admit_one_shot(session, model, None).map(Prepared::OneShot)
+        }
         Request::Generate(request) => generate::admit(session, request).map(|(t, job)| Prepared::Generate(t, job)),
         _ => Ok(Prepared::None),
     }
