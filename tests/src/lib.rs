@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use mlxd_client::{Client, ConnectOptions};
 
+pub mod raw;
+
 /// The path of a workspace binary (`mlxd`, `mlxctl`).
 pub fn bin(name: &str) -> PathBuf {
     let var = format!("{}_BIN", name.to_uppercase());
