@@ -32,11 +32,14 @@ test-rust:
 		cargo test --workspace --no-fail-fast; \
 	fi
 
-# The same optimized BLAS the daemon preloads into workers (tests only run faster with it).
-BLAS_PRELOAD := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3))
+# The same optimized BLAS the daemon preloads into workers (tests only run faster with it),
+# looked up when the recipe runs: `setup-test` may have installed it after make read this
+# file. Where it is missing, LD_PRELOAD stays empty (a no-op).
+BLAS_CANDIDATES = /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3
 
 test-python:
-	cd python && LD_PRELOAD=$(BLAS_PRELOAD) ../.venv/bin/python -m pytest -q
+	blas=""; for lib in $(BLAS_CANDIDATES); do if [ -f "$$lib" ]; then blas="$$lib"; break; fi; done; \
+	cd python && LD_PRELOAD="$$blas" ../.venv/bin/python -m pytest -q
 
 # Benchmarks (not tests): numbers go to BENCHMARKS.md with the machine and the command.
 bench: setup-bench

@@ -1,5 +1,6 @@
-//! The connection: reach the daemon (or start a private `mlxd stdio`), say Hello, then
-//! multiplex requests over one transport.
+//! The connection: reach the daemon (or start a private `mlxd stdio`), check that the
+//! socket is served by a user we trust, say Hello, then multiplex requests over one
+//! transport.
 //!
 //! Every request registers a bounded channel under its id; a reader task routes frames to
 //! it. A request whose future is dropped sends `Cancel` and stops listening.
@@ -46,7 +47,15 @@ pub struct ConnectOptions {
     /// Retries of idempotent requests (embed, tokenize, detokenize, status, ping, list)
     /// refused with `Busy`.
     pub retry: RetryPolicy,
+    /// Users besides this process's own and root whose daemon this client talks to: a
+    /// socket served by anyone else is refused before anything is sent [default: from
+    /// `$MLXD_TRUSTED_UIDS`, comma-separated].
+    pub trusted_uids: Vec<u32>,
 }
+
+/// Environment variable with the uids (comma-separated) of other users whose daemons a
+/// client trusts, e.g. a system service's own user.
+pub const TRUSTED_UIDS_ENV: &str = "MLXD_TRUSTED_UIDS";
 
 /// How `Busy` refusals of idempotent requests are retried: after the daemon's
 /// `retry_after_ms` (10 ms if it gave none), with ±50 % jitter so clients refused together
@@ -78,8 +87,24 @@ impl Default for ConnectOptions {
             client_name: std::env::args().next().map_or_else(|| "mlxd-client".into(), base_name),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             retry: RetryPolicy::default(),
+            trusted_uids: trusted_uids_from_env(),
         }
     }
+}
+
+/// `$MLXD_TRUSTED_UIDS`; an entry that is not a uid is skipped with a warning (trusting
+/// fewer users than meant fails safe, and the refusal then says what to add).
+fn trusted_uids_from_env() -> Vec<u32> {
+    let Some(value) = std::env::var_os(TRUSTED_UIDS_ENV) else { return Vec::new() };
+    let value = value.to_string_lossy();
+    let mut uids = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.parse() {
+            Ok(uid) => uids.push(uid),
+            Err(_) => eprintln!("mlxd-client: ignoring {entry:?} in {TRUSTED_UIDS_ENV}: not a uid"),
+        }
+    }
+    uids
 }
 
 fn base_name(arg0: String) -> String {
@@ -105,6 +130,11 @@ impl ConnectOptions {
             .unwrap_or_else(|| mlxd_proto::paths::client_socket_path(unsafe { libc::getuid() }));
         match tokio::net::UnixStream::connect(&path).await {
             Ok(stream) => {
+                // Before the Hello: anyone who could create the socket's directory first
+                // (e.g. /tmp/mlxd-$UID) could be listening, and must not get our texts.
+                // An untrusted server is never a reason to fall back: it is an attack to
+                // report, not a missing daemon.
+                self.check_server(&path, &stream)?;
                 let (reader, writer) = stream.into_split();
                 Client::over(reader, writer, &self, Endpoint::Socket(path), None).await
             }
@@ -136,6 +166,20 @@ impl ConnectOptions {
             }
             Err(source) => Err(ClientError::NoDaemon { path, source }),
         }
+    }
+}
+
+impl ConnectOptions {
+    /// Refuses a socket served by a user other than this process's, root, or one in
+    /// `trusted_uids` (the server's uid comes from the kernel: `SO_PEERCRED`).
+    fn check_server(&self, path: &Path, stream: &tokio::net::UnixStream) -> Result<(), ClientError> {
+        let server_uid = stream.peer_cred()?.uid();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let client_uid = unsafe { libc::geteuid() };
+        if server_uid == client_uid || server_uid == 0 || self.trusted_uids.contains(&server_uid) {
+            return Ok(());
+        }
+        Err(ClientError::UntrustedServer { path: path.to_path_buf(), server_uid, client_uid })
     }
 }
 

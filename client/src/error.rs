@@ -13,6 +13,14 @@ pub enum ClientError {
     /// No daemon listens at the socket and the stdio fallback is disabled.
     #[error("no daemon at {path} ({source})")]
     NoDaemon { path: PathBuf, source: std::io::Error },
+    /// The socket is served by another user than this process's, root, or a trusted uid:
+    /// perhaps someone else's listener put where the daemon's socket should be. Nothing
+    /// was sent to it.
+    #[error(
+        "refusing to talk to {path}: it is served by uid {server_uid}, not by you (uid {client_uid}) or root; \
+         if that is intended, add {server_uid} to MLXD_TRUSTED_UIDS"
+    )]
+    UntrustedServer { path: PathBuf, server_uid: u32, client_uid: u32 },
     /// The fallback `mlxd stdio` could not be started.
     #[error("cannot start `{binary} stdio` as a fallback: {source}")]
     Fallback { binary: PathBuf, source: std::io::Error },

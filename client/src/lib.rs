@@ -23,7 +23,7 @@ pub mod error;
 pub mod generate;
 pub mod handle;
 
-pub use connection::{Client, ConnectOptions, Endpoint, RetryPolicy};
+pub use connection::{Client, ConnectOptions, Endpoint, RetryPolicy, TRUSTED_UIDS_ENV};
 pub use error::ClientError;
 pub use generate::{GenerationStream, StreamItem};
 pub use handle::ModelHandle;

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use mlxd_proto::{ErrorCode, ModelInfo, ModelState};
+use mlxd_proto::{ErrorCode, ModelInfo, ModelKind, ModelState};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -163,6 +163,44 @@ impl Metrics {
             metrics.worker_restarts.clone(),
         );
         Metrics { registry, ..metrics }
+    }
+
+    /// Creates every per-model event series of each catalog model at zero, so that a
+    /// scrape right after start shows them (a rate over a series that appears only with
+    /// its first event misses that event). Multi-label families get their model's main
+    /// kind of work (`embed` or `generate`), a successful outcome, and every load outcome
+    /// and unload reason; generation-only families only for generation models.
+    pub fn register_models(&self, models: &[(&str, ModelKind)]) {
+        // Creating a series is the point: each lookup's guard is dropped at once.
+        for &(name, kind) in models {
+            let work = match kind {
+                ModelKind::Embedding => "embed",
+                ModelKind::Generation => "generate",
+            };
+            let with = |key: &'static str, value: &str| vec![("model", name.to_owned()), (key, value.to_owned())];
+            let mut ok = with("kind", work);
+            let _ = self.request_duration.get_or_create(&ok);
+            let _ = self.batch_size.get_or_create(&ok);
+            ok.push(("outcome", "ok".to_owned()));
+            let _ = self.requests.get_or_create(&ok);
+            for outcome in ["ok", "failed"] {
+                let _ = self.loads.get_or_create(&with("outcome", outcome));
+            }
+            for reason in ["keep_alive", "evicted", "requested"] {
+                let _ = self.unloads.get_or_create(&with("reason", reason));
+            }
+            let labels = model(name);
+            let _ = self.queue_wait.get_or_create(&labels);
+            let _ = self.load_duration.get_or_create(&labels);
+            let _ = self.evictions.get_or_create(&labels);
+            let _ = self.worker_failures.get_or_create(&labels);
+            let _ = self.worker_restarts.get_or_create(&labels);
+            if kind == ModelKind::Generation {
+                let _ = self.time_to_first_token.get_or_create(&labels);
+                let _ = self.tokens_per_second.get_or_create(&labels);
+                let _ = self.generated_tokens.get_or_create(&labels);
+            }
+        }
     }
 
     /// A request's final answer. `outcome` is `Ok(())` or the error's code.
@@ -322,6 +360,32 @@ fn state_registry(snapshot: &Snapshot) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_models_have_their_series_at_zero_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.register_models(&[("x", ModelKind::Embedding), ("g", ModelKind::Generation)]);
+        let text = metrics.render(&Snapshot { uptime: Duration::ZERO, sessions: 0, models: Vec::new() });
+        for series in [
+            r#"mlxd_requests_total{model="x",kind="embed",outcome="ok"} 0"#,
+            r#"mlxd_request_duration_seconds_count{model="x",kind="embed"} 0"#,
+            r#"mlxd_batch_size_count{model="x",kind="embed"} 0"#,
+            r#"mlxd_queue_wait_seconds_count{model="x"} 0"#,
+            r#"mlxd_loads_total{model="x",outcome="failed"} 0"#,
+            r#"mlxd_load_duration_seconds_count{model="x"} 0"#,
+            r#"mlxd_unloads_total{model="x",reason="keep_alive"} 0"#,
+            r#"mlxd_evictions_total{model="x"} 0"#,
+            r#"mlxd_worker_failures_total{model="x"} 0"#,
+            r#"mlxd_worker_restarts_total{model="x"} 0"#,
+            r#"mlxd_requests_total{model="g",kind="generate",outcome="ok"} 0"#,
+            r#"mlxd_time_to_first_token_seconds_count{model="g"} 0"#,
+            r#"mlxd_generation_tokens_per_second_count{model="g"} 0"#,
+            r#"mlxd_generated_tokens_total{model="g"} 0"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+        assert!(!text.contains(r#"mlxd_generated_tokens_total{model="x"}"#), "an embedding model generates nothing");
+    }
 
     #[test]
     fn renders_every_family_once_with_labels() {

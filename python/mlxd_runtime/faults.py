@@ -1,4 +1,4 @@
-"""Test-only fault hooks, inert unless MLXD_TEST_FAULT is set.
+"""Test-only fault hooks, inert unless MLXD_TEST_FAULT and MLXD_TEST_FAULT_ALLOWED=1 are set.
 
 `MLXD_TEST_FAULT` is a comma-separated list of `STAGE:ACTION[:ARG]`, so tests can drive
 the supervisor's crash handling and watchdog with the real worker binary:
@@ -12,7 +12,10 @@ the supervisor's crash handling and watchdog with the real worker binary:
 - `ACTION-once:MARKER` (e.g. `embed:hang-once:/tmp/x`) — only the first worker to create
   the marker file is affected, so the restarted worker serves the replayed job.
 
-Nothing here runs in production: with the variable unset every hook is a no-op.
+Nothing here runs in production: only a debug build of the daemon passes MLXD_TEST_FAULT to
+its workers, and it sets MLXD_TEST_FAULT_ALLOWED=1 beside it (daemon/src/supervise/
+fault_hook.rs). Without both, every hook is a no-op — so a variable left in a service's
+environment, or this module run under another launcher, cannot crash or hang a worker.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 
 def maybe_fail(stage: str) -> None:
     spec = os.environ.get("MLXD_TEST_FAULT", "")
-    if not spec:
+    if not spec or os.environ.get("MLXD_TEST_FAULT_ALLOWED") != "1":
         return
     for item in spec.split(","):
         parts = item.split(":", 2)

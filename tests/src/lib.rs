@@ -188,6 +188,26 @@ pub fn spawn_daemon_env(socket: &Path, log: &Path, extra_args: &[&str], env: &[(
     command.spawn().expect("spawn mlxd")
 }
 
+/// Why this machine cannot run a process as another user, if it cannot (tests that need
+/// to print it and skip).
+pub fn cannot_switch_users() -> Option<String> {
+    // SAFETY: getuid(2) has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Some("not root: cannot run the client or daemon as another user".into());
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return Some("setpriv (util-linux) is not installed".into());
+    }
+    None
+}
+
+/// `program` run by `setpriv` as uid/gid `uid`/`gid` with no supplementary groups.
+pub fn as_user(uid: u32, gid: u32, program: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg("--").arg(program);
+    command
+}
+
 /// Waits for a child to exit, up to `timeout`.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;

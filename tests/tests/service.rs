@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -140,11 +141,18 @@ fn mlxd(args: &[&str]) -> String {
 #[test]
 fn installed_units_pass_systemd_analyze_verify_and_install_is_idempotent() {
     let dir = TempDir::new();
-    let venv = repo_root().join(".venv");
+    // Canonical, as the unit names it (.venv may be a link, e.g. in a git worktree).
+    let venv = repo_root().join(".venv").canonicalize().unwrap();
     let venv = venv.to_str().unwrap();
     for scope in ["--user", "--system"] {
         let units = dir.join(scope.trim_start_matches('-'));
         let units_arg = units.to_str().unwrap();
+        if scope == "--system" && std::fs::metadata(bin("mlxd")).unwrap().uid() != 0 {
+            // A build owned by a developer is refused for a system service (see
+            // a_system_install_refuses_what_another_user_can_replace).
+            eprintln!("system units not checked: {} is not owned by root", bin("mlxd").display());
+            continue;
+        }
         let first = mlxd(&["install", scope, "--python", venv, "--unit-dir", units_arg]);
         assert!(first.contains("wrote") && first.contains("mlxd.service"), "{first}");
         let service = std::fs::read_to_string(units.join("mlxd.service")).unwrap();
@@ -187,6 +195,66 @@ fn installed_units_pass_systemd_analyze_verify_and_install_is_idempotent() {
     // The user socket is where clients look by default.
     let user_socket = std::fs::read_to_string(repo_root().join("systemd/user/mlxd.socket")).unwrap();
     assert!(user_socket.lines().any(|l| l == "ListenStream=%t/mlxd/mlxd.sock"));
+}
+
+/// `mlxd install --system` with a binary or virtualenv that another user owns, or may
+/// write, is refused (a dry run is enough: the check comes before anything is written).
+#[test]
+fn a_system_install_refuses_what_another_user_can_replace() {
+    const NOBODY: u32 = 65534;
+    // SAFETY: getuid(2) has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("SKIPPED a_system_install_refuses_what_another_user_can_replace: not root, cannot chown");
+        return;
+    }
+    let dir = TempDir::new();
+    let real_venv = repo_root().join(".venv").canonicalize().unwrap();
+    let install = |binary: &std::path::Path, venv: &std::path::Path| {
+        run_with_timeout(
+            Command::new(binary)
+                .args(["install", "--system", "--dry-run", "--unit-dir"])
+                .arg(dir.join("units"))
+                .arg("--python")
+                .arg(venv),
+            Duration::from_secs(60),
+        )
+    };
+
+    // A virtualenv like the real one (same Python), made by another user.
+    let venv = dir.join("venv");
+    let version = std::fs::read_dir(real_venv.join("lib")).unwrap().next().unwrap().unwrap().file_name();
+    std::fs::create_dir_all(venv.join("lib").join(&version).join("site-packages")).unwrap();
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::copy(real_venv.join("pyvenv.cfg"), venv.join("pyvenv.cfg")).unwrap();
+    std::os::unix::fs::symlink(real_venv.join("bin/python").canonicalize().unwrap(), venv.join("bin/python")).unwrap();
+    std::os::unix::fs::chown(&venv, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(!status.success(), "installed a system service with another user's virtualenv");
+    assert!(stderr.contains(&format!("{} belongs to uid {NOBODY}", venv.display())), "{stderr}");
+
+    // Root's, but anyone may write it.
+    std::os::unix::fs::chown(&venv, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(!status.success(), "installed a system service with a world-writable virtualenv");
+    assert!(stderr.contains("writable by group or others (mode 0777)"), "{stderr}");
+
+    // Root's and private: accepted (so the refusals above are about ownership and mode).
+    std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(status.success(), "{stderr}");
+
+    // A copy of the binary that another user owns.
+    let binary = dir.join("mlxd");
+    std::fs::copy(bin("mlxd"), &binary).unwrap();
+    std::os::unix::fs::chown(&binary, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (status, _, stderr) = install(&binary, &venv);
+    assert!(!status.success(), "installed a system service running another user's binary");
+    assert!(
+        stderr.contains("the mlxd binary") && stderr.contains(&format!("{} belongs to uid {NOBODY}", binary.display())),
+        "{stderr}"
+    );
+    assert!(!dir.join("units").exists(), "nothing was written");
 }
 
 #[test]

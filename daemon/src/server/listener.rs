@@ -1,17 +1,54 @@
 //! The listening socket: a private directory and file, one daemon per path, stale sockets
 //! of dead daemons replaced, and the socket removed again at shutdown.
 //!
+//! # The directory must be the daemon's
+//!
+//! Whoever controls the socket's directory controls the socket: they can put their own
+//! listener at the path before the daemon starts (clients then send them their texts), or
+//! swap a file between the daemon's check and its chmod. So the directory is opened first
+//! (`O_DIRECTORY | O_NOFOLLOW`) and checked on that descriptor, and nothing is created in
+//! it before it passes:
+//!
+//! - A directory the daemon creates, and the default locations (`$XDG_RUNTIME_DIR/mlxd`,
+//!   `/tmp/mlxd-$UID`) whoever created them, must be owned by the daemon's effective uid
+//!   with mode 0700 or 0710 (anything else is refused: in `/tmp` any user can create
+//!   `/tmp/mlxd-$UID` first). The daemon then sets it, through the descriptor, to what this
+//!   run asks for: 0700, or 0710 group-owned by the `--socket-group`.
+//! - The directory of an explicit `--socket` path (or `$MLXD_SOCKET`) that already exists
+//!   — a user's own directory, a test's temporary one — must be owned by the daemon's
+//!   effective uid or by root, and not writable by group or others unless its sticky bit
+//!   is set (as on `/tmp`: there nobody may remove or rename another user's entries, so
+//!   the daemon's own socket and lock file stay its own). Its mode is left as it is; the
+//!   socket itself is still 0600 (0660 with a group).
+//!
+//! After that, the lock file, the stale-socket check and the socket's permissions all go
+//! through the directory's descriptor (`openat`, `fstatat`, `unlinkat`, `fchownat`,
+//! `fchmodat`), never through a path someone could redirect. bind(2) alone needs the path:
+//! the socket is created with the umask (set in main) already 0077, so it is never
+//! reachable by others, and is then checked through the descriptor to be a socket owned
+//! by the daemon's uid. That check is enough because nobody else can add or replace
+//! entries in a directory that passed the rules above: the name is the socket we bound,
+//! and chmod on it cannot be sent elsewhere.
+//!
+//! # One daemon per path
+//!
 //! One daemon per path is decided by an exclusive `flock` on `PATH.lock`, held for the
-//! daemon's life: the kernel drops it when the process dies however it dies, so a lock we
-//! can take means any socket file at the path is stale, and two daemons starting at the
-//! same moment cannot both remove and rebind it.
+//! daemon's life: the kernel drops it when the process dies however it dies, so two
+//! daemons starting at the same moment cannot both remove and rebind the socket. A lock
+//! we can take does not make an existing socket stale, though: a daemon the service
+//! manager started on its own socket holds no lock. So the socket is connected to first,
+//! and removed only when the connection is refused (nobody listens).
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag};
 use tokio::net::UnixListener;
 
 /// A bound, listening socket and the lock that makes it ours.
@@ -19,79 +56,39 @@ use tokio::net::UnixListener;
 pub struct BoundSocket {
     pub listener: UnixListener,
     pub path: PathBuf,
-    /// (device, inode) of the socket file we created, so shutdown never removes a file
-    /// that someone else put at the path meanwhile. `None` for a socket the service
-    /// manager passed: it owns the file, which outlives this process.
-    identity: Option<(u64, u64)>,
+    /// The socket file we created, so shutdown removes it and never a file that someone
+    /// else put at the path meanwhile. `None` for a socket the service manager passed: it
+    /// owns the file, which outlives this process.
+    created: Option<CreatedSocket>,
     _lock: Option<Flock<File>>,
     /// "systemd" or "launchd" when the socket was inherited.
     pub activated_by: Option<&'static str>,
 }
 
+#[derive(Debug)]
+struct CreatedSocket {
+    directory: SocketDirectory,
+    name: OsString,
+    /// (device, inode) of the socket file.
+    identity: (libc::dev_t, libc::ino_t),
+}
+
 impl BoundSocket {
-    /// Binds `path` with mode 0600 in a directory created with mode 0700 — or, with a
-    /// `group`, the socket 0660 and a directory it creates 0710, both owned by that group.
+    /// Binds `path` with mode 0600 in a directory of the daemon's own (see the module
+    /// doc), created 0700 if missing — or, with a `group`, the socket 0660 and the
+    /// directory 0710, both owned by that group.
     pub fn bind(path: &Path, group: Option<u32>) -> Result<BoundSocket> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating socket directory {}", dir.display()))?;
-            if let Some(gid) = group {
-                // Members may pass through to the socket, not list the directory.
-                chown_group(dir, gid)?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
-                    .with_context(|| format!("chmod 0710 {}", dir.display()))?;
-            }
-        }
-        let lock_path = lock_path(path);
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-                "another mlxd is already serving {} (it holds {}); stop it first or choose another --socket",
-                path.display(),
-                lock_path.display()
-            ),
-            Err((_, errno)) => bail!("cannot lock {}: {errno}", lock_path.display()),
-        };
-
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                tracing::warn!(path = %path.display(), "removing stale socket left by a daemon that is gone");
-                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
-            }
-            Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", path.display()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("checking {}", path.display())),
-        }
-
-        // The process umask (set in main) already makes the socket 0600 at creation, so
-        // there is no window in which it is reachable by others; chmod states it anyway.
+        let name = path.file_name().with_context(|| format!("{} names no socket file", path.display()))?;
+        let dir_path = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let directory = SocketDirectory::open_or_create(dir_path, group)?;
+        let lock = directory.lock(name)?;
+        directory.remove_stale_socket(name, path)?;
         let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        let mode = match group {
-            Some(gid) => {
-                chown_group(path, gid)?;
-                0o660
-            }
-            None => 0o600,
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
-        let meta = std::fs::symlink_metadata(path)?;
+        let identity = directory.secure_socket(name, path, group)?;
         Ok(BoundSocket {
             listener,
             path: path.to_path_buf(),
-            identity: Some((meta.dev(), meta.ino())),
+            created: Some(CreatedSocket { directory, name: name.to_owned(), identity }),
             _lock: Some(lock),
             activated_by: None,
         })
@@ -106,7 +103,7 @@ impl BoundSocket {
         Ok(BoundSocket {
             listener,
             path: inherited.path.unwrap_or_else(|| PathBuf::from("(inherited socket)")),
-            identity: None,
+            created: None,
             _lock: None,
             activated_by: Some(inherited.manager),
         })
@@ -114,10 +111,13 @@ impl BoundSocket {
 
     /// Removes the socket file if it is still the one we bound.
     pub fn remove_socket_file(&self) {
-        let Some(identity) = self.identity else { return };
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == identity => {
-                if let Err(err) = std::fs::remove_file(&self.path) {
+        let Some(created) = &self.created else { return };
+        let directory = created.directory.file.as_fd();
+        match nix::sys::stat::fstatat(directory, created.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) if (stat.st_dev, stat.st_ino) == created.identity => {
+                let unlinked =
+                    nix::unistd::unlinkat(directory, created.name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                if let Err(err) = unlinked {
                     tracing::warn!(path = %self.path.display(), %err, "cannot remove socket");
                 }
             }
@@ -126,13 +126,363 @@ impl BoundSocket {
     }
 }
 
-fn chown_group(path: &Path, gid: u32) -> Result<()> {
-    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-        .with_context(|| format!("giving {} to group {gid} (the daemon's user must be a member)", path.display()))
+/// The socket's directory, opened and checked; every later step goes through `file`.
+#[derive(Debug)]
+struct SocketDirectory {
+    path: PathBuf,
+    file: File,
+    /// (device, inode), to notice the path being redirected after the check.
+    identity: (u64, u64),
 }
 
-fn lock_path(socket: &Path) -> PathBuf {
-    let mut name = socket.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+impl SocketDirectory {
+    fn open_or_create(path: &Path, group: Option<u32>) -> Result<SocketDirectory> {
+        let created = create_directory(path)?;
+        let file = open_directory(path)?;
+        let meta = file.metadata().with_context(|| format!("checking socket directory {}", path.display()))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if created || is_default_directory(path) {
+            check_private(path, &meta, euid)?;
+            // Ours and private: now exactly what this run asks for, set on the descriptor.
+            let mode = match group {
+                Some(gid) => {
+                    // Members may pass through to the socket, not list the directory.
+                    std::os::unix::fs::fchown(&file, None, Some(gid)).with_context(|| give_to_group(path, gid))?;
+                    0o710
+                }
+                None => 0o700,
+            };
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+        } else {
+            check_explicit(path, &meta, euid)?;
+        }
+        Ok(SocketDirectory { path: path.to_path_buf(), file, identity: (meta.dev(), meta.ino()) })
+    }
+
+    /// Takes the exclusive lock on `NAME.lock`, a regular file of the daemon's uid.
+    fn lock(&self, name: &OsStr) -> Result<Flock<File>> {
+        let mut lock_name = name.to_owned();
+        lock_name.push(".lock");
+        let lock_path = self.path.join(&lock_name);
+        // O_NOFOLLOW: a symlink planted at the name must not make us create or lock a file
+        // elsewhere; O_NONBLOCK: nor may a FIFO hang the open.
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(self.file.as_fd(), lock_name.as_os_str(), flags, Mode::from_bits_truncate(0o600))
+            .map_err(|errno| match errno {
+            Errno::ELOOP => anyhow::anyhow!("{} is a symbolic link; remove it", lock_path.display()),
+            errno => anyhow::anyhow!("opening {}: {errno}", lock_path.display()),
+        })?;
+        let file = File::from(fd);
+        let meta = file.metadata().with_context(|| format!("checking {}", lock_path.display()))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if !meta.file_type().is_file() {
+            bail!("{} is not a regular file; remove it", lock_path.display());
+        }
+        if meta.uid() != euid {
+            bail!(
+                "{} belongs to uid {}, not to this daemon's user (uid {euid}); remove it or choose another --socket",
+                lock_path.display(),
+                meta.uid()
+            );
+        }
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((_, Errno::EWOULDBLOCK)) => bail!(
+                "another mlxd is already serving {} (it holds {}); stop it first or choose another --socket",
+                self.path.join(name).display(),
+                lock_path.display()
+            ),
+            Err((_, errno)) => bail!("cannot lock {}: {errno}", lock_path.display()),
+        }
+    }
+
+    /// Removes a socket at `name` that nobody listens on any more. `path` is `name` as
+    /// the caller wrote it, to connect to and for messages.
+    fn remove_stale_socket(&self, name: &OsStr, path: &Path) -> Result<()> {
+        let stat = match nix::sys::stat::fstatat(self.file.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(errno) => bail!("checking {}: {errno}", path.display()),
+        };
+        if !is_socket(&stat) {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
+        let euid = nix::unistd::geteuid().as_raw();
+        if stat.st_uid != euid {
+            bail!(
+                "{} is a socket of uid {}, not of this daemon's user (uid {euid}); refusing to replace it",
+                path.display(),
+                stat.st_uid
+            );
+        }
+        match connect_nonblocking(path) {
+            // Connected, or accepted into a full backlog: someone serves it.
+            Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => bail!(
+                "a daemon is already serving {} (it holds no lock: socket-activated?); stop it first or choose \
+                 another --socket",
+                path.display()
+            ),
+            Err(Errno::ECONNREFUSED) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(errno) => {
+                bail!("cannot tell whether {} is still served ({errno}); refusing to replace it", path.display())
+            }
+        }
+        tracing::warn!(path = %path.display(), "removing stale socket left by a daemon that is gone");
+        match nix::unistd::unlinkat(self.file.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(errno) => bail!("removing stale socket {}: {errno}", path.display()),
+        }
+    }
+
+    /// After bind: checks that the socket at `name` in this directory is the one we bound
+    /// and gives it its mode (and group). Returns its (device, inode).
+    fn secure_socket(&self, name: &OsStr, path: &Path, group: Option<u32>) -> Result<(libc::dev_t, libc::ino_t)> {
+        // bind(2) resolved the path again; it must still lead to the directory we checked.
+        let now = std::fs::metadata(&self.path).with_context(|| format!("checking {}", self.path.display()))?;
+        if (now.dev(), now.ino()) != self.identity {
+            bail!("{} was replaced while the daemon was binding its socket; refusing to serve", self.path.display());
+        }
+        let directory = self.file.as_fd();
+        let stat = nix::sys::stat::fstatat(directory, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .with_context(|| format!("checking the socket just bound at {}", path.display()))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if !is_socket(&stat) || stat.st_uid != euid {
+            bail!("{} is not the socket this daemon bound; refusing to serve", path.display());
+        }
+        let mode = match group {
+            Some(gid) => {
+                nix::unistd::fchownat(
+                    directory,
+                    name,
+                    None,
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .with_context(|| give_to_group(path, gid))?;
+                0o660
+            }
+            None => 0o600,
+        };
+        // The name is a socket (checked above), so there is no link to follow.
+        nix::sys::stat::fchmodat(directory, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)
+            .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+        Ok((stat.st_dev, stat.st_ino))
+    }
+}
+
+/// Creates `path` (mode 0700; missing parents too) and says whether this call created
+/// it. A directory that already exists, or appears meanwhile, is not ours to trust.
+fn create_directory(path: &Path) -> Result<bool> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("creating socket directory {}", path.display())),
+    }
+}
+
+fn open_directory(path: &Path) -> Result<File> {
+    let opened = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path);
+    opened.or_else(|err| {
+        // Say whose it is: "permission denied" alone hides a directory someone else made.
+        let euid = nix::unistd::geteuid().as_raw();
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!("socket directory {} is a symbolic link; refusing to follow it", path.display())
+            }
+            Ok(meta) if !meta.is_dir() => bail!("{} is not a directory", path.display()),
+            Ok(meta) if meta.uid() != euid => Err(not_yours(path, &meta, euid)),
+            _ => Err(err).with_context(|| format!("opening socket directory {}", path.display())),
+        }
+    })
+}
+
+/// The rule for directories the daemon made or picks by default: its own, 0700 or 0710.
+fn check_private(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<()> {
+    if meta.uid() != euid {
+        return Err(not_yours(path, meta, euid));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode != 0o700 && mode != 0o710 {
+        bail!(
+            "refusing socket directory {}: its mode is {mode:04o}, so other users could put their own socket \
+             in it; it must be 0700 (0710 with --socket-group). Run `chmod 0700 {}` (or remove it) and start again",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The rule for an existing directory named by `--socket`: the daemon's or root's, and
+/// nobody else may replace entries in it.
+fn check_explicit(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<()> {
+    if meta.uid() != euid && meta.uid() != 0 {
+        bail!(
+            "refusing socket directory {}: it belongs to uid {} (mode {:04o}), not to this daemon's user \
+             (uid {euid}) or root, so its owner could replace the socket; choose a directory of your own",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky {
+        bail!(
+            "refusing socket directory {}: its mode {:04o} lets other users replace the socket; run \
+             `chmod go-w {}` or choose another directory",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn not_yours(path: &Path, meta: &std::fs::Metadata, euid: u32) -> anyhow::Error {
+    anyhow::anyhow!(
+        "refusing socket directory {}: it belongs to uid {} (mode {:04o}), not to this daemon's user (uid {euid}), \
+         and whoever made it could intercept the clients. Find out who created it, remove it (as root), or set \
+         XDG_RUNTIME_DIR or --socket to a directory of your own",
+        path.display(),
+        meta.uid(),
+        meta.mode() & 0o7777
+    )
+}
+
+/// Whether `dir` is one of the locations the daemon picks when given no path (what
+/// `mlxd_proto::paths::default_socket_path` returns without `$MLXD_SOCKET`).
+fn is_default_directory(dir: &Path) -> bool {
+    let uid = nix::unistd::getuid().as_raw();
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|d| d.is_absolute());
+    dir == Path::new(&format!("/tmp/mlxd-{uid}")) || runtime.is_some_and(|runtime| dir == runtime.join("mlxd"))
+}
+
+fn is_socket(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
+}
+
+/// Connects to `path` without waiting: a listener with a full backlog answers EAGAIN
+/// instead of blocking the daemon's start.
+fn connect_nonblocking(path: &Path) -> std::result::Result<(), Errno> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let probe = socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None)?;
+    nix::fcntl::fcntl(&probe, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    connect(probe.as_raw_fd(), &UnixAddr::new(path)?)
+}
+
+fn give_to_group(path: &Path, gid: u32) -> String {
+    format!("giving {} to group {gid} (the daemon's user must be a member)", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let path = std::env::temp_dir().join(format!("mlxd-listener-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir(&path).expect("scratch dir");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).expect("stat").mode() & 0o7777
+    }
+
+    fn refusal(path: &Path) -> String {
+        format!("{:#}", BoundSocket::bind(path, None).expect_err("refused"))
+    }
+
+    #[test]
+    fn the_default_locations_are_recognised() {
+        let uid = nix::unistd::getuid().as_raw();
+        assert!(is_default_directory(Path::new(&format!("/tmp/mlxd-{uid}"))));
+        assert!(is_default_directory(Path::new(&format!("/tmp//mlxd-{uid}/"))));
+        assert!(!is_default_directory(Path::new(&format!("/tmp/mlxd-{}", uid + 1))));
+        assert!(!is_default_directory(Path::new("/tmp")));
+    }
+
+    #[tokio::test]
+    async fn a_directory_it_creates_is_private_and_the_socket_too() {
+        let scratch = Scratch::new("create");
+        let path = scratch.0.join("a/b/s.sock");
+        let bound = BoundSocket::bind(&path, None).expect("bind");
+        assert_eq!(mode(&scratch.0.join("a/b")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&scratch.0.join("a/b/s.sock.lock")), 0o600);
+        bound.remove_socket_file();
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn an_existing_directory_others_may_write_is_refused_unless_sticky() {
+        let scratch = Scratch::new("writable");
+        std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let path = scratch.0.join("s.sock");
+        let message = refusal(&path);
+        assert!(message.contains("0777") && message.contains("chmod go-w"), "{message}");
+        assert!(!path.exists() && !scratch.0.join("s.sock.lock").exists(), "nothing created in it");
+        assert_eq!(mode(&scratch.0), 0o777, "its mode is not ours to change");
+
+        // Sticky, like /tmp: nobody else may remove or rename the daemon's entries.
+        std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let bound = BoundSocket::bind(&path, None).expect("a sticky directory is accepted");
+        assert_eq!(mode(&path), 0o600);
+        drop(bound);
+    }
+
+    #[tokio::test]
+    async fn a_lock_file_that_is_a_link_or_not_a_file_is_refused() {
+        let scratch = Scratch::new("lock");
+        let path = scratch.0.join("s.sock");
+        let elsewhere = scratch.0.join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, scratch.0.join("s.sock.lock")).expect("symlink");
+        let message = refusal(&path);
+        assert!(message.contains("symbolic link"), "{message}");
+        assert!(!elsewhere.exists(), "the link was not followed");
+
+        std::fs::remove_file(scratch.0.join("s.sock.lock")).expect("rm");
+        std::fs::create_dir(scratch.0.join("s.sock.lock")).expect("mkdir");
+        let message = refusal(&path);
+        assert!(message.contains("s.sock.lock"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_someone_listens_on_is_never_removed() {
+        let scratch = Scratch::new("live");
+        let path = scratch.0.join("s.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let message = refusal(&path);
+        assert!(message.contains("already serving") && message.contains("socket-activated"), "{message}");
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok(), "still served");
+        drop(live);
+
+        // Nobody listens any more: stale, replaced.
+        let bound = BoundSocket::bind(&path, None).expect("a stale socket is replaced");
+        assert!(std::fs::symlink_metadata(&path).expect("stat").file_type().is_socket());
+        drop(bound);
+    }
 }

@@ -29,6 +29,7 @@ use tokio_util::codec::Framed;
 use crate::config::{DaemonConfig, ModelSpec};
 use crate::tasks::Tasks;
 
+mod fault_hook;
 mod orphans;
 mod watchdog;
 
@@ -468,6 +469,7 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
             command.env(name, value);
         }
     }
+    fault_hook::scrub(&mut command);
     let link_fd = link.as_raw_fd();
     let nice = config.worker_nice;
     // SAFETY: the closure runs in the forked child before exec and only calls
