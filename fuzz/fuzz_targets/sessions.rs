@@ -39,6 +39,9 @@ fn world() -> &'static World {
             limits: DaemonConfig::default_limits(),
             max_connections: 8,
             max_streams_per_session: 4,
+            max_connections_per_uid: 8,
+            stream_pause_limit: Duration::from_secs(1),
+            frame_read_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(1),
             blas_preload: None,
             worker_nice: 0,
@@ -46,6 +49,7 @@ fn world() -> &'static World {
             max_loaded_models: 1,
             embed_batch: Default::default(),
             restart: RestartPolicy::default(),
+            metrics_addr: None,
             // SAFETY: getuid(2) has no preconditions.
             access: AccessPolicy { owner_uid: unsafe { libc::getuid() }, ..AccessPolicy::default() },
         };

@@ -142,6 +142,21 @@ fn responses_events_and_errors() {
         },
         "01 02 05 01 6d 01 02 02 00 00 80 3f 00 00 00 c0 03",
     );
+    // v3: the summary ends with cached_prompt_tokens.
+    pinned(
+        &ServerMessage::Response {
+            id: 3,
+            body: Response::Generated(GenerationSummary {
+                finish_reason: FinishReason::Length,
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                prompt_tokens_per_s: 0.0,
+                generation_tokens_per_s: 0.0,
+                cached_prompt_tokens: 4,
+            }),
+        },
+        "01 03 06 01 05 02 00 00 00 00 00 00 00 00 04",
+    );
     pinned(
         &ServerMessage::Event { id: 9, event: Event::Token { text: "a".into(), token: Some(300) } },
         "02 09 00 01 61 01 fb 2c 01",

@@ -20,3 +20,12 @@ def test_the_hook_fires_when_allowed(monkeypatch):
     with pytest.raises(RuntimeError, match="test fault injected at embed"):
         faults.maybe_fail("embed")
     faults.maybe_fail("load")  # another stage is untouched
+
+
+def test_answer_changing_faults_need_the_gate_too(monkeypatch):
+    monkeypatch.setenv("MLXD_TEST_FAULT", "embed:short,detokenize:huge")
+    monkeypatch.delenv("MLXD_TEST_FAULT_ALLOWED", raising=False)
+    assert not faults.wants("embed", "short")
+    monkeypatch.setenv("MLXD_TEST_FAULT_ALLOWED", "1")
+    assert faults.wants("embed", "short") and faults.wants("detokenize", "huge")
+    assert not faults.wants("embed", "huge")

@@ -219,7 +219,19 @@ fn amplifying_frame(id: u64, messages: u32) -> Vec<u8> {
 fn frames_that_would_amplify_in_memory_are_refused_within_a_fixed_bound() {
     let daemon = Daemon::start(&[]);
     let mut probe = Raw::connect(&daemon.socket, "probe");
-    let _ = status(&mut probe, 1);
+    // Every catalog model's metric series exist from the start, at zero.
+    probe.send(&raw::request(1, Request::Metrics));
+    match probe.until_final(1).1 {
+        ServerMessage::Response { body: Response::Metrics(text), .. } => {
+            for series in [
+                "mlxd_requests_total{model=\"minilm\",kind=\"embed\",outcome=\"ok\"} 0",
+                "mlxd_loads_total{model=\"smollm2\",outcome=\"ok\"} 0",
+            ] {
+                assert!(text.contains(series), "no {series} at start:\n{text}");
+            }
+        }
+        other => panic!("metrics: {other:?}"),
+    }
     let before = raw::peak_rss_kib(daemon.pid());
 
     // 8 million empty chat messages in a 16 MB frame, from four connections at once.

@@ -42,6 +42,10 @@ pub struct Registry {
 impl Registry {
     pub fn new(config: Arc<DaemonConfig>) -> Registry {
         let metrics = Arc::new(Metrics::new());
+        // Every catalog model's series exist from the start (at zero), so dashboards and
+        // rate() see them before the first request.
+        let catalog: Vec<_> = config.models.iter().map(|spec| (spec.name.as_str(), spec.kind)).collect();
+        metrics.register_models(&catalog);
         let tasks = crate::tasks::Tasks::new();
         let models = config
             .models
