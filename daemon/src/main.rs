@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use mlxd::catalog::Catalog;
 use mlxd::config::{DaemonConfig, Overrides};
 use mlxd::logging::LogFormat;
 use mlxd::server::{self, listener::BoundSocket, metrics_http, session, Daemon, WORKER_STOP_GRACE};
@@ -228,10 +229,10 @@ enum Command {
         #[arg(long)]
         python: PathBuf,
         /// Generation streams decoded together.
-        #[arg(long, default_value_t = mlxd::config::DEFAULT_MAX_STREAMS)]
+        #[arg(long, default_value_t = mlxd::spec::DEFAULT_MAX_STREAMS)]
         max_streams: usize,
         /// Bytes of KV cache kept for recent prompts (0: none).
-        #[arg(long, default_value_t = mlxd::config::DEFAULT_PROMPT_CACHE_BYTES)]
+        #[arg(long, default_value_t = mlxd::spec::DEFAULT_PROMPT_CACHE_BYTES)]
         prompt_cache_bytes: u64,
         /// The store of the daemon that started this worker: how a later daemon on the same
         /// store recognises a worker left behind.
@@ -314,7 +315,7 @@ fn main() {
     }
 }
 
-fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
+fn build_config(options: &ServeOptions) -> Result<(DaemonConfig, Catalog)> {
     let config = DaemonConfig::build(&Overrides {
         python: options.python.clone(),
         store: options.store.clone(),
@@ -341,13 +342,14 @@ fn build_config(options: &ServeOptions) -> Result<DaemonConfig> {
         stream_pause_limit: options.stream_pause_limit.clone(),
         frame_read_timeout: options.frame_read_timeout.clone(),
     })?;
-    if config.models.is_empty() {
+    let catalog = Catalog::build(&config)?;
+    if catalog.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");
     }
-    for model in &config.models {
+    for model in &catalog.models {
         tracing::info!(model = %model.name, source = %model.source, "model available");
     }
-    Ok(config)
+    Ok((config, catalog))
 }
 
 fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions) -> Result<()> {
@@ -355,7 +357,7 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Before any thread exists: this reads and clears LISTEN_FDS/LISTEN_PID.
     let inherited = mlxd::service::activation::take()?;
-    let mut config = build_config(&options)?;
+    let (mut config, catalog) = build_config(&options)?;
     config.drain_timeout = drain_timeout;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -378,7 +380,7 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
             None => None,
         };
         mlxd::supervise::end_orphans(&config.store).await;
-        let daemon = Daemon::new(config, bound.path.display().to_string());
+        let daemon = Daemon::new(config, catalog, bound.path.display().to_string());
         let stop_metrics = CancellationToken::new();
         let metrics_task = metrics_listener
             .map(|listener| tokio::spawn(metrics_http::serve(listener, daemon.clone(), stop_metrics.clone())));
@@ -394,17 +396,17 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
 }
 
 fn stdio(options: ServeOptions) -> Result<()> {
-    let config = build_config(&options)?;
+    let (config, catalog) = build_config(&options)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let daemon = Daemon::new(config, "stdio".into());
+        let daemon = Daemon::new(config, catalog, "stdio".into());
         let stop = CancellationToken::new();
         let on_signal = stop.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
             on_signal.cancel();
         });
-        let peer = session::Peer::of_self();
+        let peer = mlxd::core::Peer::of_self();
         session::run(daemon.clone(), tokio::io::stdin(), tokio::io::stdout(), peer, stop).await;
         daemon.registry.shutdown(WORKER_STOP_GRACE).await;
     });

@@ -18,10 +18,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use mlxd_proto::ModelKind;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelSpec;
+use crate::spec::{check_name, detect_kind, ModelSpec};
 use crate::weights::safetensors;
 
 /// Environment variable naming the store directory.
@@ -84,18 +83,6 @@ pub fn read_manifest(model_dir: &Path) -> Option<Manifest> {
     serde_json::from_str(&text).ok()
 }
 
-/// Checks a model name is safe as a directory name and a protocol string.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-    if !ok {
-        bail!("model name {name:?} must be 1-128 characters of [A-Za-z0-9-_.:], not starting with '.'");
-    }
-    Ok(())
-}
-
 /// The models in the store.
 pub fn list(root: &Path) -> Vec<ModelSpec> {
     let Ok(entries) = std::fs::read_dir(models_dir(root)) else { return Vec::new() };
@@ -124,24 +111,6 @@ pub fn list(root: &Path) -> Vec<ModelSpec> {
         .collect();
     models.sort_by(|a, b| a.name.cmp(&b.name));
     models
-}
-
-/// Reads config.json to tell an embedding encoder from a causal language model.
-pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-    match model_type {
-        "bert" | "roberta" | "xlm-roberta" | "distilbert" => Ok(ModelKind::Embedding),
-        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "phi3" | "smollm3" => Ok(ModelKind::Generation),
-        other => bail!(
-            "{}: model_type {other:?} is not supported (embedding: bert-family; generation: llama, mistral, \
-             qwen2, qwen3, gemma, gemma2, phi3, smollm3)",
-            config_path.display()
-        ),
-    }
 }
 
 /// A hidden working directory under `models/`, removed when dropped.

@@ -1,11 +1,28 @@
 //! Supervisor ↔ worker link: the messages on the socketpair between `mlxd serve` (or
 //! `mlxd stdio`) and each `mlxd worker`. Same framing as the client protocol; both ends are
 //! always the same build, so these types are not part of PROTOCOL.md's public contract.
+//! Everything both ends of the link must agree on lives here: the messages, the
+//! descriptor the worker finds its end on, and the heartbeat rate.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
 use crate::messages::{GenerateParams, GenerationSummary, LoadStage, ModelKind, PromptInput};
+
+/// The worker's end of the socketpair is always this descriptor number.
+pub const WORKER_LINK_FD: i32 = 3;
+
+/// How often a worker tells its supervisor it is alive and how its work progresses (the
+/// supervisor's watchdog ticks at the same rate).
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A model kind as `mlxd worker --kind` takes it (and as the Python adapters name it).
+pub fn kind_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Embedding => "embedding",
+        ModelKind::Generation => "generation",
+    }
+}
 
 /// Chosen by the supervisor, unique per worker.
 pub type JobId = u64;

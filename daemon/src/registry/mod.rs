@@ -7,18 +7,24 @@
 //! unleased, unpinned models least recently used first; when nothing can be evicted the
 //! load fails at once with `OutOfMemory` naming what holds the memory.
 
-mod health;
+pub mod host;
 pub mod model;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mlxd_proto::{ErrorCode, MappedWeights, ModelInfo, WireError};
 
-use crate::config::DaemonConfig;
+use futures_util::future::BoxFuture;
+
+use crate::catalog::Catalog;
+use crate::config::{DaemonConfig, RestartPolicy};
 use crate::metrics::Metrics;
 use crate::weights::pool::WeightPool;
-pub use model::{InFlightGuard, LeaseGuard, Model, UnloadReason};
+use host::{Effects, Host, Processes};
+pub use model::{run_replayable, InFlightGuard, LeaseGuard, Model, UnloadReason, MAX_REPLAYS};
 
 #[derive(Debug)]
 struct Inner {
@@ -28,9 +34,10 @@ struct Inner {
     aliases: BTreeMap<String, String>,
     /// Serialises "is there room, and whom to evict" decisions between loads.
     make_room: tokio::sync::Mutex<()>,
-    pool: WeightPool,
+    pool: Arc<WeightPool>,
     metrics: Arc<Metrics>,
     tasks: crate::tasks::Tasks,
+    effects: Arc<dyn Effects>,
 }
 
 /// All servable models by name. Cheap to clone.
@@ -40,30 +47,48 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: Arc<DaemonConfig>) -> Registry {
+    /// The registry of `catalog`'s models, started as `mlxd worker` processes.
+    pub fn new(config: Arc<DaemonConfig>, catalog: Catalog) -> Registry {
+        let pool = Arc::new(WeightPool::default());
+        let effects = Arc::new(Processes { config: config.clone(), pool: pool.clone() });
+        Registry::with_effects(config, catalog, pool, effects)
+    }
+
+    /// The registry with the given effects (unit tests start in-process workers).
+    pub fn with_effects(
+        config: Arc<DaemonConfig>,
+        catalog: Catalog,
+        pool: Arc<WeightPool>,
+        effects: Arc<dyn Effects>,
+    ) -> Registry {
         let metrics = Arc::new(Metrics::new());
         // Every catalog model's series exist from the start (at zero), so dashboards and
         // rate() see them before the first request.
-        let catalog: Vec<_> = config.models.iter().map(|spec| (spec.name.as_str(), spec.kind)).collect();
-        metrics.register_models(&catalog);
+        let names: Vec<_> = catalog.models.iter().map(|spec| (spec.name.as_str(), spec.kind)).collect();
+        metrics.register_models(&names);
         let tasks = crate::tasks::Tasks::new();
-        let models = config
-            .models
-            .iter()
-            .map(|spec| (spec.name.clone(), Arc::new(Model::new(spec.clone(), metrics.clone(), tasks.clone()))))
-            .collect();
-        let aliases = config.aliases.clone();
-        Registry {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|inner: &std::sync::Weak<Inner>| {
+            let host: std::sync::Weak<dyn Host> = inner.clone();
+            let models = catalog
+                .models
+                .iter()
+                .map(|spec| {
+                    let model = Model::new(spec.clone(), metrics.clone(), tasks.clone(), host.clone());
+                    (spec.name.clone(), Arc::new(model))
+                })
+                .collect();
+            Inner {
                 config,
                 models,
-                aliases,
+                aliases: catalog.aliases,
                 make_room: tokio::sync::Mutex::new(()),
-                pool: WeightPool::default(),
+                pool,
                 metrics,
                 tasks,
-            }),
-        }
+                effects,
+            }
+        });
+        Registry { inner }
     }
 
     pub fn config(&self) -> &DaemonConfig {
@@ -146,11 +171,27 @@ impl Registry {
     /// Makes room for `target` within the memory budget and the loaded-model limit,
     /// evicting idle models (least recently used first), or fails with `OutOfMemory`.
     pub async fn make_room(&self, target: &Arc<Model>) -> Result<(), WireError> {
-        let _decide = self.inner.make_room.lock().await;
-        let config = &self.inner.config;
+        self.inner.make_room(target).await
+    }
+
+    /// Stops every worker, all at once, each within `grace`; used at daemon shutdown after
+    /// requests have drained, so no worker is left to be killed by the kernel.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.begin_shutdown();
+        let workers: Vec<_> = self.inner.models.values().filter_map(|m| m.take_worker()).collect();
+        let stops = workers.iter().map(|w| w.stop(grace));
+        futures_util::future::join_all(stops).await;
+        self.inner.tasks.shutdown(grace).await;
+    }
+}
+
+impl Inner {
+    async fn make_room(&self, target: &Arc<Model>) -> Result<(), WireError> {
+        let _decide = self.make_room.lock().await;
+        let config = &self.config;
         loop {
             let others: Vec<&Arc<Model>> =
-                self.inner.models.values().filter(|m| !Arc::ptr_eq(m, target) && m.occupies_memory()).collect();
+                self.models.values().filter(|m| !Arc::ptr_eq(m, target) && m.occupies_memory()).collect();
             let used: u64 = others.iter().map(|m| m.spec.size_bytes).sum();
             let fits_memory = used + target.spec.size_bytes <= config.memory_budget;
             let fits_count = others.len() < config.max_loaded_models;
@@ -191,40 +232,23 @@ impl Registry {
             }
         }
     }
-
-    /// Stops every worker, all at once, each within `grace`; used at daemon shutdown after
-    /// requests have drained, so no worker is left to be killed by the kernel.
-    pub async fn shutdown(&self, grace: std::time::Duration) {
-        self.begin_shutdown();
-        let workers: Vec<_> = self.inner.models.values().filter_map(|m| m.take_worker()).collect();
-        let stops = workers.iter().map(|w| w.stop(grace));
-        futures_util::future::join_all(stops).await;
-        self.inner.tasks.shutdown(grace).await;
-    }
 }
 
-/// Times an idempotent job (embed, tokenize, detokenize) is run again on a restarted
-/// worker after the one running it died.
-pub const MAX_REPLAYS: u32 = 3;
+impl Host for Inner {
+    fn make_room<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), WireError>> {
+        Box::pin(async move {
+            let Some(model) = self.models.get(name) else {
+                return Err(WireError::internal(format!("make_room for {name}, which is not in the catalog")));
+            };
+            Inner::make_room(self, model).await
+        })
+    }
 
-/// Runs an idempotent job on the model's worker (loading it if needed). If the worker dies
-/// with the job in hand, the job is run again on its replacement, up to [`MAX_REPLAYS`]
-/// times: the client sees one answer either way. Errors the job itself caused (bad input
-/// reported by a live worker) are not replayed.
-pub async fn run_replayable(
-    model: &std::sync::Arc<Model>,
-    registry: &Registry,
-    job: mlxd_proto::worker::Job,
-) -> Result<mlxd_proto::worker::JobOutput, mlxd_proto::WireError> {
-    let mut replays = 0;
-    loop {
-        let worker = model.ready(registry, |_| {}).await?;
-        match worker.run(job.clone()).await {
-            Err(err) if !worker.is_alive() && !worker.was_stopped() && replays < MAX_REPLAYS => {
-                replays += 1;
-                tracing::warn!(model = %model.spec.name, replays, "worker died with a job in hand; running it again: {err}");
-            }
-            result => return result,
-        }
+    fn restart_policy(&self) -> RestartPolicy {
+        self.config.restart
+    }
+
+    fn effects(&self) -> &dyn Effects {
+        self.effects.as_ref()
     }
 }

@@ -19,17 +19,20 @@
 //! unload is off, or the unload came first and the request waits for it and loads again.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The tokio clock, so that unit tests drive every timer and deadline here on a paused clock.
+use tokio::time::Instant;
 
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, ModelInfo, ModelState, WireError};
 use tokio::sync::watch;
 
-use super::health::{Health, Next};
-use super::Registry;
-use crate::config::{KeepAlive, ModelSpec};
+use super::host::Host;
 use crate::metrics::Metrics;
 use crate::sched::batcher;
 use crate::sched::Admission;
+use crate::spec::{KeepAlive, ModelSpec};
+use crate::supervise::health::{Health, Next};
 use crate::supervise::WorkerHandle;
 use crate::weights::pool::Pinned;
 
@@ -93,6 +96,9 @@ pub struct Model {
     pub metrics: Arc<Metrics>,
     /// The registry's task owner: loads, restarts, keep-alive timers, the batcher.
     tasks: crate::tasks::Tasks,
+    /// The registry around the model (room, restart policy, effects). Weak: the registry
+    /// owns its models.
+    host: std::sync::Weak<dyn Host>,
 }
 
 /// Why a model is being unloaded (for logs).
@@ -114,7 +120,12 @@ impl UnloadReason {
 }
 
 impl Model {
-    pub fn new(spec: ModelSpec, metrics: Arc<Metrics>, tasks: crate::tasks::Tasks) -> Model {
+    pub fn new(
+        spec: ModelSpec,
+        metrics: Arc<Metrics>,
+        tasks: crate::tasks::Tasks,
+        host: std::sync::Weak<dyn Host>,
+    ) -> Model {
         Model {
             admission: Admission::new(spec.queue_capacity, spec.max_streams),
             spec,
@@ -135,12 +146,31 @@ impl Model {
             settled: tokio::sync::Notify::new(),
             metrics,
             tasks,
+            host,
         }
     }
 
-    /// Starts the model's embedding batcher unless it runs already.
-    pub fn start_batcher(self: &Arc<Self>, registry: &Registry) {
-        self.batcher.get_or_init(|| batcher::start(self.clone(), registry.clone(), registry.config().embed_batch));
+    /// Starts the model's embedding batcher unless it runs already: it runs each batch
+    /// on this model's worker (loading it if needed, replaying on a restarted one).
+    pub fn start_batcher(self: &Arc<Self>, policy: crate::config::BatchPolicy) {
+        self.batcher.get_or_init(|| {
+            let model = Arc::downgrade(self);
+            let run: batcher::RunBatch = Arc::new(move |job| {
+                let model = model.clone();
+                Box::pin(async move {
+                    let Some(model) = model.upgrade() else {
+                        return Err(WireError::new(ErrorCode::Shutdown, "the model is gone"));
+                    };
+                    run_replayable(&model, job).await
+                })
+            });
+            let metrics = batcher::BatchMetrics { model: self.spec.name.clone(), metrics: self.metrics.clone() };
+            batcher::start(&self.tasks, self.admission.clone(), metrics, policy, run)
+        });
+    }
+
+    fn host(&self) -> Result<Arc<dyn Host>, WireError> {
+        self.host.upgrade().ok_or_else(|| WireError::new(ErrorCode::Shutdown, "the daemon is shutting down"))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -176,7 +206,6 @@ impl Model {
     /// lease or request guard held, so the model cannot be unloaded meanwhile.
     pub async fn ready(
         self: &Arc<Self>,
-        registry: &Registry,
         mut progress: impl FnMut(LoadProgress),
     ) -> Result<Arc<WorkerHandle>, WireError> {
         loop {
@@ -218,7 +247,7 @@ impl Model {
                         let (tx, rx) = watch::channel(LoadStatus::Progress(first));
                         state.slot = Slot::Loading(rx.clone());
                         // Its own task: the load completes even if this requester goes away.
-                        self.tasks.spawn("model load", self.clone().load(registry.clone(), tx));
+                        self.tasks.spawn("model load", self.clone().load(tx));
                         Wait::Load(rx)
                     }
                 }
@@ -228,7 +257,7 @@ impl Model {
                     let _ = done.wait_for(|gone| *gone).await;
                 }
                 Wait::Until(at) => {
-                    let _ = tokio::time::timeout_at(at.into(), self.settled.notified()).await;
+                    let _ = tokio::time::timeout_at(at, self.settled.notified()).await;
                 }
                 Wait::Load(mut status) => loop {
                     let current = status.borrow_and_update().clone();
@@ -245,22 +274,24 @@ impl Model {
         }
     }
 
-    async fn load(self: Arc<Self>, registry: Registry, status: watch::Sender<LoadStatus>) {
+    async fn load(self: Arc<Self>, status: watch::Sender<LoadStatus>) {
         tracing::info!(model = %self.spec.name, path = %self.spec.path.display(), "loading");
         crate::service::notify::status(&format!("loading {}", self.spec.name));
         let started = Instant::now();
-        let result = match registry.make_room(&self).await {
+        let status = Arc::new(status);
+        let result = async {
+            let host = self.host()?;
+            host.make_room(&self.spec.name).await?;
             // Every weight file is mapped and its header checked before the worker sees it.
-            Ok(()) => match registry.pool().prepare(&self.spec.name, &self.spec.path) {
-                Ok(weights) => WorkerHandle::spawn(registry.config(), &self.spec, &self.tasks, |p| {
-                    let _ = status.send(LoadStatus::Progress(p));
-                })
-                .await
-                .map(|worker| (worker, weights)),
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
+            let weights = host.effects().prepare_weights(&self.spec)?;
+            let reporter = status.clone();
+            let progress: super::host::Progress = Arc::new(move |p| {
+                let _ = reporter.send(LoadStatus::Progress(p));
+            });
+            let worker = host.effects().start_worker(&self.spec, &self.tasks, progress).await?;
+            Ok::<_, WireError>((worker, weights))
+        }
+        .await;
         self.metrics.load_done(&self.spec.name, result.is_ok(), started.elapsed());
         let mut state = self.state();
         match result {
@@ -284,7 +315,7 @@ impl Model {
                 state.health.retry_at = None;
                 state.health.open_until = None;
                 state.health.last_cause = None;
-                self.tasks.spawn("worker watch", self.clone().watch_worker(registry.clone(), worker.clone()));
+                self.tasks.spawn("worker watch", self.clone().watch_worker(worker.clone()));
                 let _ = status.send(LoadStatus::Ready(worker));
                 // Loaded for requesters that may all have left meanwhile: start the clock.
                 if state.users() == 0 {
@@ -295,7 +326,7 @@ impl Model {
             Err(err) => {
                 tracing::error!(model = %self.spec.name, %err, "load failed");
                 crate::service::notify::status(&format!("loading {} failed", self.spec.name));
-                let err = self.record_failure(&mut state, err.message.clone(), false, &registry).unwrap_or(err);
+                let err = self.record_failure(&mut state, err.message.clone(), false).unwrap_or(err);
                 let _ = status.send(LoadStatus::Failed(err));
             }
         }
@@ -305,7 +336,7 @@ impl Model {
 
     /// Waits for `worker` to exit; unless the daemon stopped it, records the failure (and
     /// restarts the model if it has users).
-    async fn watch_worker(self: Arc<Self>, registry: Registry, worker: Arc<WorkerHandle>) {
+    async fn watch_worker(self: Arc<Self>, worker: Arc<WorkerHandle>) {
         worker.exited().await;
         if worker.was_stopped() {
             return;
@@ -319,7 +350,7 @@ impl Model {
                 return;
             }
             state.weights = Pinned::default();
-            self.record_failure(&mut state, cause, worker.has_served(), &registry);
+            self.record_failure(&mut state, cause, worker.has_served());
         }
         self.settled.notify_waiters();
     }
@@ -328,14 +359,8 @@ impl Model {
     /// the next start waits a backoff — or, after `circuit_failures` in a row, the circuit
     /// opens (returning the error requests will get until it closes). A model with users
     /// is restarted once the backoff has passed.
-    fn record_failure(
-        self: &Arc<Self>,
-        state: &mut State,
-        cause: String,
-        served: bool,
-        registry: &Registry,
-    ) -> Option<WireError> {
-        let policy = registry.config().restart;
+    fn record_failure(self: &Arc<Self>, state: &mut State, cause: String, served: bool) -> Option<WireError> {
+        let policy = self.host.upgrade().map(|host| host.restart_policy()).unwrap_or_default();
         let Next::RetryAfter(delay) = state.health.failed(cause.clone(), served, &policy, Instant::now()) else {
             let failures = state.health.failures;
             let err = WireError::new(
@@ -357,9 +382,9 @@ impl Model {
             tracing::info!(model = %self.spec.name, "not restarting the worker: the daemon is shutting down");
         } else if state.users() > 0 {
             tracing::info!(model = %self.spec.name, delay_ms = delay.as_millis() as u64, "restarting the worker");
-            let (model, registry) = (self.clone(), registry.clone());
+            let model = self.clone();
             self.tasks.spawn("worker restart", async move {
-                let _ = model.ready(&registry, |_| {}).await;
+                let _ = model.ready(|_| {}).await;
             });
         }
         None
@@ -582,6 +607,31 @@ impl Model {
     /// Whether the model, as loaded now, uses the weight file at `path`.
     pub(super) fn uses_weights(&self, path: &std::path::Path) -> bool {
         self.state().weights.files.iter().any(|f| f.path == path)
+    }
+}
+
+/// Times an idempotent job (embed, tokenize, detokenize) is run again on a restarted
+/// worker after the one running it died.
+pub const MAX_REPLAYS: u32 = 3;
+
+/// Runs an idempotent job on the model's worker (loading it if needed). If the worker dies
+/// with the job in hand, the job is run again on its replacement, up to [`MAX_REPLAYS`]
+/// times: the client sees one answer either way. Errors the job itself caused (bad input
+/// reported by a live worker) are not replayed.
+pub async fn run_replayable(
+    model: &std::sync::Arc<Model>,
+    job: mlxd_proto::worker::Job,
+) -> Result<mlxd_proto::worker::JobOutput, mlxd_proto::WireError> {
+    let mut replays = 0;
+    loop {
+        let worker = model.ready(|_| {}).await?;
+        match worker.run(job.clone()).await {
+            Err(err) if !worker.is_alive() && !worker.was_stopped() && replays < MAX_REPLAYS => {
+                replays += 1;
+                tracing::warn!(model = %model.spec.name, replays, "worker died with a job in hand; running it again: {err}");
+            }
+            result => return result,
+        }
     }
 }
 

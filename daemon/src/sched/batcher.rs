@@ -16,52 +16,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use mlxd_proto::worker::{Job, JobOutput};
-use mlxd_proto::{Embeddings, ErrorCode, Priority, WireError};
-use tokio::sync::oneshot;
+use mlxd_proto::Embeddings;
+use mlxd_proto::{ErrorCode, Priority, WireError};
 
-use crate::registry::{Model, Registry};
+use super::{Admission, EmbedItem};
+use crate::config::BatchPolicy;
+use crate::metrics::Metrics;
+use crate::tasks::Tasks;
 
-/// How the batcher merges requests.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchPolicy {
-    /// Most texts in one worker call; 1 disables merging (one request per call).
-    pub max_batch: usize,
-    pub max_delay: Duration,
-}
+/// Runs one merged batch on the model's worker: the batcher decides batches, its owner
+/// (the model) runs them.
+pub type RunBatch = Arc<dyn Fn(Job) -> BoxFuture<'static, Result<JobOutput, WireError>> + Send + Sync>;
 
-impl Default for BatchPolicy {
-    fn default() -> Self {
-        BatchPolicy { max_batch: 64, max_delay: Duration::from_millis(2) }
-    }
+/// Where the batcher records queue waits and batch sizes.
+#[derive(Debug, Clone)]
+pub struct BatchMetrics {
+    pub model: String,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How far back "another client sent something" counts.
 const RECENT: Duration = Duration::from_millis(250);
 
-/// One request waiting for its vectors.
-#[derive(Debug)]
-pub struct EmbedItem {
-    pub texts: Vec<String>,
-    pub normalize: bool,
-    pub priority: Priority,
-    /// The session that sent it (whether other clients are active decides the wait).
-    pub session: u64,
-    /// When the request arrived (for the queue-wait metric).
-    pub arrived: tokio::time::Instant,
-    pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
-}
-
 /// Starts the batcher task for `model`: it takes entries from the model's admission queue
 /// (interactive first, sessions in turn) and runs them in batches, for as long as the
 /// daemon runs — restarted by the registry's task owner should it ever panic.
-pub fn start(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
-    let tasks = registry.tasks().clone();
-    tasks.spawn_service("embedding batcher", move || run(model.clone(), registry.clone(), policy));
+pub fn start(tasks: &Tasks, queue: Arc<Admission>, metrics: BatchMetrics, policy: BatchPolicy, run_batch: RunBatch) {
+    tasks.spawn_service("embedding batcher", move || run(queue.clone(), metrics.clone(), policy, run_batch.clone()));
 }
 
-async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
-    let queue = model.admission.clone();
+async fn run(queue: Arc<Admission>, metrics: BatchMetrics, policy: BatchPolicy, run_batch: RunBatch) {
     // When the last batch ended: a model that finished one a moment ago is under load, and
     // the next request will likely have company within `max_delay`...
     let mut last_batch_end: Option<tokio::time::Instant> = None;
@@ -111,12 +97,12 @@ async fn run(model: Arc<Model>, registry: Registry, policy: BatchPolicy) {
             }
         }
         recent.extend(batch.iter().map(|item| (now, item.session)));
-        run_batch(&model, &registry, batch).await;
+        run_one(&queue, &metrics, &run_batch, batch).await;
         last_batch_end = Some(tokio::time::Instant::now());
     }
 }
 
-async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem>) {
+async fn run_one(queue: &Admission, metrics: &BatchMetrics, run_batch: &RunBatch, batch: Vec<EmbedItem>) {
     // Requests whose client went away are dropped before they cost anything.
     let batch: Vec<EmbedItem> = batch.into_iter().filter(|item| !item.reply.is_closed()).collect();
     if batch.is_empty() {
@@ -124,15 +110,16 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
     }
     let texts: Vec<String> = batch.iter().flat_map(|item| item.texts.iter().cloned()).collect();
     let now = tokio::time::Instant::now();
+    let model = metrics.model.as_str();
     for item in &batch {
-        model.metrics.queue_wait(&model.spec.name, now - item.arrived);
+        metrics.metrics.queue_wait(model, now - item.arrived);
     }
-    model.metrics.batch_size(&model.spec.name, "embed", batch.len());
-    tracing::debug!(model = %model.spec.name, requests = batch.len(), texts = texts.len(), "embedding batch");
+    metrics.metrics.batch_size(model, "embed", batch.len());
+    tracing::debug!(model, requests = batch.len(), texts = texts.len(), "embedding batch");
     let started = std::time::Instant::now();
-    let result = crate::registry::run_replayable(model, registry, Job::Embed { texts, normalize: false }).await;
-    model.admission.record_service(started.elapsed() / batch.len() as u32);
-    model.admission.count_batch(batch.len());
+    let result = run_batch(Job::Embed { texts, normalize: false }).await;
+    queue.record_service(started.elapsed() / batch.len() as u32);
+    queue.count_batch(batch.len());
     let (dim, vectors, tokens) = match result {
         Ok(JobOutput::Embeddings { dim, vectors, tokens, .. }) => (dim as usize, vectors, tokens),
         Ok(_) => {
@@ -151,7 +138,7 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
                 tokens.len()
             ),
         );
-        tracing::error!(model = %model.spec.name, "{}", error.message);
+        tracing::error!(model, "{}", error.message);
         return fail_all(batch, error);
     }
     let mut offset = 0;
@@ -167,7 +154,7 @@ async fn run_batch(model: &Arc<Model>, registry: &Registry, batch: Vec<EmbedItem
         let prompt_tokens = tokens[offset..offset + count].iter().map(|&t| u64::from(t)).sum();
         offset += count;
         let _ = item.reply.send(Ok(Embeddings {
-            model: model.spec.name.clone(),
+            model: model.to_owned(),
             count: count as u32,
             dim: dim as u32,
             vectors: rows,

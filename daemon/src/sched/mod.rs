@@ -23,11 +23,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mlxd_proto::{ErrorCode, Priority, SchedStats, WireError};
+use mlxd_proto::{Embeddings, ErrorCode, Priority, SchedStats, WireError};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use batcher::EmbedItem;
+/// One request waiting for its vectors.
+#[derive(Debug)]
+pub struct EmbedItem {
+    pub texts: Vec<String>,
+    pub normalize: bool,
+    pub priority: Priority,
+    /// The session that sent it (whether other clients are active decides the wait).
+    pub session: u64,
+    /// When the request arrived (for the queue-wait metric).
+    pub arrived: tokio::time::Instant,
+    pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
+}
 
 /// What a queued entry is waiting for.
 #[derive(Debug)]

@@ -1,70 +1,31 @@
 //! The client-facing server: the listener accepts connections under a connection limit
 //! and runs one session per connection; `mlxd stdio` runs one session on stdin/stdout.
 //!
+//! This is the binary protocol's front end: everything below the wire format is the
+//! request core's ([`crate::core`]).
+//!
 //! - [`listener`]: binding the socket (permissions, one daemon per path, stale sockets).
-//! - [`session`]: handshake, the request loop and bounded outbound queue of one client.
-//! - [`dispatch`]: answering each request family.
+//! - [`peer`]: reading a connection's peer credentials.
+//! - [`session`]: handshake, frames in and out, credit; a thin adapter over the core.
 //! - [`metrics_http`]: the optional HTTP listener for Prometheus.
 
-pub mod dispatch;
 pub mod listener;
 pub mod metrics_http;
+pub mod peer;
 pub mod session;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::DaemonConfig;
-use crate::registry::Registry;
+pub use crate::core::Daemon;
 use listener::BoundSocket;
-use session::Peer;
 
 /// How long a worker has to exit after being asked to at shutdown, before it is killed.
 pub const WORKER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// State shared by every session of one daemon.
-#[derive(Debug)]
-pub struct Daemon {
-    pub config: Arc<DaemonConfig>,
-    pub registry: Registry,
-    pub started: Instant,
-    /// Where clients reach this daemon (socket path, or "stdio").
-    pub endpoint: String,
-    pub sessions: AtomicU32,
-    next_session: AtomicU64,
-}
-
-impl Daemon {
-    pub fn new(config: DaemonConfig, endpoint: String) -> Arc<Daemon> {
-        let config = Arc::new(config);
-        let registry = Registry::new(config.clone());
-        Arc::new(Daemon {
-            config,
-            registry,
-            started: Instant::now(),
-            endpoint,
-            sessions: AtomicU32::new(0),
-            next_session: AtomicU64::new(1),
-        })
-    }
-
-    /// The Prometheus exposition: event counters and the state of every model now.
-    pub fn render_metrics(&self) -> String {
-        let registry = &self.registry;
-        let snapshot = registry.metrics_snapshot(self.started.elapsed(), self.sessions.load(Ordering::Relaxed));
-        registry.metrics().render(&snapshot)
-    }
-
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-}
 
 /// Serves `socket` until `shutdown` resolves; then stops accepting, removes the socket,
 /// lets sessions finish in-flight requests for up to the drain timeout, and stops workers.
@@ -99,7 +60,7 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
             },
             () = &mut shutdown => break,
         };
-        let peer = Peer::of(&stream);
+        let peer = peer::peer_of(&stream);
         // One user's connections come out of that user's share, so a user opening many
         // cannot take every slot from the others.
         let Some(user_slot) = per_uid.take(peer.uid, daemon.config.max_connections_per_uid) else {

@@ -1,5 +1,7 @@
-//! One client session: the handshake, then a loop that reads requests and runs each in a
-//! task of the session, and a writer that drains a bounded outbound queue.
+//! One client session of the binary protocol: the handshake, then a loop that reads
+//! frames and hands each request to the request core ([`crate::core`]) — in a task of
+//! the session when it may wait — and a writer that drains a bounded outbound queue. This
+//! module knows frames and credit; what a request means is the core's.
 //!
 //! The transport is a parameter (any `AsyncRead` + `AsyncWrite`), so the same code serves
 //! a Unix socket connection, `mlxd stdio`, and in-memory pipes in tests.
@@ -8,9 +10,8 @@
 //! `Busy` at once) and at most `OUTBOUND_CAPACITY` frames waiting to be written; a client
 //! that stops reading therefore stalls only its own session.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +19,8 @@ use mlxd_proto::bounds::DecodeLimits;
 use mlxd_proto::codec::{ClientFrames, FrameCodec, Incoming};
 use mlxd_proto::frame::{FrameError, ABSOLUTE_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN};
 use mlxd_proto::{
-    ClientMessage, ErrorCode, Hello, LeaseId, Request, RequestId, ServerMessage, Welcome, WireError, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, Event, Hello, Request, RequestId, Response, ServerMessage, Welcome, WireError,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -27,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{dispatch, Daemon};
-use crate::registry::LeaseGuard;
+use crate::core::{caller, dispatch, kind, Caller, Control, Daemon, EventSink, Gone, Peer};
 
 /// Frames queued for the client before request tasks wait for the writer.
 pub const OUTBOUND_CAPACITY: usize = 64;
@@ -41,210 +42,6 @@ const MAX_CLIENT_NAME: usize = 64;
 
 /// How long the writer may take to flush what is left once the client has gone.
 const WRITER_DRAIN_AFTER_EOF: Duration = Duration::from_secs(1);
-
-/// Who is on the other end, from the kernel (SO_PEERCRED, SO_PEERGROUPS), not from what
-/// the client says.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    pub pid: Option<i32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// Supplementary groups, read from the socket when it was accepted (Linux:
-    /// SO_PEERGROUPS, so there is no race with a pid being reused; macOS: the group
-    /// database for the peer's uid).
-    pub groups: Vec<u32>,
-}
-
-impl Peer {
-    pub fn of(stream: &tokio::net::UnixStream) -> Peer {
-        match stream.peer_cred() {
-            Ok(cred) => Peer {
-                pid: cred.pid(),
-                uid: Some(cred.uid()),
-                gid: Some(cred.gid()),
-                groups: peer_groups(stream, cred.uid(), cred.gid()),
-            },
-            Err(_) => Peer::default(),
-        }
-    }
-
-    /// This process (the stdio mode's only client).
-    pub fn of_self() -> Peer {
-        Peer {
-            pid: Some(std::process::id() as i32),
-            uid: Some(nix::unistd::getuid().as_raw()),
-            gid: Some(nix::unistd::getgid().as_raw()),
-            groups: nix::unistd::getgroups().map(|g| g.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default(),
-        }
-    }
-
-    /// Checks the peer against the daemon's access policy.
-    pub fn authorize(&self, policy: &crate::config::AccessPolicy) -> Result<(), WireError> {
-        let Some(uid) = self.uid else {
-            return Err(WireError::new(ErrorCode::Unauthorized, "the peer's credentials cannot be read"));
-        };
-        policy.check(uid, self.gid, &self.groups).map_err(|why| WireError::new(ErrorCode::Unauthorized, why))
-    }
-
-    /// Whether the peer may take operator actions (the daemon's own user, root, or a
-    /// member of the admin group).
-    pub fn is_operator(&self, policy: &crate::config::AccessPolicy) -> bool {
-        self.uid.is_some_and(|uid| policy.is_operator(uid, self.gid, &self.groups))
-    }
-}
-
-/// The peer's supplementary groups as the kernel recorded them at connect time.
-#[cfg(target_os = "linux")]
-fn peer_groups(stream: &tokio::net::UnixStream, _uid: u32, _gid: u32) -> Vec<u32> {
-    use std::os::fd::AsRawFd;
-    // NGROUPS_MAX is 65536 on Linux; ask with a small buffer first, then the size it says.
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    for _ in 0..2 {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: the buffer is `len` bytes long and lives across the call.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let count = len as usize / std::mem::size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(count);
-            return groups;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || count <= groups.len() {
-            break;
-        }
-        groups = vec![0; count];
-    }
-    Vec::new()
-}
-
-/// The peer's groups from the group database (getpeereid gave the uid).
-#[cfg(not(target_os = "linux"))]
-fn peer_groups(_stream: &tokio::net::UnixStream, uid: u32, gid: u32) -> Vec<u32> {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else { return Vec::new() };
-    let Ok(name) = std::ffi::CString::new(user.name) else { return Vec::new() };
-    let mut groups: Vec<libc::c_int> = vec![0; 256];
-    let mut count = groups.len() as libc::c_int;
-    // SAFETY: `groups` holds `count` entries; getgrouplist writes at most that many.
-    let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid as libc::c_int, groups.as_mut_ptr(), &mut count) };
-    if rc < 0 {
-        return Vec::new();
-    }
-    groups.truncate(count.max(0) as usize);
-    groups.into_iter().map(|g| g as u32).collect()
-}
-
-/// What the client can still say about a request in flight: Cancel and Credit.
-#[derive(Debug, Default)]
-pub struct Control {
-    pub cancel: CancellationToken,
-    pub credit: CreditGate,
-    /// A generation stream (counted against the per-session stream limit).
-    pub is_stream: bool,
-}
-
-/// Stream credit granted by the client and not yet passed on. Lossless however many small
-/// grants arrive: they add up in one counter, and `Notify` keeps a wake-up if nobody waits.
-#[derive(Debug, Default)]
-pub struct CreditGate {
-    granted: std::sync::atomic::AtomicU32,
-    notify: tokio::sync::Notify,
-}
-
-impl CreditGate {
-    pub fn add(&self, events: u32) {
-        let _ = self.granted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_add(events)));
-        self.notify.notify_one();
-    }
-
-    /// Waits for credit and takes all of it.
-    pub async fn take(&self) -> u32 {
-        loop {
-            let events = self.granted.swap(0, Ordering::AcqRel);
-            if events > 0 {
-                return events;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// What request tasks of one session share.
-#[derive(Debug)]
-pub struct Session {
-    pub id: u64,
-    pub daemon: Arc<Daemon>,
-    /// The peer's uid (`u32::MAX` where the kernel did not say): queues take turns by user
-    /// before sessions, and the prompt cache is partitioned by it.
-    pub uid: u32,
-    /// Whether the peer may take operator actions (see [`Peer::is_operator`]).
-    pub operator: bool,
-    /// Cancelled when the client is gone (closed, stopped reading, broke the protocol):
-    /// nothing more is sent to it.
-    pub gone: CancellationToken,
-    leases: Mutex<HashMap<LeaseId, LeaseGuard>>,
-    next_lease: AtomicU64,
-    in_flight: Mutex<HashMap<RequestId, Arc<Control>>>,
-}
-
-impl Session {
-    fn leases(&self) -> MutexGuard<'_, HashMap<LeaseId, LeaseGuard>> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<RequestId, Arc<Control>>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stores a lease and returns its handle, unless the session holds too many.
-    pub fn add_lease(&self, guard: LeaseGuard) -> Result<LeaseId, WireError> {
-        let mut leases = self.leases();
-        let limit = self.daemon.config.limits.max_leases as usize;
-        if leases.len() >= limit {
-            return Err(WireError::new(ErrorCode::TooLarge, format!("session holds {limit} leases (max_leases)")));
-        }
-        // Handles are random-looking per session so that a number guessed or copied from
-        // another connection is not accidentally valid here either.
-        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed) ^ (self.id << 32);
-        leases.insert(lease, guard);
-        Ok(lease)
-    }
-
-    pub fn release(&self, lease: LeaseId) -> Result<(), WireError> {
-        self.leases().remove(&lease).map(drop).ok_or_else(|| invalid_lease(lease))
-    }
-
-    /// Who this session is, for the queues' turn-taking.
-    pub fn client(&self) -> crate::sched::Client {
-        crate::sched::Client { uid: self.uid, session: self.id }
-    }
-
-    /// The model a lease of this session is on.
-    pub fn leased_model(&self, lease: LeaseId) -> Result<Arc<crate::registry::Model>, WireError> {
-        let leases = self.leases();
-        let guard = leases.get(&lease).ok_or_else(|| invalid_lease(lease))?;
-        if !guard.is_valid() {
-            return Err(WireError::new(
-                ErrorCode::InvalidLease,
-                format!("lease {lease} was revoked: an operator force-unloaded {}", guard.model.spec.name),
-            ));
-        }
-        Ok(guard.model.clone())
-    }
-}
-
-fn invalid_lease(lease: LeaseId) -> WireError {
-    WireError::new(
-        ErrorCode::InvalidLease,
-        format!("lease {lease} is not held by this session (a lease belongs to the connection that took it)"),
-    )
-}
 
 /// Refuses a connection before its handshake: one `Fatal` frame, then close (bounded in
 /// time, so a peer that never reads cannot hold the task).
@@ -320,23 +117,27 @@ async fn serve<R, W>(
     }
     frames_in.decoder_mut().set_limits(limits.max_frame_len, DecodeLimits::for_session(&limits));
     frames_out.encoder_mut().set_limits(0, hello.max_frame_len.clamp(HANDSHAKE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
-    let operator = peer.is_operator(&daemon.config.access);
-    tracing::info!(uid = peer.uid.map_or(-1, i64::from), operator, "session opened");
+    let session = Arc::new(Caller::new(session_id, daemon.clone(), &peer));
+    tracing::info!(uid = peer.uid.map_or(-1, i64::from), operator = session.operator, "session opened");
     daemon.sessions.fetch_add(1, Ordering::Relaxed);
 
-    let session = Arc::new(Session {
-        id: session_id,
-        daemon: daemon.clone(),
-        uid: peer.uid.unwrap_or(u32::MAX),
-        operator,
-        gone: CancellationToken::new(),
-        leases: Mutex::new(HashMap::new()),
-        next_lease: AtomicU64::new(1),
-        in_flight: Mutex::new(HashMap::new()),
-    });
     let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let writer_gone = CancellationToken::new();
-    let writer = tokio::spawn(write_frames(frames_out, outbound_rx, writer_gone.clone()));
+    // A client that takes no frame for this long is gone, as if it had closed.
+    let write_deadline = daemon.config.stream_pause_limit;
+    let writer = tokio::spawn(write_frames(frames_out, outbound_rx, writer_gone.clone(), write_deadline));
+    // The read loop's own answers wait for room like any frame, but never past the
+    // client going away or the daemon stopping.
+    let queue = |message: ServerMessage| {
+        let (outbound, writer_gone, stop) = (&outbound, &writer_gone, &stop);
+        async move {
+            tokio::select! {
+                sent = outbound.send(message) => sent.is_ok(),
+                () = writer_gone.cancelled() => false,
+                () = stop.cancelled() => false,
+            }
+        }
+    };
     let requests = TaskTracker::new();
     // A frame begun must be finished within `frame_read_timeout` (slow-loris): checked a
     // few times per timeout, since partial bytes arriving wake nothing here.
@@ -358,6 +159,7 @@ async fn serve<R, W>(
                         let error = WireError::bad_request(format!(
                             "a frame was begun and not finished within {frame_timeout:?} (frame_read_timeout)"
                         ));
+                        session.cancel_all();
                         let _ = outbound.try_send(ServerMessage::Fatal(error));
                         break End::ClientGone("partial frame timed out");
                     }
@@ -374,11 +176,12 @@ async fn serve<R, W>(
                 let error = WireError::new(ErrorCode::TooLarge, reason);
                 tracing::info!(?id, "request refused for its decoded size: {}", error.message);
                 let Some(id) = id else {
-                    let _ = outbound.send(ServerMessage::Fatal(error)).await;
+                    session.cancel_all();
+                    let _ = queue(ServerMessage::Fatal(error)).await;
                     break End::ClientGone("oversized frame");
                 };
                 if session.in_flight().contains_key(&id) {
-                    break duplicate_id(&outbound, id).await;
+                    break duplicate_id(&session, &queue, id).await;
                 }
                 daemon.registry.metrics().request_done(
                     crate::metrics::NO_MODEL,
@@ -386,7 +189,7 @@ async fn serve<R, W>(
                     Err(ErrorCode::TooLarge),
                     Duration::ZERO,
                 );
-                if outbound.send(ServerMessage::Error { id, error }).await.is_err() {
+                if !queue(ServerMessage::Error { id, error }).await {
                     break End::ClientGone("client stopped reading");
                 }
                 continue;
@@ -399,7 +202,8 @@ async fn serve<R, W>(
                 } else {
                     ErrorCode::BadRequest
                 };
-                let _ = outbound.send(ServerMessage::Fatal(WireError::new(code, err.to_string()))).await;
+                session.cancel_all();
+                let _ = queue(ServerMessage::Fatal(WireError::new(code, err.to_string()))).await;
                 break End::ClientGone("bad frame");
             }
         };
@@ -408,19 +212,19 @@ async fn serve<R, W>(
                 // Two final frames for one id would leave the client unable to tell them
                 // apart: reusing an id still in flight is a protocol violation.
                 if session.in_flight().contains_key(&id) {
-                    break duplicate_id(&outbound, id).await;
+                    break duplicate_id(&session, &queue, id).await;
                 }
                 let done = Done::new(&session, &body);
-                if let Some(refusal) = admit(&session, &body) {
+                if let Some(refusal) = caller::admit(&session, &body) {
                     done.record(&session, &Err(refusal.code));
-                    if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
+                    if !queue(ServerMessage::Error { id, error: refusal }).await {
                         break End::ClientGone("client stopped reading");
                     }
                     continue;
                 }
                 if let Some(reply) = dispatch::answer_now(&session, &body) {
-                    done.record(&session, &reply.outcome());
-                    if outbound.send(reply.into_message(id)).await.is_err() {
+                    done.record(&session, &outcome(&reply));
+                    if !queue(final_frame(id, reply)).await {
                         break End::ClientGone("client stopped reading");
                     }
                     continue;
@@ -431,7 +235,7 @@ async fn serve<R, W>(
                     Ok(prepared) => prepared,
                     Err(refusal) => {
                         done.record(&session, &Err(refusal.code));
-                        if outbound.send(ServerMessage::Error { id, error: refusal }).await.is_err() {
+                        if !queue(ServerMessage::Error { id, error: refusal }).await {
                             break End::ClientGone("client stopped reading");
                         }
                         continue;
@@ -445,10 +249,10 @@ async fn serve<R, W>(
                 let span = tracing::info_span!("request", id, kind = done.kind, model = %done.model);
                 requests.spawn(
                     async move {
-                        let result = dispatch::handle(&session, id, body, prepared, &outbound, &control).await;
-                        let reply = dispatch::Reply(result);
-                        done.record(&session, &reply.outcome());
-                        if let Err(error) = &reply.0 {
+                        let events = RequestEvents { id, outbound: outbound.clone(), gone: session.gone.clone() };
+                        let reply = dispatch::handle(&session, id, body, prepared, &events, &control).await;
+                        done.record(&session, &outcome(&reply));
+                        if let Err(error) = &reply {
                             tracing::debug!(code = ?error.code, "request failed: {}", error.message);
                         }
                         // The id is freed only once its final frame has a place in the
@@ -462,7 +266,7 @@ async fn serve<R, W>(
                         };
                         session.in_flight().remove(&id);
                         if let Some(permit) = permit {
-                            permit.send(reply.into_message(id));
+                            permit.send(final_frame(id, reply));
                         }
                     }
                     .instrument(span),
@@ -481,7 +285,8 @@ async fn serve<R, W>(
             }
             ClientMessage::Hello(_) => {
                 let error = WireError::bad_request("Hello sent twice");
-                let _ = outbound.send(ServerMessage::Fatal(error)).await;
+                session.cancel_all();
+                let _ = queue(ServerMessage::Fatal(error)).await;
                 break End::ClientGone("protocol violation");
             }
         }
@@ -496,10 +301,7 @@ async fn serve<R, W>(
         // Nobody will read the answers (the client closed, stopped reading, or broke the
         // protocol): stop everything now, whatever it waits on — a turn, a load, credit —
         // so its stream slots, queue places and leases are given back at once.
-        session.gone.cancel();
-        for control in session.in_flight().values() {
-            control.cancel.cancel();
-        }
+        session.cancel_all();
     }
     requests.close();
     // In-flight requests finish and are answered (at shutdown; the listener bounds this).
@@ -522,7 +324,7 @@ async fn serve<R, W>(
         }
     }
     // Dropping the session releases every lease it still holds.
-    let released = session.leases().len();
+    let released = session.lease_count();
     drop(session);
     daemon.sessions.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(released_leases = released, "session closed");
@@ -537,13 +339,50 @@ enum End {
     ClientGone(&'static str),
 }
 
-/// Ends the session for reusing request id `id` while it is in flight.
-async fn duplicate_id(outbound: &mpsc::Sender<ServerMessage>, id: RequestId) -> End {
+/// Ends the session for reusing request id `id` while it is in flight: everything is
+/// cancelled first (no final frame may follow the Fatal), then the Fatal is queued.
+async fn duplicate_id<F, Fut>(session: &Caller, queue: &F, id: RequestId) -> End
+where
+    F: Fn(ServerMessage) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    session.cancel_all();
     let error = WireError::bad_request(format!(
         "request id {id} is already in flight on this session; ids must be unique among in-flight requests"
     ));
-    let _ = outbound.send(ServerMessage::Fatal(error)).await;
+    let _ = queue(ServerMessage::Fatal(error)).await;
     End::ClientGone("request id reused while in flight")
+}
+
+/// A request's stream events, as frames on this session's outbound queue.
+struct RequestEvents {
+    id: RequestId,
+    outbound: mpsc::Sender<ServerMessage>,
+    gone: CancellationToken,
+}
+
+impl EventSink for RequestEvents {
+    async fn send(&self, event: Event) -> Result<(), Gone> {
+        tokio::select! {
+            sent = self.outbound.send(ServerMessage::Event { id: self.id, event }) => sent.map_err(|_| Gone),
+            () = self.gone.cancelled() => Err(Gone),
+        }
+    }
+
+    fn offer(&self, event: Event) {
+        let _ = self.outbound.try_send(ServerMessage::Event { id: self.id, event });
+    }
+}
+
+fn outcome(reply: &Result<Response, WireError>) -> Result<(), ErrorCode> {
+    reply.as_ref().map(|_| ()).map_err(|error| error.code)
+}
+
+fn final_frame(id: RequestId, reply: Result<Response, WireError>) -> ServerMessage {
+    match reply {
+        Ok(body) => ServerMessage::Response { id, body },
+        Err(error) => ServerMessage::Error { id, error },
+    }
 }
 
 /// A client's self-chosen name as logs and status show it: at most [`MAX_CLIENT_NAME`]
@@ -564,43 +403,13 @@ struct Done {
 }
 
 impl Done {
-    fn new(session: &Session, body: &Request) -> Done {
-        Done {
-            kind: dispatch::kind(body),
-            model: dispatch::model_label(session, body),
-            arrived: std::time::Instant::now(),
-        }
+    fn new(session: &Caller, body: &Request) -> Done {
+        Done { kind: kind::kind(body), model: dispatch::model_label(session, body), arrived: std::time::Instant::now() }
     }
 
-    fn record(&self, session: &Session, outcome: &Result<(), ErrorCode>) {
+    fn record(&self, session: &Caller, outcome: &Result<(), ErrorCode>) {
         session.daemon.registry.metrics().request_done(&self.model, self.kind, *outcome, self.arrived.elapsed());
     }
-}
-
-/// Refusals decided before any work: the per-session in-flight and stream limits.
-fn admit(session: &Session, body: &Request) -> Option<WireError> {
-    if matches!(body, Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics) {
-        return None; // answered at once, never counted
-    }
-    let in_flight = session.in_flight();
-    let limit = session.daemon.config.limits.max_in_flight as usize;
-    if in_flight.len() >= limit {
-        return Some(
-            WireError::new(ErrorCode::Busy, format!("session has {limit} requests in flight (max_in_flight)"))
-                .with_retry_after(10),
-        );
-    }
-    let streams = session.daemon.config.max_streams_per_session;
-    if matches!(body, Request::Generate(_)) && in_flight.values().filter(|c| c.is_stream).count() >= streams {
-        return Some(
-            WireError::new(
-                ErrorCode::Busy,
-                format!("session has {streams} generation streams open (max_streams_per_session)"),
-            )
-            .with_retry_after(10),
-        );
-    }
-    None
 }
 
 async fn handshake<R: AsyncRead + Unpin>(
@@ -637,13 +446,18 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut frames_out: FramedWrite<W, FrameCodec<(), ServerMessage>>,
     mut outbound: mpsc::Receiver<ServerMessage>,
     gone: CancellationToken,
+    deadline: Duration,
 ) {
     while let Some(message) = outbound.recv().await {
         let id = match &message {
             ServerMessage::Response { id, .. } | ServerMessage::Event { id, .. } => Some(*id),
             _ => None,
         };
-        match frames_out.send(message).await {
+        let Ok(sent) = tokio::time::timeout(deadline, frames_out.send(message)).await else {
+            tracing::info!(?deadline, "the client took no frame for the write deadline; it is gone");
+            break;
+        };
+        match sent {
             Ok(()) => {}
             Err(FrameError::TooLarge { len, max }) if id.is_some() => {
                 // One answer too large for the client's frame limit fails that request only.
@@ -664,17 +478,4 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         }
     }
     gone.cancel();
-}
-
-impl dispatch::Reply {
-    fn outcome(&self) -> Result<(), ErrorCode> {
-        self.0.as_ref().map(|_| ()).map_err(|error| error.code)
-    }
-
-    fn into_message(self, id: RequestId) -> ServerMessage {
-        match self.0 {
-            Ok(body) => ServerMessage::Response { id, body },
-            Err(error) => ServerMessage::Error { id, error },
-        }
-    }
 }

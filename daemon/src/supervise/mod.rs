@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
-use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady};
+use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady, WORKER_LINK_FD};
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, WireError};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixStream;
@@ -26,10 +26,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
-use crate::config::{DaemonConfig, ModelSpec};
+use crate::config::DaemonConfig;
+use crate::spec::ModelSpec;
 use crate::tasks::Tasks;
 
 mod fault_hook;
+pub mod health;
 mod orphans;
 mod watchdog;
 
@@ -45,9 +47,6 @@ use watchdog::{watchdog, Beat};
 #[cfg(target_os = "linux")]
 const WORKER_MALLOC_ENV: [(&str, &str); 3] =
     [("MALLOC_MMAP_THRESHOLD_", "33554432"), ("MALLOC_TRIM_THRESHOLD_", "268435456"), ("MALLOC_ARENA_MAX", "1")];
-
-/// The worker's end of the socketpair is always this descriptor number.
-pub const WORKER_LINK_FD: i32 = 3;
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
 
@@ -154,16 +153,28 @@ impl WorkerHandle {
                 forward_stderr(pipe, stderr.clone(), spec.name.clone(), child.id().unwrap_or(0)),
             );
         }
-        // Kill the child if loading fails or is abandoned: it must not outlive this call.
-        let mut child = KillOnDrop(Some(child));
         ours.set_nonblocking(true).map_err(|e| spawn_error(spec, e))?;
         let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(spec, e))?;
-        let mut link = Framed::new(
-            stream,
-            FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
-        );
+        Self::attach(Box::new(stream), Some(child), stderr, spec, config.restart.stuck_after, tasks, progress).await
+    }
 
-        let stuck_after = config.restart.stuck_after;
+    /// Takes over a worker on `link` (its process `child`, if it is one): waits until it
+    /// has loaded the model, then routes jobs to it. The link is any byte stream, so unit
+    /// tests attach in-process workers on in-memory pipes.
+    pub async fn attach(
+        link: Box<dyn LinkIo>,
+        child: Option<Child>,
+        stderr: StderrTail,
+        spec: &ModelSpec,
+        stuck_after: std::time::Duration,
+        tasks: &Tasks,
+        progress: impl Fn(LoadProgress),
+    ) -> Result<WorkerHandle, WireError> {
+        // Kill the child if loading fails or is abandoned: it must not outlive this call.
+        let mut child = KillOnDrop(child);
+        let mut link =
+            Framed::new(link, FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
+
         let ready = loop {
             let Ok(frame) = tokio::time::timeout(stuck_after, link.next()).await else {
                 let status = child.wait_briefly().await;
@@ -442,7 +453,7 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
         .arg("--name")
         .arg(&spec.name)
         .arg("--kind")
-        .arg(kind_arg(spec.kind))
+        .arg(mlxd_proto::worker::kind_name(spec.kind))
         .arg("--path")
         .arg(&spec.path)
         .arg("--python")
@@ -499,15 +510,12 @@ fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::i
     Ok(child)
 }
 
-pub fn kind_arg(kind: mlxd_proto::ModelKind) -> &'static str {
-    match kind {
-        mlxd_proto::ModelKind::Embedding => "embedding",
-        mlxd_proto::ModelKind::Generation => "generation",
-    }
-}
+/// A worker link's byte stream (a socketpair to a process, or an in-memory pipe).
+pub trait LinkIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> LinkIo for T {}
 
-type LinkSink = futures_util::stream::SplitSink<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
-type LinkStream = futures_util::stream::SplitStream<Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>>;
+type LinkSink = futures_util::stream::SplitSink<Framed<Box<dyn LinkIo>, FrameCodec<FromWorker, ToWorker>>, ToWorker>;
+type LinkStream = futures_util::stream::SplitStream<Framed<Box<dyn LinkIo>, FrameCodec<FromWorker, ToWorker>>>;
 
 async fn write_link(
     mut sink: LinkSink,

@@ -43,7 +43,7 @@ pub(super) async fn watchdog(
     model: String,
     pid: u32,
 ) {
-    let mut tick = tokio::time::interval(crate::worker::HEARTBEAT_INTERVAL);
+    let mut tick = tokio::time::interval(mlxd_proto::worker::HEARTBEAT_INTERVAL);
     let why = loop {
         tokio::select! {
             _ = gone.wait_for(|gone| *gone) => return,

@@ -7,75 +7,23 @@
 //! affinity. The worker exits when the link closes: its supervisor is gone (on Linux,
 //! PR_SET_PDEATHSIG, set before exec, kills it even sooner).
 
+mod handoff;
 pub(crate) mod python;
+
+pub use handoff::{Pulse, WorkItem, WorkerArgs};
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::{FrameError, ABSOLUTE_MAX_FRAME_LEN};
-use mlxd_proto::worker::{FromWorker, Job, JobId, ToWorker};
+use mlxd_proto::worker::{FromWorker, ToWorker, HEARTBEAT_INTERVAL, WORKER_LINK_FD};
 use mlxd_proto::{ErrorCode, WireError};
 
-/// What the relay hands the MLX thread, in arrival order.
-#[derive(Debug)]
-pub enum WorkItem {
-    Job(JobId, Job),
-    Credit(JobId, u32),
-    Cancel(JobId),
-}
-use mlxd_proto::ModelKind;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
-
-use crate::supervise::WORKER_LINK_FD;
-
-/// How often the worker tells the supervisor it is alive and how its work progresses.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Liveness shared by the MLX thread (which records progress) and the I/O thread (which
-/// reports it in heartbeats).
-#[derive(Debug)]
-pub struct Pulse {
-    started: Instant,
-    last_progress_ms: AtomicU64,
-    busy: AtomicBool,
-}
-
-impl Pulse {
-    fn new() -> Pulse {
-        Pulse {
-            started: Instant::now(),
-            last_progress_ms: AtomicU64::new(0),
-            busy: AtomicBool::new(true), // loading is work
-        }
-    }
-
-    /// The work in hand moved forward.
-    pub fn progress(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.last_progress_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Whether the MLX thread has work; becoming busy counts as progress.
-    pub fn set_busy(&self, busy: bool) {
-        if busy && !self.busy.load(Ordering::Relaxed) {
-            self.progress();
-        }
-        self.busy.store(busy, Ordering::Relaxed);
-    }
-
-    fn heartbeat(&self) -> FromWorker {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_progress_ms.load(Ordering::Relaxed);
-        FromWorker::Heartbeat { busy: self.busy.load(Ordering::Relaxed), since_progress_ms: now.saturating_sub(last) }
-    }
-}
 
 /// The worker's exit status when its link writer fails.
 const WRITER_FAILED_EXIT: i32 = 70;
@@ -83,16 +31,6 @@ const WRITER_FAILED_EXIT: i32 = 70;
 /// Jobs buffered between the link and the Python thread. The supervisor's admission
 /// queue already bounds what it sends; this bounds the worker's memory independently.
 const JOB_QUEUE: usize = 256;
-
-#[derive(Debug, Clone)]
-pub struct WorkerArgs {
-    pub name: String,
-    pub kind: ModelKind,
-    pub path: PathBuf,
-    pub python: PathBuf,
-    pub max_streams: usize,
-    pub prompt_cache_bytes: u64,
-}
 
 pub fn main(args: WorkerArgs) -> Result<()> {
     #[cfg(target_os = "linux")]

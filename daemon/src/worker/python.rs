@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::sync::mpsc;
 
-use super::{Pulse, WorkItem, WorkerArgs};
+use super::handoff::{Pulse, WorkItem, WorkerArgs};
 use crate::pyenv::PythonEnv;
 
 use mlxd_proto::MAX_STREAM_CREDIT;
@@ -424,7 +424,7 @@ fn load(
     runtime
         .call_method1("set_progress_hook", (hook,))
         .map_err(|err| python_error(py, "installing the progress hook", err))?;
-    let kind = crate::supervise::kind_arg(args.kind);
+    let kind = mlxd_proto::worker::kind_name(args.kind);
     let path = args.path.to_string_lossy().into_owned();
     let adapter = runtime
         .call_method1("load", (kind, path))

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use mlxd_proto::{DaemonStatus, Request, Response, WireError, PROTOCOL_VERSION};
 
-use crate::server::session::Session;
+use crate::core::caller::Caller;
 
-pub fn answer(session: &Session, body: &Request) -> Option<Result<Response, WireError>> {
+pub fn answer(session: &Caller, body: &Request) -> Option<Result<Response, WireError>> {
     let daemon = &session.daemon;
     let response = match body {
         Request::Ping => Response::Pong,

@@ -13,21 +13,23 @@ use std::sync::Arc;
 use mlxd_proto::worker::{GenerateJob, Job, JobOutput};
 use mlxd_proto::{
     ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
-    Response, ServerMessage, WireError, MAX_STREAM_CREDIT,
+    Response, WireError, MAX_STREAM_CREDIT,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{resolve, Ticket};
+use super::ticket::{resolve, Ticket};
+use crate::core::caller::Caller;
+use crate::core::events::EventSink;
+use crate::core::flow::Control;
 use crate::sched::{self, Pending};
-use crate::server::session::{Control, Session};
 use crate::supervise::WorkerHandle;
 
 const MAX_STOP_STRINGS: usize = mlxd_proto::bounds::MAX_STOP_STRINGS as usize;
 const MAX_STOP_BYTES: usize = mlxd_proto::bounds::MAX_STOP_BYTES as usize;
 
 /// Validation, the model, and a place in its queue (or `Busy`), without waiting.
-pub fn admit(session: &Session, request: &GenerateRequest) -> Result<(Ticket, GenerateJob), WireError> {
+pub fn admit(session: &Caller, request: &GenerateRequest) -> Result<(Ticket, GenerateJob), WireError> {
     let mut job = validate(request, &session.daemon.config.limits)?;
     // One user's prompts never warm the cache for another's (time to first token would
     // tell them what was sent); one user's own sessions share it.
@@ -42,16 +44,15 @@ pub fn admit(session: &Session, request: &GenerateRequest) -> Result<(Ticket, Ge
 }
 
 pub async fn generate(
-    session: &Arc<Session>,
+    session: &Arc<Caller>,
     id: RequestId,
     request: GenerateRequest,
     ticket: Ticket,
     mut job: GenerateJob,
-    events: &mpsc::Sender<ServerMessage>,
+    events: &impl EventSink,
     control: &Control,
 ) -> Result<Response, WireError> {
     let Ticket { model, admitted, arrived } = ticket;
-    let registry = &session.daemon.registry;
     let _in_flight = model.begin_request();
 
     // Wait for one of the model's stream slots, in turn (interactive first, sessions
@@ -80,9 +81,7 @@ pub async fn generate(
         }
     }
 
-    let progress = |p| {
-        let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(p) });
-    };
+    let progress = |p| events.offer(Event::LoadProgress(p));
     let progress = &progress;
     let mut owed = request.initial_credit; // granted by the client, not yet passed to the worker
     let mut replays = 0;
@@ -90,7 +89,7 @@ pub async fn generate(
     let mut paused_out = false;
     let (result, cancelled, started) = loop {
         let worker = tokio::select! {
-            worker = model.ready(registry, progress) => worker?,
+            worker = model.ready(progress) => worker?,
             () = control.cancel.cancelled() => return Ok(Response::Generated(cancelled_before_start())),
         };
         if worker.ready.single_stream.is_some() {
@@ -135,7 +134,7 @@ pub async fn generate(
                     }
                     delivered += 1;
                     if !cancelled {
-                        let event = ServerMessage::Event { id, event: Event::Token { text, token } };
+                        let event = Event::Token { text, token };
                         tokio::select! {
                             sent = events.send(event) => if sent.is_err() {
                                 control.cancel.cancel(); // the client is gone
@@ -171,7 +170,7 @@ pub async fn generate(
         while let Ok((text, token)) = stream.tokens.try_recv() {
             delivered += 1;
             if !cancelled {
-                let _ = events.send(ServerMessage::Event { id, event: Event::Token { text, token } }).await;
+                let _ = events.send(Event::Token { text, token }).await;
             }
         }
         drop(cancel_guard);

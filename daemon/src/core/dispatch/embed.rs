@@ -9,13 +9,13 @@ use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority, Respons
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{resolve, Ticket};
-use crate::sched::batcher::EmbedItem;
+use super::ticket::{resolve, Ticket};
+use crate::core::caller::Caller;
+use crate::sched::EmbedItem;
 use crate::sched::{self, Pending};
-use crate::server::session::Session;
 
 /// Limits, the model, and a place in its queue (or `Busy`), without waiting.
-pub fn admit(session: &Session, request: &EmbedRequest) -> Result<Ticket, WireError> {
+pub fn admit(session: &Caller, request: &EmbedRequest) -> Result<Ticket, WireError> {
     let limits = &session.daemon.config.limits;
     if request.texts.len() > limits.max_texts_per_embed as usize {
         return Err(WireError::new(
@@ -45,10 +45,10 @@ pub fn admit(session: &Session, request: &EmbedRequest) -> Result<Ticket, WireEr
 }
 
 /// Queues the texts for the model's batcher and waits for their vectors (or the deadline).
-pub async fn embed(session: &Arc<Session>, request: EmbedRequest, ticket: Ticket) -> Result<Response, WireError> {
+pub async fn embed(session: &Arc<Caller>, request: EmbedRequest, ticket: Ticket) -> Result<Response, WireError> {
     let Ticket { model, admitted, arrived } = ticket;
     let _in_flight = model.begin_request();
-    model.start_batcher(&session.daemon.registry);
+    model.start_batcher(session.daemon.config.embed_batch);
     let (reply, mut answer) = oneshot::channel();
     let item = EmbedItem {
         texts: request.texts,
@@ -80,7 +80,7 @@ fn finish(
 
 /// Tokenize and detokenize: the text limit, the model, and a place in its queue (a place,
 /// not a turn: one-shot jobs are quick and run between batches).
-pub fn admit_one_shot(session: &Session, model: &ModelRef, text: Option<&String>) -> Result<Ticket, WireError> {
+pub fn admit_one_shot(session: &Caller, model: &ModelRef, text: Option<&String>) -> Result<Ticket, WireError> {
     let limit = session.daemon.config.limits.max_text_bytes as usize;
     if let Some(text) = text.filter(|text| text.len() > limit) {
         return Err(WireError::new(
@@ -106,31 +106,26 @@ pub fn check_detokenize(tokens: &[u32]) -> Result<(), WireError> {
     Ok(())
 }
 
-pub async fn tokenize(
-    session: &Arc<Session>,
-    ticket: Ticket,
-    text: String,
-    add_special_tokens: bool,
-) -> Result<Response, WireError> {
-    match run(session, ticket, Job::Tokenize { text, add_special_tokens }).await? {
+pub async fn tokenize(ticket: Ticket, text: String, add_special_tokens: bool) -> Result<Response, WireError> {
+    match run(ticket, Job::Tokenize { text, add_special_tokens }).await? {
         JobOutput::Tokens(tokens) => Ok(Response::Tokens(tokens)),
         other => Err(unexpected(&other)),
     }
 }
 
-pub async fn detokenize(session: &Arc<Session>, ticket: Ticket, tokens: Vec<u32>) -> Result<Response, WireError> {
-    match run(session, ticket, Job::Detokenize { tokens }).await? {
+pub async fn detokenize(ticket: Ticket, tokens: Vec<u32>) -> Result<Response, WireError> {
+    match run(ticket, Job::Detokenize { tokens }).await? {
         JobOutput::Text(text) => Ok(Response::Text(text)),
         other => Err(unexpected(&other)),
     }
 }
 
 /// The model's worker (loading it if needed), then the job.
-async fn run(session: &Arc<Session>, ticket: Ticket, job: Job) -> Result<JobOutput, WireError> {
+async fn run(ticket: Ticket, job: Job) -> Result<JobOutput, WireError> {
     let Ticket { model, admitted: _admitted, .. } = ticket;
     let _in_flight = model.begin_request();
     let started = Instant::now();
-    let output = crate::registry::run_replayable(&model, &session.daemon.registry, job).await?;
+    let output = crate::registry::run_replayable(&model, job).await?;
     model.admission.record_service(started.elapsed());
     Ok(output)
 }

@@ -11,34 +11,21 @@ mod embed;
 mod generate;
 mod info;
 mod lease;
+mod ticket;
 
 use std::sync::Arc;
 
 use mlxd_proto::worker::GenerateJob;
-use mlxd_proto::{ErrorCode, ModelRef, Request, RequestId, Response, ServerMessage, WireError};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use mlxd_proto::{ErrorCode, ModelRef, Request, RequestId, Response, WireError};
 
-use super::session::{Control, Session};
-use crate::registry::Model;
-use crate::sched::Admitted;
-
-/// A request's final answer.
-#[derive(Debug)]
-pub struct Reply(pub Result<Response, WireError>);
+use crate::core::caller::Caller;
+use crate::core::events::EventSink;
+use crate::core::flow::Control;
+pub use ticket::Ticket;
 
 /// Answers requests that need no task (supervisor-only facts); `None` for everything else.
-pub fn answer_now(session: &Session, body: &Request) -> Option<Reply> {
-    info::answer(session, body).map(Reply)
-}
-
-/// A place in a model's queue, taken in the session's read loop before the request's task
-/// starts, so that a refusal (a limit, an unknown model, `Busy`) is answered at once.
-#[derive(Debug)]
-pub struct Ticket {
-    model: Arc<Model>,
-    admitted: Admitted,
-    arrived: Instant,
+pub fn answer_now(session: &Caller, body: &Request) -> Option<Result<Response, WireError>> {
+    info::answer(session, body)
 }
 
 /// What [`admit`] prepared for a request's task.
@@ -54,7 +41,7 @@ pub enum Prepared {
 
 /// Checks a model request against the limits and admits it to its model's queue, without
 /// waiting; an `Err` is the request's final answer.
-pub fn admit(session: &Session, body: &Request) -> Result<Prepared, WireError> {
+pub fn admit(session: &Caller, body: &Request) -> Result<Prepared, WireError> {
     match body {
         Request::Embed(request) => embed::admit(session, request).map(Prepared::Embed),
         Request::Tokenize { model, text, .. } => {
@@ -74,11 +61,11 @@ pub fn admit(session: &Session, body: &Request) -> Result<Prepared, WireError> {
 /// ends the request with `Cancelled`, except a generation, which stops its stream and
 /// reports how far it got.
 pub async fn handle(
-    session: &Arc<Session>,
+    session: &Arc<Caller>,
     id: RequestId,
     body: Request,
     prepared: Prepared,
-    events: &mpsc::Sender<ServerMessage>,
+    events: &impl EventSink,
     control: &Control,
 ) -> Result<Response, WireError> {
     let is_stream = matches!(body, Request::Generate(_));
@@ -89,20 +76,18 @@ pub async fn handle(
             }
             (Request::Embed(request), Prepared::Embed(ticket)) => embed::embed(session, request, ticket).await,
             (Request::Tokenize { text, add_special_tokens, .. }, Prepared::OneShot(ticket)) => {
-                embed::tokenize(session, ticket, text, add_special_tokens).await
+                embed::tokenize(ticket, text, add_special_tokens).await
             }
-            (Request::Detokenize { tokens, .. }, Prepared::OneShot(ticket)) => {
-                embed::detokenize(session, ticket, tokens).await
-            }
+            (Request::Detokenize { tokens, .. }, Prepared::OneShot(ticket)) => embed::detokenize(ticket, tokens).await,
             (Request::Generate(_) | Request::Embed(_) | Request::Tokenize { .. } | Request::Detokenize { .. }, _) => {
                 Err(WireError::internal("a model request reached its task without admission"))
             }
-            (Request::Lease(request), _) => lease::lease(session, id, request, events).await,
+            (Request::Lease(request), _) => lease::lease(session, request, events).await,
             (Request::Release { lease }, _) => session.release(lease).map(|()| Response::Released),
-            (Request::Load { model }, _) => lease::load(session, id, &model, events).await,
+            (Request::Load { model }, _) => lease::load(session, &model, events).await,
             (Request::Unload { model, force }, _) => lease::unload(session, &model, force).await,
             (Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics, _) => {
-                Err(WireError::internal("supervisor request reached a request task"))
+                Err(WireError::internal("a request answered at once reached a request task"))
             }
         }
     };
@@ -115,27 +100,8 @@ pub async fn handle(
     }
 }
 
-/// A request's kind, for metrics and logs.
-pub fn kind(body: &Request) -> &'static str {
-    match body {
-        Request::Ping => "ping",
-        Request::Status => "status",
-        Request::ListModels => "list_models",
-        Request::Lease(_) => "lease",
-        Request::Release { .. } => "release",
-        Request::Embed(_) => "embed",
-        Request::Generate(_) => "generate",
-        Request::Tokenize { .. } => "tokenize",
-        Request::Detokenize { .. } => "detokenize",
-        Request::Load { .. } => "load",
-        Request::Unload { .. } => "unload",
-        Request::Weights => "weights",
-        Request::Metrics => "metrics",
-    }
-}
-
 /// The model a request is for, as a metrics label: a known model's name, else "-".
-pub fn model_label(session: &Session, body: &Request) -> String {
+pub fn model_label(session: &Caller, body: &Request) -> String {
     let registry = &session.daemon.registry;
     let by_ref = |model: &ModelRef| match model {
         ModelRef::Name(name) => registry.metric_label(name),
@@ -153,13 +119,5 @@ pub fn model_label(session: &Session, body: &Request) -> String {
         Request::Ping | Request::Status | Request::ListModels | Request::Weights | Request::Metrics => {
             crate::metrics::NO_MODEL.to_owned()
         }
-    }
-}
-
-/// The model a request names, by name or by a lease of this session.
-fn resolve(session: &Session, model: &ModelRef) -> Result<Arc<Model>, WireError> {
-    match model {
-        ModelRef::Name(name) => session.daemon.registry.get(name).cloned(),
-        ModelRef::Lease(lease) => session.leased_model(*lease),
     }
 }

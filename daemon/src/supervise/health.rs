@@ -1,7 +1,10 @@
 //! A model's failures in a row, and what follows from them: a backoff before the next
 //! start, or an open circuit.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The tokio clock, so that unit tests drive every timer and deadline here on a paused clock.
+use tokio::time::Instant;
 
 use crate::config::RestartPolicy;
 
@@ -11,7 +14,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Failures in a row and what follows from them.
 #[derive(Debug, Default)]
-pub(super) struct Health {
+pub struct Health {
     /// Failed loads and crashes since a worker last served a request.
     pub failures: u32,
     /// No start before this (backoff).
@@ -23,7 +26,7 @@ pub(super) struct Health {
 
 /// What a failure leads to.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Next {
+pub enum Next {
     /// Start again after this delay.
     RetryAfter(Duration),
     /// The circuit is open until `open_until`.

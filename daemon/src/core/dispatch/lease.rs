@@ -3,17 +3,16 @@
 
 use std::sync::Arc;
 
-use mlxd_proto::{Event, LeaseInfo, LeaseRequest, RequestId, Response, ServerMessage, WireError};
-use tokio::sync::mpsc;
+use mlxd_proto::{Event, LeaseInfo, LeaseRequest, Response, WireError};
 
-use crate::config::KeepAlive;
-use crate::server::session::Session;
+use crate::core::caller::Caller;
+use crate::core::events::EventSink;
+use crate::spec::KeepAlive;
 
 pub async fn lease(
-    session: &Arc<Session>,
-    id: RequestId,
+    session: &Arc<Caller>,
     request: LeaseRequest,
-    events: &mpsc::Sender<ServerMessage>,
+    events: &impl EventSink,
 ) -> Result<Response, WireError> {
     let registry = &session.daemon.registry;
     let model = registry.get(&request.model)?.clone();
@@ -25,17 +24,12 @@ pub async fn lease(
     }
     // Lease first, then load: the model is held from the moment we start waiting for it.
     let guard = model.lease(request.keep_alive_ms.map(KeepAlive::from_millis));
-    model.ready(registry, progress_to(id, events)).await?;
+    model.ready(progress_to(events)).await?;
     let lease = session.add_lease(guard)?;
     Ok(Response::Leased(LeaseInfo { lease, model: model.info() }))
 }
 
-pub async fn load(
-    session: &Arc<Session>,
-    id: RequestId,
-    name: &str,
-    events: &mpsc::Sender<ServerMessage>,
-) -> Result<Response, WireError> {
+pub async fn load(session: &Arc<Caller>, name: &str, events: &impl EventSink) -> Result<Response, WireError> {
     let registry = &session.daemon.registry;
     let model = registry.get(name)?.clone();
     // Held as a request while loading, so it cannot be unloaded before it is reported.
@@ -45,11 +39,11 @@ pub async fn load(
     if session.operator {
         model.reset_health();
     }
-    model.ready(registry, progress_to(id, events)).await?;
+    model.ready(progress_to(events)).await?;
     Ok(Response::Loaded(model.info()))
 }
 
-pub async fn unload(session: &Arc<Session>, name: &str, force: bool) -> Result<Response, WireError> {
+pub async fn unload(session: &Arc<Caller>, name: &str, force: bool) -> Result<Response, WireError> {
     if !session.operator {
         return Err(operator_only(
             "unloading a model",
@@ -64,10 +58,8 @@ pub async fn unload(session: &Arc<Session>, name: &str, force: bool) -> Result<R
 
 /// Forwards load progress as events. Progress is advisory: when the client's queue is
 /// full an update is skipped rather than waited for (the next one supersedes it).
-fn progress_to(id: RequestId, events: &mpsc::Sender<ServerMessage>) -> impl FnMut(mlxd_proto::LoadProgress) + '_ {
-    move |progress| {
-        let _ = events.try_send(ServerMessage::Event { id, event: Event::LoadProgress(progress) });
-    }
+fn progress_to(events: &impl EventSink) -> impl FnMut(mlxd_proto::LoadProgress) + '_ {
+    move |progress| events.offer(Event::LoadProgress(progress))
 }
 
 /// The refusal of an operator action to a peer that is not an operator.
