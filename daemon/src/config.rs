@@ -1,30 +1,17 @@
 //! Daemon configuration: Python environment, limits, memory budget, keep-alive, and the
 //! model catalog (bundled models, the store, `--model NAME=PATH`, and the TOML file).
 //!
-//! The config file (`--config`, else `$XDG_CONFIG_HOME/mlxd/config.toml` when present):
+//! The config file (`--config`, else `$XDG_CONFIG_HOME/mlxd/config.toml` when present)
+//! has a `[daemon]` table with any setting of `mlxd serve --help` under its flag's name
+//! (`_` for `-`; see [`Settings`] and the README's table), and a `[models.NAME]` table per
+//! model:
 //!
 //! ```toml
 //! [daemon]
-//! keep_alive = "5m"          # how long an idle model stays loaded: "0", "30s", "5m", "never"
-//! memory_budget = "75%"      # of physical memory, or "12GiB", "800MB", bytes
-//! max_loaded_models = 8
-//! queue_capacity = 256      # requests admitted per model before Busy [default: 4 x its batch]
-//! max_streams = 8            # generation streams decoded together per model
-//! worker_nice = 5            # workers yield the CPU to the daemon's answers (0-19)
-//! prompt_cache = "256MiB"    # KV caches of recent prompts kept per generation model ("0": off)
-//! max_streams_per_session = 16 # generation streams one connection may have open
-//! socket_group = "mlxd"      # the socket is 0660 and this group's members may connect
-//! allowed_uids = [1001]      # users allowed besides the daemon's own (peer credentials)
-//! allowed_groups = ["ml"]    # groups whose members are allowed (names or gids)
-//! stuck_after = "120s"       # a worker with work that makes no progress this long is restarted
-//! circuit_failures = 5       # crashes / failed loads in a row before a model is marked failed
-//! circuit_cooldown = "60s"   # how long a failed model refuses requests before another try
-//! metrics_addr = "127.0.0.1:9464" # Prometheus over HTTP (off unless set; loopback only ...
-//! metrics_allow_remote = false    # ... unless this is true)
-//! admin_groups = ["mlxd-admin"]   # members may take operator actions (forced unload, ...)
-//! max_connections_per_uid = 64    # connections one user may have open at once
-//! stream_pause_limit = "30s" # a stream paused for lack of credit this long ends (Timeout)
-//! frame_read_timeout = "30s" # a frame begun must be finished within this
+//! keep_alive = "5m"
+//! memory_budget = "75%"
+//! allow_uid = [1001]
+//! admin_group = ["mlxd-admin"]
 //!
 //! [models.smollm2]           # settings for a model from the store or the bundle ...
 //! keep_alive = "never"
@@ -36,7 +23,7 @@
 //! path = "/srv/models/bge-small"
 //! ```
 //!
-//! Command-line flags override the file.
+//! Flags given on the command line override the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,8 +34,9 @@ use mlxd_proto::{frame, Limits};
 use serde::Deserialize;
 
 use crate::pyenv::PythonEnv;
-use crate::spec::{KeepAlive, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_STREAMS, DEFAULT_PROMPT_CACHE_BYTES};
-use crate::units::{parse_duration, parse_size, physical_memory};
+pub use crate::settings::Settings;
+use crate::spec::{KeepAlive, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_STREAMS};
+use crate::units::{parse_duration, parse_size};
 
 /// Where the optimized BLAS preloaded into workers on Linux is usually found (Debian's
 /// libopenblas0-pthread). MLX's CPU wheel ships a reference BLAS that is ~40x slower.
@@ -57,8 +45,6 @@ pub const DEFAULT_BLAS_CANDIDATES: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
 ];
 
-/// Workers run this much nicer than the daemon unless configured.
-pub const DEFAULT_WORKER_NICE: i32 = 5;
 /// How embedding requests are merged into worker calls.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
@@ -83,13 +69,6 @@ pub struct ModelDefaults {
     pub queue_capacity: Option<usize>,
     pub prompt_cache_bytes: u64,
 }
-
-/// Connections one user may hold when not configured.
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
-/// How long a stream may stay paused for lack of credit when not configured.
-pub const DEFAULT_STREAM_PAUSE_LIMIT: Duration = Duration::from_secs(30);
-/// How long a begun frame may take to arrive when not configured.
-pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -228,71 +207,6 @@ fn parse_metrics_addr(text: &str, allow_remote: bool) -> Result<std::net::Socket
     Ok(addr)
 }
 
-/// What the command line says; each set field overrides the config file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub python: Option<PathBuf>,
-    pub store: Option<PathBuf>,
-    pub config_file: Option<PathBuf>,
-    pub extra_models: Vec<String>,
-    pub blas: Option<String>,
-    pub keep_alive: Option<String>,
-    pub memory_budget: Option<String>,
-    pub max_loaded_models: Option<usize>,
-    pub queue_capacity: Option<usize>,
-    pub max_streams: Option<usize>,
-    pub prompt_cache: Option<String>,
-    pub stuck_after: Option<String>,
-    pub socket_group: Option<String>,
-    pub allow_uids: Vec<u32>,
-    pub allow_groups: Vec<String>,
-    pub worker_nice: Option<i32>,
-    pub embed_max_batch: Option<usize>,
-    pub embed_max_delay: Option<String>,
-    pub metrics_addr: Option<String>,
-    pub metrics_allow_remote: bool,
-    pub admin_groups: Vec<String>,
-    pub max_connections_per_uid: Option<usize>,
-    pub stream_pause_limit: Option<String>,
-    pub frame_read_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    daemon: FileDaemon,
-    #[serde(default)]
-    models: BTreeMap<String, ModelSettings>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDaemon {
-    keep_alive: Option<String>,
-    memory_budget: Option<String>,
-    max_loaded_models: Option<usize>,
-    queue_capacity: Option<usize>,
-    max_streams: Option<usize>,
-    prompt_cache: Option<String>,
-    worker_nice: Option<i32>,
-    circuit_failures: Option<u32>,
-    circuit_cooldown: Option<String>,
-    stuck_after: Option<String>,
-    max_streams_per_session: Option<usize>,
-    socket_group: Option<String>,
-    allowed_uids: Option<Vec<u32>>,
-    allowed_groups: Option<Vec<String>>,
-    python: Option<PathBuf>,
-    store: Option<PathBuf>,
-    metrics_addr: Option<String>,
-    metrics_allow_remote: Option<bool>,
-    admin_groups: Option<Vec<String>>,
-    max_connections_per_uid: Option<usize>,
-    stream_pause_limit: Option<String>,
-    frame_read_timeout: Option<String>,
-}
-
 /// A model's `[models.NAME]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,8 +234,8 @@ impl DaemonConfig {
         }
     }
 
-    /// Every default, no virtualenv and no files: for unit tests and in-process harnesses
-    /// (the fuzz targets) that bring their own models and workers.
+    /// Defaults (as [`Settings`] has them), no virtualenv and no files: for unit tests and
+    /// in-process harnesses (the fuzz targets) that bring their own models and workers.
     pub fn for_tests() -> DaemonConfig {
         DaemonConfig {
             python: PythonEnv {
@@ -333,9 +247,9 @@ impl DaemonConfig {
             limits: Self::default_limits(),
             max_connections: 256,
             max_streams_per_session: 16,
-            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
-            stream_pause_limit: DEFAULT_STREAM_PAUSE_LIMIT,
-            frame_read_timeout: DEFAULT_FRAME_READ_TIMEOUT,
+            max_connections_per_uid: 64,
+            stream_pause_limit: Duration::from_secs(30),
+            frame_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             blas_preload: None,
             worker_nice: 0,
@@ -357,132 +271,86 @@ impl DaemonConfig {
         }
     }
 
-    /// Builds the configuration: the config file, the virtualenv, the bundled models found
-    /// in it, the models imported into the store, and any `NAME=PATH` models.
-    pub fn build(overrides: &Overrides) -> Result<DaemonConfig> {
-        let file = read_file(overrides.config_file.as_deref())?;
-        let python = PythonEnv::discover(overrides.python.as_deref().or(file.daemon.python.as_deref()))?;
-        let store = crate::store::store_root(overrides.store.as_deref().or(file.daemon.store.as_deref()));
-        let default_keep_alive = match overrides.keep_alive.as_deref().or(file.daemon.keep_alive.as_deref()) {
-            Some(text) => KeepAlive::parse(text).context("keep_alive")?,
-            None => DEFAULT_KEEP_ALIVE,
+    /// Builds the configuration from the config file (`config_file`, else
+    /// `$XDG_CONFIG_HOME/mlxd/config.toml` when it exists), the flags given explicitly in
+    /// `cli` (which win; see [`Settings`]), and `--model NAME=PATH` arguments.
+    pub fn load(config_file: Option<&Path>, cli: &clap::ArgMatches, extra_models: Vec<String>) -> Result<DaemonConfig> {
+        let (path, mut file) = read_file(config_file)?;
+        let daemon = match file.remove("daemon") {
+            Some(toml::Value::Table(table)) => Some(table),
+            Some(_) => bail!("{}: [daemon] must be a table", path.display()),
+            None => None,
         };
+        let models: BTreeMap<String, ModelSettings> = match file.remove("models") {
+            Some(models) => models.try_into().with_context(|| format!("{}: [models]", path.display()))?,
+            None => BTreeMap::new(),
+        };
+        if let Some(key) = file.keys().next() {
+            bail!("{}: unknown section or key {key:?} (the file has [daemon] and [models.NAME])", path.display());
+        }
+        let settings = Settings::resolve(daemon.as_ref(), &path, cli)?;
+        Self::from_settings(&settings, models, extra_models)
+    }
 
-        let embed_batch = {
-            let default = BatchPolicy::default();
-            BatchPolicy {
-                max_batch: overrides.embed_max_batch.unwrap_or(default.max_batch).max(1),
-                max_delay: match &overrides.embed_max_delay {
-                    Some(text) => parse_duration(text).context("embed_max_delay")?,
-                    None => default.max_delay,
-                },
-            }
-        };
-        let max_streams = overrides.max_streams.or(file.daemon.max_streams).unwrap_or(DEFAULT_MAX_STREAMS).max(1);
-        let queue_capacity = overrides.queue_capacity.or(file.daemon.queue_capacity);
-        let prompt_cache = match overrides.prompt_cache.as_deref().or(file.daemon.prompt_cache.as_deref()) {
-            Some(text) => parse_size(text).context("prompt_cache")?,
-            None => DEFAULT_PROMPT_CACHE_BYTES,
-        };
-        let memory_budget = match overrides.memory_budget.as_deref().or(file.daemon.memory_budget.as_deref()) {
-            Some(text) => parse_size(text).context("memory_budget")?,
-            None => physical_memory() / 4 * 3,
+    /// The configuration for resolved `settings` (every value checked and parsed here).
+    pub fn from_settings(
+        settings: &Settings,
+        model_settings: BTreeMap<String, ModelSettings>,
+        extra_models: Vec<String>,
+    ) -> Result<DaemonConfig> {
+        let s = settings;
+        let duration = |text: &str, name: &str| parse_duration(text).with_context(|| name.to_owned());
+        let groups = |names: &[String], name: &str| -> Result<Vec<u32>> {
+            names.iter().map(|g| resolve_group(g).with_context(|| name.to_owned())).collect()
         };
         Ok(DaemonConfig {
-            python,
-            store,
+            python: PythonEnv::discover(s.python.as_deref())?,
+            store: crate::store::store_root(s.store.as_deref()),
             model_defaults: ModelDefaults {
-                keep_alive: default_keep_alive,
-                max_streams,
-                queue_capacity,
-                prompt_cache_bytes: prompt_cache,
+                keep_alive: KeepAlive::parse(&s.keep_alive).context("keep_alive")?,
+                max_streams: s.max_streams.max(1),
+                queue_capacity: s.queue_capacity.map(|n| n.max(1)),
+                prompt_cache_bytes: parse_size(&s.prompt_cache).context("prompt_cache")?,
             },
-            model_settings: file.models,
-            extra_models: overrides.extra_models.clone(),
+            model_settings,
+            extra_models,
             limits: Self::default_limits(),
-            max_connections: 256,
-            max_streams_per_session: file.daemon.max_streams_per_session.unwrap_or(16).max(1),
-            max_connections_per_uid: overrides
-                .max_connections_per_uid
-                .or(file.daemon.max_connections_per_uid)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_UID)
-                .max(1),
-            stream_pause_limit: match overrides
-                .stream_pause_limit
-                .as_deref()
-                .or(file.daemon.stream_pause_limit.as_deref())
-            {
-                Some(text) => parse_duration(text).context("stream_pause_limit")?.max(Duration::from_millis(100)),
-                None => DEFAULT_STREAM_PAUSE_LIMIT,
+            max_connections: s.max_connections.max(1),
+            max_streams_per_session: s.max_streams_per_session.max(1),
+            max_connections_per_uid: s.max_connections_per_uid.max(1),
+            stream_pause_limit: duration(&s.stream_pause_limit, "stream_pause_limit")?.max(Duration::from_millis(100)),
+            frame_read_timeout: duration(&s.frame_read_timeout, "frame_read_timeout")?.max(Duration::from_millis(100)),
+            drain_timeout: duration(&s.drain_timeout, "drain_timeout")?,
+            blas_preload: resolve_blas(s.blas.as_deref()),
+            worker_nice: s.worker_nice.clamp(0, 19),
+            memory_budget: parse_size(&s.memory_budget).context("memory_budget")?,
+            max_loaded_models: s.max_loaded_models.max(1),
+            embed_batch: BatchPolicy {
+                max_batch: s.embed_max_batch.max(1),
+                max_delay: duration(&s.embed_max_delay, "embed_max_delay")?,
             },
-            frame_read_timeout: match overrides
-                .frame_read_timeout
-                .as_deref()
-                .or(file.daemon.frame_read_timeout.as_deref())
-            {
-                Some(text) => parse_duration(text).context("frame_read_timeout")?.max(Duration::from_millis(100)),
-                None => DEFAULT_FRAME_READ_TIMEOUT,
-            },
-            drain_timeout: Duration::from_secs(10),
-            blas_preload: resolve_blas(overrides.blas.as_deref()),
-            worker_nice: overrides.worker_nice.or(file.daemon.worker_nice).unwrap_or(DEFAULT_WORKER_NICE).clamp(0, 19),
-            memory_budget,
-            max_loaded_models: overrides.max_loaded_models.or(file.daemon.max_loaded_models).unwrap_or(8).max(1),
-            embed_batch,
-            metrics_addr: match overrides.metrics_addr.as_deref().or(file.daemon.metrics_addr.as_deref()) {
-                Some(text) => Some(parse_metrics_addr(
-                    text,
-                    overrides.metrics_allow_remote || file.daemon.metrics_allow_remote.unwrap_or(false),
-                )?),
+            metrics_addr: match &s.metrics_addr {
+                Some(text) => Some(parse_metrics_addr(text, s.metrics_allow_remote)?),
                 None => None,
             },
             access: AccessPolicy {
                 owner_uid: nix::unistd::getuid().as_raw(),
-                allowed_uids: overrides
-                    .allow_uids
-                    .iter()
-                    .chain(file.daemon.allowed_uids.iter().flatten())
-                    .copied()
-                    .collect(),
-                allowed_gids: {
-                    let mut gids = Vec::new();
-                    for group in overrides.allow_groups.iter().chain(file.daemon.allowed_groups.iter().flatten()) {
-                        gids.push(resolve_group(group).context("allowed_groups")?);
-                    }
-                    gids
-                },
-                socket_group: match overrides.socket_group.as_deref().or(file.daemon.socket_group.as_deref()) {
-                    Some(group) => Some(resolve_group(group).context("socket_group")?),
-                    None => None,
-                },
-                admin_gids: {
-                    let mut gids = Vec::new();
-                    for group in overrides.admin_groups.iter().chain(file.daemon.admin_groups.iter().flatten()) {
-                        gids.push(resolve_group(group).context("admin_groups")?);
-                    }
-                    gids
-                },
+                allowed_uids: s.allow_uid.clone(),
+                allowed_gids: groups(&s.allow_group, "allow_group")?,
+                socket_group: s.socket_group.as_deref().map(resolve_group).transpose().context("socket_group")?,
+                admin_gids: groups(&s.admin_group, "admin_group")?,
             },
             restart: RestartPolicy {
-                stuck_after: match overrides.stuck_after.as_deref().or(file.daemon.stuck_after.as_deref()) {
-                    Some(text) => parse_duration(text).context("stuck_after")?.max(Duration::from_secs(1)),
-                    None => RestartPolicy::default().stuck_after,
-                },
-                circuit_failures: file
-                    .daemon
-                    .circuit_failures
-                    .unwrap_or(RestartPolicy::default().circuit_failures)
-                    .max(1),
-                circuit_cooldown: match &file.daemon.circuit_cooldown {
-                    Some(text) => parse_duration(text).context("circuit_cooldown")?,
-                    None => RestartPolicy::default().circuit_cooldown,
-                },
+                stuck_after: duration(&s.stuck_after, "stuck_after")?.max(Duration::from_secs(1)),
+                circuit_failures: s.circuit_failures.max(1),
+                circuit_cooldown: duration(&s.circuit_cooldown, "circuit_cooldown")?,
             },
         })
     }
 }
 
-fn read_file(explicit: Option<&Path>) -> Result<FileConfig> {
+/// The config file's path and contents (an empty table when there is none).
+fn read_file(explicit: Option<&Path>) -> Result<(PathBuf, toml::Table)> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
         None => {
@@ -492,12 +360,14 @@ fn read_file(explicit: Option<&Path>) -> Result<FileConfig> {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
             match dir.map(|d| d.join("mlxd/config.toml")) {
                 Some(path) if path.is_file() => path,
-                _ => return Ok(FileConfig::default()),
+                Some(path) => return Ok((path, toml::Table::new())),
+                None => return Ok((PathBuf::from("(no config file)"), toml::Table::new())),
             }
         }
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok((path, table))
 }
 
 /// `off` disables; a path forces one; default: the first existing known OpenBLAS on Linux.
@@ -532,10 +402,25 @@ mod tests {
     }
 
     #[test]
-    fn config_file_is_strict() {
-        let ok: FileConfig =
-            toml::from_str("[daemon]\nkeep_alive = \"0\"\n[models.x]\npinned = true\naliases = [\"y\"]\n").unwrap();
-        assert!(ok.models["x"].pinned);
-        assert!(toml::from_str::<FileConfig>("[daemon]\nkeep_alive_typo = 1\n").is_err());
+    fn the_test_configuration_has_the_settings_defaults() {
+        let (config, defaults) = (DaemonConfig::for_tests(), Settings::defaults());
+        assert_eq!(config.max_connections, defaults.max_connections);
+        assert_eq!(config.max_connections_per_uid, defaults.max_connections_per_uid);
+        assert_eq!(config.max_streams_per_session, defaults.max_streams_per_session);
+        assert_eq!(config.stream_pause_limit, parse_duration(&defaults.stream_pause_limit).unwrap());
+        assert_eq!(config.frame_read_timeout, parse_duration(&defaults.frame_read_timeout).unwrap());
+        assert_eq!(config.drain_timeout, parse_duration(&defaults.drain_timeout).unwrap());
+        assert_eq!(config.model_defaults.keep_alive, KeepAlive::parse(&defaults.keep_alive).unwrap());
+        assert_eq!(config.embed_batch.max_batch, defaults.embed_max_batch);
+        assert_eq!(config.restart.circuit_failures, defaults.circuit_failures);
+    }
+
+    #[test]
+    fn model_sections_are_strict() {
+        let file: toml::Table = toml::from_str("[models.x]\npinned = true\naliases = [\"y\"]\n").unwrap();
+        let models: BTreeMap<String, ModelSettings> = file["models"].clone().try_into().unwrap();
+        assert!(models["x"].pinned);
+        let typo: toml::Table = toml::from_str("[models.x]\npined = true\n").unwrap();
+        assert!(typo["models"].clone().try_into::<BTreeMap<String, ModelSettings>>().is_err());
     }
 }

@@ -17,7 +17,8 @@ use pyo3::prelude::*;
 
 use crate::pyenv::PythonEnv;
 use crate::store::{self, Provenance, Scratch};
-use crate::worker::python::{is_exception, python_error, use_virtualenv};
+use crate::worker::pyerr::{is_exception, python_error};
+use crate::worker::python::use_virtualenv;
 
 #[derive(Debug, Clone)]
 pub struct ImportArgs {

@@ -39,6 +39,7 @@ pub mod registry;
 pub mod sched;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod supervise;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mlxd::catalog::Catalog;
-use mlxd::config::{DaemonConfig, Overrides};
+use mlxd::config::DaemonConfig;
 use mlxd::logging::LogFormat;
 use mlxd::server::{self, listener::BoundSocket, metrics_http, session, Daemon, WORKER_STOP_GRACE};
 use mlxd::worker::{self, WorkerArgs};
@@ -33,89 +33,15 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct ServeOptions {
-    /// Virtualenv with MLX and mlxd_runtime [default: $MLXD_PYTHON, $VIRTUAL_ENV, or the
-    /// checkout's .venv]
-    #[arg(long, value_name = "DIR")]
-    python: Option<PathBuf>,
-    /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// Config file (TOML) [default: $XDG_CONFIG_HOME/mlxd/config.toml when it exists]
+    /// Config file (TOML: [daemon] takes every setting below, [models.NAME] per model)
+    /// [default: $XDG_CONFIG_HOME/mlxd/config.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// How long an idle model stays loaded: 0, 30s, 5m, never [default: 5m]
-    #[arg(long, value_name = "DURATION")]
-    keep_alive: Option<String>,
-    /// Weights that may be loaded at once: 75%, 12GiB, 800MB [default: 75% of memory]
-    #[arg(long, value_name = "SIZE")]
-    memory_budget: Option<String>,
-    /// Models loaded at once [default: 8]
-    #[arg(long, value_name = "N")]
-    max_loaded_models: Option<usize>,
-    /// Most texts merged into one embedding call; 1 disables batching [default: 64]
-    #[arg(long, value_name = "N")]
-    embed_max_batch: Option<usize>,
-    /// How long a batch waits for more requests: 2ms, 0 [default: 2ms]
-    #[arg(long, value_name = "DURATION")]
-    embed_max_delay: Option<String>,
     /// Serve an extra model directory under NAME (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
-    /// BLAS preloaded into workers on Linux: a library path, or `off` [default: Debian's
-    /// OpenBLAS when installed]
-    #[arg(long, env = "MLXD_BLAS", value_name = "PATH|off")]
-    blas: Option<String>,
-    /// Requests admitted per model (queued or running) before Busy [default: 4 batches:
-    /// 256 for embedding models, 4 x max-streams for generation models]
-    #[arg(long, value_name = "N")]
-    queue_capacity: Option<usize>,
-    /// Generation streams each model decodes together in one batch [default: 8]
-    #[arg(long, value_name = "N")]
-    max_streams: Option<usize>,
-    /// KV cache kept per generation model for recent prompts, so a repeated prefix (a
-    /// system prompt, an earlier turn) is not computed again ("0" turns it off) [default: 256MiB]
-    #[arg(long, value_name = "SIZE")]
-    prompt_cache: Option<String>,
-    /// Group that owns the socket (name or gid): the socket becomes mode 0660 and the
-    /// group's members may connect. Never world-accessible either way.
-    #[arg(long, value_name = "GROUP")]
-    socket_group: Option<String>,
-    /// A uid allowed to connect besides the daemon's own (repeatable); checked against
-    /// each connection's peer credentials.
-    #[arg(long = "allow-uid", value_name = "UID")]
-    allow_uids: Vec<u32>,
-    /// A group (name or gid) whose members may connect (repeatable).
-    #[arg(long = "allow-group", value_name = "GROUP")]
-    allow_groups: Vec<String>,
-    /// A worker with work in hand that reports no progress for this long is killed and
-    /// restarted (its idempotent jobs replayed) [default: 120s]
-    #[arg(long, value_name = "DURATION")]
-    stuck_after: Option<String>,
-    /// Niceness of worker processes (0-19), so the daemon answers promptly while workers
-    /// compute [default: 5]
-    #[arg(long, value_name = "N")]
-    worker_nice: Option<i32>,
-    /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9464 [default: off]
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<String>,
-    /// Allow --metrics-addr on a non-loopback address (the endpoint has no authentication).
-    #[arg(long)]
-    metrics_allow_remote: bool,
-    /// A group (name or gid) whose members may take operator actions besides the daemon's
-    /// own user and root: forced unloads, loads that reset a failed model, keep-alive
-    /// choices that hold a model for everyone (repeatable)
-    #[arg(long = "admin-group", value_name = "GROUP")]
-    admin_groups: Vec<String>,
-    /// Connections one user may have open at once (under the global limit) [default: 64]
-    #[arg(long, value_name = "N")]
-    max_connections_per_uid: Option<usize>,
-    /// How long a generation stream may stay paused for lack of credit before it ends with
-    /// `Timeout` and gives its slot back [default: 30s]
-    #[arg(long, value_name = "DURATION")]
-    stream_pause_limit: Option<String>,
-    /// How long a client may take to finish a frame it has begun [default: 30s]
-    #[arg(long, value_name = "DURATION")]
-    frame_read_timeout: Option<String>,
+    #[command(flatten)]
+    settings: mlxd::settings::Settings,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,9 +94,6 @@ enum Command {
         /// Socket path [default: $MLXD_SOCKET, $XDG_RUNTIME_DIR/mlxd/mlxd.sock, or /tmp/mlxd-$UID/mlxd.sock]
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
-        /// Seconds in-flight requests may take to finish at shutdown.
-        #[arg(long, default_value_t = 10)]
-        drain_timeout: u64,
         #[command(flatten)]
         options: ServeOptions,
     },
@@ -281,15 +204,26 @@ fn parse_kind(value: &str) -> Result<ModelKind, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // The matches, besides the parsed values: which settings were given explicitly (they
+    // win over the config file) is known only from them.
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let settings_matches = matches
+        .subcommand()
+        .filter(|(name, _)| matches!(*name, "serve" | "stdio"))
+        .map(|(_, sub)| sub.clone())
+        .unwrap_or_default();
     if matches!(cli.command, Command::Worker { .. }) {
         mlxd::logging::init_worker();
     } else {
         mlxd::logging::init(cli.log_format);
     }
     let result = match cli.command {
-        Command::Serve { socket, drain_timeout, options } => serve(socket, Duration::from_secs(drain_timeout), options),
-        Command::Stdio { options } => stdio(options),
+        Command::Serve { socket, options } => serve(socket, &options, &settings_matches),
+        Command::Stdio { options } => stdio(&options, &settings_matches),
         Command::Import { path, name, dtype, store, python, force } => {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
@@ -315,33 +249,8 @@ fn main() {
     }
 }
 
-fn build_config(options: &ServeOptions) -> Result<(DaemonConfig, Catalog)> {
-    let config = DaemonConfig::build(&Overrides {
-        python: options.python.clone(),
-        store: options.store.clone(),
-        config_file: options.config.clone(),
-        extra_models: options.models.clone(),
-        blas: options.blas.clone(),
-        keep_alive: options.keep_alive.clone(),
-        memory_budget: options.memory_budget.clone(),
-        max_loaded_models: options.max_loaded_models,
-        queue_capacity: options.queue_capacity,
-        max_streams: options.max_streams,
-        prompt_cache: options.prompt_cache.clone(),
-        stuck_after: options.stuck_after.clone(),
-        socket_group: options.socket_group.clone(),
-        allow_uids: options.allow_uids.clone(),
-        allow_groups: options.allow_groups.clone(),
-        worker_nice: options.worker_nice,
-        embed_max_batch: options.embed_max_batch,
-        embed_max_delay: options.embed_max_delay.clone(),
-        metrics_addr: options.metrics_addr.clone(),
-        metrics_allow_remote: options.metrics_allow_remote,
-        admin_groups: options.admin_groups.clone(),
-        max_connections_per_uid: options.max_connections_per_uid,
-        stream_pause_limit: options.stream_pause_limit.clone(),
-        frame_read_timeout: options.frame_read_timeout.clone(),
-    })?;
+fn build_config(options: &ServeOptions, matches: &clap::ArgMatches) -> Result<(DaemonConfig, Catalog)> {
+    let config = DaemonConfig::load(options.config.as_deref(), matches, options.models.clone())?;
     let catalog = Catalog::build(&config)?;
     if catalog.models.is_empty() {
         tracing::warn!(venv = %config.python.root.display(), "no models found; run `make setup` to install the bundled ones");
@@ -352,13 +261,12 @@ fn build_config(options: &ServeOptions) -> Result<(DaemonConfig, Catalog)> {
     Ok((config, catalog))
 }
 
-fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions) -> Result<()> {
+fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMatches) -> Result<()> {
     // Everything the daemon creates (socket, lock file) is private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Before any thread exists: this reads and clears LISTEN_FDS/LISTEN_PID.
     let inherited = mlxd::service::activation::take()?;
-    let (mut config, catalog) = build_config(&options)?;
-    config.drain_timeout = drain_timeout;
+    let (config, catalog) = build_config(options, matches)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let bound = match inherited {
@@ -395,8 +303,8 @@ fn serve(socket: Option<PathBuf>, drain_timeout: Duration, options: ServeOptions
     Ok(())
 }
 
-fn stdio(options: ServeOptions) -> Result<()> {
-    let (config, catalog) = build_config(&options)?;
+fn stdio(options: &ServeOptions, matches: &clap::ArgMatches) -> Result<()> {
+    let (config, catalog) = build_config(options, matches)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::new(config, catalog, "stdio".into());

@@ -8,13 +8,13 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use mlxd::config::{AccessPolicy, DaemonConfig, RestartPolicy};
-use mlxd::pyenv::PythonEnv;
-use mlxd::server::session::{self, Peer};
+use mlxd::catalog::Catalog;
+use mlxd::config::DaemonConfig;
+use mlxd::core::Peer;
+use mlxd::server::session;
 use mlxd::server::Daemon;
 use mlxd_proto::frame::encode_frame;
 use mlxd_proto::{ClientMessage, Hello, PROTOCOL_VERSION};
@@ -31,29 +31,17 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let config = DaemonConfig {
-            python: PythonEnv { root: "/nonexistent".into(), site_packages: "/nonexistent".into(), version: "3.11".into() },
-            store: std::env::temp_dir().join("mlxd-fuzz-store"),
-            models: Vec::new(),
-            aliases: BTreeMap::new(),
-            limits: DaemonConfig::default_limits(),
-            max_connections: 8,
-            max_streams_per_session: 4,
-            max_connections_per_uid: 8,
-            stream_pause_limit: Duration::from_secs(1),
-            frame_read_timeout: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(1),
-            blas_preload: None,
-            worker_nice: 0,
-            memory_budget: 1 << 30,
-            max_loaded_models: 1,
-            embed_batch: Default::default(),
-            restart: RestartPolicy::default(),
-            metrics_addr: None,
-            // SAFETY: getuid(2) has no preconditions.
-            access: AccessPolicy { owner_uid: unsafe { libc::getuid() }, ..AccessPolicy::default() },
-        };
-        let daemon = runtime.block_on(async { Daemon::new(config, "fuzz".into()) });
+        // No models: nothing starts a worker.
+        let mut config = DaemonConfig::for_tests();
+        config.max_connections = 8;
+        config.max_streams_per_session = 4;
+        config.max_connections_per_uid = 8;
+        config.stream_pause_limit = Duration::from_secs(1);
+        config.frame_read_timeout = Duration::from_secs(1);
+        config.drain_timeout = Duration::from_secs(1);
+        config.max_loaded_models = 1;
+        config.store = std::env::temp_dir().join("mlxd-fuzz-store");
+        let daemon = runtime.block_on(async { Daemon::new(config, Catalog::default(), "fuzz".into()) });
         let mut hello = Vec::new();
         let message = ClientMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,

@@ -114,7 +114,11 @@ pub fn within<T>(limits: DecodeLimits, decode: impl FnOnce() -> Result<T, FrameE
 fn claim(kind: Kind, total: u64, count: u64) -> Result<(), String> {
     BUDGET.with(|b| {
         let mut slot = b.borrow_mut();
-        let budget = slot.get_or_insert_with(|| Budget { limits: DecodeLimits::default(), elements: 0, refused: None });
+        // Outside `within` (a decode by serde in another format, e.g. JSON) only the
+        // per-kind ceilings apply: there is no frame whose elements could be summed, and
+        // nothing is kept on the thread for the next decode.
+        let mut outside = Budget { limits: DecodeLimits::default(), elements: 0, refused: None };
+        let budget = slot.as_mut().unwrap_or(&mut outside);
         let (cap, what) = kind.cap(&budget.limits);
         let refusal = if total > u64::from(cap) {
             Some(format!("{total} {what}; at most {cap} are allowed"))
@@ -246,5 +250,20 @@ mod tests {
         assert_eq!(crate::frame::request_id(&body), Some(42));
         // Limits do not leak into later decodes on the thread.
         assert!(decode_body::<ClientMessage>(&body).is_ok());
+    }
+
+    #[test]
+    fn outside_a_frame_decode_only_the_ceilings_apply_and_nothing_accumulates() {
+        // As another front end would decode requests (any serde format): many requests
+        // on one thread, each under the ceilings, are never refused for their sum.
+        for _ in 0..3 {
+            let texts = vec![String::new(); 60_000];
+            let mut out: Vec<String> = Vec::new();
+            claim(Kind::Texts, texts.len() as u64, texts.len() as u64).unwrap();
+            out.extend(texts);
+            assert_eq!(out.len(), 60_000);
+        }
+        assert!(claim(Kind::Messages, 1025, 1025).is_err());
+        assert!(BUDGET.with(|b| b.borrow().is_none()), "nothing is left on the thread");
     }
 }

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Timeout,
     /// Loading the model would exceed the memory budget and nothing can be evicted. Since v1.
     OutOfMemory,
+    /// The model cannot serve the request as asked (e.g. a chat prompt for a model without
+    /// a chat template); the message says what it can do instead. Since v3.
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::InvalidLease => "invalid_lease",
             ErrorCode::Timeout => "timeout",
             ErrorCode::OutOfMemory => "out_of_memory",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 }

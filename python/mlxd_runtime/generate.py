@@ -26,7 +26,12 @@ from . import eval_with_progress, faults, progress
 
 
 class BadRequest(ValueError):
-    """A request the model cannot serve as asked; reported to the client as BadRequest."""
+    """A request that is wrong whatever the model; reported to the client as BadRequest."""
+
+
+class Unsupported(BadRequest):
+    """A request this model cannot serve as asked (no chat template, ...); reported to the
+    client as Unsupported, so programs can fall back without reading the message."""
 
 
 def _greedy(logprobs: mx.array) -> mx.array:
@@ -447,7 +452,7 @@ class Generator:
     def prompt_ids(self, raw: str | None, messages: list[tuple[str, str]] | None) -> list[int]:
         if messages is not None:
             if not getattr(self.tokenizer, "chat_template", None):
-                raise BadRequest("this model has no chat template; send a raw prompt")
+                raise Unsupported("this model has no chat template; send a raw prompt")
             chat = [{"role": role, "content": content} for role, content in messages]
             ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
             if isinstance(ids, dict):  # some tokenizers return a BatchEncoding

@@ -228,3 +228,18 @@ def test_prompt_cache_reuses_a_prefix_and_changes_nothing(generator):
     engine = generator.batch_engine(8, 0)
     engine.start(0, None, PROMPTS[0], greedy)
     assert _drain(engine)[0][1] == alone[0] and engine.prompt_cache is None
+
+
+def test_a_chat_prompt_without_a_chat_template_is_unsupported_not_bad(generator, monkeypatch):
+    """The worker maps `Unsupported` to its own error code, so clients fall back to a raw
+    prompt by code, never by reading the message."""
+    from mlxd_runtime.generate import BadRequest, Unsupported
+
+    with pytest.raises(BadRequest, match="empty"):
+        generator.checked_prompt("", None)
+    assert issubclass(Unsupported, BadRequest)
+    import types
+
+    monkeypatch.setattr(generator, "tokenizer", types.SimpleNamespace(chat_template=None))
+    with pytest.raises(Unsupported, match="no chat template"):
+        generator.prompt_ids(None, [("user", "hi")])

@@ -356,6 +356,39 @@ pub fn model_named<'a>(models: &'a [mlxd_client::proto::ModelInfo], name: &str) 
     models.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no model {name} in {models:?}"))
 }
 
+/// Polls `check` every 20 ms until it holds or `within` passes; true if it held. The one
+/// way end-to-end tests wait for the daemon to reach a state (never a bare sleep).
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`eventually`] for async checks.
+pub async fn eventually_async<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether process `pid` still exists (a zombie counts as gone: it holds no memory).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

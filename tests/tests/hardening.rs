@@ -10,7 +10,7 @@ use mlxd_client::proto::{
     Priority, PromptInput, Request, Response, ServerMessage, WireError,
 };
 use mlxd_tests::raw::{self, Raw};
-use mlxd_tests::{model_named, process_alive, Daemon};
+use mlxd_tests::{eventually, model_named, process_alive, Daemon};
 
 /// Users the tests act as (unused on a test machine; nothing of theirs exists).
 const OTHER_UID: u32 = 40_113;
@@ -49,20 +49,6 @@ fn error_of(message: &ServerMessage) -> &WireError {
     match message {
         ServerMessage::Error { error, .. } | ServerMessage::Fatal(error) => error,
         other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes; true if it held.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -284,7 +270,7 @@ fn frames_that_would_amplify_in_memory_are_refused_within_a_fixed_bound() {
     // A client's name reaches the log escaped and capped: it cannot forge log lines.
     let forged = format!("evil\nINFO mlxd: forged line {}", "x".repeat(200));
     let _named = Raw::connect(&daemon.socket, &forged);
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(eventually(Duration::from_secs(5), || daemon.log_text().contains("evil\\nINFO")), "the session is logged");
     let log = daemon.log_text();
     assert!(!log.contains("\nINFO mlxd: forged line"), "a client's name broke a log line:\n{log}");
     assert!(log.contains("evil\\nINFO mlxd: forged line"), "the name is logged escaped");
@@ -464,7 +450,10 @@ for _ in range(200):
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
     s.settimeout(30)
-    s.sendall(hello)
+    try:
+        s.sendall(hello)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before its Hello: the refusal is already in our receive buffer
     head = b""
     while len(head) < 4:
         head += s.recv(4 - len(head))
@@ -509,7 +498,9 @@ fn a_worker_that_dies_during_shutdown_is_not_restarted() {
     let pid = pid.unwrap();
     // SAFETY: kill(2) on our own child, then on its worker.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
+    let log = &daemon.log;
+    let draining = || std::fs::read_to_string(log).unwrap_or_default().contains("draining in-flight requests");
+    assert!(eventually(Duration::from_secs(10), draining), "the daemon began to shut down");
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     // Its request is not replayed on a new worker: it ends with a typed error.
     let error = error_of(&raw.until_final(1).1).clone();

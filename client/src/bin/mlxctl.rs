@@ -318,7 +318,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             };
             match stream_generation(&client, request.clone(), cli.json).await {
                 // A model without a chat template gets the prompt as is.
-                Err(ClientError::Wire(err)) if !*raw && err.message.contains("no chat template") => {
+                Err(ClientError::Wire(err)) if !*raw && err.code == ErrorCode::Unsupported => {
                     eprintln!("mlxctl: {model} has no chat template; sending the prompt as is");
                     let request = GenerateRequest { input: PromptInput::Raw(prompt.clone()), ..request };
                     stream_generation(&client, request, cli.json).await?;

@@ -97,6 +97,8 @@ enum Place {
 struct State {
     /// Every admitted request's place; its size is the depth.
     places: HashMap<u64, Place>,
+    /// The user each place belongs to.
+    owners: HashMap<u64, u32>,
     /// Per class (interactive, batch), the users with queued entries, in turn order.
     classes: [VecDeque<UserQueue>; 2],
     running: usize,
@@ -151,6 +153,27 @@ impl State {
             ring.push_back(user);
         }
         entry
+    }
+
+    /// The newest queued entry of class `class` (of user `uid` only, if given).
+    fn newest_queued(&self, class: usize, uid: Option<u32>) -> Option<(Client, u64)> {
+        self.classes[class]
+            .iter()
+            .filter(|user| uid.is_none_or(|uid| user.uid == uid))
+            .flat_map(|user| user.sessions.iter().map(move |queue| (user.uid, queue)))
+            .flat_map(|(uid, queue)| {
+                queue.entries.iter().map(move |entry| (Client { uid, session: queue.session }, entry.seq))
+            })
+            .max_by_key(|&(_, seq)| seq)
+    }
+
+    /// The user holding the most places, and how many.
+    fn heaviest_user(&self) -> Option<(u32, usize)> {
+        let mut held: HashMap<u32, usize> = HashMap::new();
+        for &uid in self.owners.values() {
+            *held.entry(uid).or_default() += 1;
+        }
+        held.into_iter().max_by_key(|&(uid, count)| (count, std::cmp::Reverse(uid)))
     }
 
     fn queued(&self) -> usize {
@@ -222,33 +245,46 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, model: &str, client: Client, priority: Priority) -> Result<Admitted, WireError> {
         let mut state = self.state();
         if state.places.len() >= self.capacity {
-            let victim = (priority == Priority::Interactive)
-                .then(|| {
-                    state.classes[class(Priority::Batch)]
-                        .iter()
-                        .flat_map(|u| u.sessions.iter().map(move |q| (u.uid, q)))
-                        .flat_map(|(uid, q)| q.entries.iter().map(move |e| (Client { uid, session: q.session }, e.seq)))
-                        .max_by_key(|&(_, seq)| seq)
+            // Full. Interactive work takes the place of the newest queued batch entry; and
+            // a user holding more places than this one gives up its newest queued entry
+            // (of this class or a lower one), so one user — however many connections it
+            // opens — cannot keep another out of a model for good.
+            let newest_batch = (priority == Priority::Interactive)
+                .then(|| state.newest_queued(class(Priority::Batch), None))
+                .flatten()
+                .map(|(victim, seq)| (class(Priority::Batch), victim, seq, "batch request shed for interactive work"));
+            let over_share = || {
+                let (hog, held) = state.heaviest_user()?;
+                let mine = state.owners.values().filter(|&&uid| uid == client.uid).count();
+                if hog == client.uid || held <= mine + 1 {
+                    return None;
+                }
+                (class(priority)..2).rev().find_map(|c| {
+                    state.newest_queued(c, Some(hog)).map(|(victim, seq)| {
+                        (c, victim, seq, "request shed: its user holds more of the model's places than another")
+                    })
                 })
-                .flatten();
-            let Some((victim, victim_seq)) = victim else {
+            };
+            let Some((victim_class, victim, victim_seq, why)) = newest_batch.or_else(over_share) else {
                 let depth = state.places.len();
                 drop(state);
                 self.counters.busy.fetch_add(1, Ordering::Relaxed);
                 return Err(self.busy(model, depth));
             };
-            if let Some(entry) = state.remove(class(Priority::Batch), victim.uid, victim.session, victim_seq) {
+            if let Some(entry) = state.remove(victim_class, victim.uid, victim.session, victim_seq) {
                 state.places.remove(&victim_seq);
+                state.owners.remove(&victim_seq);
                 let depth = state.places.len() + 1;
                 self.counters.shed.fetch_add(1, Ordering::Relaxed);
                 let mut error = self.busy(model, depth);
-                error.message = format!("batch request shed for interactive work: {}", error.message);
+                error.message = format!("{why}: {}", error.message);
                 entry.payload.fail(error);
             }
         }
         let seq = state.next_seq;
         state.next_seq += 1;
         state.places.insert(seq, Place::Held);
+        state.owners.insert(seq, client.uid);
         drop(state);
         self.counters.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted { admission: self.clone(), seq, client, priority })
@@ -444,6 +480,7 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let admission = &self.admission;
         let mut state = admission.state();
+        state.owners.remove(&self.seq);
         match state.places.remove(&self.seq) {
             Some(Place::Queued) => {
                 state.remove(class(self.priority), self.client.uid, self.client.session, self.seq);
@@ -463,140 +500,4 @@ pub fn deadline(arrived: Instant, deadline_ms: Option<u64>) -> Option<Instant> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Session `session` of a user of its own.
-    fn c(session: u64) -> Client {
-        Client { uid: session as u32, session }
-    }
-
-    fn turn(admitted: &Admitted) -> oneshot::Receiver<Result<(), WireError>> {
-        let (tx, rx) = oneshot::channel();
-        admitted.enqueue(Pending::Turn(tx), None);
-        rx
-    }
-
-    #[test]
-    fn refuses_when_full_with_retry_hint() {
-        let admission = Admission::new(2, 1);
-        let a = admission.admit("m", c(1), Priority::Interactive).unwrap();
-        let _b = admission.admit("m", c(1), Priority::Interactive).unwrap();
-        assert_eq!(admission.depth(), 2);
-        let err = admission.admit("m", c(1), Priority::Interactive).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Busy);
-        assert_eq!(err.retry_after_ms, Some(100));
-        drop(a);
-        assert_eq!(admission.depth(), 1);
-        assert!(admission.admit("m", c(1), Priority::Interactive).is_ok());
-        assert_eq!(admission.stats().busy, 1);
-    }
-
-    #[test]
-    fn retry_hint_follows_measured_service_time() {
-        let admission = Admission::new(4, 1);
-        admission.record_service(Duration::from_millis(8));
-        assert_eq!(admission.retry_after_ms(4), 32);
-        admission.record_service(Duration::from_millis(16));
-        assert_eq!(admission.retry_after_ms(1), 9);
-    }
-
-    #[tokio::test]
-    async fn slots_go_to_interactive_first_then_sessions_in_turn() {
-        let admission = Admission::new(16, 1);
-        let running = admission.admit("m", c(9), Priority::Interactive).unwrap();
-        let mut first = turn(&running);
-        assert_eq!(first.try_recv().unwrap(), Ok(()));
-        // Session 1 floods with batch work, then sessions 1 and 2 queue interactive work.
-        let batch: Vec<_> = (0..3).map(|_| admission.admit("m", c(1), Priority::Batch).unwrap()).collect();
-        let mut batch_turns: Vec<_> = batch.iter().map(turn).collect();
-        let flood: Vec<_> = (0..3).map(|_| admission.admit("m", c(1), Priority::Interactive).unwrap()).collect();
-        let mut flood_turns: Vec<_> = flood.iter().map(turn).collect();
-        let other = admission.admit("m", c(2), Priority::Interactive).unwrap();
-        let mut other_turn = turn(&other);
-        assert_eq!(admission.stats().queued, 7);
-
-        // Order of service: flood[0], other (session 2's turn), flood[1], flood[2], batch...
-        drop(running);
-        assert_eq!(flood_turns[0].try_recv().unwrap(), Ok(()));
-        drop(flood);
-        // Dropping the first flood entry's place hands the slot on; the other queued
-        // flood entries were withdrawn by their drop, so session 2 is next.
-        assert_eq!(other_turn.try_recv().unwrap(), Ok(()));
-        assert!(flood_turns[1].try_recv().is_err());
-        drop(other);
-        assert_eq!(batch_turns[0].try_recv().unwrap(), Ok(()));
-        assert!(batch_turns[1].try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn users_take_turns_before_their_sessions() {
-        let admission = Admission::new(64, 1);
-        let running = admission.admit("m", c(99), Priority::Interactive).unwrap();
-        let _t = turn(&running);
-        // User 1 opens three sessions with two requests each; user 2 has one session.
-        let mut queued = Vec::new();
-        for session in [11, 12, 13] {
-            for _ in 0..2 {
-                let admitted = admission.admit("m", Client { uid: 1, session }, Priority::Interactive).unwrap();
-                let rx = turn(&admitted);
-                queued.push(((1, session), admitted, rx));
-            }
-        }
-        for _ in 0..3 {
-            let admitted = admission.admit("m", Client { uid: 2, session: 21 }, Priority::Interactive).unwrap();
-            let rx = turn(&admitted);
-            queued.push(((2, 21), admitted, rx));
-        }
-        drop(running);
-        let mut order = Vec::new();
-        for _ in 0..6 {
-            let at = queued.iter_mut().position(|(_, _, rx)| rx.try_recv().is_ok()).expect("one was served");
-            let (who, admitted, _) = queued.remove(at);
-            order.push(who);
-            drop(admitted); // finishes: the next one in turn runs
-        }
-        assert_eq!(order, [(1, 11), (2, 21), (1, 12), (2, 21), (1, 13), (2, 21)]);
-    }
-
-    #[test]
-    fn interactive_work_sheds_the_newest_queued_batch_entry_when_full() {
-        let admission = Admission::new(2, 1);
-        let running = admission.admit("m", c(1), Priority::Batch).unwrap();
-        let _t = turn(&running);
-        let queued = admission.admit("m", c(1), Priority::Batch).unwrap();
-        let mut queued_turn = turn(&queued);
-        // Batch work is refused when full; interactive work takes the queued batch place.
-        assert_eq!(admission.admit("m", c(2), Priority::Batch).unwrap_err().code, ErrorCode::Busy);
-        let urgent = admission.admit("m", c(2), Priority::Interactive).unwrap();
-        let shed = queued_turn.try_recv().unwrap().unwrap_err();
-        assert_eq!(shed.code, ErrorCode::Busy);
-        assert!(shed.retry_after_ms.is_some());
-        drop(queued);
-        let mut urgent_turn = turn(&urgent);
-        assert_eq!(admission.depth(), 2);
-        // Nothing left to shed: the next interactive request is refused.
-        assert_eq!(admission.admit("m", c(3), Priority::Interactive).unwrap_err().code, ErrorCode::Busy);
-        drop(running);
-        assert_eq!(urgent_turn.try_recv().unwrap(), Ok(()));
-        assert_eq!(admission.stats().shed, 1);
-    }
-
-    #[tokio::test]
-    async fn a_queued_entry_past_its_deadline_never_runs() {
-        let admission = Admission::new(4, 1);
-        let running = admission.admit("m", c(1), Priority::Interactive).unwrap();
-        let _t = turn(&running);
-        let late = admission.admit("m", c(2), Priority::Interactive).unwrap();
-        let (tx, mut rx) = oneshot::channel();
-        late.enqueue(Pending::Turn(tx), Some(Instant::now()));
-        let next = admission.admit("m", c(3), Priority::Interactive).unwrap();
-        let mut next_turn = turn(&next);
-        drop(running);
-        assert_eq!(rx.try_recv().unwrap().unwrap_err().code, ErrorCode::Timeout);
-        assert_eq!(next_turn.try_recv().unwrap(), Ok(()));
-        // expire() after a consumer took the entry reports nothing.
-        assert!(late.expire().is_none());
-        assert_eq!(admission.stats().timeouts, 1);
-    }
-}
+mod tests;

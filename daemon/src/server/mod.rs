@@ -80,6 +80,7 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
         let daemon = daemon.clone();
         let stop = stop_sessions.child_token();
         sessions.spawn(async move {
+            let peer = peer::with_groups(peer).await;
             let (reader, writer) = stream.into_split();
             session::run(daemon, reader, writer, peer, stop).await;
             drop(user_slot);

@@ -74,13 +74,13 @@ where
             hello.client_name = printable_name(&hello.client_name);
             hello
         }
-        Err(error) => {
-            // A connect-and-close (a liveness probe) is routine; anything else is worth a line.
-            if error.message.starts_with("connection closed") {
-                tracing::debug!(pid = ?peer.pid, %error, "connection closed before the handshake");
-            } else {
-                tracing::info!(pid = ?peer.pid, uid = ?peer.uid, %error, "handshake refused");
-            }
+        // A connect-and-close (a liveness probe) is routine; anything else is worth a line.
+        Err(NoHello::Closed) => {
+            tracing::debug!(pid = ?peer.pid, "connection closed before the handshake");
+            return;
+        }
+        Err(NoHello::Refused(error)) => {
+            tracing::info!(pid = ?peer.pid, uid = ?peer.uid, %error, "handshake refused");
             let _ = frames_out.send(ServerMessage::Fatal(error)).await;
             return;
         }
@@ -412,33 +412,42 @@ impl Done {
     }
 }
 
+/// Why a connection ended before its Hello.
+enum NoHello {
+    /// It closed without sending anything (a liveness probe).
+    Closed,
+    /// It is answered `Fatal` with this.
+    Refused(WireError),
+}
+
 async fn handshake<R: AsyncRead + Unpin>(
     frames_in: &mut FramedRead<R, ClientFrames>,
     stop: &CancellationToken,
-) -> Result<Hello, WireError> {
+) -> Result<Hello, NoHello> {
     let first = tokio::select! {
-        () = stop.cancelled() => return Err(WireError::new(ErrorCode::Shutdown, "daemon is shutting down")),
+        () = stop.cancelled() => return Err(NoHello::Refused(WireError::new(ErrorCode::Shutdown, "daemon is shutting down"))),
         first = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames_in.next()) => first,
     };
+    let refused = |error| Err(NoHello::Refused(error));
     match first {
-        Err(_) => Err(WireError::bad_request(format!("no Hello within {HANDSHAKE_TIMEOUT:?}"))),
-        Ok(None) => Err(WireError::bad_request("connection closed before Hello")),
-        Ok(Some(Err(FrameError::TooLarge { len, max }))) => Err(WireError::new(
+        Err(_) => refused(WireError::bad_request(format!("no Hello within {HANDSHAKE_TIMEOUT:?}"))),
+        Ok(None) => Err(NoHello::Closed),
+        Ok(Some(Err(FrameError::TooLarge { len, max }))) => refused(WireError::new(
             ErrorCode::TooLarge,
             format!("first frame claims {len} bytes; a Hello is at most {max}"),
         )),
-        Ok(Some(Err(err))) => Err(WireError::bad_request(format!("expected a Hello frame: {err}"))),
+        Ok(Some(Err(err))) => refused(WireError::bad_request(format!("expected a Hello frame: {err}"))),
         Ok(Some(Ok(Incoming::Message(ClientMessage::Hello(hello))))) if hello.protocol_version == PROTOCOL_VERSION => {
             Ok(hello)
         }
-        Ok(Some(Ok(Incoming::Message(ClientMessage::Hello(hello))))) => Err(WireError::new(
+        Ok(Some(Ok(Incoming::Message(ClientMessage::Hello(hello))))) => refused(WireError::new(
             ErrorCode::VersionMismatch,
             format!(
                 "client speaks protocol version {}, this daemon speaks version {PROTOCOL_VERSION}",
                 hello.protocol_version
             ),
         )),
-        Ok(Some(Ok(_))) => Err(WireError::bad_request("the first frame must be Hello")),
+        Ok(Some(Ok(_))) => refused(WireError::bad_request("the first frame must be Hello")),
     }
 }
 

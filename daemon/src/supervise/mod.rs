@@ -9,44 +9,34 @@
 //! be replayed.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
-use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady, WORKER_LINK_FD};
+use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady};
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, WireError};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use crate::config::DaemonConfig;
 use crate::spec::ModelSpec;
 use crate::tasks::Tasks;
+use process::{spawn_child, KillOnDrop};
 
 mod fault_hook;
 pub mod health;
 mod orphans;
+mod process;
 mod watchdog;
 
 pub use orphans::end_orphans;
 use watchdog::{watchdog, Beat};
-
-/// glibc malloc settings for workers on Linux: allocations up to 32 MiB (its maximum) come
-/// from the heap, up to 256 MiB of free heap is kept rather than trimmed, and one arena
-/// serves every thread. MLX's CPU buffers are then reused by malloc at no page-fault cost,
-/// and the worker's memory stays at its working set. (With glibc's adaptive defaults, a
-/// freed activation went back to the kernel and the next batch faulted it in again: ~50 %
-/// slower; with per-thread arenas, the level under load wandered by ~20 % run to run.)
-#[cfg(target_os = "linux")]
-const WORKER_MALLOC_ENV: [(&str, &str); 3] =
-    [("MALLOC_MMAP_THRESHOLD_", "33554432"), ("MALLOC_TRIM_THRESHOLD_", "268435456"), ("MALLOC_ARENA_MAX", "1")];
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
 
@@ -89,7 +79,7 @@ pub struct WorkerHandle {
     pending: Arc<Mutex<Pending>>,
     next_job: AtomicU64,
     /// Killed (SIGKILL) when the handle is dropped: a worker never outlives its handle.
-    child: Mutex<Option<Child>>,
+    child: Arc<Mutex<Option<Child>>>,
     /// Turns true when the link closes (the worker exited or was stopped).
     gone: watch::Receiver<bool>,
     /// Set once the worker has answered a job successfully: a worker that crashes after
@@ -235,6 +225,7 @@ impl WorkerHandle {
         progress(LoadProgress { model: spec.name.clone(), stage: LoadStage::Ready, done: 1, total: 1 });
 
         let (sink, stream) = link.split();
+        let child = Arc::new(Mutex::new(child.0.take()));
         // The outbound queue never holds more than the model's admission capacity allows
         // in flight, plus a Shutdown.
         let (outbound, outbound_rx) = mpsc::channel(2 * spec.queue_capacity + 16);
@@ -243,7 +234,7 @@ impl WorkerHandle {
         let (gone_tx, gone) = watch::channel(false);
         let beat = Arc::new(Mutex::new(Beat { at: std::time::Instant::now(), busy: false, since_progress_ms: 0 }));
         let stuck = Arc::new(Mutex::new(None));
-        tasks.spawn("worker link writer", write_link(sink, outbound_rx, pending.clone(), ready.pid));
+        tasks.spawn("worker link writer", write_link(sink, outbound_rx, pending.clone(), child.clone()));
         let link = Link { pending: pending.clone(), served: served.clone(), beat: beat.clone(), gone: gone_tx };
         tasks.spawn("worker link reader", read_link(stream, link, spec.name.clone(), ready.pid));
         tasks.spawn(
@@ -255,7 +246,7 @@ impl WorkerHandle {
             outbound,
             pending,
             next_job: AtomicU64::new(1),
-            child: Mutex::new(child.0.take()),
+            child,
             gone,
             served,
             stderr,
@@ -378,49 +369,6 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A child killed if dropped before it was reaped.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    /// "exited with status N" / "was killed by signal N (SIGKILL)", waiting up to a second
-    /// for the process to be reaped (it is killed if it has not exited by then).
-    async fn wait_briefly(&mut self) -> String {
-        let Some(child) = self.0.as_mut() else { return "exited".into() };
-        let status = match tokio::time::timeout(std::time::Duration::from_secs(1), child.wait()).await {
-            Ok(Ok(status)) => status,
-            _ => {
-                let _ = child.kill().await;
-                match child.wait().await {
-                    Ok(status) => status,
-                    Err(_) => return "exited (status unknown)".into(),
-                }
-            }
-        };
-        self.0 = None;
-        describe_exit(status)
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.start_kill();
-        }
-    }
-}
-
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => {
-            let name = nix::sys::signal::Signal::try_from(signal).map_or_else(|_| String::new(), |s| format!(" ({s})"));
-            format!("was killed by signal {signal}{name}")
-        }
-        _ => "exited".into(),
-    }
-}
-
 fn tail_suffix(stderr: &StderrTail) -> String {
     let tail = stderr.joined();
     if tail.is_empty() {
@@ -445,71 +393,6 @@ fn spawn_error(spec: &ModelSpec, err: std::io::Error) -> WireError {
     WireError::new(ErrorCode::WorkerFailed, format!("cannot start a worker for {}: {err}", spec.name))
 }
 
-fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd) -> std::io::Result<Child> {
-    let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
-    command
-        .arg("worker")
-        .arg("--name")
-        .arg(&spec.name)
-        .arg("--kind")
-        .arg(mlxd_proto::worker::kind_name(spec.kind))
-        .arg("--path")
-        .arg(&spec.path)
-        .arg("--python")
-        .arg(&config.python.root)
-        .arg("--max-streams")
-        .arg(spec.max_streams.to_string())
-        .arg("--prompt-cache-bytes")
-        .arg(spec.prompt_cache_bytes.to_string())
-        .arg("--store")
-        .arg(&config.store)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(blas) = &config.blas_preload {
-        tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
-        command.env("LD_PRELOAD", blas);
-    }
-    #[cfg(target_os = "linux")]
-    for (name, value) in WORKER_MALLOC_ENV {
-        // glibc: freed buffers stay in the heap for reuse instead of going back to the
-        // kernel after every batch (MLX's own CPU buffer cache is off, see mlxd_runtime).
-        if std::env::var_os(name).is_none() {
-            command.env(name, value);
-        }
-    }
-    fault_hook::scrub(&mut command);
-    let link_fd = link.as_raw_fd();
-    let nice = config.worker_nice;
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, setpriority, prctl; no allocation).
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(link_fd, WORKER_LINK_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Before exec, so every thread the worker starts (BLAS, MLX) inherits it.
-            if nice > 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            #[cfg(target_os = "linux")]
-            {
-                // Die with the supervisor. Set here, before exec, so there is no window in
-                // which the parent can die unnoticed; the worker checks its parent again.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(link);
-    Ok(child)
-}
-
 /// A worker link's byte stream (a socketpair to a process, or an in-memory pipe).
 pub trait LinkIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> LinkIo for T {}
@@ -521,7 +404,7 @@ async fn write_link(
     mut sink: LinkSink,
     mut outbound: mpsc::Receiver<ToWorker>,
     pending: Arc<Mutex<Pending>>,
-    pid: u32,
+    child: Arc<Mutex<Option<Child>>>,
 ) {
     while let Some(message) = outbound.recv().await {
         let job = match &message {
@@ -545,9 +428,11 @@ async fn write_link(
         }
         // The link is unusable: end the worker now, so its reader sees the link close and
         // the model restarts it (replaying what it can) at once, not after the watchdog.
-        tracing::warn!(%err, pid, "writing to worker failed; killing it");
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // Through the child's handle, never a bare pid: a worker reaped already may have
+        // had its pid reused. (An in-process worker sees the link close when we return.)
+        tracing::warn!(%err, "writing to worker failed; killing it");
+        if let Some(child) = child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = child.start_kill();
         }
         break;
     }

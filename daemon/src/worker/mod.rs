@@ -8,7 +8,10 @@
 //! PR_SET_PDEATHSIG, set before exec, kills it even sooner).
 
 mod handoff;
+mod jobs;
+pub(crate) mod pyerr;
 pub(crate) mod python;
+mod streams;
 
 pub use handoff::{Pulse, WorkItem, WorkerArgs};
 

@@ -166,11 +166,23 @@ pub async fn generate(
             paused_since = if paused { paused_since.or_else(|| Some(Instant::now())) } else { None };
         };
         cancel_guard.armed = false;
-        // Tokens sent before the final answer are already in the buffer: deliver them first.
+        // Tokens sent before the final answer are already in the buffer: deliver them first
+        // — within the pause limit like any token, so a client that stops reading now
+        // cannot keep the stream's slot.
         while let Ok((text, token)) = stream.tokens.try_recv() {
             delivered += 1;
-            if !cancelled {
-                let _ = events.send(Event::Token { text, token }).await;
+            if cancelled {
+                continue;
+            }
+            tokio::select! {
+                sent = events.send(Event::Token { text, token }) => if sent.is_err() {
+                    cancelled = true;
+                },
+                () = control.cancel.cancelled() => cancelled = true,
+                () = tokio::time::sleep(pause_limit) => {
+                    paused_out = true;
+                    cancelled = true;
+                }
             }
         }
         drop(cancel_guard);
