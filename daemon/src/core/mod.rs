@@ -20,6 +20,8 @@ pub mod events;
 pub mod flow;
 pub mod kind;
 pub mod peer;
+#[cfg(test)]
+mod tests;
 
 pub use caller::Caller;
 pub use daemon::Daemon;

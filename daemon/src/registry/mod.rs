@@ -8,6 +8,8 @@
 //! load fails at once with `OutOfMemory` naming what holds the memory.
 
 pub mod host;
+#[cfg(test)]
+pub(crate) mod in_process;
 pub mod model;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,118 @@
+//! The request core driven directly, as a front end would, with no socket: a caller is
+//! admitted, its requests dispatched and answered, its events collected from a channel;
+//! the registry's workers live in this process, on tokio's paused clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mlxd_proto::{EmbedRequest, ErrorCode, LeaseRequest, ModelKind, ModelRef, Priority, Request, Response};
+
+use super::{caller, dispatch, Caller, Control, Daemon, Peer};
+use crate::catalog::Catalog;
+use crate::config::DaemonConfig;
+use crate::registry::in_process::InProcess;
+use crate::registry::Registry;
+use crate::spec::ModelSpec;
+use crate::weights::pool::WeightPool;
+
+fn daemon() -> (Arc<Daemon>, Arc<InProcess>) {
+    let config = Arc::new(DaemonConfig::for_tests());
+    let spec = ModelSpec::new("e".into(), ModelKind::Embedding, "/nonexistent".into(), "test".into());
+    let catalog = Catalog { models: vec![spec], aliases: BTreeMap::new() };
+    let workers = Arc::new(InProcess::default());
+    let registry = Registry::with_effects(config.clone(), catalog, Arc::new(WeightPool::default()), workers.clone());
+    (Daemon::with_registry(config, registry, "test".into()), workers)
+}
+
+/// Admits and runs `body` as the session does, returning its final answer.
+async fn call(caller: &Arc<Caller>, id: u64, body: Request) -> Result<Response, mlxd_proto::WireError> {
+    if let Some(refusal) = caller::admit(caller, &body) {
+        return Err(refusal);
+    }
+    if let Some(answer) = dispatch::answer_now(caller, &body) {
+        return answer;
+    }
+    let prepared = dispatch::admit(caller, &body)?;
+    let (events, _received) = tokio::sync::mpsc::channel(16);
+    dispatch::handle(caller, id, body, prepared, &events, &Control::default()).await
+}
+
+fn embed(texts: &[&str]) -> Request {
+    Request::Embed(EmbedRequest {
+        model: ModelRef::Name("e".into()),
+        texts: texts.iter().map(|t| (*t).to_owned()).collect(),
+        normalize: false,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_front_end_without_a_socket_leases_embeds_and_releases() {
+    let (daemon, workers) = daemon();
+    let caller = Arc::new(Caller::new(1, daemon.clone(), &Peer::of_self()));
+    let lease = match call(&caller, 1, Request::Lease(LeaseRequest { model: "e".into(), keep_alive_ms: None })).await {
+        Ok(Response::Leased(info)) => info.lease,
+        other => panic!("{other:?}"),
+    };
+    let body = Request::Embed(EmbedRequest {
+        model: ModelRef::Lease(lease),
+        ..match embed(&["ab", "c"]) {
+            Request::Embed(request) => request,
+            _ => unreachable!(),
+        }
+    });
+    match call(&caller, 2, body).await {
+        Ok(Response::Embeddings(e)) => {
+            assert_eq!((e.count, e.dim), (2, 2));
+            assert_eq!(e.vectors, vec![2.0, 1.0, 1.0, 1.0], "text lengths, from worker 1");
+        }
+        other => panic!("{other:?}"),
+    }
+    match call(&caller, 3, Request::Status).await {
+        Ok(Response::Status(status)) => assert_eq!(status.models[0].leases, 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(call(&caller, 4, Request::Release { lease }).await, Ok(Response::Released)));
+    assert_eq!(caller.lease_count(), 0);
+    assert_eq!(workers.starts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_uses_models_but_takes_no_operator_action() {
+    let (daemon, _workers) = daemon();
+    let member = Peer { pid: Some(1), uid: Some(54_321), gid: Some(54_321), groups: Vec::new() };
+    let member = Arc::new(Caller::new(7, daemon.clone(), &member));
+    assert!(!member.operator);
+    assert!(matches!(call(&member, 1, embed(&["x"])).await, Ok(Response::Embeddings(_))));
+    for body in [
+        Request::Unload { model: "e".into(), force: true },
+        Request::Lease(LeaseRequest { model: "e".into(), keep_alive_ms: Some(0) }),
+    ] {
+        let err = call(&member, 2, body).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthorized, "{err}");
+    }
+    let owner = Arc::new(Caller::new(8, daemon, &Peer::of_self()));
+    assert!(owner.operator);
+    assert!(matches!(
+        call(&owner, 1, Request::Unload { model: "e".into(), force: true }).await,
+        Ok(Response::Unloaded(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_own_limits_come_before_any_work() {
+    let (daemon, _workers) = daemon();
+    let caller = Arc::new(Caller::new(1, daemon.clone(), &Peer::of_self()));
+    let limit = daemon.config.limits.max_in_flight as u64;
+    for id in 0..limit {
+        caller.in_flight().insert(id, Arc::new(Control::default()));
+    }
+    let refusal = caller::admit(&caller, &embed(&["x"])).expect("over max_in_flight");
+    assert_eq!(refusal.code, ErrorCode::Busy);
+    assert!(refusal.message.contains("max_in_flight"), "{refusal}");
+    assert!(caller::admit(&caller, &Request::Ping).is_none(), "answered at once, never counted");
+    caller.cancel_all();
+    assert!(caller.in_flight().values().all(|control| control.cancel.is_cancelled()));
+    assert!(caller.gone.is_cancelled());
+}
