@@ -16,7 +16,11 @@ use crate::spec::ModelSpec;
 use crate::weights::pool::WeightPool;
 
 fn daemon() -> (Arc<Daemon>, Arc<InProcess>) {
-    let config = Arc::new(DaemonConfig::for_tests());
+    daemon_with(DaemonConfig::for_tests())
+}
+
+fn daemon_with(config: DaemonConfig) -> (Arc<Daemon>, Arc<InProcess>) {
+    let config = Arc::new(config);
     let spec = ModelSpec::new("e".into(), ModelKind::Embedding, "/nonexistent".into(), "test".into());
     let catalog = Catalog { models: vec![spec], aliases: BTreeMap::new() };
     let workers = Arc::new(InProcess::default());
@@ -115,4 +119,25 @@ async fn the_callers_own_limits_come_before_any_work() {
     caller.cancel_all();
     assert!(caller.in_flight().values().all(|control| control.cancel.is_cancelled()));
     assert!(caller.gone.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_an_operators_load_retries_a_model_whose_circuit_is_open() {
+    let mut config = DaemonConfig::for_tests();
+    config.restart.circuit_failures = 1;
+    let (daemon, workers) = daemon_with(config);
+    workers.failing_loads.store(1, std::sync::atomic::Ordering::SeqCst);
+    let member = Peer { pid: Some(1), uid: Some(54_321), gid: Some(54_321), groups: Vec::new() };
+    let member = Arc::new(Caller::new(7, daemon.clone(), &member));
+    let load = || Request::Load { model: "e".into() };
+    // The one failed load opens the circuit (circuit_failures = 1).
+    assert_eq!(call(&member, 1, load()).await.unwrap_err().code, ErrorCode::WorkerFailed);
+    // A member's load waits for the cool-down like any request: refused at once.
+    let err = call(&member, 2, load()).await.unwrap_err();
+    assert!(err.code == ErrorCode::WorkerFailed && err.message.contains("failed 1 times in a row"), "{err}");
+    assert_eq!(workers.starts(), 1);
+    // The owner's load tries it again now.
+    let owner = Arc::new(Caller::new(8, daemon, &Peer::of_self()));
+    assert!(matches!(call(&owner, 1, load()).await, Ok(Response::Loaded(_))));
+    assert_eq!(workers.starts(), 2);
 }
