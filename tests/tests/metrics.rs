@@ -185,7 +185,9 @@ async fn http_metrics_scraped_during_a_bench_agree_with_what_was_sent() {
     let pid = model_named(&status.models, "minilm").worker_pid.unwrap();
     // SAFETY: kill(2) with a pid we read from the daemon's status.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "kill -9 {pid}");
-    std::thread::sleep(Duration::from_millis(500));
+    // The daemon has noticed the death (the worker's failure is counted) before the next request.
+    let failed = || scrape(&addr).iter().any(|s| s.name == "mlxd_worker_failures_total" && s.value >= 1.0);
+    assert!(mlxd_tests::eventually(Duration::from_secs(10), failed), "the worker's death was not noticed");
     mlxctl(&daemon, &["embed", "-m", "minilm", "two"]);
 
     let samples = scrape(&addr);

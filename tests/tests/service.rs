@@ -394,7 +394,8 @@ async fn json_logs_carry_the_session_and_the_clients_request_id() {
     let err = client.call(Request::Load { model: "no-such-model".into() }).await.unwrap_err();
     assert_eq!(err.code(), Some(mlxd_client::proto::ErrorCode::NotFound));
     drop(client);
-    std::thread::sleep(Duration::from_millis(300));
+    let closed = || std::fs::read_to_string(&log_path).unwrap_or_default().contains("session closed");
+    assert!(mlxd_tests::eventually(Duration::from_secs(10), closed), "the session never closed");
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     wait_timeout(&mut daemon, Duration::from_secs(30)).unwrap();
