@@ -13,7 +13,7 @@ use mlxd_client::proto::{
     ErrorCode, GenerateParams, GenerateRequest, ModelRef, Priority, PromptInput, Request, Response,
 };
 use mlxd_client::{ClientError, ConnectOptions};
-use mlxd_tests::{as_user, bin, cannot_switch_users, model_named, run_with_timeout, Daemon, TempDir};
+use mlxd_tests::{as_user, bin, cannot_switch_users, eventually_async, model_named, run_with_timeout, Daemon, TempDir};
 
 const NOBODY: u32 = 65534;
 
@@ -197,15 +197,11 @@ async fn each_session_limit_is_refused_with_a_typed_error_naming_it() {
     // Wait until all of them are in flight (seen from another session), so the next one
     // is over the limit: sending it earlier would be admitted and wait out the 30 s fault.
     let observer = daemon.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let all_in_flight = || async {
         let status = observer.status().await.unwrap();
-        if model_named(&status.models, "minilm").in_flight >= limits.max_in_flight {
-            break;
-        }
-        assert!(Instant::now() < deadline, "max_in_flight was never reached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        model_named(&status.models, "minilm").in_flight >= limits.max_in_flight
+    };
+    assert!(eventually_async(Duration::from_secs(30), all_in_flight).await, "max_in_flight was never reached");
     match client.call(Request::Ping).await {
         Ok(Response::Pong) => {}
         other => panic!("ping: {other:?}"),

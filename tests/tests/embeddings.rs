@@ -119,15 +119,14 @@ async fn leases_end_with_their_connection() {
         assert_eq!(model.leases, 2);
         drop(leaver);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let released = || async {
         let model = observer.models().await.unwrap().into_iter().find(|m| m.name == "minilm").unwrap();
-        if model.leases == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "leases of a closed connection were not released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        model.leases == 0
+    };
+    assert!(
+        mlxd_tests::eventually_async(Duration::from_secs(10), released).await,
+        "leases of a closed connection were not released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,11 +51,12 @@ fn stale_socket_of_a_dead_daemon_is_replaced() {
     let dir2 = TempDir::new();
     let log = dir2.join("second.log");
     let mut second = mlxd_tests::spawn_daemon(&socket, &log, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let serving = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    assert!(
+        mlxd_tests::eventually(Duration::from_secs(30), serving),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     second.kill().unwrap();
     second.wait().unwrap();
 }
@@ -135,15 +136,8 @@ async fn stdio_mode_exits_when_stdin_closes_and_leaves_no_worker() {
         .expect("mlxd stdio exits when stdin closes")
         .unwrap();
     assert!(status.success(), "{status}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let alive = || {
-        let stat = std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).unwrap_or_default();
-        !stat.is_empty() && !stat.contains(") Z")
-    };
-    while alive() {
-        assert!(std::time::Instant::now() < deadline, "worker {worker_pid} outlived mlxd stdio");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = || !mlxd_tests::process_alive(worker_pid);
+    assert!(mlxd_tests::eventually(Duration::from_secs(5), gone), "worker {worker_pid} outlived mlxd stdio");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,11 +153,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
         tokio::spawn(async move { client.embed("minilm", texts).await })
     };
     // Let the request reach the worker, then ask the daemon to stop.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while model_named(&client.status().await.unwrap().models, "minilm").in_flight == 0 {
-        assert!(std::time::Instant::now() < deadline, "request never went in flight");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let in_flight = || async { model_named(&client.status().await.unwrap().models, "minilm").in_flight > 0 };
+    assert!(mlxd_tests::eventually_async(Duration::from_secs(10), in_flight).await, "request never went in flight");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
     let embeddings = request.await.unwrap().expect("the in-flight request is answered, not dropped");
@@ -182,13 +173,6 @@ async fn workers_die_with_a_killed_daemon() {
     let worker_pid = model_named(&client.status().await.unwrap().models, "minilm").worker_pid.expect("worker pid");
     daemon.child.kill().unwrap(); // SIGKILL: no chance to clean up
     daemon.child.wait().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "worker {worker_pid} outlived its daemon by 2 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = || !mlxd_tests::process_alive(worker_pid);
+    assert!(mlxd_tests::eventually(Duration::from_secs(2), gone), "worker {worker_pid} outlived its daemon by 2 s");
 }
