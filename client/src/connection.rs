@@ -123,11 +123,22 @@ pub enum Endpoint {
 
 impl ConnectOptions {
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let path = self
-            .socket
-            .clone()
-            // SAFETY: getuid has no preconditions and cannot fail.
-            .unwrap_or_else(|| mlxd_proto::paths::client_socket_path(unsafe { libc::getuid() }));
+        let path = match self.socket.clone() {
+            Some(path) => path,
+            None => {
+                // SAFETY: getuid has no preconditions and cannot fail.
+                let default = mlxd_proto::paths::client_socket(unsafe { libc::getuid() });
+                for passed in &default.passed_over {
+                    eprintln!(
+                        "mlxd-client: passed over {}: its directory belongs to uid {}, not to you or root, \
+                         so it is not used (set MLXD_SOCKET to use it anyway)",
+                        passed.path.display(),
+                        passed.directory_owner
+                    );
+                }
+                default.path
+            }
+        };
         match tokio::net::UnixStream::connect(&path).await {
             Ok(stream) => {
                 // Before the Hello: anyone who could create the socket's directory first

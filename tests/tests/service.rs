@@ -138,12 +138,20 @@ fn mlxd(args: &[&str]) -> String {
     stdout
 }
 
+/// A virtualenv like the project's (same Python, same pyvenv.cfg) at `venv`, with an empty
+/// site-packages: the project's own has an editable install, which a system service refuses.
+fn bare_venv(venv: &std::path::Path) {
+    let real_venv = repo_root().join(".venv").canonicalize().unwrap();
+    let version = std::fs::read_dir(real_venv.join("lib")).unwrap().next().unwrap().unwrap().file_name();
+    std::fs::create_dir_all(venv.join("lib").join(&version).join("site-packages")).unwrap();
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::copy(real_venv.join("pyvenv.cfg"), venv.join("pyvenv.cfg")).unwrap();
+    std::os::unix::fs::symlink(real_venv.join("bin/python").canonicalize().unwrap(), venv.join("bin/python")).unwrap();
+}
+
 #[test]
 fn installed_units_pass_systemd_analyze_verify_and_install_is_idempotent() {
     let dir = TempDir::new();
-    // Canonical, as the unit names it (.venv may be a link, e.g. in a git worktree).
-    let venv = repo_root().join(".venv").canonicalize().unwrap();
-    let venv = venv.to_str().unwrap();
     for scope in ["--user", "--system"] {
         let units = dir.join(scope.trim_start_matches('-'));
         let units_arg = units.to_str().unwrap();
@@ -153,6 +161,14 @@ fn installed_units_pass_systemd_analyze_verify_and_install_is_idempotent() {
             eprintln!("system units not checked: {} is not owned by root", bin("mlxd").display());
             continue;
         }
+        // Canonical, as the unit names it (.venv may be a link, e.g. in a git worktree).
+        let venv = if scope == "--user" {
+            repo_root().join(".venv").canonicalize().unwrap()
+        } else {
+            bare_venv(&dir.join("venv"));
+            dir.join("venv").canonicalize().unwrap()
+        };
+        let venv = venv.to_str().unwrap();
         let first = mlxd(&["install", scope, "--python", venv, "--unit-dir", units_arg]);
         assert!(first.contains("wrote") && first.contains("mlxd.service"), "{first}");
         let service = std::fs::read_to_string(units.join("mlxd.service")).unwrap();
@@ -208,7 +224,6 @@ fn a_system_install_refuses_what_another_user_can_replace() {
         return;
     }
     let dir = TempDir::new();
-    let real_venv = repo_root().join(".venv").canonicalize().unwrap();
     let install = |binary: &std::path::Path, venv: &std::path::Path| {
         run_with_timeout(
             Command::new(binary)
@@ -222,11 +237,7 @@ fn a_system_install_refuses_what_another_user_can_replace() {
 
     // A virtualenv like the real one (same Python), made by another user.
     let venv = dir.join("venv");
-    let version = std::fs::read_dir(real_venv.join("lib")).unwrap().next().unwrap().unwrap().file_name();
-    std::fs::create_dir_all(venv.join("lib").join(&version).join("site-packages")).unwrap();
-    std::fs::create_dir_all(venv.join("bin")).unwrap();
-    std::fs::copy(real_venv.join("pyvenv.cfg"), venv.join("pyvenv.cfg")).unwrap();
-    std::os::unix::fs::symlink(real_venv.join("bin/python").canonicalize().unwrap(), venv.join("bin/python")).unwrap();
+    bare_venv(&venv);
     std::os::unix::fs::chown(&venv, Some(NOBODY), Some(NOBODY)).unwrap();
     let (status, _, stderr) = install(&bin("mlxd"), &venv);
     assert!(!status.success(), "installed a system service with another user's virtualenv");
@@ -243,6 +254,33 @@ fn a_system_install_refuses_what_another_user_can_replace() {
     std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (status, _, stderr) = install(&bin("mlxd"), &venv);
     assert!(status.success(), "{stderr}");
+
+    // The worker's site.addsitedir follows .pth files: a directory one names (an editable
+    // install's checkout) is imported from, so another user's is refused, and root's passes.
+    let site_packages =
+        std::fs::read_dir(venv.join("lib")).unwrap().next().unwrap().unwrap().path().join("site-packages");
+    let checkout = dir.join("checkout");
+    std::fs::create_dir_all(checkout.join("mlxd_runtime")).unwrap();
+    std::fs::write(checkout.join("mlxd_runtime/__init__.py"), "").unwrap();
+    let pth = site_packages.join("__editable__.mlxd_runtime-0.1.0.pth");
+    std::fs::write(&pth, format!("{}\n", checkout.display())).unwrap();
+    std::os::unix::fs::chown(&checkout, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(!status.success(), "installed a system service importing another user's checkout");
+    assert!(
+        stderr.contains(&pth.display().to_string())
+            && stderr.contains(&format!("{} belongs to uid {NOBODY}", checkout.display())),
+        "names the .pth file and the directory's owner: {stderr}"
+    );
+    std::os::unix::fs::chown(&checkout, Some(0), Some(0)).unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(status.success(), "a root-owned checkout passes: {stderr}");
+    // What site.addsitedir executes (an editable finder maps modules to anywhere) is refused.
+    std::fs::write(&pth, "import __editable___mlxd_runtime_finder; __editable___mlxd_runtime_finder.install()\n")
+        .unwrap();
+    let (status, _, stderr) = install(&bin("mlxd"), &venv);
+    assert!(!status.success() && stderr.contains("runs code when Python starts"), "{stderr}");
+    std::fs::remove_file(&pth).unwrap();
 
     // A copy of the binary that another user owns.
     let binary = dir.join("mlxd");

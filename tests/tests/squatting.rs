@@ -1,7 +1,9 @@
 //! Nobody else's socket is talked to or taken over: another user's listener in the default
-//! socket directory gets nothing from mlxctl (it checks the server's uid before sending)
-//! and its directory is refused by `mlxd serve`; a socket someone serves without a lock
-//! file (a socket-activated daemon) is never removed as stale.
+//! socket directory gets nothing from mlxctl (a default in someone else's directory is
+//! passed over for the next one, and a socket named explicitly is checked for the
+//! server's uid before anything is sent) and its directory is refused by `mlxd serve`; a
+//! socket someone serves without a lock file (a socket-activated daemon) is never removed
+//! as stale.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
@@ -142,31 +144,52 @@ fn another_users_listener_in_the_default_directory_gets_nothing_and_keeps_its_fi
     let squat = Squat::start(&python);
     let socket = victim_directory().join("mlxd.sock");
 
-    // (a) mlxctl, with and without the stdio fallback: refused before the Hello.
+    // (a) mlxctl, with and without the stdio fallback: the default in the attacker's
+    // directory is passed over for the system service's socket, where no daemon answers
+    // here (or a legitimate one does).
+    let system_socket = Path::new(mlxd_client::proto::paths::SYSTEM_SOCKET_PATH);
     for args in [&["--no-fallback", "status"][..], &["status"][..]] {
         let (status, _, stderr) =
             run_with_timeout(as_victim(&bin("mlxctl"), &home.0).args(args), Duration::from_secs(60));
-        assert!(!status.success(), "mlxctl {args:?} talked to another user's socket");
         assert!(
-            stderr.contains(&format!("refusing to talk to {}", socket.display()))
-                && stderr.contains(&format!("served by uid {ATTACKER}"))
-                && stderr.contains("MLXD_TRUSTED_UIDS"),
-            "mlxctl {args:?} says why: {stderr}"
+            stderr.contains(&format!("passed over {}: its directory belongs to uid {ATTACKER}", socket.display())),
+            "mlxctl {args:?} says why it did not use the default: {stderr}"
         );
-        assert!(!stderr.contains("fell back"), "an untrusted server is no reason to fall back: {stderr}");
+        assert!(!stderr.contains("refusing to talk to"), "mlxctl {args:?} never connected to it: {stderr}");
+        if args[0] == "--no-fallback" && !system_socket.exists() {
+            assert!(!status.success());
+            assert!(stderr.contains(&format!("no daemon at {}", system_socket.display())), "{stderr}");
+        }
     }
-    assert_eq!(squat.received(2), [0, 0], "the attacker's listener received nothing");
 
-    // The same listener does receive what a client that trusts it sends (so the zeros
-    // above mean something): the Hello.
+    // Named explicitly, the socket is used, and refused before the Hello.
+    let (status, _, stderr) = run_with_timeout(
+        as_victim(&bin("mlxctl"), &home.0).args(["--no-fallback", "status"]).env("MLXD_SOCKET", &socket),
+        Duration::from_secs(60),
+    );
+    assert!(!status.success(), "mlxctl talked to another user's socket");
+    assert!(
+        stderr.contains(&format!("refusing to talk to {}", socket.display()))
+            && stderr.contains(&format!("served by uid {ATTACKER}"))
+            && stderr.contains("MLXD_TRUSTED_UIDS"),
+        "mlxctl says why: {stderr}"
+    );
+    assert!(!stderr.contains("passed over"), "an explicit socket is never passed over: {stderr}");
+
+    // The same listener does receive what a client that trusts it sends (so the zero
+    // above means something): the Hello.
     let (status, _, _) = run_with_timeout(
         as_victim(&bin("mlxctl"), &home.0)
             .args(["--no-fallback", "status"])
+            .env("MLXD_SOCKET", &socket)
             .env("MLXD_TRUSTED_UIDS", ATTACKER.to_string()),
         Duration::from_secs(60),
     );
     assert!(!status.success(), "the listener never answers");
-    assert!(squat.received(3)[2] > 0, "a trusting client sent its Hello");
+    // Connections are accepted and recorded one at a time, so these are the only two: the
+    // runs at the default path never connected.
+    let received = squat.received(2);
+    assert!(received.len() == 2 && received[0] == 0 && received[1] > 0, "{received:?}");
 
     // (b) mlxd serve at the default path refuses the directory and touches nothing in it.
     for mode in [0o777, 0o700] {
@@ -189,7 +212,7 @@ fn another_users_listener_in_the_default_directory_gets_nothing_and_keeps_its_fi
     }
     std::fs::set_permissions(victim_directory(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     drop(std::os::unix::net::UnixStream::connect(&socket).expect("the attacker's listener still serves"));
-    assert_eq!(squat.received(4).len(), 4);
+    assert_eq!(squat.received(3).len(), 3);
 }
 
 #[test]

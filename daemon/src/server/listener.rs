@@ -37,13 +37,15 @@
 //! daemons starting at the same moment cannot both remove and rebind the socket. A lock
 //! we can take does not make an existing socket stale, though: a daemon the service
 //! manager started on its own socket holds no lock. So the socket is connected to first,
-//! and removed only when the connection is refused (nobody listens).
+//! and removed only when connections are refused for about 200 ms (nobody listens; on
+//! macOS and the BSDs a full accept backlog is refused too, but not for long).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -216,16 +218,16 @@ impl SocketDirectory {
                 stat.st_uid
             );
         }
-        match connect_nonblocking(path) {
-            // Connected, or accepted into a full backlog: someone serves it.
-            Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => bail!(
+        // Sleeping blocks the thread for at most 200 ms, once, at start-up before anything
+        // else runs, and only when a socket file is left over.
+        match liveness(|| connect_nonblocking(path), std::thread::sleep) {
+            Liveness::Served => bail!(
                 "a daemon is already serving {} (it holds no lock: socket-activated?); stop it first or choose \
                  another --socket",
                 path.display()
             ),
-            Err(Errno::ECONNREFUSED) => {}
-            Err(Errno::ENOENT) => return Ok(()),
-            Err(errno) => {
+            Liveness::Gone => {}
+            Liveness::Unknown(errno) => {
                 bail!("cannot tell whether {} is still served ({errno}); refusing to replace it", path.display())
             }
         }
@@ -370,6 +372,41 @@ fn is_socket(stat: &FileStat) -> bool {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
 }
 
+/// The pauses between connects that were refused, about 200 ms in all. On macOS and the
+/// BSDs a listener whose accept backlog is full refuses connections (ECONNREFUSED, where
+/// Linux answers EAGAIN), and a full backlog is normal for a busy daemon: it takes its
+/// connection slot before accept. So a refusal is believed only once it persists.
+const REFUSED_RETRY_PAUSES: [Duration; 4] =
+    [Duration::from_millis(20), Duration::from_millis(40), Duration::from_millis(60), Duration::from_millis(80)];
+
+/// What connecting to an existing socket file says about it.
+#[derive(Debug, PartialEq, Eq)]
+enum Liveness {
+    /// Connected, or queued behind a full backlog: someone serves it.
+    Served,
+    /// Nobody listens (refused throughout the retries), or the file is gone.
+    Gone,
+    /// Any other answer: not ours to guess.
+    Unknown(Errno),
+}
+
+/// Calls `connect` until it decides, with `pause` between refusals (see
+/// [`REFUSED_RETRY_PAUSES`]); a missing file is gone at once.
+fn liveness(mut connect: impl FnMut() -> std::result::Result<(), Errno>, mut pause: impl FnMut(Duration)) -> Liveness {
+    let mut pauses = REFUSED_RETRY_PAUSES.into_iter();
+    loop {
+        match connect() {
+            Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => return Liveness::Served,
+            Err(Errno::ENOENT) => return Liveness::Gone,
+            Err(Errno::ECONNREFUSED) => match pauses.next() {
+                Some(wait) => pause(wait),
+                None => return Liveness::Gone,
+            },
+            Err(errno) => return Liveness::Unknown(errno),
+        }
+    }
+}
+
 /// Connects to `path` without waiting: a listener with a full backlog answers EAGAIN
 /// instead of blocking the daemon's start.
 fn connect_nonblocking(path: &Path) -> std::result::Result<(), Errno> {
@@ -468,6 +505,57 @@ mod tests {
         std::fs::create_dir(scratch.0.join("s.sock.lock")).expect("mkdir");
         let message = refusal(&path);
         assert!(message.contains("s.sock.lock"), "{message}");
+    }
+
+    #[test]
+    fn a_refusal_is_believed_only_once_it_lasts() {
+        let decide = |answers: &[Errno]| {
+            let mut answers = answers.iter();
+            let mut pauses = Vec::new();
+            let liveness = liveness(|| answers.next().map_or(Ok(()), |&errno| Err(errno)), |wait| pauses.push(wait));
+            (liveness, pauses.iter().sum::<Duration>(), answers.len())
+        };
+        let refused = Errno::ECONNREFUSED;
+        // A full backlog on macOS: refused, then accepted into the queue, then connected.
+        assert_eq!(decide(&[refused, refused]), (Liveness::Served, Duration::from_millis(60), 0));
+        assert_eq!(decide(&[refused, Errno::EAGAIN]), (Liveness::Served, Duration::from_millis(20), 0));
+        // Refused throughout: five tries over 200 ms, then gone.
+        assert_eq!(decide(&[refused; 6]), (Liveness::Gone, Duration::from_millis(200), 1));
+        // Missing: gone at once. Anything else: unknown at once.
+        assert_eq!(decide(&[Errno::ENOENT]), (Liveness::Gone, Duration::ZERO, 0));
+        assert_eq!(decide(&[refused, Errno::ENOENT]), (Liveness::Gone, Duration::from_millis(20), 0));
+        assert_eq!(decide(&[Errno::EACCES, refused]), (Liveness::Unknown(Errno::EACCES), Duration::ZERO, 1));
+    }
+
+    /// A socket that is bound but not listening refuses connections on every platform, as
+    /// a full backlog does on macOS: one that starts listening within the retries is served.
+    #[test]
+    fn a_socket_that_starts_listening_during_the_retries_is_served() {
+        use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        let scratch = Scratch::new("refusing");
+        let path = scratch.0.join("s.sock");
+        let bound = socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).expect("socket");
+        bind(bound.as_raw_fd(), &UnixAddr::new(&path).expect("address")).expect("bind");
+        let mut connects = 0;
+        let gone = liveness(
+            || {
+                connects += 1;
+                connect_nonblocking(&path)
+            },
+            |_| {},
+        );
+        assert_eq!((gone, connects), (Liveness::Gone, REFUSED_RETRY_PAUSES.len() + 1), "nobody listens");
+
+        let mut listening = false;
+        let served = liveness(
+            || connect_nonblocking(&path),
+            |_| {
+                listen(&bound, Backlog::new(1).expect("backlog")).expect("listen");
+                listening = true;
+            },
+        );
+        assert!(listening, "the first connect was refused");
+        assert_eq!(served, Liveness::Served);
     }
 
     #[tokio::test]

@@ -4,12 +4,15 @@
 //! that already has the right content is left alone, and running it twice changes nothing.
 //!
 //! A system service is installed by root for every user of the host, so it refuses a
-//! binary or virtualenv that anyone but root could replace: see [`check_root_owned`].
+//! binary or virtualenv that anyone but root could replace, down to every file the
+//! interpreter may import: see `service::root_owned`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use super::root_owned::{check_root_owned, check_site_packages};
 
 const SYSTEM_SERVICE: &str = include_str!("../../../systemd/system/mlxd.service");
 const SYSTEM_SOCKET: &str = include_str!("../../../systemd/system/mlxd.socket");
@@ -59,11 +62,11 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     if args.scope == Scope::System {
         check_root_owned(&binary, "the mlxd binary")?;
         check_root_owned(&python_env.root, "the virtualenv")?;
-        check_root_owned(&python_env.site_packages, "the virtualenv's site-packages")?;
         let venv_python = python_env.root.join("bin/python");
         if venv_python.exists() {
             check_root_owned(&venv_python, "the virtualenv's python")?;
         }
+        check_site_packages(&python_env.site_packages)?;
     }
     let python = python_env.root;
     let store = match (args.scope, &args.store) {
@@ -148,33 +151,6 @@ pub fn uninstall(args: &InstallArgs) -> Result<()> {
         let _ = run(systemctl(args.scope).arg("daemon-reload"));
     }
     println!("the model store and any `mlxd` user are left in place");
-    Ok(())
-}
-
-/// Refuses `path` (after symlinks) unless it and every directory above it are owned by
-/// root and not writable by group or others — a directory with the sticky bit (`/tmp`)
-/// excepted, since there nobody may rename or remove root's entries. Otherwise the
-/// system service would run code that some other user can replace.
-fn check_root_owned(path: &Path, what: &str) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let resolved = path.canonicalize().with_context(|| format!("resolving {what} {}", path.display()))?;
-    for (depth, entry) in resolved.ancestors().enumerate() {
-        let meta = std::fs::metadata(entry).with_context(|| format!("checking {}", entry.display()))?;
-        let mode = meta.mode() & 0o7777;
-        let problem = if meta.uid() != 0 {
-            format!("{} belongs to uid {}", entry.display(), meta.uid())
-        } else if mode & 0o022 != 0 && !(depth > 0 && mode & 0o1000 != 0) {
-            format!("{} is writable by group or others (mode {mode:04o})", entry.display())
-        } else {
-            continue;
-        };
-        bail!(
-            "refusing to install a system service that runs {what} {}: {problem}, so a user other than root \
-             could replace what the service runs. Install from root-owned copies (e.g. the binary in \
-             /usr/local/bin, a virtualenv made by root in /opt/mlxd/venv passed with --python)",
-            path.display()
-        );
-    }
     Ok(())
 }
 
@@ -421,35 +397,6 @@ mod tests {
         assert!(rendered.contains("\nExecStart=/x/mlxd serve\n"));
         assert_eq!(rendered.lines().count(), SYSTEM_SERVICE.lines().count());
         assert!(rendered.contains("MemoryDenyWriteExecute=yes"));
-    }
-
-    #[test]
-    fn a_system_service_runs_only_what_root_alone_can_replace() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("mlxd-install-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let file = dir.join("mlxd");
-        std::fs::write(&file, "").unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775)).unwrap();
-        let refusal = check_root_owned(&file, "the mlxd binary").unwrap_err().to_string();
-        if nix::unistd::geteuid().is_root() {
-            assert!(refusal.contains("writable by group or others (mode 0775)"), "{refusal}");
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
-            check_root_owned(&file, "the mlxd binary").unwrap();
-            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
-            let refusal = check_root_owned(&file, "the mlxd binary").unwrap_err().to_string();
-            assert!(refusal.contains("belongs to uid 65534"), "{refusal}");
-            // A root-owned file in a directory another user owns can be swapped by them.
-            std::os::unix::fs::chown(&file, Some(0), None).unwrap();
-            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
-            let refusal = check_root_owned(&file, "the mlxd binary").unwrap_err().to_string();
-            assert!(refusal.contains(&format!("{} belongs to uid 65534", dir.display())), "{refusal}");
-        } else {
-            assert!(refusal.contains("belongs to uid"), "{refusal}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
