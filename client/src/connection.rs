@@ -560,14 +560,30 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `wait` scaled by a factor in [0.5, 1.5), from the clock's low bits: enough to spread
-/// clients refused at the same moment without a random-number dependency.
+/// `wait` scaled by a random factor in [0.5, 1.5), so clients refused at the same moment
+/// do not come back at the same moment.
 fn jitter(wait: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
-    wait.mul_f64(factor)
+    if wait.is_zero() {
+        return wait;
+    }
+    rand::random_range(wait / 2..wait.saturating_mul(3) / 2)
 }
 
 pub(crate) fn unexpected(response: &Response) -> ClientError {
     ClientError::Wire(WireError::internal(format!("unexpected answer {response:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_retries_wait_half_to_one_and_a_half_times_the_hint_and_spread() {
+        let hint = Duration::from_millis(10);
+        let waits: Vec<Duration> = (0..1000).map(|_| jitter(hint)).collect();
+        assert!(waits.iter().all(|w| *w >= hint / 2 && *w < hint * 3 / 2), "{waits:?}");
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 900, "{} distinct waits of 1000", distinct.len());
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
 }

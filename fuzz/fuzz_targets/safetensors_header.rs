@@ -7,8 +7,8 @@
 
 #![no_main]
 
-// The parser is one self-contained file (serde_json + thiserror), compiled in directly so
-// the fuzz build does not need the daemon's Python link.
+// The parser is one self-contained file (the safetensors crate's header types, serde_json,
+// thiserror), compiled in directly so the fuzz build does not need the daemon's Python link.
 #[path = "../../daemon/src/weights/safetensors.rs"]
 #[allow(dead_code)]
 mod safetensors;

@@ -90,7 +90,7 @@ async fn a_socket_passed_by_systemd_is_served_and_readiness_is_notified() {
     let status = client.status().await.unwrap();
     assert_eq!(status.endpoint, socket.display().to_string(), "the endpoint is the inherited socket's path");
     let loads = notifications_until(&notify, "STATUS=minilm ready");
-    assert!(loads.iter().any(|n| n == "STATUS=loading minilm"), "{loads:?}");
+    assert!(loads.iter().any(|n| n.lines().eq(["STATUS=loading minilm"])), "{loads:?}");
     let tokens = client.tokenize(ModelRef::Name("minilm".into()), "hello").await.unwrap();
     assert!(!tokens.is_empty());
     drop(client);

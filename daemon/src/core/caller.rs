@@ -3,7 +3,6 @@
 //! [`Control`]s, and the per-caller limits checked before any work.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mlxd_proto::{ErrorCode, LeaseId, Request, RequestId, WireError};
@@ -31,7 +30,6 @@ pub struct Caller {
     /// nothing more is sent to it.
     pub gone: CancellationToken,
     leases: Mutex<HashMap<LeaseId, LeaseGuard>>,
-    next_lease: AtomicU64,
     in_flight: Mutex<HashMap<RequestId, Arc<Control>>>,
 }
 
@@ -45,7 +43,6 @@ impl Caller {
             daemon,
             gone: CancellationToken::new(),
             leases: Mutex::new(HashMap::new()),
-            next_lease: AtomicU64::new(1),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
@@ -80,9 +77,15 @@ impl Caller {
         if leases.len() >= limit {
             return Err(WireError::new(ErrorCode::TooLarge, format!("session holds {limit} leases (max_leases)")));
         }
-        // Handles are random-looking per session so that a number guessed or copied from
-        // another connection is not accidentally valid here either.
-        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed) ^ (self.id << 32);
+        // Handles are random (a CSPRNG, seeded by the OS) so that one cannot be guessed, nor
+        // a number copied from another connection be valid here by accident. A repeat within
+        // the session (odds ~ max_leases / 2^64) draws again.
+        let lease = loop {
+            let candidate: LeaseId = rand::random();
+            if !leases.contains_key(&candidate) {
+                break candidate;
+            }
+        };
         leases.insert(lease, guard);
         Ok(lease)
     }
@@ -141,4 +144,33 @@ pub fn admit(session: &Caller, body: &Request) -> Option<WireError> {
         );
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use mlxd_proto::ModelKind;
+
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::config::DaemonConfig;
+    use crate::spec::ModelSpec;
+
+    #[tokio::test]
+    async fn lease_handles_are_random_so_another_session_cannot_guess_them() {
+        let spec = ModelSpec::new("m".into(), ModelKind::Embedding, "/nonexistent".into(), "test".into());
+        let catalog = Catalog { models: vec![spec], aliases: BTreeMap::new() };
+        let daemon = Daemon::new(DaemonConfig::for_tests(), catalog, "test".into());
+        let model = daemon.registry.get("m").unwrap().clone();
+        // Two sessions with the same id (e.g. the first session of two daemon runs).
+        let take = |caller: &Caller| -> Vec<LeaseId> {
+            (0..32).map(|_| caller.add_lease(model.lease(None)).unwrap()).collect()
+        };
+        let first = take(&Caller::new(1, daemon.clone(), &Peer::of_self()));
+        let second = take(&Caller::new(1, daemon.clone(), &Peer::of_self()));
+        let all: HashSet<LeaseId> = first.iter().chain(&second).copied().collect();
+        assert_eq!(all.len(), 64, "every handle differs, across sessions too");
+        assert!(first.windows(2).all(|pair| pair[1].abs_diff(pair[0]) > 1), "not a sequence: {first:?}");
+    }
 }

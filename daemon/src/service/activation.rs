@@ -2,11 +2,18 @@
 //! client starts the daemon and a restart never drops connections waiting in the backlog.
 //!
 //! - systemd: `LISTEN_PID` (must be this process) and `LISTEN_FDS` (the sockets are fds
-//!   3, 4, ...; mlxd uses the first). The variables are removed afterwards so workers do not
-//!   see them, and the fd is marked close-on-exec (systemd passes it inheritable).
+//!   3, 4, ...; mlxd uses the first), read by the `sd-notify` crate, which marks the fds
+//!   close-on-exec (systemd passes them inheritable) and removes `LISTEN_PID`, `LISTEN_FDS`
+//!   and `LISTEN_FDNAMES` so workers do not see them.
 //! - launchd (macOS): `launch_activate_socket("Listeners")`, the `Sockets` key of the plist.
 //!
-//! Either way the socket is checked to be a listening Unix stream socket before use.
+//! Either way the socket is checked here to be a listening Unix stream socket before use.
+//!
+//! Not the `listenfd` crate: it takes the fds when `LISTEN_PID` is missing or empty (its
+//! extension for development proxies) and honours `LISTEN_FDS_FIRST_FD`, so a stray
+//! `LISTEN_FDS` would make mlxd serve whatever fd 3 is; and it leaves `LISTEN_FDNAMES` set.
+//! `sd-notify` follows `sd_listen_fds(3)`: the fds are ours only if `LISTEN_PID` is this
+//! process.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -14,9 +21,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
-
-/// The first fd systemd passes (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: i32 = 3;
 
 /// The name of the socket in the launchd plist's `Sockets` dictionary.
 pub const LAUNCHD_SOCKET_NAME: &str = "Listeners";
@@ -41,31 +45,23 @@ pub fn take() -> Result<Option<Inherited>> {
 }
 
 fn from_systemd() -> Result<Option<Inherited>> {
-    let (Some(pid), Some(fds)) = (std::env::var_os("LISTEN_PID"), std::env::var_os("LISTEN_FDS")) else {
-        return Ok(None);
-    };
-    // Meant for another process (e.g. we were started by a shell that inherited them).
-    if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
-        return Ok(None);
+    // SAFETY: `take` runs before any thread is started, so no one reads the environment
+    // while the crate removes the LISTEN_* variables.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }.context("reading LISTEN_FDS")?;
+    // SAFETY: LISTEN_PID is this process, so systemd passed these fds to us, and nothing
+    // else in this process owns them.
+    let mut owned = fds.map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name));
+    let Some((first, name)) = owned.next() else { return Ok(None) };
+    let others = owned.count();
+    if others > 0 {
+        // Dropping them (in `count`) closed them.
+        tracing::warn!(
+            count = others + 1,
+            "systemd passed several sockets; serving the first (fd 3), closed the others"
+        );
     }
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // Single-threaded here (see `take`), so no one reads the environment meanwhile.
-        std::env::remove_var(var);
-    }
-    let count: i32 = fds.to_str().and_then(|n| n.parse().ok()).context("LISTEN_FDS is not a number")?;
-    if count < 1 {
-        return Ok(None);
-    }
-    if count > 1 {
-        tracing::warn!(count, "systemd passed several sockets; serving the first (fd 3), closing the others");
-        for fd in LISTEN_FDS_START + 1..LISTEN_FDS_START + count {
-            // SAFETY: systemd passed these fds to us and nothing else in this process owns them.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-    }
-    // SAFETY: fd 3 was passed by systemd (LISTEN_PID is us) and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
-    checked(fd, "systemd").map(Some)
+    tracing::debug!(fd = first.as_raw_fd(), name, "socket from systemd");
+    checked(first, "systemd").map(Some)
 }
 
 /// Checks `fd` is a listening Unix stream socket, makes it close-on-exec, and wraps it.

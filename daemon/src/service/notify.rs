@@ -1,49 +1,73 @@
 //! systemd's readiness protocol (`Type=notify`): `READY=1` once the socket is served,
 //! `STATUS=` lines as models load and unload, `STOPPING=1` at shutdown. A no-op unless
 //! systemd set `NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace).
+//!
+//! The messages and the send to a path socket are the `sd-notify` crate's. It connects to
+//! `NOTIFY_SOCKET` as a file path only, so `@name` (Linux's abstract namespace, which
+//! `sd_notify(3)` accepts and systemd uses in some setups, e.g. containers) would fail with
+//! "no such file"; that one case is sent here, with the same message the crate builds.
 
-use std::os::unix::net::UnixDatagram;
+use sd_notify::NotifyState;
 
-/// Sends one notification (`KEY=VALUE` lines); failures are logged at debug, never fatal.
-pub fn send(state: &str) {
+/// Sends one notification; failures are logged at debug, never fatal.
+fn send(states: &[NotifyState]) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    if let Err(err) = send_to(&target, state) {
+    let result = match std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).split_first() {
+        Some((b'@', name)) => send_abstract(name, states),
+        _ => sd_notify::notify(states),
+    };
+    if let Err(err) = result {
         tracing::debug!(%err, "sd_notify failed");
     }
 }
 
-fn send_to(target: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
-    let socket = UnixDatagram::unbound()?;
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target);
-    match bytes.first() {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        Some(b'@') => {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
-            socket.send_to_addr(state.as_bytes(), &addr)
-        }
-        Some(b'/') => socket.send_to(state.as_bytes(), target),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is neither a path nor @name")),
-    }
+/// The message `sd_notify::notify` sends: one `KEY=VALUE` line per state.
+fn message(states: &[NotifyState]) -> String {
+    states.iter().map(|state| format!("{state}\n")).collect()
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_abstract(name: &[u8], states: &[NotifyState]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.send_to_addr(message(states).as_bytes(), &addr).map(drop)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_abstract(_name: &[u8], _states: &[NotifyState]) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "abstract sockets are Linux-only"))
 }
 
 /// The daemon serves its socket.
 pub fn ready(endpoint: &str) {
-    send(&format!("READY=1\nSTATUS=serving {endpoint}\nMAINPID={}", std::process::id()));
+    let status = format!("serving {endpoint}");
+    send(&[NotifyState::Ready, NotifyState::Status(&status), NotifyState::MainPid(std::process::id())]);
 }
 
 /// A line for `systemctl status`.
 pub fn status(line: &str) {
-    send(&format!("STATUS={line}"));
+    send(&[NotifyState::Status(line)]);
 }
 
 pub fn stopping() {
-    send("STOPPING=1\nSTATUS=draining requests and stopping workers");
+    send(&[NotifyState::Stopping, NotifyState::Status("draining requests and stopping workers")]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// `send` reads `NOTIFY_SOCKET`; the tests that set it take turns.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn send_with(target: &std::ffi::OsStr, states: &[NotifyState]) {
+        let _turn = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        std::env::set_var("NOTIFY_SOCKET", target);
+        send(states);
+        std::env::remove_var("NOTIFY_SOCKET");
+    }
 
     #[test]
     fn notifications_reach_a_path_socket() {
@@ -52,10 +76,11 @@ mod tests {
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let receiver = UnixDatagram::bind(&path).unwrap();
-        send_to(path.as_os_str(), "READY=1").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        send_with(path.as_os_str(), &[NotifyState::Ready]);
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
+        assert_eq!(&buf[..n], b"READY=1\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -66,9 +91,10 @@ mod tests {
         let name = format!("mlxd-notify-test-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let receiver = UnixDatagram::bind_addr(&addr).unwrap();
-        send_to(std::ffi::OsStr::new(&format!("@{name}")), "STATUS=x").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        send_with(std::ffi::OsStr::new(&format!("@{name}")), &[NotifyState::Status("x"), NotifyState::Stopping]);
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"STATUS=x");
+        assert_eq!(&buf[..n], b"STATUS=x\nSTOPPING=1\n");
     }
 }

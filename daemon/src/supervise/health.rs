@@ -54,11 +54,10 @@ impl Health {
 }
 
 /// The delay before the `failures`-th start in a row: 250 ms doubling up to 30 s, scaled
-/// by a factor in [0.5, 1) from the clock's low bits so models restarting together spread.
+/// by a random factor in [0.5, 1) so models restarting together spread.
 fn backoff(failures: u32) -> Duration {
     let exponential = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    exponential.mul_f64(0.5 + f64::from(nanos % 500) / 1000.0)
+    rand::random_range(exponential / 2..exponential)
 }
 
 #[cfg(test)]
@@ -89,5 +88,17 @@ mod tests {
         assert!(matches!(health.failed("killed".into(), true, &policy, now), Next::RetryAfter(_)));
         assert_eq!(health.failures, 1);
         assert!(backoff(40) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn backoff_is_spread_over_half_to_all_of_the_exponential_delay() {
+        let draws: Vec<Duration> = (0..1000).map(|_| backoff(2)).collect();
+        let full = BACKOFF_BASE * 2;
+        assert!(draws.iter().all(|d| *d >= full / 2 && *d < full), "{draws:?}");
+        // Random, not one value: models failing together restart apart.
+        let distinct: std::collections::HashSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 900, "{} distinct delays of 1000", distinct.len());
+        let below_middle = draws.iter().filter(|d| **d < full * 3 / 4).count();
+        assert!((350..650).contains(&below_middle), "{below_middle} of 1000 in the lower half");
     }
 }

@@ -5,10 +5,22 @@
 //! Layout: u64 little-endian header length N, N bytes of JSON
 //! `{"__metadata__": {..}, "name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}}`,
 //! then the data section; offsets are relative to the start of the data section.
+//!
+//! Each entry is read by the `safetensors` crate's own header types ([`StTensorInfo`],
+//! [`Dtype`]), so the schema (field names, dtype names, integer types) is the reference
+//! implementation's. Its whole-file reader, `SafeTensors::read_metadata`, is not used: it
+//! enforces the format's rule that tensors are contiguous from offset 0 and end exactly at
+//! the end of the file, and the files this module writes have zero padding between tensors
+//! to align each to 16 KiB, so it would refuse almost every file in the store. The framing
+//! (length prefix, size limit) and the checks below are ours; a refused entry is named.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+
+use ::safetensors::tensor::TensorInfo as StTensorInfo;
+use ::safetensors::Dtype;
+use serde::Deserialize;
 
 /// Largest header accepted (real ones are kilobytes to a few megabytes).
 pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
@@ -66,12 +78,12 @@ impl Header {
 }
 
 /// Bytes per element of the dtypes MLX can load; `None` for the rest.
-pub fn dtype_size(dtype: &str) -> Option<u64> {
+pub fn dtype_size(dtype: Dtype) -> Option<u64> {
     Some(match dtype {
-        "BOOL" | "U8" | "I8" => 1,
-        "U16" | "I16" | "F16" | "BF16" => 2,
-        "U32" | "I32" | "F32" => 4,
-        "U64" | "I64" => 8,
+        Dtype::BOOL | Dtype::U8 | Dtype::I8 => 1,
+        Dtype::U16 | Dtype::I16 | Dtype::F16 | Dtype::BF16 => 2,
+        Dtype::U32 | Dtype::I32 | Dtype::F32 => 4,
+        Dtype::U64 | Dtype::I64 => 8,
         _ => return None,
     })
 }
@@ -91,38 +103,21 @@ pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
     }
     let data_start = 8 + len;
     let data_len = file_len - data_start;
-    let json: serde_json::Value =
+    let entries: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..data_start as usize]).map_err(|e| HeaderError::Json(e.to_string()))?;
-    let Some(entries) = json.as_object() else {
-        return Err(HeaderError::Json("the header is not a JSON object".into()));
-    };
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
     for (name, entry) in entries {
         let bad = |problem: String| HeaderError::Tensor { tensor: name.clone(), problem };
         if name == "__metadata__" {
-            let Some(map) = entry.as_object() else { return Err(bad("__metadata__ is not an object".into())) };
-            for (key, value) in map {
-                let Some(value) = value.as_str() else { return Err(bad(format!("metadata {key:?} is not a string"))) };
-                metadata.insert(key.clone(), value.to_string());
-            }
+            metadata = BTreeMap::<String, String>::deserialize(&entry).map_err(|e| bad(e.to_string()))?;
             continue;
         }
-        let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype".into()))?;
+        let StTensorInfo { dtype, shape, data_offsets: (begin, end) } =
+            StTensorInfo::deserialize(&entry).map_err(|e| bad(e.to_string()))?;
         let size = dtype_size(dtype).ok_or_else(|| bad(format!("dtype {dtype} is not supported by the runtime")))?;
-        let shape = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad("no shape".into()))?
-            .iter()
-            .map(|d| d.as_u64().ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer"))))
-            .collect::<Result<Vec<u64>, _>>()?;
-        let offsets =
-            entry.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(|| bad("no data_offsets".into()))?;
-        let [begin, end] = offsets.as_slice() else { return Err(bad("data_offsets must be [begin, end]".into())) };
-        let (Some(begin), Some(end)) = (begin.as_u64(), end.as_u64()) else {
-            return Err(bad("data_offsets must be non-negative integers".into()));
-        };
+        let shape: Vec<u64> = shape.into_iter().map(|d| d as u64).collect();
+        let (begin, end) = (begin as u64, end as u64);
         if begin > end || end > data_len {
             return Err(bad(format!("bytes {begin}..{end} fall outside the {data_len}-byte data section")));
         }
@@ -135,7 +130,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
                 end - begin
             )));
         }
-        tensors.push(TensorInfo { name: name.clone(), dtype: dtype.to_string(), shape, begin, end });
+        tensors.push(TensorInfo { name, dtype: dtype.to_string(), shape, begin, end });
     }
     tensors.sort_by_key(|t| (t.begin, t.end));
     for pair in tensors.windows(2) {
@@ -220,6 +215,15 @@ mod tests {
         assert!(
             err(r#"{"w":{"dtype":"U8","shape":[18446744073709551615,2],"data_offsets":[0,2]}}"#, 2).contains("2^64")
         );
+        // Refusals worded by the crate's header types still name the tensor.
+        let unknown = err(r#"{"w":{"dtype":"F99","shape":[2],"data_offsets":[0,2]}}"#, 2);
+        assert!(unknown.contains("\"w\"") && unknown.contains("F99"), "{unknown}");
+        let missing = err(r#"{"w":{"dtype":"U8","data_offsets":[0,2]}}"#, 2);
+        assert!(missing.contains("\"w\"") && missing.contains("shape"), "{missing}");
+        let negative = err(r#"{"w":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}}"#, 2);
+        assert!(negative.contains("\"w\""), "{negative}");
+        let metadata = err(r#"{"__metadata__":{"k":1}}"#, 0);
+        assert!(metadata.contains("__metadata__"), "{metadata}");
         assert!(err("not json", 0).contains("JSON"));
         let mut overrun = file("{}", 0);
         overrun[..8].copy_from_slice(&1000u64.to_le_bytes());
