@@ -78,11 +78,12 @@ impl Caller {
             return Err(WireError::new(ErrorCode::TooLarge, format!("session holds {limit} leases (max_leases)")));
         }
         // Handles are random (a CSPRNG, seeded by the OS) so that one cannot be guessed, nor
-        // a number copied from another connection be valid here by accident. A repeat within
-        // the session (odds ~ max_leases / 2^64) draws again.
+        // a number copied from another connection be valid here by accident. 53 bits, so a
+        // handle survives a JSON number exactly (JavaScript clients, HTTP front ends); a
+        // repeat within the session (odds ~ max_leases / 2^53) draws again.
         let lease = loop {
-            let candidate: LeaseId = rand::random();
-            if !leases.contains_key(&candidate) {
+            let candidate: LeaseId = rand::random::<u64>() & MAX_SAFE_HANDLE;
+            if candidate != 0 && !leases.contains_key(&candidate) {
                 break candidate;
             }
         };
@@ -112,6 +113,9 @@ impl Caller {
         Ok(guard.model.clone())
     }
 }
+
+/// The largest integer a JSON number (an IEEE double) holds exactly: 2^53 - 1.
+const MAX_SAFE_HANDLE: u64 = (1 << 53) - 1;
 
 fn invalid_lease(lease: LeaseId) -> WireError {
     WireError::new(
@@ -172,5 +176,6 @@ mod tests {
         let all: HashSet<LeaseId> = first.iter().chain(&second).copied().collect();
         assert_eq!(all.len(), 64, "every handle differs, across sessions too");
         assert!(first.windows(2).all(|pair| pair[1].abs_diff(pair[0]) > 1), "not a sequence: {first:?}");
+        assert!(all.iter().all(|&lease| lease > 0 && lease <= MAX_SAFE_HANDLE), "exact as JSON numbers");
     }
 }
