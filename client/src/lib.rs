@@ -5,6 +5,8 @@
 //! - [`connection`]: [`Client`] — connect (socket, or the `mlxd stdio` fallback), the
 //!   handshake, and a reader task that routes every answer to the request that awaits it,
 //!   so one client can be used from many tasks at once.
+//! - `requests`: one method per request family on [`Client`] (`status`, `lease`,
+//!   `embed`, ...).
 //! - [`handle`]: [`ModelHandle`] — a lease on a model, released when dropped.
 //! - [`generate`]: [`GenerationStream`] — tokens as they come, with credit granted as read.
 //! - [`error`]: [`ClientError`], what can go wrong.
@@ -22,6 +24,7 @@ pub mod connection;
 pub mod error;
 pub mod generate;
 pub mod handle;
+mod requests;
 
 pub use connection::{Client, ConnectOptions, Endpoint, RetryPolicy, TRUSTED_UIDS_ENV};
 pub use error::ClientError;
