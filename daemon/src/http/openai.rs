@@ -1,0 +1,415 @@
+//! OpenAI-compatible `/v1`: models, embeddings, chat completions and completions (with
+//! server-sent events when `stream` is set). Request bodies are parsed leniently as
+//! OpenAI's are (unknown fields ignored) and strictly in type (a wrong type is 400).
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use futures_util::stream::{self, Stream};
+use futures_util::StreamExt;
+use mlxd_proto::{
+    ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, ModelRef,
+    Priority, PromptInput, Request, Response as CoreResponse, WireError,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::call::{self, Item};
+use super::conn::Conn;
+use super::error::ApiError;
+
+/// Token events a streaming client may have outstanding: granted back as they are sent.
+const STREAM_WINDOW: u32 = 32;
+
+pub fn routes() -> Router<Conn> {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async {
+            ApiError(WireError::new(mlxd_proto::ErrorCode::NotFound, "no such endpoint (see /v1/models)"))
+        })
+}
+
+/// The body as `T`, or a 400 in OpenAI's shape naming what is wrong.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(conn): State<Conn>) -> Result<Json<Value>, ApiError> {
+    let CoreResponse::Models(models) = call::run(&conn, Request::ListModels, |_| {}).await? else {
+        return Err(ApiError(WireError::internal("the model list answered something else")));
+    };
+    let data: Vec<Value> =
+        models.iter().map(|m| json!({ "id": m.name, "object": "model", "created": 0, "owned_by": "mlxd" })).collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+}
+
+async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: EmbeddingsBody = parse(&body)?;
+    let texts: Vec<String> = match &body.input {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        }
+        Value::Array(items) if items.iter().all(|v| v.is_number() || v.is_array()) => {
+            return Err(ApiError::bad_request("token-array input is not supported; send the text"))
+        }
+        _ => return Err(ApiError::bad_request("input must be a string or an array of strings")),
+    };
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("encoding_format {other:?}: use float or base64"))),
+    };
+    let request = Request::Embed(EmbedRequest {
+        model: ModelRef::Name(body.model.clone()),
+        texts,
+        // OpenAI's embeddings are unit vectors (sentence-transformers' MiniLM is too).
+        normalize: true,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    });
+    let CoreResponse::Embeddings(embeddings) = call::run(&conn, request, |_| {}).await? else {
+        return Err(ApiError(WireError::internal("embeddings answered something else")));
+    };
+    if let Some(dimensions) = body.dimensions.filter(|&d| d != embeddings.dim) {
+        return Err(ApiError::bad_request(format!(
+            "dimensions {dimensions}: {} gives {}-dimensional vectors only",
+            body.model, embeddings.dim
+        )));
+    }
+    let data: Vec<Value> = embeddings
+        .rows()
+        .enumerate()
+        .map(|(index, row)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(row)
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let tokens = embeddings.prompt_tokens;
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": embeddings.model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    })))
+}
+
+/// The generation parameters both completion endpoints take.
+#[derive(Debug, Deserialize)]
+struct Sampling {
+    model: String,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+impl Sampling {
+    fn params(&self) -> Result<GenerateParams, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad_request("n must be 1: one choice per request"));
+        }
+        for (name, value) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::bad_request(format!("{name} is not supported (0 or absent)")));
+            }
+        }
+        let stop = match &self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.as_bytes().to_vec()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(|s| s.as_bytes().to_vec()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::bad_request("stop must be a string or an array of strings"))?,
+            Some(_) => return Err(ApiError::bad_request("stop must be a string or an array of strings")),
+        };
+        Ok(GenerateParams {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(GenerateParams::default().max_tokens),
+            // OpenAI's defaults.
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed,
+            stop,
+            ..GenerateParams::default()
+        })
+    }
+
+    fn request(&self, input: PromptInput) -> Result<Request, ApiError> {
+        let params = self.params()?;
+        let initial_credit = if self.stream { STREAM_WINDOW } else { params.max_tokens };
+        Ok(Request::Generate(GenerateRequest {
+            model: ModelRef::Name(self.model.clone()),
+            input,
+            params,
+            initial_credit,
+            priority: Priority::Interactive,
+            deadline_ms: None,
+        }))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<ChatMessageBody>,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessageBody {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (index, message) in messages.iter().enumerate() {
+        let content = match &message.content {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            Value::Array(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(piece)) => text.push_str(piece),
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "messages[{index}]: only text content parts are supported"
+                            )))
+                        }
+                    }
+                }
+                text
+            }
+            _ => return Err(ApiError::bad_request(format!("messages[{index}].content must be a string or parts"))),
+        };
+        out.push(ChatMessage { role: message.role.clone(), content });
+    }
+    Ok(PromptInput::Chat(out))
+}
+
+async fn chat_completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
+    let body: ChatBody = parse(&body)?;
+    let request = body.sampling.request(chat_input(&body.messages)?)?;
+    complete(conn, body.sampling, request, Shape::Chat).await
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionBody {
+    prompt: Value,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+async fn completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
+    let body: CompletionBody = parse(&body)?;
+    let prompt = match &body.prompt {
+        Value::String(text) => text.clone(),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        Value::Array(_) => return Err(ApiError::bad_request("prompt: one string per request")),
+        _ => return Err(ApiError::bad_request("prompt must be a string")),
+    };
+    let request = body.sampling.request(PromptInput::Raw(prompt))?;
+    complete(conn, body.sampling, request, Shape::Text).await
+}
+
+/// Which completion object is answered.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Chat,
+    Text,
+}
+
+impl Shape {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Shape::Chat, false) => "chat.completion",
+            (Shape::Chat, true) => "chat.completion.chunk",
+            (Shape::Text, _) => "text_completion",
+        }
+    }
+
+    fn choice(self, text: &str, finish: Option<&str>, chunk: bool) -> Value {
+        match (self, chunk) {
+            (Shape::Chat, false) => {
+                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+            }
+            (Shape::Chat, true) => {
+                json!({ "index": 0, "delta": { "content": text }, "finish_reason": finish, "logprobs": null })
+            }
+            (Shape::Text, _) => json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }),
+        }
+    }
+}
+
+fn finish_reason(summary: &GenerationSummary) -> &'static str {
+    match summary.finish_reason {
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn usage(summary: &GenerationSummary) -> Value {
+    json!({
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+        "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": summary.cached_prompt_tokens },
+    })
+}
+
+async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape) -> Result<Response, ApiError> {
+    let id = format!("mlxd-{}-{}", conn.caller.id, conn.next_id());
+    let (model, created) = (sampling.model.clone(), now());
+    if !sampling.stream {
+        let mut text = String::new();
+        let answer = call::run(&conn, request, |event| {
+            if let Event::Token { text: piece, .. } = event {
+                text.push_str(&piece);
+            }
+        })
+        .await?;
+        let CoreResponse::Generated(summary) = answer else {
+            return Err(ApiError(WireError::internal("a generation answered something else")));
+        };
+        return Ok(Json(json!({
+            "id": id,
+            "object": shape.object(false),
+            "created": created,
+            "model": model,
+            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false)],
+            "usage": usage(&summary),
+        }))
+        .into_response());
+    }
+    let running = call::start(&conn, request)?;
+    let include_usage = sampling.stream_options.is_some_and(|o| o.include_usage);
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut chunk =
+            json!({ "id": id, "object": shape.object(true), "created": created, "model": model, "choices": choices });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        SseEvent::default().data(chunk.to_string())
+    };
+    Ok(Sse::new(sse_stream(running, shape, include_usage, chunk)).into_response())
+}
+
+/// The SSE events of a running generation: a role chunk (chat), a chunk per token, the
+/// finishing chunk, the usage chunk if asked for, then `[DONE]`. An error after the
+/// stream began is sent as an `error` object, as OpenAI does. Credit is granted back as
+/// each token is sent on, so no more than the window is ever buffered.
+fn sse_stream(
+    running: call::Running,
+    shape: Shape,
+    include_usage: bool,
+    chunk: impl Fn(Value, Option<Value>) -> SseEvent + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    enum Step {
+        Start,
+        Tokens,
+        Done,
+    }
+    stream::unfold((running, Step::Start, chunk), move |(mut running, step, chunk)| async move {
+        match step {
+            Step::Start if matches!(shape, Shape::Chat) => {
+                let role = json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]);
+                let event = chunk(role, None);
+                Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
+            }
+            Step::Start | Step::Tokens => match running.items.recv().await {
+                Some(Item::Event(Event::Token { text, .. })) => {
+                    running.control.credit.add(1);
+                    let event = chunk(json!([shape.choice(&text, None, true)]), None);
+                    Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
+                }
+                Some(Item::Event(_)) => Some((Vec::new(), (running, Step::Tokens, chunk))),
+                Some(Item::Done(answer)) => {
+                    let events = match *answer {
+                        Ok(CoreResponse::Generated(summary)) => {
+                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true)]);
+                            let mut events = vec![Ok(chunk(finish, None))];
+                            if include_usage {
+                                events.push(Ok(chunk(json!([]), Some(usage(&summary)))));
+                            }
+                            events.push(Ok(SseEvent::default().data("[DONE]")));
+                            events
+                        }
+                        other => {
+                            let error = match other {
+                                Err(error) => error,
+                                Ok(_) => WireError::internal("a generation answered something else"),
+                            };
+                            let body = json!({ "error": { "message": error.message, "type": "server_error", "code": error.code.as_str() } });
+                            vec![Ok(SseEvent::default().data(body.to_string())), Ok(SseEvent::default().data("[DONE]"))]
+                        }
+                    };
+                    Some((events, (running, Step::Done, chunk)))
+                }
+                None => None,
+            },
+            Step::Done => None,
+        }
+    })
+    .flat_map(stream::iter)
+}

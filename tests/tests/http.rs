@@ -1,0 +1,91 @@
+//! The HTTP front end on the daemon's own socket, driven by the real openai-python SDK
+//! (installed by `make test`'s set-up) and by raw HTTP for what an SDK hides.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use mlxd_tests::{eventually, model_named, repo_root, run_with_timeout, venv_python, Daemon};
+
+#[test]
+fn the_openai_sdk_is_served_on_the_daemons_socket() {
+    let daemon = Daemon::start(&[]);
+    let script = repo_root().join("tests/sdk/openai_sdk.py");
+    let fixture = repo_root().join("../shared/fixtures/minilm_reference.json");
+    let (status, stdout, stderr) = run_with_timeout(
+        Command::new(venv_python()).arg(&script).arg(&daemon.socket).arg(&fixture),
+        Duration::from_secs(300),
+    );
+    assert!(status.success(), "openai-python against mlxd failed:\n{stdout}\n{stderr}\n{}", daemon.log_text());
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+/// Sends one raw HTTP request on the daemon's socket and returns the connection.
+fn post(socket: &std::path::Path, path: &str, body: &str) -> UnixStream {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
+    let daemon = Daemon::start(&[]);
+    let body = r#"{"model":"smollm2","prompt":"Once upon a time","max_tokens":4000,"temperature":0,"stream":true}"#;
+    let mut stream = post(&daemon.socket, "/v1/completions", body);
+    // Read until a few tokens have arrived, then hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(5).filter(|w| w == b"data:").count() < 4 {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    drop(stream);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(daemon.client());
+    let idle = || {
+        let status = runtime.block_on(client.status()).unwrap();
+        let smollm2 = model_named(&status.models, "smollm2").clone();
+        smollm2.in_flight == 0 && smollm2.sched.running == 0
+    };
+    assert!(eventually(Duration::from_secs(5), idle), "the disconnected client's generation kept running");
+}
+
+#[test]
+fn errors_have_openai_statuses_and_busy_carries_retry_after() {
+    let daemon = Daemon::start(&["--queue-capacity", "1"]);
+    // Unknown endpoint and malformed body.
+    let answer = |mut stream: UnixStream| {
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let mut missing = UnixStream::connect(&daemon.socket).unwrap();
+    write!(missing, "GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let text = answer(missing);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    let text = answer(post(&daemon.socket, "/v1/embeddings", r#"{"model": 5}"#));
+    assert!(text.starts_with("HTTP/1.1 400") && text.contains("invalid_request_error"), "{text}");
+    // Busy: one slow stream fills smollm2's queue (capacity 1); the next request is 429.
+    let mut hog = post(
+        &daemon.socket,
+        "/v1/completions",
+        r#"{"model":"smollm2","prompt":"Once upon a time","max_tokens":4000,"temperature":0,"stream":true}"#,
+    );
+    let mut buf = [0u8; 256];
+    assert!(hog.read(&mut buf).unwrap() > 0);
+    let text = answer(post(&daemon.socket, "/v1/completions", r#"{"model":"smollm2","prompt":"x","max_tokens":2}"#));
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
+    assert!(text.contains("\"code\":\"busy\""), "{text}");
+}
