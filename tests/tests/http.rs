@@ -10,17 +10,24 @@ use std::time::Duration;
 
 use mlxd_tests::{eventually, model_named, repo_root, run_with_timeout, venv_python, Daemon};
 
-#[test]
-fn the_openai_sdk_is_served_on_the_daemons_socket() {
-    let daemon = Daemon::start(&[]);
-    let script = repo_root().join("tests/sdk/openai_sdk.py");
+/// Runs `tests/sdk/SCRIPT` (checks written against a real SDK) on `daemon`'s socket.
+fn sdk_checks(daemon: &Daemon, script: &str) {
+    let script = repo_root().join("tests/sdk").join(script);
     let fixture = repo_root().join("../shared/fixtures/minilm_reference.json");
     let (status, stdout, stderr) = run_with_timeout(
         Command::new(venv_python()).arg(&script).arg(&daemon.socket).arg(&fixture),
         Duration::from_secs(300),
     );
-    assert!(status.success(), "openai-python against mlxd failed:\n{stdout}\n{stderr}\n{}", daemon.log_text());
+    assert!(status.success(), "{} against mlxd failed:\n{stdout}\n{stderr}\n{}", script.display(), daemon.log_text());
     assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[test]
+fn the_openai_and_ollama_sdks_are_served_on_the_daemons_socket() {
+    // One daemon for both: the second SDK finds the models loaded by the first.
+    let daemon = Daemon::start(&[]);
+    sdk_checks(&daemon, "openai_sdk.py");
+    sdk_checks(&daemon, "ollama_sdk.py");
 }
 
 /// Sends one raw HTTP request on the daemon's socket and returns the connection.

@@ -66,13 +66,41 @@ impl IntoResponse for ApiError {
             }
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if let Some(ms) = error.retry_after_ms {
-            // Whole seconds, rounded up: a client must not come back early.
-            let seconds = ms.div_ceil(1000).max(1);
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
+        retry_after(&mut response, error.retry_after_ms);
         response
+    }
+}
+
+/// An error answer in Ollama's shape (`{"error": "message"}`), same statuses.
+#[derive(Debug)]
+pub struct OllamaError(pub WireError);
+
+impl From<WireError> for OllamaError {
+    fn from(error: WireError) -> Self {
+        OllamaError(error)
+    }
+}
+
+impl OllamaError {
+    pub fn bad_request(message: impl Into<String>) -> OllamaError {
+        OllamaError(WireError::bad_request(message))
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let error = self.0;
+        let mut response = (status(&error), axum::Json(serde_json::json!({ "error": error.message }))).into_response();
+        retry_after(&mut response, error.retry_after_ms);
+        response
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up: a client must not come back early.
+fn retry_after(response: &mut Response, retry_after_ms: Option<u64>) {
+    if let Some(ms) = retry_after_ms {
+        if let Ok(value) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP front end: OpenAI-compatible `/v1` on the daemon's own Unix socket. A
+//! The HTTP front end: OpenAI-compatible `/v1` and Ollama-compatible `/api` on the
+//! daemon's own Unix socket. A
 //! connection whose first byte is not 0 is HTTP (a binary-protocol client's first bytes
 //! are a Hello's length prefix, at most 64 KiB: its first byte is always 0), so one socket
 //! serves both, behind the same peer-credential checks and per-user limits.
@@ -8,12 +9,14 @@
 //! are the core's, exactly as for the binary protocol.
 //!
 //! - [`openai`]: `/v1/models`, `/v1/embeddings`, `/v1/chat/completions`, `/v1/completions`.
+//! - [`ollama`]: `/api/version`, `tags`, `ps`, `show`, `chat`, `generate`, `embed`, `embeddings`.
 //! - [`error`]: core errors as HTTP statuses and OpenAI error objects.
 //! - [`call`]: running a request through the core, collecting or streaming its events.
 
 mod call;
 mod conn;
 mod error;
+mod ollama;
 mod openai;
 
 use conn::Conn;
@@ -43,7 +46,7 @@ where
     }
     let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &peer));
     let conn = Conn::new(caller.clone());
-    let router = openai::routes().with_state(conn);
+    let router = openai::routes().merge(ollama::routes()).with_state(conn);
     tracing::debug!(pid = ?peer.pid, uid = ?peer.uid, "HTTP connection");
     tokio::select! {
         result = http1(stream, router) => {

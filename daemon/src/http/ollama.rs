@@ -1,0 +1,440 @@
+//! Ollama-compatible `/api`: version, tags, ps, show, chat and generate (NDJSON streaming by
+//! default, `stream: false` for one object), embed and the older embeddings. Shapes, names
+//! and durations (nanoseconds) as Ollama documents them. A model may be named `NAME` or
+//! `NAME:latest`.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use mlxd_proto::{
+    ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, LeaseRequest,
+    ModelInfo, ModelKind, ModelRef, ModelState, Priority, PromptInput, Request, Response as CoreResponse, WireError,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::call::{self, Item};
+use super::conn::Conn;
+use super::error::OllamaError as ApiError;
+
+/// Token events a streaming client may have outstanding: granted back as they are sent.
+const STREAM_WINDOW: u32 = 32;
+
+pub fn routes() -> Router<Conn> {
+    Router::new()
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/api/show", post(show))
+        .route("/api/chat", post(chat))
+        .route("/api/generate", post(generate))
+        .route("/api/embed", post(embed))
+        .route("/api/embeddings", post(embeddings))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
+}
+
+/// `NAME:latest` is `NAME`.
+fn model_name(name: &str) -> String {
+    name.strip_suffix(":latest").unwrap_or(name).to_owned()
+}
+
+fn created_at() -> String {
+    // RFC 3339 in UTC, as Ollama writes it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn model_list(conn: &Conn) -> Result<Vec<ModelInfo>, ApiError> {
+    match call::run(conn, Request::ListModels, |_| {}).await? {
+        CoreResponse::Models(models) => Ok(models),
+        _ => Err(ApiError(WireError::internal("the model list answered something else"))),
+    }
+}
+
+fn details(m: &ModelInfo) -> Value {
+    let family = match m.kind {
+        ModelKind::Embedding => "bert",
+        ModelKind::Generation => "llama",
+    };
+    json!({ "format": "mlx", "family": family, "families": [family], "parameter_size": "", "quantization_level": "" })
+}
+
+fn entry(m: &ModelInfo) -> Value {
+    json!({
+        "name": format!("{}:latest", m.name),
+        "model": format!("{}:latest", m.name),
+        "modified_at": "1970-01-01T00:00:00Z",
+        "size": m.resident_bytes,
+        "digest": "",
+        "details": details(m),
+    })
+}
+
+async fn tags(State(conn): State<Conn>) -> Result<Json<Value>, ApiError> {
+    let models = model_list(&conn).await?;
+    Ok(Json(json!({ "models": models.iter().map(entry).collect::<Vec<_>>() })))
+}
+
+async fn ps(State(conn): State<Conn>) -> Result<Json<Value>, ApiError> {
+    let models = model_list(&conn).await?;
+    let loaded: Vec<Value> = models
+        .iter()
+        .filter(|m| m.state == ModelState::Ready)
+        .map(|m| {
+            let mut e = entry(m);
+            e["expires_at"] = json!(m.keep_alive_left_ms.map(|ms| format!("in {ms} ms")));
+            e["size_vram"] = json!(0);
+            e
+        })
+        .collect();
+    Ok(Json(json!({ "models": loaded })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ShowBody {
+    #[serde(alias = "name")]
+    model: String,
+}
+
+async fn show(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: ShowBody = parse(&body)?;
+    let name = model_name(&body.model);
+    let models = model_list(&conn).await?;
+    let Some(m) = models.iter().find(|m| m.name == name) else {
+        return Err(ApiError(WireError::new(
+            mlxd_proto::ErrorCode::NotFound,
+            format!("model '{}' not found", body.model),
+        )));
+    };
+    let capabilities = match m.kind {
+        ModelKind::Embedding => json!(["embedding"]),
+        ModelKind::Generation => json!(["completion"]),
+    };
+    Ok(Json(json!({
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": details(m),
+        "model_info": { "general.source": m.source, "mlxd.max_seq_len": m.max_seq_len, "mlxd.dim": m.dim },
+        "capabilities": capabilities,
+    })))
+}
+
+/// Ollama's `options` this daemon honours; others are ignored, as Ollama ignores options
+/// a model does not use.
+#[derive(Debug, Default, Deserialize)]
+struct Options {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    seed: Option<i64>,
+    num_predict: Option<i64>,
+    stop: Option<Vec<String>>,
+    repeat_penalty: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default = "yes")]
+    stream: bool,
+    #[serde(default)]
+    options: Option<Options>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    format: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Common {
+    fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
+        if self.format.as_ref().is_some_and(|f| !f.is_null()) {
+            return Err(ApiError::bad_request("format (structured output) is not supported yet"));
+        }
+        let o = self.options.as_ref();
+        let max = conn.caller.daemon.config.limits.max_tokens;
+        let max_tokens = match o.and_then(|o| o.num_predict) {
+            // -1 (or absent): until the model stops, within this daemon's limit.
+            None | Some(-1) | Some(-2) => max,
+            Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(n) => return Err(ApiError::bad_request(format!("num_predict {n}: a positive count, or -1"))),
+        };
+        let params = GenerateParams {
+            max_tokens,
+            // Ollama's defaults.
+            temperature: o.and_then(|o| o.temperature).unwrap_or(0.8),
+            top_p: o.and_then(|o| o.top_p).unwrap_or(0.9),
+            top_k: o.and_then(|o| o.top_k).unwrap_or(40),
+            min_p: o.and_then(|o| o.min_p).unwrap_or(0.0),
+            repetition_penalty: o.and_then(|o| o.repeat_penalty).unwrap_or(1.1),
+            seed: o.and_then(|o| o.seed).and_then(|s| u64::try_from(s).ok()),
+            stop: o.and_then(|o| o.stop.clone()).unwrap_or_default().into_iter().map(String::into_bytes).collect(),
+        };
+        let initial_credit = if self.stream { STREAM_WINDOW } else { max_tokens };
+        Ok(Request::Generate(GenerateRequest {
+            model: ModelRef::Name(model_name(&self.model)),
+            input,
+            params,
+            initial_credit,
+            priority: Priority::Interactive,
+            deadline_ms: None,
+        }))
+    }
+}
+
+/// Ollama's `keep_alive` ("5m", "0", seconds, -1) in milliseconds (negative: never).
+fn keep_alive_ms(value: &Value) -> Result<i64, ApiError> {
+    let bad = || ApiError::bad_request(format!("keep_alive {value}: a duration like \"5m\", seconds, or -1"));
+    match value {
+        Value::Number(n) => n.as_f64().map(|s| if s < 0.0 { -1 } else { (s * 1000.0) as i64 }).ok_or_else(bad),
+        Value::String(text) if text.starts_with('-') => Ok(-1),
+        Value::String(text) => crate::units::parse_duration(text).map(|d| d.as_millis() as i64).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+/// Holds a lease with the request's keep-alive for its duration, so the model's keep-alive
+/// after it is the one asked for (an operator action: members get `Unauthorized`).
+async fn keep_alive_lease(conn: &Conn, common: &Common) -> Result<Option<u64>, ApiError> {
+    let Some(value) = common.keep_alive.as_ref().filter(|v| !v.is_null()) else { return Ok(None) };
+    let request =
+        Request::Lease(LeaseRequest { model: model_name(&common.model), keep_alive_ms: Some(keep_alive_ms(value)?) });
+    match call::run(conn, request, |_| {}).await? {
+        CoreResponse::Leased(info) => Ok(Some(info.lease)),
+        _ => Err(ApiError(WireError::internal("a lease answered something else"))),
+    }
+}
+
+async fn release(conn: &Conn, lease: Option<u64>) {
+    if let Some(lease) = lease {
+        let _ = call::run(conn, Request::Release { lease }, |_| {}).await;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct GenerateBody {
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    #[serde(flatten)]
+    common: Common,
+}
+
+async fn chat(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
+    let body: ChatBody = parse(&body)?;
+    let request = body.common.request(&conn, PromptInput::Chat(body.messages))?;
+    reply(conn, body.common, request, Kind::Chat).await
+}
+
+async fn generate(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
+    let body: GenerateBody = parse(&body)?;
+    let input = if body.raw {
+        PromptInput::Raw(body.prompt)
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = body.system {
+            messages.push(ChatMessage { role: "system".into(), content: system });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: body.prompt });
+        PromptInput::Chat(messages)
+    };
+    let request = body.common.request(&conn, input)?;
+    reply(conn, body.common, request, Kind::Generate).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Chat,
+    Generate,
+}
+
+fn piece(kind: Kind, model: &str, text: &str, done: bool) -> Value {
+    let mut object = json!({ "model": model, "created_at": created_at(), "done": done });
+    match kind {
+        Kind::Chat => object["message"] = json!({ "role": "assistant", "content": text }),
+        Kind::Generate => object["response"] = json!(text),
+    }
+    object
+}
+
+fn finish(mut object: Value, summary: &GenerationSummary, started: Instant) -> Value {
+    let nanos =
+        |tokens: u32, per_s: f32| if per_s > 0.0 { (f64::from(tokens) / f64::from(per_s) * 1e9) as u64 } else { 0 };
+    object["done_reason"] = json!(if summary.finish_reason == FinishReason::Length { "length" } else { "stop" });
+    object["total_duration"] = json!(started.elapsed().as_nanos() as u64);
+    object["load_duration"] = json!(0);
+    object["prompt_eval_count"] = json!(summary.prompt_tokens);
+    object["prompt_eval_duration"] = json!(nanos(summary.prompt_tokens, summary.prompt_tokens_per_s));
+    object["eval_count"] = json!(summary.completion_tokens);
+    object["eval_duration"] = json!(nanos(summary.completion_tokens, summary.generation_tokens_per_s));
+    object
+}
+
+async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let model = format!("{}:latest", model_name(&common.model));
+    let lease = keep_alive_lease(&conn, &common).await?;
+    if !common.stream {
+        let mut text = String::new();
+        let answer = call::run(&conn, request, |event| {
+            if let Event::Token { text: t, .. } = event {
+                text.push_str(&t);
+            }
+        })
+        .await;
+        release(&conn, lease).await;
+        let CoreResponse::Generated(summary) = answer? else {
+            return Err(ApiError(WireError::internal("a generation answered something else")));
+        };
+        return Ok(Json(finish(piece(kind, &model, &text, true), &summary, started)).into_response());
+    }
+    let running = match call::start(&conn, request) {
+        Ok(running) => running,
+        Err(err) => {
+            release(&conn, lease).await;
+            return Err(err.into());
+        }
+    };
+    // Each line is one JSON object; the lease (if any) is released when the body ends.
+    let lines = stream::unfold(Some((running, conn, lease)), move |state| {
+        let model = model.clone();
+        async move {
+            let (mut running, conn, lease) = state?;
+            loop {
+                match running.items.recv().await {
+                    Some(Item::Event(Event::Token { text, .. })) => {
+                        running.control.credit.add(1);
+                        let line = format!("{}\n", piece(kind, &model, &text, false));
+                        return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease))));
+                    }
+                    Some(Item::Event(_)) => continue,
+                    Some(Item::Done(answer)) => {
+                        release(&conn, lease).await;
+                        let last = match *answer {
+                            Ok(CoreResponse::Generated(summary)) => {
+                                finish(piece(kind, &model, "", true), &summary, started)
+                            }
+                            Ok(_) => json!({ "error": "a generation answered something else" }),
+                            Err(error) => json!({ "error": error.message }),
+                        };
+                        return Some((Ok(format!("{last}\n")), None));
+                    }
+                    None => {
+                        release(&conn, lease).await;
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines.boxed())).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbedBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    truncate: Option<bool>,
+}
+
+async fn embed_texts(conn: &Conn, model: &str, texts: Vec<String>) -> Result<mlxd_proto::Embeddings, ApiError> {
+    let request = Request::Embed(EmbedRequest {
+        model: ModelRef::Name(model_name(model)),
+        texts,
+        normalize: true,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    });
+    match call::run(conn, request, |_| {}).await? {
+        CoreResponse::Embeddings(embeddings) => Ok(embeddings),
+        _ => Err(ApiError(WireError::internal("embeddings answered something else"))),
+    }
+}
+
+async fn embed(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let body: EmbedBody = parse(&body)?;
+    if body.truncate == Some(false) {
+        return Err(ApiError::bad_request(
+            "truncate: false is not supported (texts longer than the model's context are truncated)",
+        ));
+    }
+    let texts = match body.input {
+        Value::String(text) => vec![text],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(text) => Ok(text),
+                _ => Err(ApiError::bad_request("input must be a string or an array of strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::bad_request("input must be a string or an array of strings")),
+    };
+    let e = embed_texts(&conn, &body.model, texts).await?;
+    Ok(Json(json!({
+        "model": format!("{}:latest", model_name(&body.model)),
+        "embeddings": e.rows().collect::<Vec<_>>(),
+        "total_duration": started.elapsed().as_nanos() as u64,
+        "load_duration": 0,
+        "prompt_eval_count": e.prompt_tokens,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    prompt: String,
+}
+
+async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: EmbeddingsBody = parse(&body)?;
+    let e = embed_texts(&conn, &body.model, vec![body.prompt]).await?;
+    Ok(Json(json!({ "embedding": e.rows().next().unwrap_or_default() })))
+}

@@ -1,0 +1,53 @@
+"""The real ollama-python SDK against mlxd's HTTP front end on the daemon's Unix socket.
+
+Run by tests/tests/http.rs:  python ollama_sdk.py SOCKET FIXTURE
+"""
+
+import json
+import math
+import sys
+
+import httpx
+import ollama
+
+socket, fixture = sys.argv[1], sys.argv[2]
+client = ollama.Client(host="http://localhost", transport=httpx.HTTPTransport(uds=socket))
+
+names = {m.model for m in client.list().models}
+assert {"minilm:latest", "smollm2:latest"} <= names, names
+assert client.show("smollm2").capabilities == ["completion"]
+
+# Embeddings equal sentence-transformers' vectors (the shared fixture).
+items = json.load(open(fixture))["items"][:4]
+got = client.embed(model="minilm", input=[item["text"] for item in items])
+for vector, item in zip(got.embeddings, items):
+    want = item["embedding"]
+    cosine = sum(a * b for a, b in zip(vector, want)) / (
+        math.sqrt(sum(a * a for a in vector)) * math.sqrt(sum(b * b for b in want))
+    )
+    assert cosine >= 0.999, cosine
+assert len(client.embeddings(model="minilm:latest", prompt="one").embedding) == 384
+
+# Chat, streamed by default and in one object; generate.
+question = [{"role": "user", "content": "What is the capital of France?"}]
+options = {"temperature": 0, "num_predict": 12}
+whole = client.chat(model="smollm2", messages=question, options=options, stream=False)
+assert "Paris" in whole.message.content, whole
+assert whole.done and whole.done_reason in ("stop", "length") and whole.eval_count > 0
+pieces = [part.message.content for part in client.chat(model="smollm2", messages=question, options=options, stream=True)]
+assert "".join(pieces) == whole.message.content, (pieces, whole.message.content)
+generated = client.generate(model="smollm2", prompt="What is the capital of France?", options=options)
+assert "Paris" in generated.response and generated.done, generated
+
+# Errors: an unknown model, and format (structured output) until it is supported.
+try:
+    client.chat(model="no-such-model", messages=question, stream=False)
+    raise AssertionError("an unknown model was served")
+except ollama.ResponseError as err:
+    assert err.status_code == 404 and "no-such-model" in err.error, err
+try:
+    client.chat(model="smollm2", messages=question, format="json", stream=False)
+    raise AssertionError("format was accepted")
+except ollama.ResponseError as err:
+    assert err.status_code == 400 and "format" in err.error, err
+print("ollama-python against mlxd: all checks passed")
