@@ -110,6 +110,8 @@ pub struct DaemonConfig {
     pub access: AccessPolicy,
     /// Where Prometheus can scrape `/metrics` over HTTP (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The HTTP API on TCP (off when `None`).
+    pub http: Option<HttpTcp>,
 }
 
 /// Who may use the daemon. The socket file's mode is the first gate (0600, or 0660 with
@@ -155,6 +157,32 @@ impl AccessPolicy {
     /// members of an admin group may; the socket group's members may use models.
     pub fn is_operator(&self, uid: u32, gid: Option<u32>, groups: &[u32]) -> bool {
         uid == self.owner_uid || uid == 0 || self.admin_gids.iter().any(|&g| gid == Some(g) || groups.contains(&g))
+    }
+}
+
+/// The HTTP API on a TCP address: who may use it is decided by a bearer token (TCP has no
+/// peer credentials), and the Host and Origin of every request (DNS rebinding).
+#[derive(Debug, Clone)]
+pub struct HttpTcp {
+    pub addr: std::net::SocketAddr,
+    /// Requests need `Authorization: Bearer <token>` (the token file's content).
+    pub auth: bool,
+}
+
+impl HttpTcp {
+    fn new(text: &str, no_auth: bool, allow_remote: bool) -> Result<HttpTcp> {
+        let addr: std::net::SocketAddr = text
+            .parse()
+            .with_context(|| format!("http {text:?} is not an IP address and port, e.g. 127.0.0.1:11434"))?;
+        if !addr.ip().is_loopback() {
+            if !allow_remote {
+                bail!("http {addr} is not a loopback address; allow it with --http-allow-remote (a token is then required)");
+            }
+            if no_auth {
+                bail!("http {addr} is not a loopback address: --http-no-auth is refused there");
+            }
+        }
+        Ok(HttpTcp { addr, auth: !no_auth })
     }
 }
 
@@ -268,6 +296,7 @@ impl DaemonConfig {
             // SAFETY: getuid(2) has no preconditions.
             access: AccessPolicy { owner_uid: unsafe { libc::getuid() }, ..AccessPolicy::default() },
             metrics_addr: None,
+            http: None,
         }
     }
 
@@ -331,6 +360,10 @@ impl DaemonConfig {
             },
             metrics_addr: match &s.metrics_addr {
                 Some(text) => Some(parse_metrics_addr(text, s.metrics_allow_remote)?),
+                None => None,
+            },
+            http: match &s.http {
+                Some(text) => Some(HttpTcp::new(text, s.http_no_auth, s.http_allow_remote)?),
                 None => None,
             },
             access: AccessPolicy {

@@ -135,6 +135,13 @@ enum Command {
     Install(InstallOptions),
     /// Disable and remove the service files `mlxd install` wrote (the store stays).
     Uninstall(InstallOptions),
+    /// Print the bearer token the HTTP API on TCP (`--http`) requires, creating it if none
+    /// exists yet (in the store, mode 0600).
+    Token {
+        /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -228,6 +235,10 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
+        Command::Token { store } => {
+            let path = mlxd::http::tcp::token_path(&mlxd::store::store_root(store.as_deref()));
+            mlxd::http::tcp::load_or_create_token(&path).map(|token| println!("{token}"))
+        }
         Command::Install(options) => mlxd::service::install::install(&options.args()),
         Command::Uninstall(options) => mlxd::service::install::uninstall(&options.args()),
         Command::Completions { shell } => {
@@ -287,14 +298,33 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
             Some(addr) => Some(metrics_http::bind(addr).await?),
             None => None,
         };
+        let http = match &config.http {
+            Some(http) => {
+                let token = if http.auth {
+                    let path = mlxd::http::tcp::token_path(&config.store);
+                    Some(mlxd::http::tcp::load_or_create_token(&path)?)
+                } else {
+                    tracing::warn!(addr = %http.addr, "the HTTP API on TCP takes requests without a token (--http-no-auth)");
+                    None
+                };
+                Some((mlxd::http::tcp::bind(http).await?, http.clone(), token))
+            }
+            None => None,
+        };
         mlxd::supervise::end_orphans(&config.store).await;
         let daemon = Daemon::new(config, catalog, bound.path.display().to_string());
         let stop_metrics = CancellationToken::new();
         let metrics_task = metrics_listener
             .map(|listener| tokio::spawn(metrics_http::serve(listener, daemon.clone(), stop_metrics.clone())));
+        let http_task = http.map(|(listener, http, token)| {
+            tokio::spawn(mlxd::http::tcp::serve(listener, daemon.clone(), http, token, stop_metrics.clone()))
+        });
         server::run(bound, daemon, shutdown_signal()).await;
         stop_metrics.cancel();
         if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+        if let Some(task) = http_task {
             let _ = task.await;
         }
         anyhow::Ok(())

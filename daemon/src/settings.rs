@@ -100,6 +100,17 @@ pub struct Settings {
     /// Allow --metrics-addr on a non-loopback address (it has no authentication)
     #[arg(long)]
     pub metrics_allow_remote: bool,
+    /// Also serve the HTTP API (OpenAI /v1, Ollama /api, /metrics) on this TCP address,
+    /// e.g. 127.0.0.1:11434; requests need the bearer token of `mlxd token` [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Serve --http without a token (any local process, and any page a browser opens, could
+    /// use it: said explicitly or not at all)
+    #[arg(long)]
+    pub http_no_auth: bool,
+    /// Allow --http on a non-loopback address (a token is then required)
+    #[arg(long)]
+    pub http_allow_remote: bool,
     /// BLAS preloaded into workers on Linux: a library path, or "off" [default: Debian's
     /// OpenBLAS when installed]
     #[arg(long, env = "MLXD_BLAS", value_name = "PATH|off")]

@@ -96,3 +96,73 @@ fn errors_have_openai_statuses_and_busy_carries_retry_after() {
     assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
     assert!(text.contains("\"code\":\"busy\""), "{text}");
 }
+
+/// The TCP address the daemon bound for `--http 127.0.0.1:0`, from its log.
+fn http_addr(daemon: &Daemon) -> String {
+    let mut addr = String::new();
+    let logged = || {
+        let log = daemon.log_text();
+        let Some(line) = log.lines().find(|l| l.contains("serving the HTTP API on TCP")) else { return false };
+        addr =
+            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_default().to_owned();
+        true
+    };
+    assert!(eventually(Duration::from_secs(10), logged), "{}", daemon.log_text());
+    addr
+}
+
+fn get_tcp(addr: &str, headers: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET /v1/models HTTP/1.1\r\nConnection: close\r\n{headers}\r\n").unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn tcp_needs_the_token_and_refuses_other_hosts_and_origins() {
+    let dir = mlxd_tests::TempDir::new();
+    let store = dir.join("store");
+    let socket = dir.join("s.sock");
+    let daemon = Daemon::start_at(dir, socket, &["--http", "127.0.0.1:0", "--store", store.to_str().unwrap()]);
+    let addr = http_addr(&daemon);
+    let token = std::fs::read_to_string(store.join("http-token")).unwrap();
+    let (status, printed, _) = run_with_timeout(
+        Command::new(mlxd_tests::bin("mlxd")).args(["token", "--store", store.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success() && printed.trim() == token.trim(), "mlxd token printed {printed:?}");
+    let bearer = format!("Authorization: Bearer {}\r\n", token.trim());
+    let ok = get_tcp(&addr, &format!("Host: localhost\r\n{bearer}"));
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("minilm"), "{ok}");
+    let missing = get_tcp(&addr, "Host: localhost\r\n");
+    assert!(missing.starts_with("HTTP/1.1 401"), "{missing}");
+    let wrong = get_tcp(&addr, "Host: localhost\r\nAuthorization: Bearer 0000\r\n");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    // DNS rebinding: a page at evil.example resolving to 127.0.0.1 sends Host: evil.example.
+    let rebound = get_tcp(&addr, &format!("Host: evil.example\r\n{bearer}"));
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    // A cross-origin request from a web page carries its Origin.
+    let page = get_tcp(&addr, &format!("Host: localhost\r\nOrigin: https://evil.example\r\n{bearer}"));
+    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+    // Metrics on the same listener (and on the socket).
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{bearer}\r\n").unwrap();
+    let mut metrics = String::new();
+    let _ = stream.read_to_string(&mut metrics);
+    assert!(metrics.starts_with("HTTP/1.1 200") && metrics.contains("# EOF"), "{metrics}");
+}
+
+#[test]
+fn a_non_loopback_http_address_needs_allow_remote_and_a_token() {
+    let run = |args: &[&str]| {
+        let mut command = Command::new(mlxd_tests::bin("mlxd"));
+        command.arg("serve").arg("--socket").arg("/nonexistent/x.sock").args(args);
+        run_with_timeout(&mut command, Duration::from_secs(30))
+    };
+    let (status, _, stderr) = run(&["--http", "0.0.0.0:0"]);
+    assert!(!status.success() && stderr.contains("--http-allow-remote"), "{stderr}");
+    let (status, _, stderr) = run(&["--http", "0.0.0.0:0", "--http-allow-remote", "--http-no-auth"]);
+    assert!(!status.success() && stderr.contains("--http-no-auth is refused"), "{stderr}");
+}

@@ -18,6 +18,7 @@ mod conn;
 mod error;
 mod ollama;
 mod openai;
+pub mod tcp;
 
 use conn::Conn;
 
@@ -46,7 +47,7 @@ where
     }
     let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &peer));
     let conn = Conn::new(caller.clone());
-    let router = openai::routes().merge(ollama::routes()).with_state(conn);
+    let router = routes(conn);
     tracing::debug!(pid = ?peer.pid, uid = ?peer.uid, "HTTP connection");
     tokio::select! {
         result = http1(stream, router) => {
@@ -58,6 +59,23 @@ where
     }
     // The client is gone: whatever it still had running is cancelled now.
     caller.cancel_all();
+}
+
+/// Every endpoint, for one connection.
+fn routes(conn: Conn) -> axum::Router {
+    let daemon = conn.caller.daemon.clone();
+    openai::routes()
+        .merge(ollama::routes())
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let daemon = daemon.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], daemon.render_metrics())
+                }
+            }),
+        )
+        .with_state(conn)
 }
 
 async fn http1<S>(stream: S, router: axum::Router) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
