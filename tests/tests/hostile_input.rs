@@ -72,9 +72,9 @@ async fn bad_frames_end_only_their_connection() {
     check_good_client().await;
     let rss_before = rss_kib(daemon.pid());
 
-    // Garbage instead of a Hello.
+    // Garbage instead of a Hello (not an HTTP request line: that is served as HTTP).
     let mut s = connect(&daemon);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"\x01\x02garbage\r\n\r\n").unwrap();
     let err = read_until_closed(&mut s).expect("an error frame for garbage");
     assert!(matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge), "{err}");
 

@@ -1,7 +1,8 @@
 //! The HTTP front end: OpenAI-compatible `/v1` and Ollama-compatible `/api` on the
 //! daemon's own Unix socket. A
-//! connection whose first byte is not 0 is HTTP (a binary-protocol client's first bytes
-//! are a Hello's length prefix, at most 64 KiB: its first byte is always 0), so one socket
+//! connection whose first byte is a capital letter (an HTTP method) is HTTP (a
+//! binary-protocol client's first bytes are a Hello's length prefix, at most 64 KiB: its
+//! first byte is always 0), so one socket
 //! serves both, behind the same peer-credential checks and per-user limits.
 //!
 //! Handlers only translate: JSON in, a core call ([`crate::core`]) with a [`Caller`] for

@@ -82,9 +82,10 @@ pub async fn run(socket: BoundSocket, daemon: Arc<Daemon>, shutdown: impl Future
         sessions.spawn(async move {
             let peer = peer::with_groups(peer).await;
             // A binary client's first byte is 0 (a Hello's length prefix is at most 64 KiB);
-            // an HTTP request line starts with a method's letter.
+            // an HTTP request line starts with a method's capital letter. Anything else
+            // goes to the binary session, which refuses it with a typed error frame.
             let first = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, peek_first_byte(&stream)).await;
-            if matches!(first, Ok(Some(byte)) if byte != 0) {
+            if matches!(first, Ok(Some(byte)) if byte.is_ascii_uppercase()) {
                 crate::http::serve_connection(stream, daemon, peer, stop).await;
             } else {
                 let (reader, writer) = stream.into_split();
