@@ -356,7 +356,8 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
 }
 
 /// The SSE events of a running generation: a role chunk (chat), a chunk per token, the
-/// finishing chunk, the usage chunk if asked for, then `[DONE]`. An error after the
+/// finishing chunk, the usage chunk if asked for, then `[DONE]`; load progress of a cold
+/// model as comments while it waits. An error after the
 /// stream began is sent as an `error` object, as OpenAI does. Credit is granted back as
 /// each token is sent on, so no more than the window is ever buffered.
 fn sse_stream(
@@ -383,7 +384,12 @@ fn sse_stream(
                     let event = chunk(json!([shape.choice(&text, None, true)]), None);
                     Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
                 }
-                Some(Item::Event(_)) => Some((Vec::new(), (running, Step::Tokens, chunk))),
+                // A cold model loading: SSE comments (clients ignore them, and the stream
+                // does not look stalled to a proxy or a timeout).
+                Some(Item::Event(Event::LoadProgress(p))) => {
+                    let comment = format!("loading {}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
+                    Some((vec![Ok(SseEvent::default().comment(comment))], (running, Step::Tokens, chunk)))
+                }
                 Some(Item::Done(answer)) => {
                     let events = match *answer {
                         Ok(CoreResponse::Generated(summary)) => {
