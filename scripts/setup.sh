@@ -31,7 +31,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # 1. System packages --------------------------------------------------------------------
 if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
     wanted="libopenblas0-pthread"
-    [ -n "$for_tests" ] && wanted="$wanted tmux systemd"
+    [ -n "$for_tests" ] && wanted="$wanted tmux systemd curl"
     missing=""
     for package in $wanted; do
         dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"

@@ -169,3 +169,36 @@ fn a_non_loopback_http_address_needs_allow_remote_and_a_token() {
     let (status, _, stderr) = run(&["--http", "0.0.0.0:0", "--http-allow-remote", "--http-no-auth"]);
     assert!(!status.success() && stderr.contains("--http-no-auth is refused"), "{stderr}");
 }
+
+/// The README's snippets (curl, openai-python, ollama-python), run as written against a
+/// daemon, with only the socket path put in.
+#[test]
+fn the_readmes_http_snippets_work_as_written() {
+    let daemon = Daemon::start(&[]);
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## Use mlxd from an OpenAI or Ollama client").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    let blocks: Vec<(&str, &str)> =
+        section.split("```").skip(1).step_by(2).map(|block| block.split_once('\n').unwrap_or((block, ""))).collect();
+    assert!(blocks.len() >= 3, "the section has its snippets: {blocks:?}");
+    let socket = daemon.socket.to_str().unwrap();
+    for (language, code) in blocks {
+        let code =
+            code.replace("$XDG_RUNTIME_DIR/mlxd/mlxd.sock", socket).replace("/run/user/1000/mlxd/mlxd.sock", socket);
+        let mut command = match language.trim() {
+            "python" => {
+                let mut command = Command::new(venv_python());
+                command.arg("-c").arg(&code);
+                command
+            }
+            _ => {
+                let mut command = Command::new("sh");
+                command.arg("-ec").arg(&code);
+                command
+            }
+        };
+        let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(120));
+        assert!(status.success(), "the README's {language} snippet failed:\n{code}\n{stdout}\n{stderr}");
+        assert!(!stdout.trim().is_empty(), "the {language} snippet printed nothing:\n{code}");
+    }
+}
