@@ -39,12 +39,22 @@ assert "".join(pieces) == whole.message.content, (pieces, whole.message.content)
 generated = client.generate(model="smollm2", prompt="What is the capital of France?", options=options)
 assert "Paris" in generated.response and generated.done, generated
 
+# Loaded models, with when each expires (a time Ollama's clients parse).
+running = {m.model: m for m in client.ps().models}
+assert "smollm2:latest" in running and running["smollm2:latest"].expires_at is not None, running
+# keep_alive from a member of the socket's group is not honoured, and not an error either;
+# here the test runs as the daemon's owner, so it is honoured.
+assert client.chat(model="smollm2", messages=question, options=options, keep_alive="1m", stream=False).done
+
 # Errors: an unknown model, and format (structured output) until it is supported.
-try:
-    client.chat(model="no-such-model", messages=question, stream=False)
-    raise AssertionError("an unknown model was served")
-except ollama.ResponseError as err:
-    assert err.status_code == 404 and "no-such-model" in err.error, err
+for stream in (False, True):
+    try:
+        result = client.chat(model="no-such-model", messages=question, stream=stream)
+        if stream:
+            list(result)
+        raise AssertionError("an unknown model was served")
+    except ollama.ResponseError as err:
+        assert err.status_code == 404 and "no-such-model" in err.error, err
 try:
     client.chat(model="smollm2", messages=question, format="json", stream=False)
     raise AssertionError("format was accepted")

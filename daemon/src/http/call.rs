@@ -9,7 +9,9 @@ use mlxd_proto::{Event, Request, Response, WireError};
 use tokio::sync::mpsc;
 
 use super::conn::Conn;
-use crate::core::{caller, dispatch, Control, EventSink, Gone};
+use tracing::Instrument;
+
+use crate::core::{caller, dispatch, kind, Control, EventSink, Gone};
 
 /// What a running request sends its front end.
 #[derive(Debug)]
@@ -37,8 +39,34 @@ impl EventSink for Sink {
 /// A request in flight; cancelled if dropped before its final answer was taken.
 #[derive(Debug)]
 pub struct Running {
-    pub items: mpsc::Receiver<Item>,
+    items: mpsc::Receiver<Item>,
     pub control: Arc<Control>,
+    /// An item taken early by [`Running::started`], handed out first by [`Running::next`].
+    pending: Option<Item>,
+}
+
+impl Running {
+    /// The next event or the final answer; `None` once the request's task is gone.
+    pub async fn next(&mut self) -> Option<Item> {
+        match self.pending.take() {
+            Some(item) => Some(item),
+            None => self.items.recv().await,
+        }
+    }
+
+    /// Waits for the request to produce something, so that a failure decided before its
+    /// first event (an open circuit, a load that fails, a full budget) is answered with
+    /// its status rather than inside a stream already answered 200.
+    pub async fn started(&mut self) -> Result<(), WireError> {
+        self.pending = match self.items.recv().await {
+            Some(Item::Done(answer)) => match *answer {
+                Err(error) => return Err(error),
+                answer => Some(Item::Done(Box::new(answer))),
+            },
+            other => other,
+        };
+        Ok(())
+    }
 }
 
 impl Drop for Running {
@@ -57,25 +85,44 @@ pub fn start(conn: &Conn, body: Request) -> Result<Running, WireError> {
     let control = Arc::new(Control { is_stream: matches!(body, Request::Generate(_)), ..Control::default() });
     if let Some(answer) = dispatch::answer_now(caller, &body) {
         let _ = tx.try_send(Item::Done(Box::new(answer)));
-        return Ok(Running { items, control });
+        return Ok(Running { items, control, pending: None });
     }
-    let prepared = dispatch::admit(caller, &body)?;
+    let (kind, model) = (kind::kind(&body), dispatch::model_label(caller, &body));
+    let metrics = caller.daemon.registry.metrics().clone();
+    let arrived = std::time::Instant::now();
+    let prepared = match dispatch::admit(caller, &body) {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            metrics.request_done(&model, kind, Err(refusal.code), arrived.elapsed());
+            return Err(refusal);
+        }
+    };
     let id = conn.next_id();
     caller.in_flight().insert(id, control.clone());
     let (caller, task_control) = (caller.clone(), control.clone());
-    tokio::spawn(async move {
-        let sink = Sink(tx);
-        let answer = dispatch::handle(&caller, id, body, prepared, &sink, &task_control).await;
-        caller.in_flight().remove(&id);
-        let _ = sink.0.send(Item::Done(Box::new(answer))).await;
-    });
-    Ok(Running { items, control })
+    // Everything logged while the request runs carries its id, and the HTTP session's.
+    let span = tracing::info_span!("request", session = caller.id, id, kind, model = %model, front = "http");
+    let tasks = caller.daemon.registry.tasks().clone();
+    tasks.spawn(
+        "http request",
+        async move {
+            let sink = Sink(tx);
+            let answer = dispatch::handle(&caller, id, body, prepared, &sink, &task_control).await;
+            caller.in_flight().remove(&id);
+            metrics.request_done(&model, kind, answer.as_ref().map(|_| ()).map_err(|e| e.code), arrived.elapsed());
+            // A client that stops taking events does not hold this task for ever.
+            let deadline = caller.daemon.config.stream_pause_limit;
+            let _ = tokio::time::timeout(deadline, sink.0.send(Item::Done(Box::new(answer)))).await;
+        }
+        .instrument(span),
+    );
+    Ok(Running { items, control, pending: None })
 }
 
 /// Runs `body` to its end, handing each event to `on_event`.
 pub async fn run(conn: &Conn, body: Request, mut on_event: impl FnMut(Event)) -> Result<Response, WireError> {
     let mut running = start(conn, body)?;
-    while let Some(item) = running.items.recv().await {
+    while let Some(item) = running.next().await {
         match item {
             Item::Event(event) => on_event(event),
             Item::Done(answer) => return *answer,

@@ -25,38 +25,36 @@ use conn::Conn;
 
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Caller, Daemon, Peer};
 
-/// Serves HTTP on one accepted connection until the client closes it or `stop` (shutdown).
+/// Serves HTTP on one accepted connection until the client closes it or `stop`
+/// (shutdown: the request in progress finishes, then the connection closes).
 pub async fn serve_connection<S>(stream: S, daemon: Arc<Daemon>, peer: Peer, stop: CancellationToken)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = daemon.config.frame_read_timeout;
     if let Err(refusal) = peer.authorize(&daemon.config.access) {
         tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, "HTTP connection refused: {}", refusal.message);
         let router = axum::Router::new().fallback(move || {
             let refusal = refusal.clone();
             async move { error::ApiError::from(refusal) }
         });
-        let _ = http1(stream, router).await;
+        // One answer, then closed, within a bounded time (as the binary protocol's refusal).
+        let once = http1(stream, router, header_timeout.min(Duration::from_secs(5)), false, stop);
+        let _ = tokio::time::timeout(Duration::from_secs(10), once).await;
         return;
     }
     let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &peer));
-    let conn = Conn::new(caller.clone());
-    let router = routes(conn);
-    tracing::debug!(pid = ?peer.pid, uid = ?peer.uid, "HTTP connection");
-    tokio::select! {
-        result = http1(stream, router) => {
-            if let Err(err) = result {
-                tracing::debug!(%err, "HTTP connection ended");
-            }
-        }
-        () = stop.cancelled() => {}
+    tracing::debug!(pid = ?peer.pid, uid = ?peer.uid, session = caller.id, "HTTP connection");
+    if let Err(err) = http1(stream, routes(Conn::new(caller.clone())), header_timeout, true, stop).await {
+        tracing::debug!(%err, "HTTP connection ended");
     }
     // The client is gone: whatever it still had running is cancelled now.
     caller.cancel_all();
@@ -65,6 +63,8 @@ where
 /// Every endpoint, for one connection.
 fn routes(conn: Conn) -> axum::Router {
     let daemon = conn.caller.daemon.clone();
+    // Bodies up to the binary protocol's frame limit (axum's default is 2 MiB).
+    let body_limit = daemon.config.limits.max_frame_len as usize;
     openai::routes()
         .merge(ollama::routes())
         .route(
@@ -76,15 +76,34 @@ fn routes(conn: Conn) -> axum::Router {
                 }
             }),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(conn)
 }
 
-async fn http1<S>(stream: S, router: axum::Router) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+/// HTTP/1.1 on `stream`: a request's headers must arrive within `header_timeout` (also
+/// the longest a kept-alive connection may sit idle); at `stop` the connection finishes
+/// the request in progress and closes.
+async fn http1<S>(
+    stream: S,
+    router: axum::Router,
+    header_timeout: Duration,
+    keep_alive: bool,
+    stop: CancellationToken,
+) -> Result<(), hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    auto::Builder::new(TokioExecutor::new())
-        .http1_only()
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
-        .await
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(keep_alive)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }

@@ -48,8 +48,12 @@ fn model_name(name: &str) -> String {
 }
 
 fn created_at() -> String {
-    // RFC 3339 in UTC, as Ollama writes it.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// RFC 3339 in UTC, as Ollama writes times.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let now = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -113,7 +117,11 @@ async fn ps(State(conn): State<Conn>) -> Result<Json<Value>, ApiError> {
         .filter(|m| m.state == ModelState::Ready)
         .map(|m| {
             let mut e = entry(m);
-            e["expires_at"] = json!(m.keep_alive_left_ms.map(|ms| format!("in {ms} ms")));
+            // Ollama's clients parse it as a time; "never" is far in the future, as Ollama does.
+            let left = m
+                .keep_alive_left_ms
+                .map_or(std::time::Duration::from_secs(100 * 365 * 86_400), std::time::Duration::from_millis);
+            e["expires_at"] = json!(rfc3339(std::time::SystemTime::now() + left));
             e["size_vram"] = json!(0);
             e
         })
@@ -233,8 +241,14 @@ fn keep_alive_ms(value: &Value) -> Result<i64, ApiError> {
 /// after it is the one asked for (an operator action: members get `Unauthorized`).
 async fn keep_alive_lease(conn: &Conn, common: &Common) -> Result<Option<u64>, ApiError> {
     let Some(value) = common.keep_alive.as_ref().filter(|v| !v.is_null()) else { return Ok(None) };
-    let request =
-        Request::Lease(LeaseRequest { model: model_name(&common.model), keep_alive_ms: Some(keep_alive_ms(value)?) });
+    let ms = keep_alive_ms(value)?;
+    if !conn.caller.operator {
+        // Ollama's clients send it routinely; for a member it would decide for everyone,
+        // so it is not honoured (and not an error).
+        tracing::debug!(keep_alive = %value, "keep_alive ignored: an operator action");
+        return Ok(None);
+    }
+    let request = Request::Lease(LeaseRequest { model: model_name(&common.model), keep_alive_ms: Some(ms) });
     match call::run(conn, request, |_| {}).await? {
         CoreResponse::Leased(info) => Ok(Some(info.lease)),
         _ => Err(ApiError(WireError::internal("a lease answered something else"))),
@@ -334,7 +348,12 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         };
         return Ok(Json(finish(piece(kind, &model, &text, true), &summary, started)).into_response());
     }
-    let running = match call::start(&conn, request) {
+    let begin = async {
+        let mut running = call::start(&conn, request)?;
+        running.started().await?;
+        Ok::<_, WireError>(running)
+    };
+    let running = match begin.await {
         Ok(running) => running,
         Err(err) => {
             release(&conn, lease).await;
@@ -347,7 +366,7 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         async move {
             let (mut running, conn, lease) = state?;
             loop {
-                match running.items.recv().await {
+                match running.next().await {
                     Some(Item::Event(Event::Token { text, .. })) => {
                         running.control.credit.add(1);
                         let line = format!("{}\n", piece(kind, &model, &text, false));

@@ -146,10 +146,15 @@ struct Sampling {
     presence_penalty: Option<f32>,
     #[serde(default)]
     frequency_penalty: Option<f32>,
-    #[serde(default)]
+    /// `null` is false, as OpenAI takes it.
+    #[serde(default, deserialize_with = "null_is_false")]
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+}
+
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,7 +164,7 @@ struct StreamOptions {
 }
 
 impl Sampling {
-    fn params(&self) -> Result<GenerateParams, ApiError> {
+    fn params(&self, max_tokens_limit: u32) -> Result<GenerateParams, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request("n must be 1: one choice per request"));
         }
@@ -181,7 +186,8 @@ impl Sampling {
             Some(_) => return Err(ApiError::bad_request("stop must be a string or an array of strings")),
         };
         Ok(GenerateParams {
-            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(GenerateParams::default().max_tokens),
+            // Absent (as SDKs leave it): until the model stops, within the daemon's limit.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(max_tokens_limit),
             // OpenAI's defaults.
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
@@ -191,8 +197,8 @@ impl Sampling {
         })
     }
 
-    fn request(&self, input: PromptInput) -> Result<Request, ApiError> {
-        let params = self.params()?;
+    fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
+        let params = self.params(conn.caller.daemon.config.limits.max_tokens)?;
         let initial_credit = if self.stream { STREAM_WINDOW } else { params.max_tokens };
         Ok(Request::Generate(GenerateRequest {
             model: ModelRef::Name(self.model.clone()),
@@ -248,7 +254,7 @@ fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
 
 async fn chat_completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body)?;
-    let request = body.sampling.request(chat_input(&body.messages)?)?;
+    let request = body.sampling.request(&conn, chat_input(&body.messages)?)?;
     complete(conn, body.sampling, request, Shape::Chat).await
 }
 
@@ -269,7 +275,7 @@ async fn completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, 
         Value::Array(_) => return Err(ApiError::bad_request("prompt: one string per request")),
         _ => return Err(ApiError::bad_request("prompt must be a string")),
     };
-    let request = body.sampling.request(PromptInput::Raw(prompt))?;
+    let request = body.sampling.request(&conn, PromptInput::Raw(prompt))?;
     complete(conn, body.sampling, request, Shape::Text).await
 }
 
@@ -342,7 +348,8 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
         }))
         .into_response());
     }
-    let running = call::start(&conn, request)?;
+    let mut running = call::start(&conn, request)?;
+    running.started().await?;
     let include_usage = sampling.stream_options.is_some_and(|o| o.include_usage);
     let chunk = move |choices: Value, usage: Option<Value>| {
         let mut chunk =
@@ -378,7 +385,7 @@ fn sse_stream(
                 let event = chunk(role, None);
                 Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
             }
-            Step::Start | Step::Tokens => match running.items.recv().await {
+            Step::Start | Step::Tokens => match running.next().await {
                 Some(Item::Event(Event::Token { text, .. })) => {
                     running.control.credit.add(1);
                     let event = chunk(json!([shape.choice(&text, None, true)]), None);

@@ -106,10 +106,8 @@ pub async fn serve(
                     async move { guard.check(request, next).await }
                 },
             ));
-            tokio::select! {
-                _ = super::http1(stream, router) => {}
-                () = stop.cancelled() => {}
-            }
+            let header_timeout = daemon.config.frame_read_timeout;
+            let _ = super::http1(stream, router, header_timeout, true, stop).await;
             caller.cancel_all();
             drop(slot);
         });
