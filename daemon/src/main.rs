@@ -316,10 +316,20 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
         let stop_metrics = CancellationToken::new();
         let metrics_task = metrics_listener
             .map(|listener| tokio::spawn(metrics_http::serve(listener, daemon.clone(), stop_metrics.clone())));
+        // The TCP listener stops taking requests when the socket does (at the signal), and
+        // its connections finish what they are doing while the daemon drains.
+        let stop_http = CancellationToken::new();
         let http_task = http.map(|(listener, http, token)| {
-            tokio::spawn(mlxd::http::tcp::serve(listener, daemon.clone(), http, token, stop_metrics.clone()))
+            tokio::spawn(mlxd::http::tcp::serve(listener, daemon.clone(), http, token, stop_http.clone()))
         });
-        server::run(bound, daemon, shutdown_signal()).await;
+        let signal = {
+            let stop_http = stop_http.clone();
+            async move {
+                shutdown_signal().await;
+                stop_http.cancel();
+            }
+        };
+        server::run(bound, daemon, signal).await;
         stop_metrics.cancel();
         if let Some(task) = metrics_task {
             let _ = task.await;
