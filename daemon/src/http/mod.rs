@@ -16,6 +16,7 @@
 
 mod call;
 mod conn;
+mod deadline;
 mod error;
 mod ollama;
 mod openai;
@@ -40,6 +41,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = daemon.config.frame_read_timeout;
+    let stream = deadline::WriteDeadline::new(stream, daemon.config.stream_pause_limit);
     if let Err(refusal) = peer.authorize(&daemon.config.access) {
         tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, "HTTP connection refused: {}", refusal.message);
         let router = axum::Router::new().fallback(move || {

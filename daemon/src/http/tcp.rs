@@ -107,6 +107,7 @@ pub async fn serve(
                 },
             ));
             let header_timeout = daemon.config.frame_read_timeout;
+            let stream = super::deadline::WriteDeadline::new(stream, daemon.config.stream_pause_limit);
             let _ = super::http1(stream, router, header_timeout, true, stop).await;
             caller.cancel_all();
             drop(slot);
