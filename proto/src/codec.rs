@@ -39,25 +39,39 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
-        let Some(len) = frame::body_len(src, self.max_in)? else {
-            return Ok(None);
-        };
-        if src.len() < PREFIX_LEN + len {
-            // Safe to reserve: `len` was checked against the maximum above.
-            src.reserve(PREFIX_LEN + len - src.len());
-            return Ok(None);
+        match next_body(src, self.max_in)? {
+            Some(body) => frame::decode_body(&body).map(Some),
+            None => Ok(None),
         }
-        src.advance(PREFIX_LEN);
-        let body = src.split_to(len);
-        frame::decode_body(&body).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
-        match self.decode(src)? {
-            Some(item) => Ok(Some(item)),
-            None if src.is_empty() => Ok(None),
-            None => Err(FrameError::Truncated(src.len())),
-        }
+        let item = self.decode(src)?;
+        at_eof(item, src)
+    }
+}
+
+/// The next whole frame's body, taken off `src`; `None` until all of it has arrived. The
+/// length is checked against `max_in` before anything is reserved for it.
+fn next_body(src: &mut BytesMut, max_in: u32) -> Result<Option<BytesMut>, FrameError> {
+    let Some(len) = frame::body_len(src, max_in)? else {
+        return Ok(None);
+    };
+    if src.len() < PREFIX_LEN + len {
+        // Safe to reserve: `len` was checked against the maximum above.
+        src.reserve(PREFIX_LEN + len - src.len());
+        return Ok(None);
+    }
+    src.advance(PREFIX_LEN);
+    Ok(Some(src.split_to(len)))
+}
+
+/// At end of stream, bytes left over are a frame cut short.
+fn at_eof<T>(item: Option<T>, src: &BytesMut) -> Result<Option<T>, FrameError> {
+    match item {
+        Some(item) => Ok(Some(item)),
+        None if src.is_empty() => Ok(None),
+        None => Err(FrameError::Truncated(src.len())),
     }
 }
 
@@ -106,15 +120,9 @@ impl Decoder for ClientFrames {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
-        let Some(len) = frame::body_len(src, self.max_in)? else {
+        let Some(body) = next_body(src, self.max_in)? else {
             return Ok(None);
         };
-        if src.len() < PREFIX_LEN + len {
-            src.reserve(PREFIX_LEN + len - src.len());
-            return Ok(None);
-        }
-        src.advance(PREFIX_LEN);
-        let body = src.split_to(len);
         match frame::decode_body_within(&body, self.limits) {
             Ok(message) => Ok(Some(Incoming::Message(message))),
             Err(FrameError::OverLimit(reason)) => {
@@ -125,10 +133,7 @@ impl Decoder for ClientFrames {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
-        match self.decode(src)? {
-            Some(item) => Ok(Some(item)),
-            None if src.is_empty() => Ok(None),
-            None => Err(FrameError::Truncated(src.len())),
-        }
+        let item = self.decode(src)?;
+        at_eof(item, src)
     }
 }

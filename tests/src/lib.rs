@@ -289,10 +289,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Resident set size of a process in KiB, from /proc (Linux).
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A KiB figure (`field`: e.g. "VmRSS:") from /proc/PID/status; 0 where unknown.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)

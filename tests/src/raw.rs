@@ -155,11 +155,5 @@ while seen < finals and time.monotonic() < deadline:
 
 /// VmHWM (the peak resident set) of a process in KiB, from /proc (Linux).
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
+    crate::proc_status_kib(pid, "VmHWM:")
 }
