@@ -74,7 +74,7 @@ async fn a_socket_passed_by_systemd_is_served_and_readiness_is_notified() {
             Ok(())
         });
     }
-    let mut daemon = command.spawn().unwrap();
+    let mut daemon = mlxd_tests::Reaped(command.spawn().unwrap());
     drop(listener); // the daemon has its own copy, like a socket unit's
 
     let ready = notifications_until(&notify, "READY=1");
@@ -361,7 +361,7 @@ async fn workers_serve_under_the_memory_deny_write_execute_policy() {
         });
     }
     let mut daemon = match command.spawn() {
-        Ok(child) => child,
+        Ok(child) => mlxd_tests::Reaped(child),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
             panic!("this kernel has no PR_SET_MDWE (Linux < 6.3): cannot check MemoryDenyWriteExecute here");
         }
@@ -421,7 +421,8 @@ async fn json_logs_carry_the_session_and_the_clients_request_id() {
     let dir = TempDir::new();
     let socket = dir.join("s.sock");
     let log_path = dir.join("daemon.log");
-    let mut daemon = mlxd_tests::spawn_daemon_env(&socket, &log_path, &["--log-format", "json"], &[]);
+    let mut daemon =
+        mlxd_tests::Reaped(mlxd_tests::spawn_daemon_env(&socket, &log_path, &["--log-format", "json"], &[]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !socket.exists() {
         assert!(Instant::now() < deadline, "no socket");
