@@ -20,6 +20,16 @@ pub enum Item {
     Done(Box<Result<Response, WireError>>),
 }
 
+/// Token events a streaming client may have outstanding: granted back one by one as they
+/// are taken for the response body ([`Running::next`]).
+pub const STREAM_WINDOW: u32 = 32;
+
+/// A request body as `T`, or a `BadRequest` naming what is wrong (each front end answers
+/// it in its own error shape).
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    serde_json::from_slice(body).map_err(|err| WireError::bad_request(format!("invalid request body: {err}")))
+}
+
 /// Events queued between the request's task and the HTTP body (tokens also wait for
 /// credit, which the body grants as it sends them on).
 const EVENT_BUFFER: usize = 64;
@@ -46,12 +56,18 @@ pub struct Running {
 }
 
 impl Running {
-    /// The next event or the final answer; `None` once the request's task is gone.
+    /// The next event or the final answer; `None` once the request's task is gone. A
+    /// token taken here is one less outstanding: its credit is granted back, so the
+    /// stream never has more than its window between the task and the response body.
     pub async fn next(&mut self) -> Option<Item> {
-        match self.pending.take() {
+        let item = match self.pending.take() {
             Some(item) => Some(item),
             None => self.items.recv().await,
+        };
+        if let Some(Item::Event(Event::Token { .. })) = &item {
+            self.control.credit.add(1);
         }
+        item
     }
 
     /// Waits for the request to produce something, so that a failure decided before its

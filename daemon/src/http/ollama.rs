@@ -23,9 +23,6 @@ use super::call::{self, Item};
 use super::conn::Conn;
 use super::error::OllamaError as ApiError;
 
-/// Token events a streaming client may have outstanding: granted back as they are sent.
-const STREAM_WINDOW: u32 = 32;
-
 pub fn routes() -> Router<Conn> {
     Router::new()
         .route("/api/version", get(version))
@@ -36,10 +33,6 @@ pub fn routes() -> Router<Conn> {
         .route("/api/generate", post(generate))
         .route("/api/embed", post(embed))
         .route("/api/embeddings", post(embeddings))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
 }
 
 /// `NAME:latest` is `NAME`.
@@ -136,7 +129,7 @@ struct ShowBody {
 }
 
 async fn show(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: ShowBody = parse(&body)?;
+    let body: ShowBody = call::parse(&body)?;
     let name = model_name(&body.model);
     let models = model_list(&conn).await?;
     let Some(m) = models.iter().find(|m| m.name == name) else {
@@ -214,7 +207,7 @@ impl Common {
             seed: o.and_then(|o| o.seed).and_then(|s| u64::try_from(s).ok()),
             stop: o.and_then(|o| o.stop.clone()).unwrap_or_default().into_iter().map(String::into_bytes).collect(),
         };
-        let initial_credit = if self.stream { STREAM_WINDOW } else { max_tokens };
+        let initial_credit = if self.stream { call::STREAM_WINDOW } else { max_tokens };
         Ok(Request::Generate(GenerateRequest {
             model: ModelRef::Name(model_name(&self.model)),
             input,
@@ -281,13 +274,13 @@ struct GenerateBody {
 }
 
 async fn chat(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
-    let body: ChatBody = parse(&body)?;
+    let body: ChatBody = call::parse(&body)?;
     let request = body.common.request(&conn, PromptInput::Chat(body.messages))?;
     reply(conn, body.common, request, Kind::Chat).await
 }
 
 async fn generate(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
-    let body: GenerateBody = parse(&body)?;
+    let body: GenerateBody = call::parse(&body)?;
     let input = if body.raw {
         PromptInput::Raw(body.prompt)
     } else {
@@ -368,7 +361,6 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
             loop {
                 match running.next().await {
                     Some(Item::Event(Event::Token { text, .. })) => {
-                        running.control.credit.add(1);
                         let line = format!("{}\n", piece(kind, &model, &text, false));
                         return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease))));
                     }
@@ -419,7 +411,7 @@ async fn embed_texts(conn: &Conn, model: &str, texts: Vec<String>) -> Result<mlx
 
 async fn embed(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let body: EmbedBody = parse(&body)?;
+    let body: EmbedBody = call::parse(&body)?;
     if body.truncate == Some(false) {
         return Err(ApiError::bad_request(
             "truncate: false is not supported (texts longer than the model's context are truncated)",
@@ -453,7 +445,7 @@ struct EmbeddingsBody {
 }
 
 async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: EmbeddingsBody = parse(&body)?;
+    let body: EmbeddingsBody = call::parse(&body)?;
     let e = embed_texts(&conn, &body.model, vec![body.prompt]).await?;
     Ok(Json(json!({ "embedding": e.rows().next().unwrap_or_default() })))
 }

@@ -18,16 +18,12 @@ use mlxd_proto::{
     ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, ModelRef,
     Priority, PromptInput, Request, Response as CoreResponse, WireError,
 };
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::call::{self, Item};
 use super::conn::Conn;
 use super::error::ApiError;
-
-/// Token events a streaming client may have outstanding: granted back as they are sent.
-const STREAM_WINDOW: u32 = 32;
 
 pub fn routes() -> Router<Conn> {
     Router::new()
@@ -38,11 +34,6 @@ pub fn routes() -> Router<Conn> {
         .fallback(|| async {
             ApiError(WireError::new(mlxd_proto::ErrorCode::NotFound, "no such endpoint (see /v1/models)"))
         })
-}
-
-/// The body as `T`, or a 400 in OpenAI's shape naming what is wrong.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
 }
 
 fn now() -> u64 {
@@ -69,7 +60,7 @@ struct EmbeddingsBody {
 }
 
 async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: EmbeddingsBody = parse(&body)?;
+    let body: EmbeddingsBody = call::parse(&body)?;
     let texts: Vec<String> = match &body.input {
         Value::String(text) => vec![text.clone()],
         Value::Array(items) if items.iter().all(Value::is_string) => {
@@ -199,7 +190,7 @@ impl Sampling {
 
     fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
         let params = self.params(conn.caller.daemon.config.limits.max_tokens)?;
-        let initial_credit = if self.stream { STREAM_WINDOW } else { params.max_tokens };
+        let initial_credit = if self.stream { call::STREAM_WINDOW } else { params.max_tokens };
         Ok(Request::Generate(GenerateRequest {
             model: ModelRef::Name(self.model.clone()),
             input,
@@ -253,7 +244,7 @@ fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
 }
 
 async fn chat_completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
-    let body: ChatBody = parse(&body)?;
+    let body: ChatBody = call::parse(&body)?;
     let request = body.sampling.request(&conn, chat_input(&body.messages)?)?;
     complete(conn, body.sampling, request, Shape::Chat).await
 }
@@ -266,7 +257,7 @@ struct CompletionBody {
 }
 
 async fn completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
-    let body: CompletionBody = parse(&body)?;
+    let body: CompletionBody = call::parse(&body)?;
     let prompt = match &body.prompt {
         Value::String(text) => text.clone(),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => {
@@ -387,7 +378,6 @@ fn sse_stream(
             }
             Step::Start | Step::Tokens => match running.next().await {
                 Some(Item::Event(Event::Token { text, .. })) => {
-                    running.control.credit.add(1);
                     let event = chunk(json!([shape.choice(&text, None, true)]), None);
                     Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
                 }

@@ -134,13 +134,10 @@ pub async fn generate(
                     }
                     delivered += 1;
                     if !cancelled {
-                        let event = Event::Token { text, token };
-                        tokio::select! {
-                            sent = events.send(event) => if sent.is_err() {
-                                control.cancel.cancel(); // the client is gone
-                            },
-                            () = control.cancel.cancelled() => {}
-                            () = tokio::time::sleep(pause_limit) => {
+                        match deliver(events, Event::Token { text, token }, control, pause_limit).await {
+                            Delivery::Sent | Delivery::Cancelled => {}
+                            Delivery::Gone => control.cancel.cancel(),
+                            Delivery::Stalled => {
                                 // Credit granted but the client does not read: paused too.
                                 paused_out = true;
                                 cancelled = true;
@@ -174,12 +171,10 @@ pub async fn generate(
             if cancelled {
                 continue;
             }
-            tokio::select! {
-                sent = events.send(Event::Token { text, token }) => if sent.is_err() {
-                    cancelled = true;
-                },
-                () = control.cancel.cancelled() => cancelled = true,
-                () = tokio::time::sleep(pause_limit) => {
+            match deliver(events, Event::Token { text, token }, control, pause_limit).await {
+                Delivery::Sent => {}
+                Delivery::Gone | Delivery::Cancelled => cancelled = true,
+                Delivery::Stalled => {
                     paused_out = true;
                     cancelled = true;
                 }
@@ -219,6 +214,26 @@ pub async fn generate(
             Ok(Response::Generated(summary))
         }
         _ => Err(WireError::internal("worker answered a generation with something else")),
+    }
+}
+
+/// How handing one token to the client went.
+enum Delivery {
+    Sent,
+    /// The client is gone.
+    Gone,
+    /// The request was cancelled meanwhile.
+    Cancelled,
+    /// The client took nothing for the pause limit: the stream counts as paused too long.
+    Stalled,
+}
+
+/// Hands `event` to the client, but never waits past a cancel or the pause limit.
+async fn deliver(events: &impl EventSink, event: Event, control: &Control, limit: std::time::Duration) -> Delivery {
+    tokio::select! {
+        sent = events.send(event) => if sent.is_ok() { Delivery::Sent } else { Delivery::Gone },
+        () = control.cancel.cancelled() => Delivery::Cancelled,
+        () = tokio::time::sleep(limit) => Delivery::Stalled,
     }
 }
 
