@@ -34,7 +34,7 @@ impl<In, Out> FrameCodec<In, Out> {
     }
 }
 
-impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+impl<In: DeserializeOwned + Serialize, Out> Decoder for FrameCodec<In, Out> {
     type Item = In;
     type Error = FrameError;
 

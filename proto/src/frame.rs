@@ -85,18 +85,30 @@ pub fn body_len(buf: &[u8], max_len: u32) -> Result<Option<usize>, FrameError> {
 
 /// Decodes one message from a complete frame body (without the prefix). The body must be
 /// exactly one message: trailing bytes mean the peer and we disagree on the schema.
-/// Sequences are bounded by the protocol's ceilings ([`crate::bounds`]).
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+/// Sequences are bounded by the protocol's ceilings ([`crate::bounds`]). Integers must be
+/// minimal varints: a body that decodes but re-encodes shorter (a value written with a
+/// wider marker than it needs) is refused, so every message has exactly one encoding.
+pub fn decode_body<T: DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, FrameError> {
     decode_body_within(body, DecodeLimits::default())
 }
 
 /// [`decode_body`] with a session's sequence caps.
-pub fn decode_body_within<T: DeserializeOwned>(body: &[u8], limits: DecodeLimits) -> Result<T, FrameError> {
+pub fn decode_body_within<T: DeserializeOwned + Serialize>(
+    body: &[u8],
+    limits: DecodeLimits,
+) -> Result<T, FrameError> {
     crate::bounds::within(limits, || {
         let (message, used) =
             bincode::serde::decode_from_slice(body, config()).map_err(|err| FrameError::Decode(err.to_string()))?;
         if used != body.len() {
             return Err(FrameError::TrailingBytes(body.len() - used));
+        }
+        // Counting only, no copy: any non-minimal varint makes the body longer than this.
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(&message, &mut size, config())
+            .map_err(|err| FrameError::Decode(err.to_string()))?;
+        if size.bytes_written != used {
+            return Err(FrameError::Decode("an integer is not minimally encoded (varints must be minimal)".into()));
         }
         Ok(message)
     })
