@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use mlxd::catalog::Catalog;
 use mlxd::config::DaemonConfig;
 use mlxd::logging::LogFormat;
-use mlxd::server::{self, listener::BoundSocket, metrics_http, session, Daemon, WORKER_STOP_GRACE};
+use mlxd::server::{self, listener::BoundSocket, session, Daemon, WORKER_STOP_GRACE};
 use mlxd::worker::{self, WorkerArgs};
 use mlxd_proto::ModelKind;
 use tokio_util::sync::CancellationToken;
@@ -295,7 +295,7 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
             }
         };
         let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(metrics_http::bind(addr).await?),
+            Some(addr) => Some(mlxd::http::tcp::bind(addr, "the metrics listener").await?),
             None => None,
         };
         let http = match &config.http {
@@ -307,7 +307,7 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
                     tracing::warn!(addr = %http.addr, "the HTTP API on TCP takes requests without a token (--http-no-auth)");
                     None
                 };
-                Some((mlxd::http::tcp::bind(http).await?, http.clone(), token))
+                Some((mlxd::http::tcp::bind(http.addr, "the HTTP API").await?, http.clone(), token))
             }
             None => None,
         };
@@ -315,7 +315,7 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
         let daemon = Daemon::new(config, catalog, bound.path.display().to_string());
         let stop_metrics = CancellationToken::new();
         let metrics_task = metrics_listener
-            .map(|listener| tokio::spawn(metrics_http::serve(listener, daemon.clone(), stop_metrics.clone())));
+            .map(|listener| tokio::spawn(mlxd::http::tcp::serve_metrics(listener, daemon.clone(), stop_metrics.clone())));
         // The TCP listener stops taking requests when the socket does (at the signal), and
         // its connections finish what they are doing while the daemon drains.
         let stop_http = CancellationToken::new();

@@ -1,6 +1,6 @@
-//! The daemon's Prometheus metrics (OpenMetrics text), served three ways: the `Metrics`
-//! request (`mlxctl metrics`), the optional HTTP listener (`--metrics-addr`), and
-//! `mlxctl status --json`.
+//! The daemon's Prometheus metrics (OpenMetrics text), served as the `Metrics` request
+//! (`mlxctl metrics`), as `GET /metrics` by every HTTP listener (the daemon's socket,
+//! `--http`, and `--metrics-addr`, which serves only that), and in `mlxctl status --json`.
 //!
 //! Two kinds of metric:
 //! - **Events**, counted where they happen: requests and their outcome, queue waits,

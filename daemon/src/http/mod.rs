@@ -69,17 +69,17 @@ fn routes(conn: Conn) -> axum::Router {
     let body_limit = daemon.config.limits.max_frame_len as usize;
     openai::routes()
         .merge(ollama::routes())
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let daemon = daemon.clone();
-                async move {
-                    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], daemon.render_metrics())
-                }
-            }),
-        )
+        .route("/metrics", axum::routing::get(metrics).with_state(daemon))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(conn)
+}
+
+/// `GET /metrics`: the OpenMetrics exposition, built from what the supervisor holds (it
+/// never waits on a worker).
+async fn metrics(
+    axum::extract::State(daemon): axum::extract::State<Arc<Daemon>>,
+) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], daemon.render_metrics())
 }
 
 /// HTTP/1.1 on `stream`: a request's headers must arrive within `header_timeout` (also

@@ -61,9 +61,10 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
     Ok(token.trim().to_owned())
 }
 
-/// Binds the TCP address (before the daemon reports ready).
-pub async fn bind(http: &HttpTcp) -> Result<TcpListener> {
-    TcpListener::bind(http.addr).await.with_context(|| format!("binding the HTTP API to {}", http.addr))
+/// Binds a TCP address for `what` (before the daemon reports ready, so a bad address
+/// fails the start rather than a later request).
+pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding {what} to {addr}"))
 }
 
 /// Serves the HTTP API on `listener` until `stop`.
@@ -76,11 +77,51 @@ pub async fn serve(
 ) {
     let local = listener.local_addr().map_or_else(|_| http.addr.to_string(), |a| a.to_string());
     tracing::info!(addr = %local, auth = http.auth, "serving the HTTP API on TCP");
-    let slots = Arc::new(Semaphore::new(daemon.config.max_connections));
-    let connections = TaskTracker::new();
-    // One caller identity for every TCP client: no credentials tell them apart.
-    let peer = Peer::default();
     let guard = Arc::new(Guard { token, loopback_only: http.addr.ip().is_loopback() });
+    let max = daemon.config.max_connections;
+    accept_loop(listener, daemon, max, stop, move |daemon| {
+        // One caller identity for every TCP client: no credentials tell them apart.
+        let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &Peer::default()));
+        (guard.clone().layer(super::routes(Conn::new(caller.clone()))), true, Some(caller))
+    })
+    .await;
+}
+
+/// Serves `/metrics` alone on `--metrics-addr` (for a Prometheus that cannot reach the
+/// API's listeners): the same HTTP stack, Host and Origin checks, no token (scrapers
+/// rarely carry one; the address is loopback unless `--metrics-allow-remote`), one
+/// request per connection.
+pub async fn serve_metrics(listener: TcpListener, daemon: Arc<Daemon>, stop: CancellationToken) {
+    let loopback_only = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics over HTTP at /metrics");
+    }
+    let guard = Arc::new(Guard { token: None, loopback_only });
+    accept_loop(listener, daemon, METRICS_CONNECTIONS, stop, move |daemon| {
+        let router = axum::Router::new()
+            .route("/metrics", axum::routing::get(super::metrics))
+            .route("/", axum::routing::get(|| async { "mlxd: metrics at /metrics\n" }))
+            .with_state(daemon.clone());
+        (guard.clone().layer(router), false, None)
+    })
+    .await;
+}
+
+/// Scrapes need few connections; the API's limit is for clients.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Accepts connections (at most `max` at once) until `stop`, serving each with the router
+/// `connection` makes for it, whose caller (if any) is cancelled when the connection ends;
+/// then waits for the open connections to finish what they are doing.
+async fn accept_loop(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    max: usize,
+    stop: CancellationToken,
+    connection: impl Fn(&Arc<Daemon>) -> (axum::Router, bool, Option<Arc<Caller>>),
+) {
+    let slots = Arc::new(Semaphore::new(max));
+    let connections = TaskTracker::new();
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot { Ok(slot) => slot, Err(_) => break },
@@ -97,19 +138,15 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let (daemon, stop, guard, peer) = (daemon.clone(), stop.clone(), guard.clone(), peer.clone());
+        let (router, keep_alive, caller) = connection(&daemon);
+        let header_timeout = daemon.config.frame_read_timeout;
+        let stream = super::deadline::WriteDeadline::new(stream, daemon.config.stream_pause_limit);
+        let stop = stop.clone();
         connections.spawn(async move {
-            let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &peer));
-            let router = super::routes(Conn::new(caller.clone())).layer(axum::middleware::from_fn(
-                move |request: Request, next: Next| {
-                    let guard = guard.clone();
-                    async move { guard.check(request, next).await }
-                },
-            ));
-            let header_timeout = daemon.config.frame_read_timeout;
-            let stream = super::deadline::WriteDeadline::new(stream, daemon.config.stream_pause_limit);
-            let _ = super::http1(stream, router, header_timeout, true, stop).await;
-            caller.cancel_all();
+            let _ = super::http1(stream, router, header_timeout, keep_alive, stop).await;
+            if let Some(caller) = caller {
+                caller.cancel_all();
+            }
             drop(slot);
         });
     }
@@ -129,6 +166,14 @@ fn refuse(code: ErrorCode, message: &str) -> Response {
 }
 
 impl Guard {
+    /// `router` behind this guard.
+    fn layer(self: Arc<Self>, router: axum::Router) -> axum::Router {
+        router.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+            let guard = self.clone();
+            async move { guard.check(request, next).await }
+        }))
+    }
+
     async fn check(&self, request: Request, next: Next) -> Response {
         let headers = request.headers();
         if self.loopback_only && !headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(is_local_host) {

@@ -7,10 +7,8 @@
 //! - [`listener`]: binding the socket (permissions, one daemon per path, stale sockets).
 //! - [`peer`]: reading a connection's peer credentials.
 //! - [`session`]: handshake, frames in and out, credit; a thin adapter over the core.
-//! - [`metrics_http`]: the optional HTTP listener for Prometheus.
 
 pub mod listener;
-pub mod metrics_http;
 pub mod peer;
 pub mod session;
 
