@@ -198,7 +198,8 @@ fn is_no_daemon(err: &std::io::Error) -> bool {
     matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
 }
 
-fn find_mlxd() -> PathBuf {
+/// The `mlxd` binary: `$MLXD_BIN`, else the one beside this executable, else `mlxd` on PATH.
+pub fn find_mlxd() -> PathBuf {
     if let Some(path) = std::env::var_os("MLXD_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }

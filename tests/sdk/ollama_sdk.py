@@ -1,17 +1,29 @@
-"""The real ollama-python SDK against mlxd's HTTP front end on the daemon's Unix socket.
+"""The real ollama-python SDK against mlxd's HTTP front end, on the daemon's Unix socket
+or on its TCP listener (`--http`, with the bearer token).
 
 Run by tests/tests/http.rs:  python ollama_sdk.py SOCKET FIXTURE
+                             MLXD_HTTP_TOKEN=... python ollama_sdk.py http://127.0.0.1:PORT FIXTURE
 """
 
 import json
 import math
+import os
 import sys
 
 import httpx
 import ollama
 
-socket, fixture = sys.argv[1], sys.argv[2]
-client = ollama.Client(host="http://localhost", transport=httpx.HTTPTransport(uds=socket))
+endpoint, fixture = sys.argv[1], sys.argv[2]
+if endpoint.startswith("http://"):
+    # TCP (`--http`): the bearer token in every request, as for any remote Ollama behind a proxy.
+    client = ollama.Client(host=endpoint, headers={"Authorization": f"Bearer {os.environ['MLXD_HTTP_TOKEN']}"})
+    try:
+        ollama.Client(host=endpoint).list()
+        raise AssertionError("a request without the token was served")
+    except ollama.ResponseError as err:
+        assert err.status_code == 401, err
+else:
+    client = ollama.Client(host="http://localhost", transport=httpx.HTTPTransport(uds=endpoint))
 
 names = {m.model for m in client.list().models}
 assert {"minilm:latest", "smollm2:latest"} <= names, names
@@ -60,4 +72,4 @@ try:
     raise AssertionError("format was accepted")
 except ollama.ResponseError as err:
     assert err.status_code == 400 and "format" in err.error, err
-print("ollama-python against mlxd: all checks passed")
+print("ollama-python against mlxd at", endpoint, ": all checks passed")

@@ -1,26 +1,38 @@
-"""The real openai-python SDK against mlxd's HTTP front end on the daemon's Unix socket.
+"""The real openai-python SDK against mlxd's HTTP front end, on the daemon's Unix socket
+or on its TCP listener (`--http`, with the bearer token).
 
-Run by tests/tests/http.rs with the daemon's socket and the path of the MiniLM fixture:
+Run by tests/tests/http.rs with the endpoint and the path of the MiniLM fixture:
     python openai_sdk.py SOCKET FIXTURE
+    MLXD_HTTP_TOKEN=... python openai_sdk.py http://127.0.0.1:PORT FIXTURE
 Every check is an assert; the first failure ends the script with a traceback.
 """
 
 import base64
 import json
 import math
+import os
 import struct
 import sys
 
 import httpx2
 import openai
 
-socket, fixture = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(
-    base_url="http://localhost/v1",
-    api_key="unused-on-a-unix-socket",
-    http_client=openai.DefaultHttpx2Client(transport=httpx2.HTTPTransport(uds=socket)),
-    max_retries=0,
-)
+endpoint, fixture = sys.argv[1], sys.argv[2]
+if endpoint.startswith("http://"):
+    client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key=os.environ["MLXD_HTTP_TOKEN"], max_retries=0)
+    # Without the token, TCP answers 401.
+    try:
+        openai.OpenAI(base_url=f"{endpoint}/v1", api_key="wrong", max_retries=0).models.list()
+        raise AssertionError("a wrong token was accepted")
+    except openai.AuthenticationError as err:
+        assert err.status_code == 401, err
+else:
+    client = openai.OpenAI(
+        base_url="http://localhost/v1",
+        api_key="unused-on-a-unix-socket",
+        http_client=openai.DefaultHttpx2Client(transport=httpx2.HTTPTransport(uds=endpoint)),
+        max_retries=0,
+    )
 
 # Models.
 names = {m.id for m in client.models.list()}
@@ -96,4 +108,4 @@ try:
     raise AssertionError("max_tokens over the limit was accepted")
 except openai.APIStatusError as err:
     assert err.status_code == 413, err
-print("openai-python", openai.__version__, "against mlxd: all checks passed")
+print("openai-python", openai.__version__, "against mlxd at", endpoint, ": all checks passed")

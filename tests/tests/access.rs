@@ -66,12 +66,25 @@ async fn a_peer_outside_the_allow_list_is_refused_with_unauthorized() {
         }
         assert_eq!(std::fs::metadata(&socket).unwrap().uid(), NOBODY);
         let result = refused_or_served(&socket).await;
+        // HTTP on the same socket is behind the same check: nothing is served to the peer.
+        let http = {
+            use std::io::{Read, Write};
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            write!(stream, "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        };
         let _ = daemon.kill();
         let _ = daemon.wait();
         let log = std::fs::read_to_string(&log).unwrap();
         if allowed {
             result.unwrap_or_else(|err| panic!("uid 0 is on the allow-list but was refused: {err}\n{log}"));
+            assert!(http.starts_with("HTTP/1.1 200") && http.contains("minilm"), "{http}");
         } else {
+            assert!(http.starts_with("HTTP/1.1 403") && http.contains("uid 0 is not allowed"), "{http}");
+            assert!(!http.contains("minilm"), "{http}");
             match result {
                 Err(ClientError::Handshake(err)) => {
                     assert_eq!(err.code, ErrorCode::Unauthorized, "{err}");

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use mlxd_tests::{eventually, model_named, repo_root, run_with_timeout, venv_python, Daemon};
 
-/// Runs `tests/sdk/SCRIPT` (checks written against a real SDK) on `daemon`'s socket.
-fn sdk_checks(daemon: &Daemon, script: &str) {
+/// Runs `tests/sdk/SCRIPT` (checks written against a real SDK) on `endpoint`: the
+/// daemon's socket, or its TCP address with the token.
+fn sdk_checks(daemon: &Daemon, script: &str, endpoint: &std::ffi::OsStr, token: &str) {
     let script = repo_root().join("tests/sdk").join(script);
     let fixture = repo_root().join("../shared/fixtures/minilm_reference.json");
     let (status, stdout, stderr) = run_with_timeout(
-        Command::new(venv_python()).arg(&script).arg(&daemon.socket).arg(&fixture),
+        Command::new(venv_python()).arg(&script).arg(endpoint).arg(&fixture).env("MLXD_HTTP_TOKEN", token),
         Duration::from_secs(300),
     );
     assert!(status.success(), "{} against mlxd failed:\n{stdout}\n{stderr}\n{}", script.display(), daemon.log_text());
@@ -23,11 +24,20 @@ fn sdk_checks(daemon: &Daemon, script: &str) {
 }
 
 #[test]
-fn the_openai_and_ollama_sdks_are_served_on_the_daemons_socket() {
-    // One daemon for both: the second SDK finds the models loaded by the first.
-    let daemon = Daemon::start(&[]);
-    sdk_checks(&daemon, "openai_sdk.py");
-    sdk_checks(&daemon, "ollama_sdk.py");
+fn the_openai_and_ollama_sdks_are_served_on_the_socket_and_on_tcp() {
+    // One daemon for all four runs: later runs find the models loaded by the first.
+    let daemon = Daemon::start(&["--http", "127.0.0.1:0"]);
+    let url = format!("http://{}", http_addr(&daemon));
+    // The token of the daemon's store, as a user would get it.
+    let (status, token, stderr) = run_with_timeout(
+        Command::new(mlxd_tests::bin("mlxctl")).arg("token").env("MLXD_BIN", mlxd_tests::bin("mlxd")),
+        Duration::from_secs(30),
+    );
+    assert!(status.success() && token.trim().len() == 64, "mlxctl token: {token:?} {stderr}");
+    for script in ["openai_sdk.py", "ollama_sdk.py"] {
+        sdk_checks(&daemon, script, daemon.socket.as_os_str(), "");
+        sdk_checks(&daemon, script, url.as_ref(), token.trim());
+    }
 }
 
 /// Sends one raw HTTP request on the daemon's socket and returns the connection.
@@ -69,6 +79,49 @@ fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
         smollm2.in_flight == 0 && smollm2.sched.running == 0
     };
     assert!(eventually(Duration::from_secs(5), idle), "the disconnected client's generation kept running");
+}
+
+/// The JSON lines of an NDJSON response read to its end (chunked framing skipped).
+fn ndjson_lines(mut stream: UnixStream) -> (String, Vec<serde_json::Value>) {
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let lines = body.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    (head.to_owned(), lines)
+}
+
+#[test]
+fn ollama_streams_load_progress_and_a_dropped_request_is_cancelled_without_a_stream() {
+    let daemon = Daemon::start(&[]);
+    // A cold model: NDJSON lines with the load's progress come before the first token,
+    // each one a valid (empty) piece for any Ollama client.
+    let body = r#"{"model":"smollm2","prompt":"Once upon a time","options":{"num_predict":4,"temperature":0}}"#;
+    let (head, lines) = ndjson_lines(post(&daemon.socket, "/api/generate", body));
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/x-ndjson"), "{head}");
+    let first_token = lines.iter().position(|l| !l["response"].as_str().unwrap_or_default().is_empty()).unwrap();
+    let progress: Vec<_> = lines[..first_token].iter().filter(|l| l.get("load").is_some()).collect();
+    assert!(!progress.is_empty(), "no load progress before the first token: {lines:?}");
+    assert!(progress.iter().all(|l| l["done"] == false && l["response"] == ""), "{progress:?}");
+    assert!(progress.iter().any(|l| l["load"]["stage"] == "weights"), "{progress:?}");
+    let last = lines.last().unwrap();
+    assert!(last["done"] == true && last["eval_count"] == 4, "{last}");
+    assert!(last["load_duration"].as_u64().unwrap() > 0, "the load was timed: {last}");
+
+    // Not streamed: the client hangs up while its completion is being generated; the
+    // generation stops at once rather than running to max_tokens for nobody.
+    let body = r#"{"model":"smollm2","prompt":"Once upon a time","max_tokens":4000,"temperature":0}"#;
+    let stream = post(&daemon.socket, "/v1/completions", body);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(daemon.client());
+    let running = || {
+        let status = runtime.block_on(client.status()).unwrap();
+        model_named(&status.models, "smollm2").sched.running
+    };
+    assert!(eventually(Duration::from_secs(30), || running() == 1), "the completion never started");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(running(), 1, "still generating while the client waits");
+    drop(stream);
+    assert!(eventually(Duration::from_secs(5), || running() == 0), "the hung-up client's generation kept running");
 }
 
 #[test]

@@ -59,6 +59,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the bearer token of the daemon's HTTP API on TCP (`mlxd serve --http`),
+    /// creating it if none exists yet; run as the daemon's user (it is that user's file).
+    Token {
+        /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
+        #[arg(long, value_name = "DIR")]
+        store: Option<std::path::PathBuf>,
+    },
     /// The models the daemon can serve.
     Models,
     /// Embed texts (`-` reads one text per line from stdin).
@@ -216,6 +223,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             );
             return Ok(());
         }
+        Command::Token { store } => return token(store.as_deref()),
         _ => {}
     }
     let client = options.connect().await?;
@@ -362,7 +370,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 other => return Err(ClientError::Wire(mlxd_client::proto::WireError::internal(format!("{other:?}")))),
             }
         }
-        Command::Bench(_) | Command::Completions { .. } => unreachable!("handled above"),
+        Command::Bench(_) | Command::Completions { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Tenant { embed_model, generate_model, seconds, max_tokens } => {
             tenant(&client, embed_model, generate_model, *seconds, *max_tokens).await?;
         }
@@ -479,4 +487,22 @@ fn expand_stdin(texts: &[String]) -> Result<Vec<String>, ClientError> {
         }
     }
     Ok(out)
+}
+
+/// `mlxctl token`: the token is the daemon's file in its store, so `mlxd token` (the
+/// binary the stdio fallback would run) reads or creates it; its output is passed through.
+fn token(store: Option<&std::path::Path>) -> Result<(), ClientError> {
+    let binary = mlxd_client::connection::find_mlxd();
+    let mut command = std::process::Command::new(&binary);
+    command.arg("token");
+    if let Some(store) = store {
+        command.arg("--store").arg(store);
+    }
+    let status = command.status().map_err(|err| {
+        std::io::Error::new(err.kind(), format!("cannot run `{} token`: {err}", binary.display()))
+    })?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
 }

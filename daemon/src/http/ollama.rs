@@ -310,12 +310,50 @@ fn piece(kind: Kind, model: &str, text: &str, done: bool) -> Value {
     object
 }
 
-fn finish(mut object: Value, summary: &GenerationSummary, started: Instant) -> Value {
+/// How long a cold model took to load for this request, from its load-progress events.
+#[derive(Debug, Default, Clone, Copy)]
+struct LoadClock {
+    first: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+impl LoadClock {
+    fn saw(&mut self, progress: &mlxd_proto::LoadProgress) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        if progress.stage == mlxd_proto::LoadStage::Ready {
+            self.ready = Some(now);
+        }
+    }
+
+    fn nanos(&self) -> u64 {
+        match (self.first, self.ready) {
+            (Some(first), Some(ready)) => ready.duration_since(first).as_nanos() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// A streamed line while a cold model loads: an empty piece (every Ollama client reads it
+/// as no text yet) that also says how far the load is, so no client times out silently.
+fn loading(kind: Kind, model: &str, progress: &mlxd_proto::LoadProgress) -> Value {
+    let mut object = piece(kind, model, "", false);
+    let stage = match progress.stage {
+        mlxd_proto::LoadStage::Starting => "starting",
+        mlxd_proto::LoadStage::Weights => "weights",
+        mlxd_proto::LoadStage::Ready => "ready",
+    };
+    object["status"] = json!(format!("loading {}", progress.model));
+    object["load"] = json!({ "stage": stage, "completed": progress.done, "total": progress.total });
+    object
+}
+
+fn finish(mut object: Value, summary: &GenerationSummary, started: Instant, load: LoadClock) -> Value {
     let nanos =
         |tokens: u32, per_s: f32| if per_s > 0.0 { (f64::from(tokens) / f64::from(per_s) * 1e9) as u64 } else { 0 };
     object["done_reason"] = json!(if summary.finish_reason == FinishReason::Length { "length" } else { "stop" });
     object["total_duration"] = json!(started.elapsed().as_nanos() as u64);
-    object["load_duration"] = json!(0);
+    object["load_duration"] = json!(load.nanos());
     object["prompt_eval_count"] = json!(summary.prompt_tokens);
     object["prompt_eval_duration"] = json!(nanos(summary.prompt_tokens, summary.prompt_tokens_per_s));
     object["eval_count"] = json!(summary.completion_tokens);
@@ -329,17 +367,17 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
     let lease = keep_alive_lease(&conn, &common).await?;
     if !common.stream {
         let mut text = String::new();
-        let answer = call::run(&conn, request, |event| {
-            if let Event::Token { text: t, .. } = event {
-                text.push_str(&t);
-            }
+        let mut load = LoadClock::default();
+        let answer = call::run(&conn, request, |event| match event {
+            Event::Token { text: t, .. } => text.push_str(&t),
+            Event::LoadProgress(progress) => load.saw(&progress),
         })
         .await;
         release(&conn, lease).await;
         let CoreResponse::Generated(summary) = answer? else {
             return Err(ApiError(WireError::internal("a generation answered something else")));
         };
-        return Ok(Json(finish(piece(kind, &model, &text, true), &summary, started)).into_response());
+        return Ok(Json(finish(piece(kind, &model, &text, true), &summary, started, load)).into_response());
     }
     let begin = async {
         let mut running = call::start(&conn, request)?;
@@ -354,22 +392,26 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         }
     };
     // Each line is one JSON object; the lease (if any) is released when the body ends.
-    let lines = stream::unfold(Some((running, conn, lease)), move |state| {
+    let lines = stream::unfold(Some((running, conn, lease, LoadClock::default())), move |state| {
         let model = model.clone();
         async move {
-            let (mut running, conn, lease) = state?;
+            let (mut running, conn, lease, mut load) = state?;
             loop {
                 match running.next().await {
                     Some(Item::Event(Event::Token { text, .. })) => {
                         let line = format!("{}\n", piece(kind, &model, &text, false));
-                        return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease))));
+                        return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))));
                     }
-                    Some(Item::Event(_)) => continue,
+                    Some(Item::Event(Event::LoadProgress(progress))) => {
+                        load.saw(&progress);
+                        let line = format!("{}\n", loading(kind, &model, &progress));
+                        return Some((Ok(line), Some((running, conn, lease, load))));
+                    }
                     Some(Item::Done(answer)) => {
                         release(&conn, lease).await;
                         let last = match *answer {
                             Ok(CoreResponse::Generated(summary)) => {
-                                finish(piece(kind, &model, "", true), &summary, started)
+                                finish(piece(kind, &model, "", true), &summary, started, load)
                             }
                             Ok(_) => json!({ "error": "a generation answered something else" }),
                             Err(error) => json!({ "error": error.message }),
