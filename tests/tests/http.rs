@@ -125,6 +125,32 @@ fn ollama_streams_load_progress_and_a_dropped_request_is_cancelled_without_a_str
 }
 
 #[test]
+fn a_stream_in_progress_finishes_when_the_daemon_shuts_down() {
+    let mut daemon = Daemon::start(&[]);
+    let body = r#"{"model":"smollm2","prompt":"Once upon a time","max_tokens":16,"temperature":0,"stream":true}"#;
+    let mut stream = post(&daemon.socket, "/v1/completions", body);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"text\":\"") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SIGTERM while tokens are flowing: the socket stops taking connections, and the
+    // stream in progress runs to its end before the daemon exits.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    let text = String::from_utf8_lossy(&seen).into_owned() + &rest;
+    assert!(text.contains("\"finish_reason\":\"length\"") && text.contains("data: [DONE]"), "{text}");
+    let tokens = text.matches("\"text\":\"").count();
+    assert!(tokens >= 16, "all 16 tokens (and the finishing chunk) were sent: {text}");
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    assert!(UnixStream::connect(&daemon.socket).is_err(), "the socket is gone");
+}
+
+#[test]
 fn errors_have_openai_statuses_and_busy_carries_retry_after() {
     let daemon = Daemon::start(&["--queue-capacity", "1"]);
     // Unknown endpoint and malformed body.
