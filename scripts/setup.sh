@@ -78,6 +78,19 @@ if [ -n "$for_tests" ] && [ "$sdks" != "$OPENAI_VERSION $OLLAMA_VERSION" ]; then
     .venv/bin/python -m pip install -q "openai==$OPENAI_VERSION" "ollama==$OLLAMA_VERSION"
 fi
 
+# openai-node, for the README's JavaScript snippet (pinned in tests/sdk/node/package-lock.json).
+if [ -n "$for_tests" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "the tests need Node.js >= 18 with npm (https://nodejs.org)" >&2; exit 1
+    fi
+    lock=tests/sdk/node/package-lock.json
+    if ! cmp -s "$lock" tests/sdk/node/node_modules/.mlxd-stamp 2>/dev/null; then
+        say "installing openai-node into tests/sdk/node (the README's JavaScript snippet)"
+        (cd tests/sdk/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        cp "$lock" tests/sdk/node/node_modules/.mlxd-stamp
+    fi
+fi
+
 if [ -n "$for_bench" ] && ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
     say "installing matplotlib into .venv (benchmark charts)"
     .venv/bin/python -m pip install -q matplotlib

@@ -93,10 +93,7 @@ pub fn decode_body<T: DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, Fr
 }
 
 /// [`decode_body`] with a session's sequence caps.
-pub fn decode_body_within<T: DeserializeOwned + Serialize>(
-    body: &[u8],
-    limits: DecodeLimits,
-) -> Result<T, FrameError> {
+pub fn decode_body_within<T: DeserializeOwned + Serialize>(body: &[u8], limits: DecodeLimits) -> Result<T, FrameError> {
     crate::bounds::within(limits, || {
         let (message, used) =
             bincode::serde::decode_from_slice(body, config()).map_err(|err| FrameError::Decode(err.to_string()))?;

@@ -199,7 +199,11 @@ fn messages() -> Vec<Value> {
             "request_tokenize",
             request(
                 12,
-                Request::Tokenize { model: ModelRef::Name("smollm2".into()), text: "Hi!".into(), add_special_tokens: true },
+                Request::Tokenize {
+                    model: ModelRef::Name("smollm2".into()),
+                    text: "Hi!".into(),
+                    add_special_tokens: true,
+                },
             ),
         ),
         client(
@@ -350,7 +354,10 @@ fn messages() -> Vec<Value> {
                 }]),
             ),
         ),
-        server("response_metrics", respond(16, Response::Metrics("# TYPE mlxd_sessions gauge\nmlxd_sessions 1\n# EOF\n".into()))),
+        server(
+            "response_metrics",
+            respond(16, Response::Metrics("# TYPE mlxd_sessions gauge\nmlxd_sessions 1\n# EOF\n".into())),
+        ),
         server(
             "event_token",
             ServerMessage::Event { id: 11, event: Event::Token { text: " upon".into(), token: Some(5_289) } },
@@ -359,7 +366,10 @@ fn messages() -> Vec<Value> {
             "event_token_held_back_text",
             ServerMessage::Event { id: 11, event: Event::Token { text: String::new(), token: Some(49_151) } },
         ),
-        server("event_token_flush", ServerMessage::Event { id: 11, event: Event::Token { text: "é".into(), token: None } }),
+        server(
+            "event_token_flush",
+            ServerMessage::Event { id: 11, event: Event::Token { text: "é".into(), token: None } },
+        ),
     ]);
     for (stage, done, total) in
         [(LoadStage::Starting, 0, 0), (LoadStage::Weights, 16_777_216, 90_868_736), (LoadStage::Ready, 1, 1)]
@@ -411,7 +421,8 @@ fn messages() -> Vec<Value> {
 /// Unsigned LEB-free "varint" of bincode's standard configuration: < 251 is one byte;
 /// 251 + u16 LE, 252 + u32 LE, 253 + u64 LE. Signed values are zigzagged first.
 fn varints() -> Vec<Value> {
-    let unsigned: [u64; 10] = [0, 1, 250, 251, 65_535, 65_536, 4_294_967_295, 4_294_967_296, 9_007_199_254_740_993, u64::MAX];
+    let unsigned: [u64; 10] =
+        [0, 1, 250, 251, 65_535, 65_536, 4_294_967_295, 4_294_967_296, 9_007_199_254_740_993, u64::MAX];
     let mut v: Vec<Value> = unsigned
         .into_iter()
         .map(|n| json!({ "type": "u64", "value": n.to_string(), "body": hex(&encode_body(&n).unwrap()) }))
@@ -429,16 +440,31 @@ fn varints() -> Vec<Value> {
 fn invalid() -> Vec<Value> {
     let cases: &[(&str, &str, &str, &str)] = &[
         ("empty_body", "client", "", "a body holds exactly one message"),
-        ("unknown_client_variant", "client", "04", "ClientMessage has 4 variants (0-3); an unknown tag is never skipped"),
+        (
+            "unknown_client_variant",
+            "client",
+            "04",
+            "ClientMessage has 4 variants (0-3); an unknown tag is never skipped",
+        ),
         ("unknown_request_variant", "client", "01050d", "Request has 13 variants (0-12)"),
         ("marker_255", "client", "0105ff", "255 is never a valid varint marker (here: the Request tag)"),
         ("trailing_byte", "client", "01050000", "one byte after a complete Request::Ping"),
         ("truncated_string", "client", "0001056d6c78", "client_name declares 5 bytes, 3 follow"),
         ("invalid_utf8", "client", "000102c328fb2c01fc00000001", "strings are UTF-8"),
-        ("non_minimal_varint_u16_marker", "client", "01fb050000", "id 5 written with the u16 marker: varints are minimal"),
+        (
+            "non_minimal_varint_u16_marker",
+            "client",
+            "01fb050000",
+            "id 5 written with the u16 marker: varints are minimal",
+        ),
         ("non_minimal_varint_u32_marker", "client", "01fc0500000000", "id 5 written with the u32 marker"),
         ("non_minimal_varint_u64_marker", "client", "01fd050000000000000000", "id 5 written with the u64 marker"),
-        ("marker_254", "client", "01fe0500000000000000000000000000000000", "254 (u128) is invalid in every field of this protocol"),
+        (
+            "marker_254",
+            "client",
+            "01fe0500000000000000000000000000000000",
+            "254 (u128) is invalid in every field of this protocol",
+        ),
         ("bool_out_of_range", "client", "01010a016102", "a bool is 0 or 1 (Unload.force = 2)"),
         ("option_tag_out_of_range", "client", "010103016102", "an Option is 0 (None) or 1 then the value"),
         ("unknown_server_variant", "server", "05", "ServerMessage has 5 variants (0-4)"),

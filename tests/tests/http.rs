@@ -249,33 +249,70 @@ fn a_non_loopback_http_address_needs_allow_remote_and_a_token() {
     assert!(!status.success() && stderr.contains("--http-no-auth is refused"), "{stderr}");
 }
 
-/// The README's snippets (curl, openai-python, ollama-python), run as written against a
-/// daemon, with only the socket path put in.
+/// The README's snippets (curl, openai-python, ollama-python, openai-node), run as
+/// written against a daemon with only the socket path and TCP port put in; the editors'
+/// configuration blocks are parsed.
 #[test]
 fn the_readmes_http_snippets_work_as_written() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--http", "127.0.0.1:0"]);
+    let addr = http_addr(&daemon);
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let section = readme.split("## Use mlxd from an OpenAI or Ollama client").nth(1).unwrap();
     let section = section.split("\n## ").next().unwrap();
     let blocks: Vec<(&str, &str)> =
         section.split("```").skip(1).step_by(2).map(|block| block.split_once('\n').unwrap_or((block, ""))).collect();
-    assert!(blocks.len() >= 3, "the section has its snippets: {blocks:?}");
+    let languages: Vec<&str> = blocks.iter().map(|(language, _)| language.trim()).collect();
+    for wanted in ["python", "js", "yaml", "json", "env"] {
+        assert!(languages.contains(&wanted), "the section has a {wanted} block: {languages:?}");
+    }
     let socket = daemon.socket.to_str().unwrap();
+    // `mlxctl token` as the snippets call it, and its output as the environment they expect.
+    let bin_dir = mlxd_tests::bin("mlxctl").parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (status, token, _) =
+        run_with_timeout(Command::new(mlxd_tests::bin("mlxctl")).arg("token"), Duration::from_secs(30));
+    assert!(status.success());
     for (language, code) in blocks {
-        let code =
-            code.replace("$XDG_RUNTIME_DIR/mlxd/mlxd.sock", socket).replace("/run/user/1000/mlxd/mlxd.sock", socket);
+        let code = code
+            .replace("$XDG_RUNTIME_DIR/mlxd/mlxd.sock", socket)
+            .replace("/run/user/1000/mlxd/mlxd.sock", socket)
+            .replace("127.0.0.1:11434", &addr);
         let mut command = match language.trim() {
-            "python" => {
+            "python" | "yaml" => {
                 let mut command = Command::new(venv_python());
-                command.arg("-c").arg(&code);
+                if language.trim() == "yaml" {
+                    command.arg("-c").arg("import sys, yaml; print(yaml.safe_load(sys.argv[1]))").arg(&code);
+                } else {
+                    command.arg("-c").arg(&code);
+                }
                 command
             }
-            _ => {
+            "js" => {
+                // From the folder where set-up installed the openai package.
+                let mut command = Command::new("node");
+                command.current_dir(repo_root().join("tests/sdk/node")).args(["--input-type=module", "-e", &code]);
+                command
+            }
+            "json" => {
+                let parsed: Result<serde_json::Value, _> = serde_json::from_str(&code);
+                assert!(parsed.is_ok(), "the README's json block does not parse: {parsed:?}\n{code}");
+                continue;
+            }
+            "env" => {
+                for line in code.lines().filter(|l| !l.trim().is_empty()) {
+                    let (key, _) = line.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {line}"));
+                    assert!(key.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{line}");
+                }
+                continue;
+            }
+            "sh" | "" => {
                 let mut command = Command::new("sh");
                 command.arg("-ec").arg(&code);
                 command
             }
+            other => panic!("a README block in {other:?}: run it here or say why not"),
         };
+        command.env("PATH", &path).env("MLXD_TOKEN", token.trim()).env("MLXD_BIN", mlxd_tests::bin("mlxd"));
         let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(120));
         assert!(status.success(), "the README's {language} snippet failed:\n{code}\n{stdout}\n{stderr}");
         assert!(!stdout.trim().is_empty(), "the {language} snippet printed nothing:\n{code}");

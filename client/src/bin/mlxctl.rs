@@ -498,9 +498,9 @@ fn token(store: Option<&std::path::Path>) -> Result<(), ClientError> {
     if let Some(store) = store {
         command.arg("--store").arg(store);
     }
-    let status = command.status().map_err(|err| {
-        std::io::Error::new(err.kind(), format!("cannot run `{} token`: {err}", binary.display()))
-    })?;
+    let status = command
+        .status()
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot run `{} token`: {err}", binary.display())))?;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }

@@ -76,9 +76,7 @@ fn routes(conn: Conn) -> axum::Router {
 
 /// `GET /metrics`: the OpenMetrics exposition, built from what the supervisor holds (it
 /// never waits on a worker).
-async fn metrics(
-    axum::extract::State(daemon): axum::extract::State<Arc<Daemon>>,
-) -> impl axum::response::IntoResponse {
+async fn metrics(axum::extract::State(daemon): axum::extract::State<Arc<Daemon>>) -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], daemon.render_metrics())
 }
 
