@@ -71,6 +71,11 @@ def goals() -> tuple[list[str], list[str]]:
         first = overhead["first_embedding_s"]
         rows.append(f"| first embedding: daemon warm / cold / stdio fallback (8) | (reported) |"
                     f" {first['warm'] * 1000:.0f} / {first['cold'] * 1000:.0f} / {first['stdio'] * 1000:.0f} ms | - |")
+    if http := need("http"):
+        r, v = http["embed_ratio"], http["chat_ratio_at_8"]
+        rows.append(f"| one short embedding, p50 over HTTP / binary protocol (16) | <= 1.15 | {r:.3f} | {verdict(r <= 1.15)} |")
+        rows.append(f"| chat completions at 8 clients, mlxd / mlx_lm.server, same openai client (16) | >= 1 |"
+                    f" {v:.2f}x | {verdict(v >= 1)} |")
     return rows, missing
 
 
@@ -119,7 +124,7 @@ def main() -> None:
         "## Summary: every goal and its measured figure",
         "",
         f"- Machine: {any_result['machine'] if any_result else 'unknown'}; results dated"
-        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead') if (r := load_result(n))}))}.",
+        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead', 'http') if (r := load_result(n))}))}.",
         "- Command: `make bench` (every benchmark below, then `bench/report.py`). The issue each goal comes from is"
         " in parentheses; sections below give the method, the raw numbers and, where a goal is missed, why.",
         "",
