@@ -79,6 +79,10 @@ fn a_client_that_disconnects_mid_stream_cancels_its_generation() {
         smollm2.in_flight == 0 && smollm2.sched.running == 0
     };
     assert!(eventually(Duration::from_secs(5), idle), "the disconnected client's generation kept running");
+    // The request's log lines carry the HTTP session and the peer's pid.
+    let log = daemon.log_text();
+    let pid = format!("client=\"http\" pid=Some({})", std::process::id());
+    assert!(log.lines().any(|l| l.contains(&pid) && l.contains("request{id=")), "{log}");
 }
 
 /// The JSON lines of an NDJSON response read to its end (chunked framing skipped).

@@ -116,8 +116,9 @@ pub fn start(conn: &Conn, body: Request) -> Result<Running, WireError> {
     let id = conn.next_id();
     caller.in_flight().insert(id, control.clone());
     let (caller, task_control) = (caller.clone(), control.clone());
-    // Everything logged while the request runs carries its id, and the HTTP session's.
-    let span = tracing::info_span!("request", session = caller.id, id, kind, model = %model, front = "http");
+    // Everything logged while the request runs carries its id (inside the connection's
+    // session span: its id and the peer's pid).
+    let span = tracing::info_span!("request", id, kind, model = %model, front = "http");
     let tasks = caller.daemon.registry.tasks().clone();
     tasks.spawn(
         "http request",
@@ -126,6 +127,10 @@ pub fn start(conn: &Conn, body: Request) -> Result<Running, WireError> {
             let answer = dispatch::handle(&caller, id, body, prepared, &sink, &task_control).await;
             caller.in_flight().remove(&id);
             metrics.request_done(&model, kind, answer.as_ref().map(|_| ()).map_err(|e| e.code), arrived.elapsed());
+            match &answer {
+                Ok(_) => tracing::debug!(ms = arrived.elapsed().as_millis() as u64, "request done"),
+                Err(error) => tracing::debug!(code = ?error.code, "request failed: {}", error.message),
+            }
             // A client that stops taking events does not hold this task for ever.
             let deadline = caller.daemon.config.stream_pause_limit;
             let _ = tokio::time::timeout(deadline, sink.0.send(Item::Done(Box::new(answer)))).await;

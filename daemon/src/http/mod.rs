@@ -54,10 +54,16 @@ where
         return;
     }
     let caller = Arc::new(Caller::new(daemon.next_session_id(), daemon.clone(), &peer));
-    tracing::debug!(pid = ?peer.pid, uid = ?peer.uid, session = caller.id, "HTTP connection");
-    if let Err(err) = http1(stream, routes(Conn::new(caller.clone())), header_timeout, true, stop).await {
-        tracing::debug!(%err, "HTTP connection ended");
-    }
+    // Everything logged for this connection's requests carries the session id and the
+    // peer's pid, as for a binary session.
+    let span = tracing::info_span!("session", id = caller.id, client = "http", pid = ?peer.pid);
+    let connection = async {
+        tracing::debug!(uid = ?peer.uid, "HTTP connection");
+        if let Err(err) = http1(stream, routes(Conn::new(caller.clone())), header_timeout, true, stop).await {
+            tracing::debug!(%err, "HTTP connection ended");
+        }
+    };
+    tracing::Instrument::instrument(connection, span).await;
     // The client is gone: whatever it still had running is cancelled now.
     caller.cancel_all();
 }

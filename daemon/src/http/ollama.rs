@@ -310,7 +310,9 @@ fn piece(kind: Kind, model: &str, text: &str, done: bool) -> Value {
     object
 }
 
-/// How long a cold model took to load for this request, from its load-progress events.
+/// How long a cold model took to load for this request: from its first load-progress event
+/// to the `Ready` one, or to the first token if that event was dropped (progress is
+/// advisory: it is dropped rather than queued when the client lags).
 #[derive(Debug, Default, Clone, Copy)]
 struct LoadClock {
     first: Option<Instant>,
@@ -323,6 +325,12 @@ impl LoadClock {
         self.first.get_or_insert(now);
         if progress.stage == mlxd_proto::LoadStage::Ready {
             self.ready = Some(now);
+        }
+    }
+
+    fn token(&mut self) {
+        if self.first.is_some() && self.ready.is_none() {
+            self.ready = Some(Instant::now());
         }
     }
 
@@ -369,7 +377,10 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         let mut text = String::new();
         let mut load = LoadClock::default();
         let answer = call::run(&conn, request, |event| match event {
-            Event::Token { text: t, .. } => text.push_str(&t),
+            Event::Token { text: t, .. } => {
+                load.token();
+                text.push_str(&t);
+            }
             Event::LoadProgress(progress) => load.saw(&progress),
         })
         .await;
@@ -399,6 +410,7 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
             loop {
                 match running.next().await {
                     Some(Item::Event(Event::Token { text, .. })) => {
+                        load.token();
                         let line = format!("{}\n", piece(kind, &model, &text, false));
                         return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))));
                     }

@@ -127,9 +127,9 @@ async fn accept_loop(
             slot = slots.clone().acquire_owned() => match slot { Ok(slot) => slot, Err(_) => break },
             () = stop.cancelled() => break,
         };
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(%err, "HTTP accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -142,13 +142,15 @@ async fn accept_loop(
         let header_timeout = daemon.config.frame_read_timeout;
         let stream = super::deadline::WriteDeadline::new(stream, daemon.config.stream_pause_limit);
         let stop = stop.clone();
-        connections.spawn(async move {
+        let span = tracing::info_span!("session", id = caller.as_ref().map(|c| c.id), client = "http-tcp", %remote);
+        let connection = async move {
             let _ = super::http1(stream, router, header_timeout, keep_alive, stop).await;
             if let Some(caller) = caller {
                 caller.cancel_all();
             }
             drop(slot);
-        });
+        };
+        connections.spawn(tracing::Instrument::instrument(connection, span));
     }
     connections.close();
     connections.wait().await;
