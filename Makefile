@@ -51,7 +51,7 @@ bench: setup-bench
 	.venv/bin/python bench/overload.py
 	.venv/bin/python bench/memory.py
 	.venv/bin/python bench/overhead.py
-	.venv/bin/python bench/http.py
+	.venv/bin/python bench/http_api.py
 	.venv/bin/python bench/report.py
 
 # Release binaries, and matplotlib for the charts.

@@ -12,7 +12,7 @@ keep up with mlx_lm.server's.
    preload the daemon gives its workers. Greedy, max_tokens fixed; tokens counted from
    each stream's usage. Each server is warmed up first (model loaded, one completion).
 
-Usage: .venv/bin/python bench/http.py [--rounds R] [--requests N] [--max-tokens T] [--bin target/release]
+Usage: .venv/bin/python bench/http_api.py [--rounds R] [--requests N] [--max-tokens T] [--bin target/release]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main() -> None:
         "## HTTP API: cost against the binary protocol, and chat throughput against mlx_lm.server (issue 16)",
         "",
         f"- Date: {date.today().isoformat()}; machine: {machine()}",
-        f"- Command: `.venv/bin/python bench/http.py --rounds {args.rounds} --requests {args.requests}"
+        f"- Command: `.venv/bin/python bench/http_api.py --rounds {args.rounds} --requests {args.requests}"
         f" --max-tokens {args.max_tokens} --per-client {args.per_client}` (part of `make bench`);"
         f" release build; openai-python {version('openai')}, mlx-lm {version('mlx-lm')}.",
         "",
