@@ -5,14 +5,13 @@
 //! then gets the daemon's defaults and its own settings, and its aliases.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use mlxd_proto::ModelKind;
 
 use crate::config::DaemonConfig;
 use crate::pyenv::PythonEnv;
-use crate::spec::{check_name, detect_kind, KeepAlive, ModelSpec, QUEUE_PER_BATCH};
+use crate::spec::{check_name, check_servable, KeepAlive, ModelSpec, QUEUE_PER_BATCH};
 use crate::units::parse_size;
 
 /// Every servable model, and the other names clients may use for them.
@@ -36,14 +35,14 @@ impl Catalog {
         }
         for (name, entry) in &config.model_settings {
             if let Some(path) = &entry.path {
-                add(model_at(name, path)?);
+                add(model_at(name, &path.to_string_lossy(), &config.python)?);
             }
         }
         for item in &config.extra_models {
             let Some((name, path)) = item.split_once('=') else {
-                bail!("--model expects NAME=PATH, got {item:?}");
+                bail!("--model expects NAME=PATH or NAME=hf:ORG/NAME, got {item:?}");
             };
-            add(model_at(name, Path::new(path))?);
+            add(model_at(name, path, &config.python)?);
         }
 
         let defaults = config.model_defaults;
@@ -100,10 +99,14 @@ pub fn bundled_models(python: &PythonEnv) -> Vec<ModelSpec> {
     models
 }
 
-/// A model directory given by path; its kind is read from config.json.
-fn model_at(name: &str, path: &Path) -> Result<ModelSpec> {
+/// A model directory given by path or as `hf:ORG/NAME[@REVISION]` (a snapshot in the
+/// Hugging Face cache); its kind is read from config.json, and its architecture checked.
+fn model_at(name: &str, given: &str, python: &PythonEnv) -> Result<ModelSpec> {
     check_name(name)?;
+    let path = crate::hfcache::model_path(given).with_context(|| format!("model {name}"))?;
     let path = path.canonicalize().with_context(|| format!("model {name}: {}", path.display()))?;
-    let kind = detect_kind(&path)?;
-    Ok(ModelSpec::new(name.into(), kind, path.clone(), path.display().to_string()))
+    let kind = check_servable(&path, &python.site_packages).with_context(|| format!("model {name}"))?;
+    let source =
+        if given.starts_with("hf:") { format!("{given} ({})", path.display()) } else { path.display().to_string() };
+    Ok(ModelSpec::new(name.into(), kind, path, source))
 }

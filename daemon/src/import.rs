@@ -4,7 +4,10 @@
 //!   in this short-lived command, never in the supervisor): tensors renamed to mlx-lm's
 //!   names, quantization kept (or dequantized with `--dtype`), tokenizer rebuilt from the
 //!   GGUF metadata.
-//! - A model directory (config.json, *.safetensors, tokenizer files) is copied.
+//! - A model directory (config.json, *.safetensors, tokenizer files) is copied: any
+//!   architecture the installed mlx-lm implements (float or MLX-quantized), or a BERT-family
+//!   encoder; anything else is refused naming its architecture. `hf:ORG/NAME[@REVISION]`
+//!   names a snapshot already in the Hugging Face cache ([`crate::hfcache`]).
 //!
 //! Re-importing the same content with the same options is a no-op (even with `--force`),
 //! so set-up can run it every time.
@@ -33,7 +36,8 @@ pub struct ImportArgs {
 
 pub fn run(args: ImportArgs) -> Result<()> {
     crate::spec::check_name(&args.name)?;
-    let source = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
+    let given = crate::hfcache::model_path(&args.path.to_string_lossy())?;
+    let source = given.canonicalize().with_context(|| format!("{}", args.path.display()))?;
     let root = store::store_root(args.store.as_deref());
     let target = store::models_dir(&root).join(&args.name);
     let gguf = is_gguf(&source)?;
@@ -67,7 +71,10 @@ pub fn run(args: ImportArgs) -> Result<()> {
         }
         (source.clone(), format!("copied {}", source.display()))
     };
-    let kind = crate::spec::detect_kind(&staged)?;
+    let kind = match PythonEnv::discover(args.python.as_deref()) {
+        Ok(env) => crate::spec::check_servable(&staged, &env.site_packages)?,
+        Err(_) => crate::spec::detect_kind(&staged)?,
+    };
     let path = store::ingest(&root, &staged, &args.name, provenance, args.force)?;
     println!("imported {} ({kind:?}) into {}: {summary}", args.name, path.display());
     Ok(())

@@ -32,6 +32,7 @@
 pub mod catalog;
 pub mod config;
 pub mod core;
+pub mod hfcache;
 pub mod http;
 pub mod import;
 pub mod logging;

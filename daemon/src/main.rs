@@ -37,7 +37,8 @@ struct ServeOptions {
     /// [default: $XDG_CONFIG_HOME/mlxd/config.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Serve an extra model directory under NAME (repeatable).
+    /// Serve an extra model under NAME (repeatable): a model directory, or
+    /// hf:ORG/NAME[@REVISION] for a snapshot in the Hugging Face cache.
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
     #[command(flatten)]
@@ -104,7 +105,8 @@ enum Command {
     },
     /// Import a GGUF file or a model directory into the store.
     Import {
-        /// A .gguf file, or a directory with config.json, *.safetensors and tokenizer files.
+        /// A .gguf file, a directory with config.json, *.safetensors and tokenizer files, or
+        /// hf:ORG/NAME[@REVISION] for a snapshot already in the Hugging Face cache.
         path: PathBuf,
         /// The name to serve it under.
         #[arg(long)]
@@ -141,6 +143,16 @@ enum Command {
         /// Model store [default: $MLXD_STORE, $XDG_DATA_HOME/mlxd, or ~/.local/share/mlxd]
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+    },
+    /// List the models in the local Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or
+    /// ~/.cache/huggingface/hub) and whether mlxd can serve each (nothing is downloaded).
+    Available {
+        /// One JSON object per model.
+        #[arg(long)]
+        json: bool,
+        /// Virtualenv with mlx-lm (to check architectures) [default: as for serve].
+        #[arg(long, value_name = "DIR")]
+        python: Option<PathBuf>,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
@@ -235,6 +247,7 @@ fn main() {
             mlxd::import::run(mlxd::import::ImportArgs { path, name, dtype, store, python, force })
         }
         Command::Store { action, store } => store_command(action, store),
+        Command::Available { json, python } => available(json, python.as_deref()),
         Command::Token { store } => {
             let path = mlxd::http::tcp::token_path(&mlxd::store::store_root(store.as_deref()));
             mlxd::http::tcp::load_or_create_token(&path).map(|token| println!("{token}"))
@@ -373,4 +386,45 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// `mlxd available`: the Hugging Face cache's snapshots, each with its kind and whether
+/// this mlxd (its mlx-lm) can serve it, or why not.
+fn available(json: bool, python: Option<&std::path::Path>) -> Result<()> {
+    let cache = mlxd::hfcache::cache_dir();
+    let site_packages = mlxd::pyenv::PythonEnv::discover(python).map(|env| env.site_packages).ok();
+    let mut rows = Vec::new();
+    for cached in mlxd::hfcache::list_in(&cache)? {
+        let verdict = match &site_packages {
+            Some(site) => mlxd::spec::check_servable(&cached.path, site),
+            None => mlxd::spec::detect_kind(&cached.path),
+        };
+        let (kind, why_not) = match verdict {
+            Ok(kind) => (format!("{kind:?}").to_lowercase(), None),
+            Err(err) => ("-".to_owned(), Some(format!("{err:#}"))),
+        };
+        rows.push((cached, kind, why_not));
+    }
+    if json {
+        for (cached, kind, why_not) in &rows {
+            let row = serde_json::json!({
+                "name": cached.name, "path": cached.path, "kind": kind,
+                "servable": why_not.is_none(), "why_not": why_not,
+            });
+            println!("{row}");
+        }
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no models in the Hugging Face cache at {}", cache.display());
+        return Ok(());
+    }
+    println!("models in the Hugging Face cache at {}:", cache.display());
+    for (cached, kind, why_not) in rows {
+        match why_not {
+            None => println!("  {:<50} {kind:<10} serve with --model NAME={}", cached.name, cached.name),
+            Some(why) => println!("  {:<50} not servable: {why}", cached.name),
+        }
+    }
+    Ok(())
 }

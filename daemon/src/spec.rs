@@ -109,20 +109,70 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads config.json to tell an embedding encoder from a causal language model.
-pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
+/// Encoder families served as embedding models (everything else is a causal LM for mlx-lm).
+const ENCODERS: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert"];
+
+/// `model_type` from a model directory's config.json.
+fn model_type(dir: &Path) -> Result<String> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-    match model_type {
-        "bert" | "roberta" | "xlm-roberta" | "distilbert" => Ok(ModelKind::Embedding),
-        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "phi3" | "smollm3" => Ok(ModelKind::Generation),
-        other => bail!(
-            "{}: model_type {other:?} is not supported (embedding: bert-family; generation: llama, mistral, \
-             qwen2, qwen3, gemma, gemma2, phi3, smollm3)",
-            config_path.display()
-        ),
+    match config.get("model_type").and_then(|v| v.as_str()) {
+        Some(model_type) if !model_type.is_empty() => Ok(model_type.to_owned()),
+        _ => bail!("{}: no model_type, so the architecture is unknown", config_path.display()),
     }
+}
+
+/// Reads config.json to tell an embedding encoder from a causal language model.
+pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
+    let model_type = model_type(dir)?;
+    Ok(if ENCODERS.contains(&model_type.as_str()) { ModelKind::Embedding } else { ModelKind::Generation })
+}
+
+/// [`detect_kind`], and for a causal LM, that the mlx-lm in `site_packages` implements its
+/// architecture (a module `mlx_lm/models/TYPE.py`, or one its `MODEL_REMAPPING` names) —
+/// so an unsupported model is refused when it is imported or configured, naming the
+/// architecture, not when a client first asks for it.
+pub fn check_servable(dir: &Path, site_packages: &Path) -> Result<ModelKind> {
+    let kind = detect_kind(dir)?;
+    if kind == ModelKind::Embedding {
+        return Ok(kind);
+    }
+    let model_type = model_type(dir)?;
+    let mlx_lm = site_packages.join("mlx_lm");
+    if !mlx_lm.is_dir() {
+        // No mlx-lm to ask (a daemon whose virtualenv is elsewhere): the worker will say.
+        return Ok(kind);
+    }
+    let remapped = mlx_lm_remapping(&mlx_lm).into_iter().find(|(from, _)| *from == model_type).map(|(_, to)| to);
+    let module = remapped.as_deref().unwrap_or(&model_type).replace('-', "_");
+    if mlx_lm.join("models").join(format!("{module}.py")).is_file() {
+        return Ok(kind);
+    }
+    bail!(
+        "{}: architecture {model_type:?} is not supported by the installed mlx-lm ({}); \
+         embedding models must be one of {}",
+        dir.display(),
+        mlx_lm.display(),
+        ENCODERS.join(", ")
+    )
+}
+
+/// mlx-lm's `MODEL_REMAPPING` (model types served by another type's module), read from
+/// its source: `"from": "to",` lines of the dict literal in `mlx_lm/utils.py`.
+fn mlx_lm_remapping(mlx_lm: &Path) -> Vec<(String, String)> {
+    let Ok(source) = std::fs::read_to_string(mlx_lm.join("utils.py")) else { return Vec::new() };
+    let Some(start) = source.find("MODEL_REMAPPING = {") else { return Vec::new() };
+    source[start..]
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.trim_start().starts_with('}'))
+        .filter_map(|line| {
+            let line = line.split('#').next()?.trim().trim_end_matches(',');
+            let (from, to) = line.split_once(':')?;
+            let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_owned();
+            Some((unquote(from), unquote(to)))
+        })
+        .collect()
 }

@@ -67,7 +67,12 @@ enum Command {
         store: Option<std::path::PathBuf>,
     },
     /// The models the daemon can serve.
-    Models,
+    Models {
+        /// Instead, the models in the local Hugging Face cache that mlxd could serve
+        /// (`mlxd serve --model NAME=hf:ORG/NAME`, `mlxd import hf:ORG/NAME`).
+        #[arg(long)]
+        available: bool,
+    },
     /// Embed texts (`-` reads one text per line from stdin).
     Embed {
         #[arg(long, short)]
@@ -224,6 +229,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             return Ok(());
         }
         Command::Token { store } => return token(store.as_deref()),
+        Command::Models { available: true } => return run_mlxd(&["available"], cli.json),
         _ => {}
     }
     let client = options.connect().await?;
@@ -260,7 +266,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 print!("{text}");
             }
         }
-        Command::Models => {
+        Command::Models { .. } => {
             let models = client.models().await?;
             if cli.json {
                 print_json(&json!(models.iter().map(model_json).collect::<Vec<_>>()));
@@ -492,15 +498,24 @@ fn expand_stdin(texts: &[String]) -> Result<Vec<String>, ClientError> {
 /// `mlxctl token`: the token is the daemon's file in its store, so `mlxd token` (the
 /// binary the stdio fallback would run) reads or creates it; its output is passed through.
 fn token(store: Option<&std::path::Path>) -> Result<(), ClientError> {
+    match store {
+        Some(store) => run_mlxd(&["token", "--store", &store.to_string_lossy()], false),
+        None => run_mlxd(&["token"], false),
+    }
+}
+
+/// Runs `mlxd ARGS` (the binary the stdio fallback would run) for what only it can answer
+/// (files the daemon owns, its Python environment), passing its output through.
+fn run_mlxd(args: &[&str], json: bool) -> Result<(), ClientError> {
     let binary = mlxd_client::connection::find_mlxd();
     let mut command = std::process::Command::new(&binary);
-    command.arg("token");
-    if let Some(store) = store {
-        command.arg("--store").arg(store);
+    command.args(args);
+    if json {
+        command.arg("--json");
     }
-    let status = command
-        .status()
-        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot run `{} token`: {err}", binary.display())))?;
+    let status = command.status().map_err(|err| {
+        std::io::Error::new(err.kind(), format!("cannot run `{} {}`: {err}", binary.display(), args.join(" ")))
+    })?;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }

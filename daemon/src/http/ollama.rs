@@ -407,33 +407,31 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         let model = model.clone();
         async move {
             let (mut running, conn, lease, mut load) = state?;
-            loop {
-                match running.next().await {
-                    Some(Item::Event(Event::Token { text, .. })) => {
-                        load.token();
-                        let line = format!("{}\n", piece(kind, &model, &text, false));
-                        return Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))));
-                    }
-                    Some(Item::Event(Event::LoadProgress(progress))) => {
-                        load.saw(&progress);
-                        let line = format!("{}\n", loading(kind, &model, &progress));
-                        return Some((Ok(line), Some((running, conn, lease, load))));
-                    }
-                    Some(Item::Done(answer)) => {
-                        release(&conn, lease).await;
-                        let last = match *answer {
-                            Ok(CoreResponse::Generated(summary)) => {
-                                finish(piece(kind, &model, "", true), &summary, started, load)
-                            }
-                            Ok(_) => json!({ "error": "a generation answered something else" }),
-                            Err(error) => json!({ "error": error.message }),
-                        };
-                        return Some((Ok(format!("{last}\n")), None));
-                    }
-                    None => {
-                        release(&conn, lease).await;
-                        return None;
-                    }
+            match running.next().await {
+                Some(Item::Event(Event::Token { text, .. })) => {
+                    load.token();
+                    let line = format!("{}\n", piece(kind, &model, &text, false));
+                    Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))))
+                }
+                Some(Item::Event(Event::LoadProgress(progress))) => {
+                    load.saw(&progress);
+                    let line = format!("{}\n", loading(kind, &model, &progress));
+                    Some((Ok(line), Some((running, conn, lease, load))))
+                }
+                Some(Item::Done(answer)) => {
+                    release(&conn, lease).await;
+                    let last = match *answer {
+                        Ok(CoreResponse::Generated(summary)) => {
+                            finish(piece(kind, &model, "", true), &summary, started, load)
+                        }
+                        Ok(_) => json!({ "error": "a generation answered something else" }),
+                        Err(error) => json!({ "error": error.message }),
+                    };
+                    Some((Ok(format!("{last}\n")), None))
+                }
+                None => {
+                    release(&conn, lease).await;
+                    None
                 }
             }
         }

@@ -110,7 +110,10 @@ pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
     for (name, entry) in entries {
         let bad = |problem: String| HeaderError::Tensor { tensor: name.clone(), problem };
         if name == "__metadata__" {
-            metadata = BTreeMap::<String, String>::deserialize(&entry).map_err(|e| bad(e.to_string()))?;
+            // MLX's `save_safetensors` without metadata writes `null`: no metadata.
+            if !entry.is_null() {
+                metadata = BTreeMap::<String, String>::deserialize(&entry).map_err(|e| bad(e.to_string()))?;
+            }
             continue;
         }
         let StTensorInfo { dtype, shape, data_offsets: (begin, end) } =
@@ -222,6 +225,8 @@ mod tests {
         assert!(missing.contains("\"w\"") && missing.contains("shape"), "{missing}");
         let negative = err(r#"{"w":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}}"#, 2);
         assert!(negative.contains("\"w\""), "{negative}");
+        // What MLX writes when saving without metadata.
+        assert!(parse(&file(r#"{"__metadata__":null}"#, 0)).unwrap().metadata.is_empty());
         let metadata = err(r#"{"__metadata__":{"k":1}}"#, 0);
         assert!(metadata.contains("__metadata__"), "{metadata}");
         assert!(err("not json", 0).contains("JSON"));
