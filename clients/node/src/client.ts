@@ -145,7 +145,7 @@ export class Client {
   static async connect(options: ConnectOptions = {}): Promise<Client> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const trustedUids = options.trustedUids ?? trustedUidsFromEnv(process.env, log);
-    const fallback = options.fallback ?? !["", "0", undefined].includes(process.env.MLXD_NO_FALLBACK);
+    const fallback = options.fallback ?? ["", "0", undefined].includes(process.env.MLXD_NO_FALLBACK);
     let path = options.socket;
     if (path === undefined) {
       const choice = resolveSocketPath();
