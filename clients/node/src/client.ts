@@ -202,6 +202,8 @@ export class Client {
     );
     const version = options.protocolVersion ?? PROTOCOL_VERSION;
     const decoder = new FrameDecoder(HANDSHAKE_MAX_FRAME_LEN);
+    // Frames that arrived with the Welcome (none are expected) are routed once connected.
+    let leftover: Uint8Array[] = [];
     const first = new Promise<ServerMessage>((resolve, reject) => {
       const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
       const timer = setTimeout(
@@ -219,6 +221,7 @@ export class Client {
           const bodies = decoder.push(chunk);
           if (bodies.length > 0) {
             const message = decodeServerMessage(bodies[0]!);
+            leftover = bodies.slice(1);
             settle(() => resolve(message));
           }
         } catch (err) {
@@ -266,7 +269,9 @@ export class Client {
       }
       decoder.maxLen = maxFrameLen;
       const retry = options.retry === false ? NO_RETRY : { ...DEFAULT_RETRY, ...options.retry };
-      return new Client(transport, decoder, message, endpoint, retry);
+      const client = new Client(transport, decoder, message, endpoint, retry);
+      for (const body of leftover) client.#receiveBody(body);
+      return client;
     }
     await transport.close().catch(() => {});
     if (message.type === "Fatal") {
@@ -473,16 +478,34 @@ export class Client {
     let bodies: Uint8Array[];
     try {
       bodies = this.#decoder.push(chunk);
-      for (const body of bodies) {
-        this.#route(decodeServerMessage(body));
-        if (this.#closedBy) return;
-      }
     } catch (err) {
-      const error = err instanceof MlxdError ? err : new ProtocolError(String(err));
-      this.#shutdown(error);
-      (this.#transport as Partial<SocketTransport>).destroy?.();
-      void this.#transport.close().catch(() => {});
+      this.#fault(err);
+      return;
     }
+    for (const body of bodies) {
+      this.#receiveBody(body);
+      if (this.#closedBy) return;
+    }
+  }
+
+  #receiveBody(body: Uint8Array): void {
+    if (this.#closedBy) return;
+    let message: ServerMessage;
+    try {
+      message = decodeServerMessage(body);
+    } catch (err) {
+      this.#fault(err);
+      return;
+    }
+    this.#route(message);
+  }
+
+  /** The daemon broke the protocol: end the session. */
+  #fault(err: unknown): void {
+    const error = err instanceof MlxdError ? err : new ProtocolError(String(err));
+    this.#shutdown(error);
+    (this.#transport as Partial<SocketTransport>).destroy?.();
+    void this.#transport.close().catch(() => {});
   }
 
   #route(message: ServerMessage): void {
@@ -494,19 +517,22 @@ export class Client {
         if (!handlers) return; // e.g. the answer to a fire-and-forget Release
         this.#pending.delete(id);
         this.#updateRef();
-        if (message.type === "Response") handlers.done(message.body);
-        else handlers.fail(fromWire(message.error));
+        if (message.type === "Response") deliver(() => handlers.done(message.body));
+        else deliver(() => handlers.fail(fromWire(message.error)));
         return;
       }
-      case "Event":
-        this.#pending.get(message.id as number)?.event(message.event);
+      case "Event": {
+        const handlers = this.#pending.get(message.id as number);
+        if (handlers) deliver(() => handlers.event(message.event));
         return;
+      }
       case "Fatal":
         this.#shutdown(fromWire(message, true, "the daemon ended the session: "));
         void this.#transport.close().catch(() => {});
         return;
       case "Welcome":
-        throw new ProtocolError("the daemon sent a second Welcome");
+        this.#fault(new ProtocolError("the daemon sent a second Welcome"));
+        return;
     }
   }
 
@@ -516,7 +542,7 @@ export class Client {
     this.#closedBy = error;
     const pending = [...this.#pending.values()];
     this.#pending.clear();
-    for (const handlers of pending) handlers.fail(error);
+    for (const handlers of pending) deliver(() => handlers.fail(error));
     this.#transport.setRef(false);
   }
 
@@ -531,7 +557,12 @@ export class Client {
   close(): Promise<void> {
     if (!this.#closing) {
       this.#shutdown(new ConnectionClosedError("the client closed the connection"));
-      this.#closing = this.#transport.close().catch(() => {});
+      // Held until closed (a bounded wait), so code after `await close()` runs.
+      this.#transport.setRef(true);
+      this.#closing = this.#transport
+        .close()
+        .catch(() => {})
+        .finally(() => this.#transport.setRef(false));
     }
     return this.#closing;
   }
@@ -551,6 +582,21 @@ if (asyncDispose) {
 export interface Client {
   /** `await using client = await connect()` closes it at the end of the scope. */
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Runs a request's handler. A caller's callback that throws (say, an `onProgress`) is
+ * reported as an uncaught exception, as an event listener's would be; it does not end
+ * the session or keep other requests from their frames.
+ */
+function deliver(handler: () => void): void {
+  try {
+    handler();
+  } catch (err) {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
 }
 
 function defaultClientName(): string {

@@ -90,7 +90,8 @@ export class Lease {
         .request({ type: "Release", lease: this.id })
         .then((response) => void expectType(response, "Released"))
         .catch((err: unknown) => {
-          if (!(err instanceof ConnectionClosedError)) throw err;
+          // However the session ended (close(), EOF, a Fatal), the lease ended with it.
+          if (!(err instanceof ConnectionClosedError) && !this.client.closed) throw err;
         });
     }
     return this.#closing;

@@ -1,10 +1,11 @@
 // Busy and its retry policy, on a second daemon that admits one embedding request at a
-// time (`--queue-capacity 1`), so concurrent requests are refused with Busy.
+// time (`--queue-capacity 1`), so concurrent requests are refused with Busy; last, what a
+// client sees when that daemon shuts down.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { BusyError, connect, jitter } from "../dist/index.js";
-import { startDaemon } from "./helpers.mjs";
+import { BusyError, ShutdownError, connect, jitter } from "../dist/index.js";
+import { eventually, startDaemon } from "./helpers.mjs";
 
 let daemon;
 const longText = "a fairly long sentence to keep the model busy for a moment. ".repeat(30);
@@ -71,4 +72,17 @@ test("retry waits are 0.5 to 1.5 times the daemon's hint, spread out", () => {
   assert.ok(waits.every((w) => w >= 5 && w < 15), "a wait outside [5, 15)");
   assert.ok(new Set(waits).size > 900);
   assert.ok(jitter(0) >= 0.5 && jitter(0) < 1.5, "no hint: at least about 1 ms");
+});
+
+test("when the daemon shuts down, the session ends with a typed error and leases close quietly", async () => {
+  const client = await connect({ socket: daemon.socket, fallback: false });
+  const lease = await client.lease("minilm");
+  await daemon.stop();
+  assert.ok(await eventually(10_000, () => client.closed), "the client did not notice the shutdown");
+  const err = await client.ping().catch((e) => e);
+  // PROTOCOL.md §4: at shutdown the daemon sends Fatal(Shutdown), then closes.
+  assert.ok(err instanceof ShutdownError, String(err));
+  assert.equal(err.fatal, true);
+  await lease.close(); // the lease ended with the session
+  await client.close();
 });
