@@ -205,6 +205,26 @@ test("a lease is released when the client process exits, with or without close()
   assert.ok(await eventually(5000, async () => (await model("minilm")).leases === 0), "leases left after the clients exited");
 });
 
+test("a lease object that is garbage-collected unclosed is released on its live connection", async () => {
+  const script = `
+    import { connect } from ${JSON.stringify(distEntry)};
+    const client = await connect({ socket: ${JSON.stringify(daemon.socket)}, fallback: false });
+    const leases = async () => (await client.status()).models.find((m) => m.name === "minilm").leases;
+    await (async () => { await (await client.lease("minilm")).embed(["dropped"]); })();
+    const before = await leases();
+    let after = before;
+    for (let i = 0; i < 100 && after !== 0; i++) {
+      globalThis.gc();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      after = await leases();
+    }
+    console.log(JSON.stringify({ before, after }));
+    await client.close();`;
+  const { code, stdout, stderr } = await run(process.execPath, ["--expose-gc", "--input-type=module", "-e", script]);
+  assert.equal(code, 0, stderr);
+  assert.deepEqual(JSON.parse(stdout), { before: 1, after: 0 });
+});
+
 test("a protocol version the daemon does not speak is refused clearly", async () => {
   const err = await connect({ socket: daemon.socket, fallback: false, protocolVersion: 2 }).then(
     () => assert.fail("connected with protocol 2"),
