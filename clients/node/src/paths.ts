@@ -44,13 +44,18 @@ export interface SocketChoice {
   passedOver: PassedOver[];
 }
 
-/** This process's effective uid. */
+/** This process's effective uid: whose daemon it trusts (as the Rust client's check). */
 export function currentUid(): number {
   return process.geteuid?.() ?? process.getuid?.() ?? 0;
 }
 
+/** This process's real uid: whose default socket it looks for (as the Rust client). */
+function realUid(): number {
+  return process.getuid?.() ?? 0;
+}
+
 /** The per-user default: `$XDG_RUNTIME_DIR/mlxd/mlxd.sock`, else `/tmp/mlxd-$UID/mlxd.sock`. */
-export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env, uid = currentUid()): string {
+export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env, uid = realUid()): string {
   const explicit = env[SOCKET_ENV];
   if (explicit) return explicit;
   const runtime = env.XDG_RUNTIME_DIR;
@@ -59,7 +64,7 @@ export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env, uid = cu
 }
 
 /** Where to connect when the caller names no socket (see the module doc). */
-export function resolveSocketPath(env: NodeJS.ProcessEnv = process.env, uid = currentUid()): SocketChoice {
+export function resolveSocketPath(env: NodeJS.ProcessEnv = process.env, uid = realUid()): SocketChoice {
   const user = defaultSocketPath(env, uid);
   if (env[SOCKET_ENV]) return { path: user, explicit: true, passedOver: [] };
   const candidates = [user];

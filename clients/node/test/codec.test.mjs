@@ -2,7 +2,7 @@
 // before buffering, frames split and merged across chunks, values that cannot be encoded,
 // PROTOCOL.md's own example, and the socket path's precedence.
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, rmSync } from "node:fs";
 import { test } from "node:test";
 
 import {
@@ -20,6 +20,7 @@ import {
   encodeServerMessage,
   resolveSocketPath,
 } from "../dist/index.js";
+import { tempDir } from "./helpers.mjs";
 
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 
@@ -115,5 +116,20 @@ test("the socket path: $MLXD_SOCKET, then $XDG_RUNTIME_DIR (if absolute), then /
   if (!existsSync(SYSTEM_SOCKET_PATH)) {
     const none = resolveSocketPath({ XDG_RUNTIME_DIR: "/nonexistent-xdg" }, 7);
     assert.equal(none.path, "/nonexistent-xdg/mlxd/mlxd.sock");
+  }
+});
+
+test("a default socket in someone else's directory is passed over; an explicit one never is", { skip: process.getuid() !== 0 && "needs root to chown" }, () => {
+  const dir = tempDir();
+  try {
+    mkdirSync(`${dir}/mlxd`);
+    chownSync(`${dir}/mlxd`, 4242, 4242);
+    const choice = resolveSocketPath({ XDG_RUNTIME_DIR: dir }, 7);
+    assert.deepEqual(choice.passedOver, [{ path: `${dir}/mlxd/mlxd.sock`, directoryOwner: 4242 }]);
+    assert.equal(choice.path, SYSTEM_SOCKET_PATH);
+    const explicit = resolveSocketPath({ MLXD_SOCKET: `${dir}/mlxd/mlxd.sock` }, 7);
+    assert.deepEqual(explicit, { path: `${dir}/mlxd/mlxd.sock`, explicit: true, passedOver: [] });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
