@@ -1,4 +1,5 @@
-//! Client ↔ daemon messages, protocol version 1.
+//! Client ↔ daemon messages, protocol version 3 ([`crate::PROTOCOL_VERSION`]; history in
+//! PROTOCOL.md §7).
 //!
 //! Rules that keep old peers working: enum variants are only ever appended (bincode
 //! encodes the variant index), struct fields are never reordered, and a change to any
