@@ -9,6 +9,7 @@ credit rules as the blocking client (:mod:`mlxd._sync`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Deque,
     Dict,
     Generator,
     List,
@@ -93,7 +95,16 @@ T = TypeVar("T")
 #: StreamReader buffer limit (frames may be larger; it only bounds read-ahead).
 _READ_LIMIT = 1 << 20
 
-_Item = Union[ServerMessage, MlxdError]
+class _Route:
+    """The frames of one request, as they arrive."""
+
+    def __init__(self) -> None:
+        self.frames: Deque[ServerMessage] = collections.deque()
+        self.arrived = asyncio.Event()
+
+    def put(self, frame: ServerMessage) -> None:
+        self.frames.append(frame)
+        self.arrived.set()
 
 
 class _AsyncConnection:
@@ -109,7 +120,7 @@ class _AsyncConnection:
         self.reader, self.writer, self.endpoint, self.process = reader, writer, endpoint, process
         self.max_in = HANDSHAKE_MAX_FRAME_LEN
         self.max_out = HANDSHAKE_MAX_FRAME_LEN
-        self._routes: Dict[int, "asyncio.Queue[_Item]"] = {}
+        self._routes: Dict[int, _Route] = {}
         self._write_lock = asyncio.Lock()
         self._error: Optional[MlxdError] = None
         self._ids = itertools.count(1)
@@ -137,9 +148,9 @@ class _AsyncConnection:
             while True:
                 message = await self.read_message()
                 if isinstance(message, (Response, Error, Event)):
-                    queue = self._routes.get(message.id)
-                    if queue is not None:  # else: a request nobody waits for any more
-                        queue.put_nowait(message)
+                    route = self._routes.get(message.id)
+                    if route is not None:  # else: a request nobody waits for any more
+                        route.put(message)
                 elif isinstance(message, Fatal):
                     self._fail(_base.raise_error(message))
                     return
@@ -152,8 +163,8 @@ class _AsyncConnection:
     def _fail(self, error: MlxdError) -> MlxdError:
         if self._error is None:
             self._error = error
-            for queue in self._routes.values():
-                queue.put_nowait(error)
+            for route in self._routes.values():
+                route.arrived.set()
             self.writer.close()
         return self._error
 
@@ -187,7 +198,7 @@ class _AsyncConnection:
         if self._error is not None:
             raise self._error
         request_id = next(self._ids)
-        self._routes[request_id] = asyncio.Queue()
+        self._routes[request_id] = _Route()
         try:
             await self.send(Request(request_id, body))
         except BaseException:
@@ -196,22 +207,25 @@ class _AsyncConnection:
         return request_id
 
     async def next_for(self, request_id: int) -> ServerMessage:
-        queue = self._routes.get(request_id)
-        if queue is None:
+        route = self._routes.get(request_id)
+        if route is None:
             raise ProtocolError(f"request {request_id} is not in flight")
-        if queue.empty() and self._error is not None:
-            raise self._error
-        item = await queue.get()
-        if isinstance(item, MlxdError):
-            raise item
-        return item
+        while not route.frames:
+            if self._error is not None:
+                raise self._error
+            route.arrived.clear()
+            await route.arrived.wait()
+        return route.frames.popleft()
 
     def forget(self, request_id: int) -> None:
         self._routes.pop(request_id, None)
 
     def buffered(self, request_id: int) -> int:
-        queue = self._routes.get(request_id)
-        return queue.qsize() if queue is not None else 0
+        """Token events received for the request and not yet taken."""
+        route = self._routes.get(request_id)
+        if route is None:
+            return 0
+        return sum(1 for frame in route.frames if isinstance(frame, Event) and isinstance(frame.event, Token))
 
     async def close(self) -> None:
         self._fail(ConnectionClosedError("the client was closed"))
@@ -718,7 +732,7 @@ class AsyncGenerationStream(AsyncIterator[Token]):
 
     @property
     def buffered(self) -> int:
-        """Frames received for this stream and not yet read (at most the window)."""
+        """Tokens received for this stream and not yet read (at most the window)."""
         return self._connection.buffered(self.request_id)
 
     async def cancel(self) -> None:

@@ -4,6 +4,7 @@ bookkeeping. No I/O here."""
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 from typing import (
@@ -217,7 +218,11 @@ def embeddings_result(embeddings: Embeddings, numpy: bool) -> Any:
     if numpy:
         import numpy as np
 
-        flat = np.frombuffer(embeddings.vectors, dtype=np.float32) if embeddings.count else np.zeros(0, np.float32)
+        vectors = embeddings.vectors
+        if isinstance(vectors, array.array) and vectors.typecode == "f" and len(vectors):
+            flat = np.frombuffer(vectors, dtype=np.float32)  # no copy
+        else:
+            flat = np.asarray(vectors, dtype=np.float32)
         return flat.reshape(embeddings.count, embeddings.dim)
     return embeddings.rows()
 

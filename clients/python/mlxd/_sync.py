@@ -21,6 +21,7 @@ from typing import (
     Any,
     Deque,
     Dict,
+    Iterable,
     Iterator,
     List,
     Literal,
@@ -51,7 +52,6 @@ from .protocol import (
     Credit,
     DaemonStatus,
     DetokenizeRequest,
-    EmbedRequest,
     Embeddings,
     Error,
     Event,
@@ -298,8 +298,9 @@ class _Connection:
             self._routes.pop(request_id, None)
 
     def buffered(self, request_id: int) -> int:
+        """Token events received for the request and not yet taken."""
         with self._cond:
-            return len(self._routes.get(request_id, ()))
+            return _tokens_in(self._routes.get(request_id, ()))
 
     def next_for(self, request_id: int) -> ServerMessage:
         """The next frame of request ``request_id``, reading the connection as needed."""
@@ -338,6 +339,10 @@ class _Connection:
 
     def close(self) -> None:
         self._fail(ConnectionClosedError("the client was closed"))
+
+
+def _tokens_in(frames: Iterable[ServerMessage]) -> int:
+    return sum(1 for frame in frames if isinstance(frame, Event) and isinstance(frame.event, Token))
 
 
 # -- The client ------------------------------------------------------------------------------
@@ -765,7 +770,7 @@ class GenerationStream(Iterator[Token]):
 
     @property
     def buffered(self) -> int:
-        """Frames received for this stream and not yet read (at most the window)."""
+        """Tokens received for this stream and not yet read (at most the window)."""
         return self._connection.buffered(self.request_id)
 
     def cancel(self) -> None:
