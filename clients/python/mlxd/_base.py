@@ -216,7 +216,10 @@ def raise_error(message: ServerMessage) -> DaemonError:
 def embeddings_result(embeddings: Embeddings, numpy: bool) -> Any:
     """The vectors as a list of lists, or a (count, dim) float32 numpy array."""
     if numpy:
-        import numpy as np
+        try:
+            import numpy as np
+        except ImportError as err:
+            raise ImportError(f"numpy=True needs numpy (pip install numpy): {err}") from err
 
         vectors = embeddings.vectors
         if isinstance(vectors, array.array) and vectors.typecode == "f" and len(vectors):
