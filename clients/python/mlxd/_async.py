@@ -730,6 +730,16 @@ class AsyncGenerationStream(AsyncIterator[Token]):
             self.finished = True
             self._connection.forget(self.request_id)
 
+    def __del__(self) -> None:
+        # Dropped before its end: stop it at the daemon.
+        if not getattr(self, "finished", True):
+            self.finished = True
+            self._connection.forget(self.request_id)
+            try:
+                self._connection.try_send_soon(Cancel(self.request_id))
+            except Exception:  # a closed loop or transport: the session ends anyway
+                pass
+
     @property
     def buffered(self) -> int:
         """Tokens received for this stream and not yet read (at most the window)."""

@@ -220,6 +220,9 @@ class _Connection:
         self._reading = False
         self._error: Optional[MlxdError] = None
         self._ids = itertools.count(1)
+        # Streams dropped unfinished (from __del__, which must not take a lock): cancelled
+        # and forgotten by the next call that sends or reads.
+        self._abandoned: Deque[int] = collections.deque()
 
     # Writing.
 
@@ -233,9 +236,33 @@ class _Connection:
             if self._error is not None:
                 raise self._error
             try:
-                self.io.send(_codec.frame(body))
+                self.io.send(self._abandoned_cancels() + _codec.frame(body))
             except OSError as err:
                 raise self._fail(ConnectionClosedError(f"the connection to {self.endpoint} broke: {err}")) from err
+
+    def abandon(self, request_id: int) -> None:
+        """Cancels and forgets a request soon, without blocking (safe in ``__del__``)."""
+        self._abandoned.append(request_id)
+
+    def _flush_abandoned(self) -> None:
+        """Sends the Cancels of abandoned requests, if the writer is free now."""
+        if self._abandoned and self._write_lock.acquire(blocking=False):
+            try:
+                if self._error is None:
+                    self.io.send(self._abandoned_cancels())
+            except OSError:
+                pass  # the reader will find the connection broken
+            finally:
+                self._write_lock.release()
+
+    def _abandoned_cancels(self) -> bytes:
+        frames = []
+        while self._abandoned:
+            request_id = self._abandoned.popleft()
+            with self._cond:
+                self._routes.pop(request_id, None)
+            frames.append(_codec.frame(encode_client(Cancel(request_id))))
+        return b"".join(frames)
 
     def try_send(self, message: ClientMessage) -> None:
         """Sends a control frame if the connection still stands."""
@@ -304,6 +331,7 @@ class _Connection:
 
     def next_for(self, request_id: int) -> ServerMessage:
         """The next frame of request ``request_id``, reading the connection as needed."""
+        self._flush_abandoned()
         while True:
             with self._cond:
                 while True:
@@ -767,6 +795,11 @@ class GenerationStream(Iterator[Token]):
     def _end(self) -> None:
         self.finished = True
         self._connection.forget(self.request_id)
+
+    def __del__(self) -> None:
+        # Dropped before its end: stop it at the daemon (with the next frame sent).
+        if not getattr(self, "finished", True):
+            self._connection.abandon(self.request_id)
 
     @property
     def buffered(self) -> int:

@@ -82,6 +82,12 @@ def test_cancel_mid_stream(daemon: Daemon, client: mlxd.Client) -> None:
     # The stream gave its slot back.
     assert eventually(lambda: model_named(client.models(), "smollm2").sched.running == 0)
 
+    # A stream dropped unread is cancelled too (with the client's next frame).
+    dropped = client.generate("smollm2", "Once upon a time", temperature=0, max_tokens=200, window=2)
+    assert eventually(lambda: model_named(client.models(), "smollm2").sched.running == 1, within=30)
+    del dropped
+    assert eventually(lambda: model_named(client.models(), "smollm2").sched.running == 0)
+
 
 def test_a_slow_reader_holds_exactly_its_credit(client: mlxd.Client) -> None:
     window = 4
