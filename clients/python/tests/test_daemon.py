@@ -146,6 +146,13 @@ def test_a_lease_ends_with_its_process(daemon: Daemon, client: mlxd.Client) -> N
 def test_busy_is_typed_and_retried(start_daemon: Callable[..., Daemon]) -> None:
     small = start_daemon("--queue-capacity", "1")
     with small.client() as holder, small.client() as impatient:
+        # A fresh daemon: loading reports progress.
+        progress: List[mlxd.LoadProgress] = []
+        loaded = holder.load("smollm2", progress=progress.append)
+        assert loaded.state == mlxd.ModelState.Ready
+        assert progress and {event.model for event in progress} == {"smollm2"}
+        assert mlxd.LoadStage.Weights in {event.stage for event in progress}
+
         # A stream that is not read keeps the model's only place.
         blocker = holder.generate("smollm2", "Hello", temperature=0, max_tokens=64, window=1)
 
