@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README):
 #   make run   — set everything up, then serve the bundled models in the foreground
 #   make test  — set everything up, then run every test and lint
-.PHONY: setup setup-release setup-test setup-bench run test test-rust test-python test-node-client lint fmt clean bench
+.PHONY: setup setup-release setup-test setup-bench run test test-rust test-python test-python-client test-node-client lint fmt clean bench
 
 # Forwarded to `mlxd serve`, e.g. make run ARGS="--socket /tmp/mlxd.sock"
 ARGS ?=
@@ -19,7 +19,7 @@ setup-test:
 run: setup-release
 	target/release/mlxd serve $(ARGS)
 
-test: setup-test lint test-rust test-python test-node-client
+test: setup-test lint test-rust test-python test-python-client test-node-client
 
 lint:
 	python3 scripts/check-cycles.py
@@ -41,6 +41,13 @@ BLAS_CANDIDATES = /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/l
 test-python:
 	blas=""; for lib in $(BLAS_CANDIDATES); do if [ -f "$$lib" ]; then blas="$$lib"; break; fi; done; \
 	cd python && LD_PRELOAD="$$blas" ../.venv/bin/python -m pytest -q
+
+# The Python client: mypy --strict on the package (for Python 3.9, its oldest) and on its
+# tests (3.10, pytest's oldest), then the tests, against target/debug/mlxd (or $MLXD_BIN).
+test-python-client:
+	cd clients/python && ../../.venv/bin/python -m mypy mlxd bench_embed.py
+	cd clients/python && ../../.venv/bin/python -m mypy --python-version 3.10 tests
+	cd clients/python && ../../.venv/bin/python -m pytest -q
 
 # The Node client (clients/node): its build with the pinned TypeScript, then node:test on the
 # compiled JS, against the debug binaries (MLXD_BIN / MLXCTL_BIN override).

@@ -6,7 +6,8 @@
 #   3. the Rust binaries,
 #   4. the bundled LLM (SmolLM2-135M-Instruct GGUF) imported into the model store as smollm2.
 #   (with --test, also what the tests drive: tmux, systemd-analyze from systemd, the
-#    openai and ollama SDKs in .venv, and the Node client in clients/node, built;
+#    openai and ollama SDKs in .venv, openai-node for a README snippet, the Python client
+#    with its pinned mypy, and the Node client in clients/node, built;
 #    with --bench, matplotlib for the benchmark charts)
 # Usage: scripts/setup.sh [--release] [--test] [--bench]
 set -euo pipefail
@@ -88,6 +89,25 @@ if [ -n "$for_tests" ]; then
         say "installing openai-node into tests/sdk/node (the README's JavaScript snippet)"
         (cd tests/sdk/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
         cp "$lock" tests/sdk/node/node_modules/.mlxd-stamp
+    fi
+fi
+
+# The Python client (clients/python) into .venv, and the mypy that checks it (pinned; 1.19
+# is the last that checks code for Python 3.9, the client's oldest). The client is
+# reinstalled only when it changed, so `make test` stays quick.
+MYPY_VERSION=1.19.1
+if [ -n "$for_tests" ]; then
+    mypy="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("mypy"))' 2>/dev/null || true)"
+    if [ "$mypy" != "$MYPY_VERSION" ]; then
+        say "installing mypy==$MYPY_VERSION into .venv (the Python client's type check)"
+        .venv/bin/python -m pip install -q "mypy==$MYPY_VERSION"
+    fi
+    client_stamp=.venv/.mlxd-client-stamp
+    client_want="$(find clients/python/pyproject.toml clients/python/mlxd -name '*.py' -o -name '*.toml' -o -name py.typed | sort | xargs cat | cksum)"
+    if [ ! -f "$client_stamp" ] || [ "$(cat "$client_stamp")" != "$client_want" ]; then
+        say "installing the Python client (clients/python) into .venv"
+        .venv/bin/python -m pip install -q ./clients/python
+        printf '%s' "$client_want" > "$client_stamp"
     fi
 fi
 

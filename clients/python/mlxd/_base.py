@@ -1,0 +1,258 @@
+"""What the sync and the async client share: building requests from friendly arguments,
+reading answers into friendly results, the handshake's checks, and a stream's credit
+bookkeeping. No I/O here."""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import os
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
+
+from . import _codec
+from ._exc import ProtocolError
+from .errors import DaemonError, VersionMismatchError, from_wire
+from .protocol import (
+    ByLease,
+    ByName,
+    Chat,
+    ChatMessage,
+    DetokenizeRequest,
+    EmbedRequest,
+    Embeddings,
+    GenerateParams,
+    GenerateRequest,
+    GenerationSummary,
+    Hello,
+    ListModelsRequest,
+    LoadProgress,
+    ModelRef,
+    PingRequest,
+    Priority,
+    PromptInput,
+    Raw,
+    RequestBody,
+    ResponseBody,
+    ServerMessage,
+    StatusRequest,
+    TokenizeRequest,
+    Welcome,
+    encode_client,
+)
+
+if TYPE_CHECKING:
+    import numpy
+    import numpy.typing
+    from typing_extensions import TypeAlias
+
+    FloatMatrix: TypeAlias = numpy.typing.NDArray[numpy.float32]
+
+T = TypeVar("T")
+
+#: Credit a generation stream keeps granted ahead of what its reader has taken.
+DEFAULT_WINDOW = 32
+
+#: One chat message: a :class:`ChatMessage`, a ``{"role": ..., "content": ...}`` mapping,
+#: or a ``(role, content)`` pair.
+MessageLike = Union[ChatMessage, Mapping[str, str], Tuple[str, str]]
+#: A raw prompt (used as is) or chat messages (rendered with the model's chat template).
+PromptLike = Union[str, Sequence[MessageLike]]
+#: Called with each load progress event of a lease or load.
+ProgressCallback = Callable[[LoadProgress], None]
+#: A stop string, as text or as its UTF-8 bytes.
+StopLike = Union[str, bytes]
+
+
+class HasLease:
+    """Anything that names a lease of this session (a leased model)."""
+
+    lease_id: int
+
+
+ModelLike = Union[str, HasLease]
+
+
+def model_ref(model: ModelLike) -> ModelRef:
+    if isinstance(model, str):
+        return ByName(model)
+    if isinstance(model, HasLease):
+        return ByLease(model.lease_id)
+    raise TypeError(f"a model is a name or a leased model, not {model!r}")
+
+
+def chat_message(message: MessageLike) -> ChatMessage:
+    if isinstance(message, ChatMessage):
+        return message
+    if isinstance(message, tuple):
+        role, content = message
+        return ChatMessage(str(role), str(content))
+    if isinstance(message, Mapping):
+        return ChatMessage(str(message["role"]), str(message["content"]))
+    raise TypeError(f"a chat message is a ChatMessage, a mapping or a (role, content) pair, not {message!r}")
+
+
+def prompt_input(prompt: PromptLike) -> PromptInput:
+    if isinstance(prompt, str):
+        return Raw(prompt)
+    return Chat([chat_message(message) for message in prompt])
+
+
+def texts_list(texts: Union[str, Sequence[str]]) -> List[str]:
+    if isinstance(texts, str):
+        return [texts]
+    return list(texts)
+
+
+def embed_request(
+    model: ModelLike,
+    texts: Union[str, Sequence[str]],
+    normalize: bool,
+    priority: Priority,
+    deadline_ms: Optional[int],
+) -> EmbedRequest:
+    return EmbedRequest(model_ref(model), texts_list(texts), normalize, Priority(priority), deadline_ms)
+
+
+def generate_request(
+    model: ModelLike,
+    prompt: PromptLike,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repetition_penalty: float,
+    seed: Optional[int],
+    stop: Sequence[StopLike],
+    priority: Priority,
+    deadline_ms: Optional[int],
+    window: int,
+) -> GenerateRequest:
+    if window < 1:
+        raise ValueError("window must be at least 1: a stream without credit never produces a token")
+    if isinstance(stop, (str, bytes)):
+        stop = [stop]
+    params = GenerateParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=[s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop],
+    )
+    return GenerateRequest(model_ref(model), prompt_input(prompt), params, window, Priority(priority), deadline_ms)
+
+
+#: Requests a Busy refusal of which is retried (they change nothing at the daemon).
+IDEMPOTENT = (EmbedRequest, TokenizeRequest, DetokenizeRequest, StatusRequest, PingRequest, ListModelsRequest)
+
+
+def is_idempotent(body: RequestBody) -> bool:
+    return isinstance(body, IDEMPOTENT)
+
+
+def expect(response: ResponseBody, cls: Type[T]) -> T:
+    """The answer as the type the request calls for."""
+    if not isinstance(response, cls):
+        raise ProtocolError(f"expected {cls.__name__}, the daemon answered {type(response).__name__}")
+    return response
+
+
+def hello_body(client_name: str, max_frame_len: int, protocol_version: int) -> bytes:
+    hello = Hello(protocol_version, client_name, os.getpid() & 0xFFFFFFFF, max_frame_len)
+    return _codec.frame(encode_client(hello))
+
+
+def welcome_from(message: ServerMessage, endpoint: str, protocol_version: int) -> Welcome:
+    """The Welcome in the daemon's first answer, or the error it sent instead."""
+    from .protocol import Fatal
+
+    if isinstance(message, Fatal):
+        error = from_wire(message.error, fatal=True)
+        if isinstance(error, VersionMismatchError):
+            raise VersionMismatchError(
+                f"{error.message}. This client (mlxd for Python) speaks protocol version {protocol_version}: "
+                f"use a client from the same mlxd release as the daemon at {endpoint}",
+                fatal=True,
+            )
+        raise error
+    if not isinstance(message, Welcome):
+        raise ProtocolError(f"expected Welcome from {endpoint}, got {type(message).__name__}")
+    if message.protocol_version != protocol_version:
+        raise VersionMismatchError(
+            f"the daemon at {endpoint} speaks protocol version {message.protocol_version}, this client "
+            f"{protocol_version}; use a client from the same mlxd release as the daemon",
+            fatal=True,
+        )
+    return message
+
+
+def raise_error(message: ServerMessage) -> DaemonError:
+    """The exception for an Error or Fatal frame."""
+    from .protocol import Error, Fatal
+
+    if isinstance(message, Error):
+        return from_wire(message.error)
+    if isinstance(message, Fatal):
+        return from_wire(message.error, fatal=True)
+    raise ProtocolError(f"{type(message).__name__} is not an error")
+
+
+def embeddings_result(embeddings: Embeddings, numpy: bool) -> Any:
+    """The vectors as a list of lists, or a (count, dim) float32 numpy array."""
+    if numpy:
+        try:
+            import numpy as np
+        except ImportError as err:
+            raise ImportError(f"numpy=True needs numpy (pip install numpy): {err}") from err
+
+        vectors = embeddings.vectors
+        if isinstance(vectors, array.array) and vectors.typecode == "f" and len(vectors):
+            flat = np.frombuffer(vectors, dtype=np.float32)  # no copy
+        else:
+            flat = np.asarray(vectors, dtype=np.float32)
+        return flat.reshape(embeddings.count, embeddings.dim)
+    return embeddings.rows()
+
+
+@dataclasses.dataclass
+class Completion:
+    """A whole generation: its text, its token ids, and how it ended."""
+
+    text: str
+    tokens: List[int]
+    summary: GenerationSummary
+
+
+class CreditWindow:
+    """A stream's credit bookkeeping: the daemon may send ``window`` events ahead; each
+    event the reader takes is given back, in grants of half a window, so at most
+    ``window`` events are ever in flight or buffered."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.taken_since_grant = 0
+
+    def took_one(self) -> int:
+        """Counts one event taken by the reader; the credit to grant now (0: none yet)."""
+        self.taken_since_grant += 1
+        if self.taken_since_grant >= max(1, self.window // 2):
+            grant, self.taken_since_grant = self.taken_since_grant, 0
+            return grant
+        return 0
+

@@ -1,0 +1,632 @@
+"""The wire types of the mlxd protocol (version 3), as in ``proto/PROTOCOL.md``.
+
+Structs are frozen dataclasses whose fields are in wire order; enums whose variants carry
+nothing are :class:`enum.IntEnum` (value = wire tag, name = the Rust variant's name);
+enums with data are a ``Union`` of classes, one per variant. A variant that is a newtype
+of a struct is that struct (``Request::Embed(EmbedRequest)`` is :class:`EmbedRequest`);
+one that wraps any other value is a small class with one field (``Response::Tokens`` is
+:class:`Tokens`). Rust name → Python name where they differ:
+
+- ``ClientMessage``: ``Hello`` · ``Request`` · ``Cancel`` · ``Credit``
+- ``Request`` (:data:`RequestBody`): ``Ping`` → :class:`PingRequest`, ``Status`` →
+  :class:`StatusRequest`, ``ListModels`` → :class:`ListModelsRequest`, ``Lease`` →
+  :class:`LeaseRequest`, ``Release`` → :class:`ReleaseRequest`, ``Embed`` →
+  :class:`EmbedRequest`, ``Generate`` → :class:`GenerateRequest`, ``Tokenize`` →
+  :class:`TokenizeRequest`, ``Detokenize`` → :class:`DetokenizeRequest`, ``Load`` →
+  :class:`LoadRequest`, ``Unload`` → :class:`UnloadRequest`, ``Weights`` →
+  :class:`WeightsRequest`, ``Metrics`` → :class:`MetricsRequest`
+- ``ModelRef``: ``Name`` → :class:`ByName`, ``Lease`` → :class:`ByLease`
+- ``PromptInput``: :class:`Raw` · :class:`Chat`
+- ``ServerMessage``: ``Welcome`` · ``Response`` · ``Event`` · ``Error`` · ``Fatal``
+- ``Response`` (:data:`ResponseBody`): :class:`Pong`, ``Status`` → :class:`DaemonStatus`,
+  :class:`Models`, ``Leased`` → :class:`LeaseInfo`, :class:`Released`,
+  :class:`Embeddings`, ``Generated`` → :class:`GenerationSummary`, :class:`Tokens`,
+  :class:`Text`, :class:`Loaded`, :class:`Unloaded`, :class:`Weights`, :class:`Metrics`
+- ``Event`` (:data:`EventBody`): :class:`Token`, :class:`LoadProgress`
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import enum
+from typing import Optional, Sequence, Union
+
+from . import _codec
+from ._codec import Variant, f32, f32s, i64, u32, u64, variants
+
+#: The protocol version this package speaks.
+PROTOCOL_VERSION = 3
+
+#: Most stream events the daemon holds for one stream at a time.
+MAX_STREAM_CREDIT = 4096
+
+
+
+# -- Enums without data ----------------------------------------------------------------------
+
+
+class Priority(enum.IntEnum):
+    """Scheduling class: interactive work is served first; batch work may be shed first."""
+
+    Interactive = 0
+    Batch = 1
+
+
+class LoadStage(enum.IntEnum):
+    Starting = 0
+    Weights = 1
+    Ready = 2
+
+
+class FinishReason(enum.IntEnum):
+    Stop = 0
+    Length = 1
+    Cancelled = 2
+    Error = 3
+
+
+class ModelKind(enum.IntEnum):
+    Embedding = 0
+    Generation = 1
+
+
+class ModelState(enum.IntEnum):
+    Unloaded = 0
+    Loading = 1
+    Ready = 2
+    Unloading = 3
+    Failed = 4
+
+
+class ErrorCode(enum.IntEnum):
+    """What went wrong, for programs (the index is the wire tag; appended only)."""
+
+    BadRequest = 0
+    NotFound = 1
+    Busy = 2
+    Loading = 3
+    WorkerFailed = 4
+    Cancelled = 5
+    Unauthorized = 6
+    TooLarge = 7
+    Shutdown = 8
+    Internal = 9
+    VersionMismatch = 10
+    NotImplemented = 11
+    InvalidLease = 12
+    Timeout = 13
+    OutOfMemory = 14
+    Unsupported = 15
+
+
+# -- Structs -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WireError:
+    """An expected failure, carried as data: code, human message, when to retry."""
+
+    code: ErrorCode
+    message: str
+    retry_after_ms: Optional[u64] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat prompt. The daemon passes ``role`` to the model's chat
+    template as is; ``system``, ``user`` and ``assistant`` are what templates know."""
+
+    role: str
+    content: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateParams:
+    """Sampling parameters. Neutral values: ``top_p`` 1.0, ``top_k`` 0, ``min_p`` 0.0,
+    ``repetition_penalty`` 1.0, no seed, no stop strings; ``temperature`` 0 is greedy
+    (and then the sampling filters and the seed do nothing)."""
+
+    max_tokens: u32 = 256
+    temperature: f32 = 0.7
+    top_p: f32 = 1.0
+    top_k: u32 = 0
+    min_p: f32 = 0.0
+    repetition_penalty: f32 = 1.0
+    seed: Optional[u64] = None
+    stop: list[bytes] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Limits in force for a session; requests over them are refused with a typed error."""
+
+    max_frame_len: u32
+    max_texts_per_embed: u32
+    max_text_bytes: u32
+    max_in_flight: u32
+    max_leases: u32
+    max_tokens: u32
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedStats:
+    """A model's scheduler at a glance; counters run from the daemon's start."""
+
+    queued: u32
+    running: u32
+    slots: u32
+    admitted: u64
+    busy: u64
+    shed: u64
+    timeouts: u64
+    single_stream: u64
+    batches: u64
+    batched_requests: u64
+    service_us: u64
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: ModelKind
+    state: ModelState
+    source: str
+    leases: u32
+    in_flight: u32
+    queue_depth: u32
+    queue_capacity: u32
+    resident_bytes: u64
+    dim: u32
+    max_seq_len: u32
+    idle_ms: Optional[u64]
+    keep_alive_left_ms: Optional[u64]
+    backend: str
+    worker_pid: Optional[u32]
+    last_error: Optional[str]
+    sched: SchedStats
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedWeights:
+    path: str
+    bytes: u64
+    tensors: u32
+    aligned: bool
+    models: list[str]
+
+
+# -- ModelRef, PromptInput ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ByName(Variant):
+    """``ModelRef::Name``: a model by name, for this one request."""
+
+    NEWTYPE = True
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ByLease(Variant):
+    """``ModelRef::Lease``: a model by a lease of this session."""
+
+    NEWTYPE = True
+    lease: u64
+
+
+ModelRef = Union[ByName, ByLease]
+variants("ModelRef", ("Name", ByName), ("Lease", ByLease))
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw(Variant):
+    """``PromptInput::Raw``: the prompt as is."""
+
+    NEWTYPE = True
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Chat(Variant):
+    """``PromptInput::Chat``: rendered with the model's chat template."""
+
+    NEWTYPE = True
+    messages: list[ChatMessage]
+
+
+PromptInput = Union[Raw, Chat]
+variants("PromptInput", ("Raw", Raw), ("Chat", Chat))
+
+
+# -- Request bodies ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PingRequest(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusRequest(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ListModelsRequest(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseRequest(Variant):
+    """``keep_alive_ms``: None = the model's default, 0 = unload as soon as idle,
+    negative = never by keep-alive (setting it is an operator action)."""
+
+    model: str
+    keep_alive_ms: Optional[i64] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseRequest(Variant):
+    lease: u64
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedRequest(Variant):
+    model: ModelRef
+    texts: list[str]
+    normalize: bool = True
+    priority: Priority = Priority.Interactive
+    deadline_ms: Optional[u64] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateRequest(Variant):
+    model: ModelRef
+    input: PromptInput
+    params: GenerateParams
+    initial_credit: u32
+    priority: Priority = Priority.Interactive
+    deadline_ms: Optional[u64] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeRequest(Variant):
+    model: ModelRef
+    text: str
+    add_special_tokens: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DetokenizeRequest(Variant):
+    model: ModelRef
+    tokens: list[u32]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadRequest(Variant):
+    model: str
+
+
+@dataclasses.dataclass(frozen=True)
+class UnloadRequest(Variant):
+    model: str
+    force: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRequest(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsRequest(Variant):
+    pass
+
+
+RequestBody = Union[
+    PingRequest,
+    StatusRequest,
+    ListModelsRequest,
+    LeaseRequest,
+    ReleaseRequest,
+    EmbedRequest,
+    GenerateRequest,
+    TokenizeRequest,
+    DetokenizeRequest,
+    LoadRequest,
+    UnloadRequest,
+    WeightsRequest,
+    MetricsRequest,
+]
+variants(
+    "Request",
+    ("Ping", PingRequest),
+    ("Status", StatusRequest),
+    ("ListModels", ListModelsRequest),
+    ("Lease", LeaseRequest),
+    ("Release", ReleaseRequest),
+    ("Embed", EmbedRequest),
+    ("Generate", GenerateRequest),
+    ("Tokenize", TokenizeRequest),
+    ("Detokenize", DetokenizeRequest),
+    ("Load", LoadRequest),
+    ("Unload", UnloadRequest),
+    ("Weights", WeightsRequest),
+    ("Metrics", MetricsRequest),
+)
+
+
+# -- Client messages ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello(Variant):
+    """The first frame of a session. Never changes shape."""
+
+    protocol_version: u32
+    client_name: str
+    pid: u32
+    max_frame_len: u32
+
+
+@dataclasses.dataclass(frozen=True)
+class Request(Variant):
+    id: u64
+    body: RequestBody
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel(Variant):
+    id: u64
+
+
+@dataclasses.dataclass(frozen=True)
+class Credit(Variant):
+    id: u64
+    events: u32
+
+
+ClientMessage = Union[Hello, Request, Cancel, Credit]
+variants("ClientMessage", ("Hello", Hello), ("Request", Request), ("Cancel", Cancel), ("Credit", Credit))
+
+
+# -- Response bodies --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonStatus(Variant):
+    daemon_version: str
+    protocol_version: u32
+    pid: u32
+    uptime_ms: u64
+    endpoint: str
+    sessions: u32
+    models: list[ModelInfo]
+
+
+@dataclasses.dataclass(frozen=True)
+class Models(Variant):
+    NEWTYPE = True
+    models: list[ModelInfo]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseInfo(Variant):
+    lease: u64
+    model: ModelInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Released(Variant):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings(Variant):
+    """Row-major float32 vectors: vector ``i`` is ``vectors[i*dim:(i+1)*dim]``."""
+
+    model: str
+    count: u32
+    dim: u32
+    vectors: f32s  # an array.array("f") when decoded
+    prompt_tokens: u64
+
+    def rows(self) -> list[list[float]]:
+        """The vectors one by one, as lists."""
+        dim = max(self.dim, 1)
+        return [list(self.vectors[i * dim : (i + 1) * dim]) for i in range(self.count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSummary(Variant):
+    """How a generation ended, and how fast it went."""
+
+    finish_reason: FinishReason
+    prompt_tokens: u32
+    completion_tokens: u32
+    prompt_tokens_per_s: f32
+    generation_tokens_per_s: f32
+    cached_prompt_tokens: u32  # since v3
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens(Variant):
+    NEWTYPE = True
+    tokens: list[u32]
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Variant):
+    NEWTYPE = True
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded(Variant):
+    NEWTYPE = True
+    model: ModelInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Unloaded(Variant):
+    NEWTYPE = True
+    model: ModelInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights(Variant):
+    NEWTYPE = True
+    weights: list[MappedWeights]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics(Variant):
+    """OpenMetrics text (``application/openmetrics-text; version=1.0.0``)."""
+
+    NEWTYPE = True
+    text: str
+
+
+ResponseBody = Union[
+    Pong,
+    DaemonStatus,
+    Models,
+    LeaseInfo,
+    Released,
+    Embeddings,
+    GenerationSummary,
+    Tokens,
+    Text,
+    Loaded,
+    Unloaded,
+    Weights,
+    Metrics,
+]
+variants(
+    "Response",
+    ("Pong", Pong),
+    ("Status", DaemonStatus),
+    ("Models", Models),
+    ("Leased", LeaseInfo),
+    ("Released", Released),
+    ("Embeddings", Embeddings),
+    ("Generated", GenerationSummary),
+    ("Tokens", Tokens),
+    ("Text", Text),
+    ("Loaded", Loaded),
+    ("Unloaded", Unloaded),
+    ("Weights", Weights),
+    ("Metrics", Metrics),
+)
+
+
+# -- Events -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Token(Variant):
+    """One piece of generated text and the token that completed it. ``text`` may be empty
+    (held back while it could be the start of a stop string); ``token`` is None for text
+    released at the end of the stream without a new token."""
+
+    text: str
+    token: Optional[u32]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadProgress(Variant):
+    model: str
+    stage: LoadStage
+    done: u64
+    total: u64
+
+
+EventBody = Union[Token, LoadProgress]
+variants("Event", ("Token", Token), ("LoadProgress", LoadProgress))
+
+
+# -- Server messages ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Welcome(Variant):
+    """The answer to Hello. Never changes shape."""
+
+    protocol_version: u32
+    daemon_version: str
+    session_id: u64
+    limits: Limits
+
+
+@dataclasses.dataclass(frozen=True)
+class Response(Variant):
+    """The final, successful answer to request ``id``."""
+
+    id: u64
+    body: ResponseBody
+
+
+@dataclasses.dataclass(frozen=True)
+class Event(Variant):
+    """A non-final stream event of request ``id``."""
+
+    id: u64
+    event: EventBody
+
+
+@dataclasses.dataclass(frozen=True)
+class Error(Variant):
+    """The final, failed answer to request ``id``."""
+
+    id: u64
+    error: WireError
+
+
+@dataclasses.dataclass(frozen=True)
+class Fatal(Variant):
+    """A fault of the whole session; the daemon closes the connection after it."""
+
+    NEWTYPE = True
+    error: WireError
+
+
+ServerMessage = Union[Welcome, Response, Event, Error, Fatal]
+variants(
+    "ServerMessage", ("Welcome", Welcome), ("Response", Response), ("Event", Event), ("Error", Error), ("Fatal", Fatal)
+)
+
+
+# -- Bodies ------------------------------------------------------------------------------------
+
+
+def encode_client(message: ClientMessage) -> bytes:
+    """A client message as a frame body (no length prefix)."""
+    return _codec.encode(message, ClientMessage)
+
+
+def encode_server(message: ServerMessage) -> bytes:
+    """A daemon message as a frame body (no length prefix)."""
+    return _codec.encode(message, ServerMessage)
+
+
+def decode_client(body: bytes) -> ClientMessage:
+    """Exactly one client message from a frame body; raises :class:`mlxd.DecodeError`."""
+    message: ClientMessage = _codec.decode(body, ClientMessage)
+    return message
+
+
+def decode_server(body: bytes) -> ServerMessage:
+    """Exactly one daemon message from a frame body; raises :class:`mlxd.DecodeError`."""
+    message: ServerMessage = _codec.decode(body, ServerMessage)
+    return message
+
+
+def f32_array(values: Sequence[float]) -> "array.array[float]":
+    """``values`` as the float32 array the codec writes without a copy."""
+    return array.array("f", values)

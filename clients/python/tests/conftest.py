@@ -1,0 +1,51 @@
+"""Fixtures: one daemon shared by the whole session (see harness.py), a client on it,
+and a way to start daemons with other settings for one test."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+import mlxd
+from harness import Daemon, fixtures_dir
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    """One daemon for every test that can share it."""
+    started = Daemon()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[mlxd.Client]:
+    with daemon.client() as connected:
+        yield connected
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., Daemon]]:
+    """Starts daemons with other settings, stopped at the end of the test."""
+    started: List[Daemon] = []
+
+    def start(*extra_args: str) -> Daemon:
+        started.append(Daemon(*extra_args))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for one in started:
+            one.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_reference() -> List[Dict[str, Any]]:
+    path = fixtures_dir() / "minilm_reference.json"
+    items: List[Dict[str, Any]] = json.loads(path.read_text())["items"]
+    return items

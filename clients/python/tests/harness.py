@@ -1,0 +1,157 @@
+"""Test harness: the real ``mlxd serve`` on a temporary socket, shared by the whole session
+(tests that need other daemon settings start their own), and where things are.
+
+The daemon is ``$MLXD_BIN``, by default ``<repo>/target/debug/mlxd`` (what ``make test``
+builds); it finds the checkout's ``.venv`` by itself, or ``$VIRTUAL_ENV``. Every daemon
+started here runs in its own process group and is stopped (SIGTERM, then SIGKILL) when
+its fixture ends, whatever the tests did; on Linux it is also told to die with pytest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import pytest
+
+import mlxd
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+REPO = PACKAGE_DIR.parents[1]
+VECTORS = REPO / "proto" / "conformance" / "vectors.json"
+
+
+def mlxd_bin() -> Path:
+    return Path(os.environ.get("MLXD_BIN") or REPO / "target" / "debug" / "mlxd")
+
+
+def mlxctl_bin() -> Path:
+    return Path(os.environ.get("MLXCTL_BIN") or mlxd_bin().parent / "mlxctl")
+
+
+def fixtures_dir() -> Path:
+    return Path(os.environ.get("MLXD_FIXTURES") or REPO.parent / "shared" / "fixtures")
+
+
+def child_env(**extra: str) -> Dict[str, str]:
+    """The environment of a child Python that must import this package (installed, or not)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a pytest killed hard does not leave its daemons behind.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
+
+
+class Daemon:
+    """A running ``mlxd serve`` with its own socket, log and config directory."""
+
+    def __init__(self, *extra_args: str) -> None:
+        binary = mlxd_bin()
+        if not binary.is_file():
+            pytest.fail(f"{binary} not built; run `make setup` (or set MLXD_BIN)")
+        # Short: socket paths are limited to ~100 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="mlxd-py-", dir="/tmp"))
+        self.socket = str(self.dir / "s.sock")
+        self.log = self.dir / "daemon.log"
+        env = dict(os.environ)
+        env.update(
+            MLXD_LOG="debug",
+            MLXD_LOG_FORMAT="human",
+            # A developer's own ~/.config/mlxd/config.toml must not change what tests see.
+            XDG_CONFIG_HOME=str(self.dir),
+        )
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(binary), "serve", "--socket", self.socket, *extra_args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(self.socket)
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+            if self.process.poll() is not None:
+                pytest.fail(f"mlxd exited during start-up ({self.process.returncode}):\n{self.log_text()}")
+            time.sleep(0.02)
+        pytest.fail(f"mlxd did not listen within 30 s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client(self, **options: Any) -> mlxd.Client:
+        """A client on this daemon, fallback and Busy retries off unless asked."""
+        options.setdefault("fallback", False)
+        options.setdefault("retry", mlxd.NO_RETRIES)
+        options.setdefault("client_name", "pytest")
+        return mlxd.Client(self.socket, **options)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        # Workers are in the daemon's process group; any left go too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+
+def model_named(models: Sequence[mlxd.ModelInfo], name: str) -> mlxd.ModelInfo:
+    return next(model for model in models if model.name == name)
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+def run(argv: Sequence[str], timeout: float = 60, env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)

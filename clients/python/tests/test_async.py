@@ -1,0 +1,88 @@
+"""The asyncio client against the shared daemon: the same requests, streams, credit and
+errors as the blocking client, from many tasks on one connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Coroutine, TypeVar
+
+import pytest
+
+import mlxd
+from harness import Daemon, cosine, model_named
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_leases_embeddings_and_errors(daemon: Daemon, minilm_reference: Any) -> None:
+    async def scenario() -> None:
+        async with mlxd.AsyncClient(daemon.socket, fallback=False, retry=mlxd.NO_RETRIES) as client:
+            assert client.welcome.protocol_version == mlxd.PROTOCOL_VERSION
+            async with client.lease("minilm") as minilm:
+                texts = [item["text"] for item in minilm_reference[:6]]
+                # Six requests in flight at once on one connection.
+                answers = await asyncio.gather(*(minilm.embed([text]) for text in texts))
+                for item, (vector,) in zip(minilm_reference, answers):
+                    assert cosine(vector, item["embedding"]) >= 0.999
+                matrix = await minilm.embed(texts, numpy=True)
+                assert matrix.shape == (6, 384)
+                assert model_named(await client.models(), "minilm").leases >= 1
+            assert minilm.released
+            with pytest.raises(mlxd.InvalidLeaseError):
+                await minilm.embed(["x"])
+            with pytest.raises(mlxd.NotFoundError):
+                await client.tokenize("no-such-model", "x")
+            assert (await client.status()).protocol_version == mlxd.PROTOCOL_VERSION
+
+    run(scenario())
+
+
+def test_generation_stream_credit_and_cancel(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        client = mlxd.AsyncClient(daemon.socket, fallback=False)
+        try:
+            smollm2 = await client.lease("smollm2")
+            # The same greedy answer as the blocking client's.
+            with daemon.client() as blocking:
+                expected = blocking.chat("smollm2", [("user", "Say hi")], temperature=0, max_tokens=8)
+            answer = await smollm2.chat([("user", "Say hi")], temperature=0, max_tokens=8)
+            assert (answer.text, answer.tokens) == (expected.text, expected.tokens)
+
+            # A reader that stops holds exactly its window.
+            stream = await smollm2.generate("One, two, three,", temperature=0, max_tokens=12, window=3)
+            for _ in range(600):
+                if stream.buffered >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert stream.buffered == 3
+            tokens = [token async for token in stream]
+            assert len(tokens) == 12 and stream.summary is not None
+            assert stream.summary.finish_reason == mlxd.FinishReason.Length
+
+            # Cancel mid-stream.
+            stream = await smollm2.generate("Once upon a time", temperature=0, max_tokens=200)
+            first = await stream.__anext__()
+            await stream.cancel()
+            rest = [token async for token in stream]
+            assert first.token is not None and len(rest) < 199
+            assert stream.summary is not None and stream.summary.finish_reason == mlxd.FinishReason.Cancelled
+            await smollm2.release()
+        finally:
+            await client.close()
+
+    run(scenario())
+
+
+def test_a_closed_client_fails_its_requests(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        client = await mlxd.AsyncClient(daemon.socket, fallback=False).connect()
+        await client.close()
+        with pytest.raises(mlxd.ConnectionClosedError):
+            await client.ping()
+
+    run(scenario())
