@@ -76,6 +76,12 @@ def goals() -> tuple[list[str], list[str]]:
         rows.append(f"| one short embedding, p50 over HTTP / binary protocol (16) | <= 1.15 | {r:.3f} | {verdict(r <= 1.15)} |")
         rows.append(f"| chat completions at 8 clients, mlxd / mlx_lm.server, same openai client (16) | >= 1 |"
                     f" {v:.2f}x | {verdict(v >= 1)} |")
+    if clients := need("clients"):
+        r = clients["ratio_to_rust"]
+        for name in ("python", "node"):
+            rows.append(f"| one short embedding, p50 through the {name.capitalize()} client / Rust client (17) | <= 1.3 |"
+                        f" {r[name]:.3f} | {verdict(r[name] <= 1.3)} |")
+        rows.append(f"| the same through the openai SDK over HTTP / Rust client (17) | (reported) | {r['openai']:.3f} | - |")
     return rows, missing
 
 
@@ -124,7 +130,7 @@ def main() -> None:
         "## Summary: every goal and its measured figure",
         "",
         f"- Machine: {any_result['machine'] if any_result else 'unknown'}; results dated"
-        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead', 'http') if (r := load_result(n))}))}.",
+        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead', 'http', 'clients') if (r := load_result(n))}))}.",
         "- Command: `make bench` (every benchmark below, then `bench/report.py`). The issue each goal comes from is"
         " in parentheses; sections below give the method, the raw numbers and, where a goal is missed, why.",
         "",

@@ -129,8 +129,9 @@ dtype_flag=""; [ "$(uname -s)" = "Linux" ] && dtype_flag="--dtype float32"
 # --force: set-up owns the name smollm2 and refreshes it if the package or options changed.
 "$target_dir/mlxd" import "$gguf" --name smollm2 $dtype_flag --force
 
-# 5. The Node client's pinned TypeScript, and its build (its tests run in `make test`) -----
-if [ -n "$for_tests" ]; then
+# 5. The Node client's pinned TypeScript, and its build (its tests run in `make test`, its
+#    benchmark in `make bench`) ------------------------------------------------------------
+if [ -n "$for_tests" ] || [ -n "$for_bench" ]; then
     command -v npm >/dev/null 2>&1 || { echo "the Node client's tests need Node >= 18 and npm" >&2; exit 1; }
     if [ ! clients/node/node_modules/.package-lock.json -nt clients/node/package-lock.json ]; then
         say "installing the Node client's dev dependencies (npm ci in clients/node)"

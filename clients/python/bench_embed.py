@@ -40,7 +40,7 @@ def main() -> int:
                 model.embed([f"warm-up sentence {i}"])
             timings: List[float] = []
             for i in range(args.n):
-                text = [f"a short sentence to embed, number {i}"]
+                text = [f"benchmark sentence number {i} part 0"]  # as `mlxctl bench` sends
                 started = time.perf_counter_ns()
                 model.embed(text)
                 timings.append((time.perf_counter_ns() - started) / 1000)

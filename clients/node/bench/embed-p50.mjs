@@ -51,7 +51,7 @@ try {
   try {
     for (let i = 0; i < warmup; i++) await lease.embed([`warm-up sentence ${i}`]);
     for (let i = 0; i < n; i++) {
-      const texts = [`a short sentence to embed, number ${i}`];
+      const texts = [`benchmark sentence number ${i} part 0`]; // as `mlxctl bench` sends
       const started = process.hrtime.bigint();
       await lease.embed(texts);
       timings.push(Number(process.hrtime.bigint() - started) / 1000);
