@@ -465,7 +465,12 @@ fn invalid() -> Vec<Value> {
             "01fe0500000000000000000000000000000000",
             "254 (u128) is invalid in every field of this protocol",
         ),
-        ("u64_value_in_a_u32_field", "client", "0301fd0000000001000000", "Credit.events is a u32; 2^32 needs the u64 marker"),
+        (
+            "u64_value_in_a_u32_field",
+            "client",
+            "0301fd0000000001000000",
+            "Credit.events is a u32; 2^32 needs the u64 marker",
+        ),
         ("bool_out_of_range", "client", "01010a016102", "a bool is 0 or 1 (Unload.force = 2)"),
         ("option_tag_out_of_range", "client", "010103016102", "an Option is 0 (None) or 1 then the value"),
         ("unknown_server_variant", "server", "05", "ServerMessage has 5 variants (0-4)"),

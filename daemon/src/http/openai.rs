@@ -137,6 +137,14 @@ struct Sampling {
     presence_penalty: Option<f32>,
     #[serde(default)]
     frequency_penalty: Option<f32>,
+    /// Extensions that vLLM and llama.cpp's server also take (openai SDKs send them with
+    /// `extra_body`): the sampler's other knobs, at their neutral values when absent.
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
     /// `null` is false, as OpenAI takes it.
     #[serde(default, deserialize_with = "null_is_false")]
     stream: bool,
@@ -184,7 +192,9 @@ impl Sampling {
             top_p: self.top_p.unwrap_or(1.0),
             seed: self.seed,
             stop,
-            ..GenerateParams::default()
+            top_k: self.top_k.unwrap_or(0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
         })
     }
 
