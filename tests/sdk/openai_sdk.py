@@ -82,6 +82,12 @@ assert usage is not None and usage.completion_tokens == chat.usage.completion_to
 assert usage.prompt_tokens_details.cached_tokens > 0, usage
 assert finish == chat.choices[0].finish_reason
 
+# The sampler's extensions (as vLLM and llama.cpp take them): top_k=1 is greedy at any temperature.
+top1 = client.chat.completions.create(
+    model="smollm2", messages=question, max_tokens=12, temperature=1.0, extra_body={"top_k": 1, "min_p": 0.0}
+)
+assert top1.choices[0].message.content == answer, (top1.choices[0].message.content, answer)
+
 # Parts content, stop strings, max_completion_tokens, and the text completion endpoint.
 parts = [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}]
 stopped = client.chat.completions.create(
