@@ -162,12 +162,15 @@ enum Command {
     /// Run a model worker (started by the daemon on its socketpair).
     #[command(hide = true)]
     Worker {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_parser = parse_kind)]
-        kind: ModelKind,
-        #[arg(long)]
-        path: PathBuf,
+        #[arg(long, required_unless_present = "spare")]
+        name: Option<String>,
+        #[arg(long, value_parser = parse_kind, required_unless_present = "spare")]
+        kind: Option<ModelKind>,
+        #[arg(long, required_unless_present = "spare")]
+        path: Option<PathBuf>,
+        /// Start without a model: import the libraries, then wait for the model to load.
+        #[arg(long, conflicts_with_all = ["name", "kind", "path"])]
+        spare: bool,
         #[arg(long)]
         python: PathBuf,
         /// Generation streams decoded together.
@@ -263,8 +266,14 @@ fn main() {
             );
             Ok(())
         }
-        Command::Worker { name, kind, path, python, max_streams, prompt_cache_bytes, store: _ } => {
-            worker::main(WorkerArgs { name, kind, path, python, max_streams, prompt_cache_bytes })
+        Command::Worker { name, kind, path, spare: _, python, max_streams, prompt_cache_bytes, store: _ } => {
+            let model = match (name, kind, path) {
+                (Some(name), Some(kind), Some(path)) => {
+                    Some(WorkerArgs { name, kind, path, python: python.clone(), max_streams, prompt_cache_bytes })
+                }
+                _ => None, // --spare (clap requires the three otherwise)
+            };
+            worker::main(model, python)
         }
     };
     if let Err(err) = result {

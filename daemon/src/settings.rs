@@ -33,6 +33,11 @@ pub struct Settings {
     /// Models loaded at once
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub max_loaded_models: usize,
+    /// Spare workers kept started (interpreter and model libraries imported, no model),
+    /// adopted by the next model load, so a load costs its weights, not the imports: 0 or 1
+    /// [default: 1 when the memory budget is at least 2 GB, else 0]
+    #[arg(long, value_name = "N")]
+    pub spare_workers: Option<usize>,
     /// Requests admitted per model (queued or running) before Busy [default: 4 batches:
     /// 256 for embedding models, 4 x max-streams for generation models]
     #[arg(long, value_name = "N")]

@@ -90,6 +90,11 @@ impl Tasks {
         self.closing.is_cancelled()
     }
 
+    /// Cancelled when the daemon begins to shut down.
+    pub fn closing_token(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
     /// Stops every task and waits for them, at most `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
         self.closing.cancel();

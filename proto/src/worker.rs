@@ -39,6 +39,20 @@ pub enum ToWorker {
     /// Stops a generation stream after the current step; it ends with a `Done` whose
     /// summary says `Cancelled`. Ignored for jobs that already finished.
     Cancel { id: JobId },
+    /// The model a spare worker (`mlxd worker --spare`, started without one, its
+    /// interpreter and libraries already imported) is to load; it then reports `Progress`
+    /// and `Ready` as a worker started for the model does. Ignored by any other worker.
+    Load(ModelToLoad),
+}
+
+/// What `mlxd worker` otherwise takes on its command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelToLoad {
+    pub name: String,
+    pub kind: ModelKind,
+    pub path: String,
+    pub max_streams: u32,
+    pub prompt_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

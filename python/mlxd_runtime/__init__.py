@@ -25,7 +25,7 @@ from typing import Any
 
 from . import faults
 
-__all__ = ["load", "backend", "progress", "set_progress_hook", "eval_with_progress"]
+__all__ = ["load", "prewarm", "backend", "progress", "set_progress_hook", "eval_with_progress"]
 
 
 _progress_hook = None
@@ -80,6 +80,26 @@ def backend() -> str:
     import mlx.core as mx
 
     return str(mx.default_device().type).split(".")[-1].lower()
+
+
+def prewarm() -> None:
+    """What a spare worker does before it knows its model: imports every library a load
+    of either kind needs (MLX and its first array, mlx-lm's loader, generation and cache
+    modules, tokenizers, transformers' tokenizer classes), so that a load then costs the
+    weights, not the imports."""
+    import mlx.core as mx
+    import mlx.nn  # noqa: F401
+
+    mx.eval(mx.zeros((1,)))
+    import mlx_lm  # noqa: F401
+    import mlx_lm.generate  # noqa: F401
+    import mlx_lm.models.cache  # noqa: F401
+    import mlx_lm.sample_utils  # noqa: F401
+    import mlx_lm.utils  # noqa: F401
+    import tokenizers  # noqa: F401
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+    from . import bert, generate  # noqa: F401
 
 
 def load(kind: str, path: str, options: dict[str, Any] | None = None):

@@ -169,11 +169,13 @@ pub fn spawn_daemon(socket: &Path, log: &Path, extra_args: &[&str]) -> Child {
 pub fn spawn_daemon_env(socket: &Path, log: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::File::create(log).expect("create log");
     let mut command = Command::new(bin("mlxd"));
+    command.arg("serve").arg("--socket").arg(socket).args(extra_args);
+    // No spare worker unless a test asks for one (tests/tests/spare.rs): most tests start a
+    // daemon for a few requests, and a spare's imports would only add CPU load to them.
+    if !extra_args.iter().any(|a| a.starts_with("--spare-workers")) {
+        command.args(["--spare-workers", "0"]);
+    }
     command
-        .arg("serve")
-        .arg("--socket")
-        .arg(socket)
-        .args(extra_args)
         .env("MLXD_LOG", "debug")
         // Tests read the log as text (JSON is the default when stderr is a file).
         .env("MLXD_LOG_FORMAT", "human")

@@ -14,6 +14,7 @@ use mlxd_proto::{LoadProgress, WireError};
 
 use crate::config::{DaemonConfig, RestartPolicy};
 use crate::spec::ModelSpec;
+use crate::supervise::spare::SparePool;
 use crate::supervise::WorkerHandle;
 use crate::tasks::Tasks;
 use crate::weights::pool::{Pinned, WeightPool};
@@ -43,11 +44,13 @@ pub trait Effects: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<WorkerHandle, WireError>>;
 }
 
-/// The real effects: the daemon's mmap pool, and `mlxd worker` processes.
+/// The real effects: the daemon's mmap pool, and `mlxd worker` processes (the spare one
+/// adopted first, when there is one).
 #[derive(Debug)]
 pub struct Processes {
     pub config: Arc<DaemonConfig>,
     pub pool: Arc<WeightPool>,
+    pub spares: Arc<SparePool>,
 }
 
 impl Effects for Processes {
@@ -61,6 +64,13 @@ impl Effects for Processes {
         tasks: &'a Tasks,
         progress: Progress,
     ) -> BoxFuture<'a, Result<WorkerHandle, WireError>> {
-        Box::pin(WorkerHandle::spawn(&self.config, spec, tasks, move |p| progress(p)))
+        Box::pin(async move {
+            if let Some(spare) = self.spares.take().await {
+                let adopted = WorkerHandle::adopt(spare, &self.config, spec, tasks, |p| progress(p)).await;
+                self.spares.adoption_done();
+                return adopted;
+            }
+            WorkerHandle::spawn(&self.config, spec, tasks, move |p| progress(p)).await
+        })
     }
 }

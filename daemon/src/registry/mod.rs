@@ -24,6 +24,7 @@ use futures_util::future::BoxFuture;
 use crate::catalog::Catalog;
 use crate::config::{DaemonConfig, RestartPolicy};
 use crate::metrics::Metrics;
+use crate::supervise::spare::SparePool;
 use crate::weights::pool::WeightPool;
 use host::{Effects, Host, Processes};
 pub use model::{run_replayable, InFlightGuard, LeaseGuard, Model, UnloadReason, MAX_REPLAYS};
@@ -52,8 +53,11 @@ impl Registry {
     /// The registry of `catalog`'s models, started as `mlxd worker` processes.
     pub fn new(config: Arc<DaemonConfig>, catalog: Catalog) -> Registry {
         let pool = Arc::new(WeightPool::default());
-        let effects = Arc::new(Processes { config: config.clone(), pool: pool.clone() });
-        Registry::with_effects(config, catalog, pool, effects)
+        let spares = SparePool::new(&config);
+        let effects = Arc::new(Processes { config: config.clone(), pool: pool.clone(), spares: spares.clone() });
+        let registry = Registry::with_effects(config.clone(), catalog, pool, effects);
+        spares.start(config, &registry.inner.tasks);
+        registry
     }
 
     /// The registry with the given effects (unit tests start in-process workers).

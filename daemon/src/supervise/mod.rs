@@ -8,7 +8,7 @@
 //! model ([`crate::registry::Model`]) restarts workers with backoff and replays what can
 //! be replayed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,6 @@ use mlxd_proto::codec::FrameCodec;
 use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
 use mlxd_proto::worker::{FromWorker, Job, JobId, JobOutput, ToWorker, WorkerReady};
 use mlxd_proto::{ErrorCode, LoadProgress, LoadStage, WireError};
-use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,9 +32,13 @@ mod fault_hook;
 pub mod health;
 mod orphans;
 mod process;
+pub mod spare;
+mod stderr;
 mod watchdog;
 
 pub use orphans::end_orphans;
+pub use stderr::StderrTail;
+use stderr::{forward_stderr, tail_suffix};
 use watchdog::{watchdog, Beat};
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
@@ -50,8 +53,6 @@ struct Waiter {
     tokens: Option<mpsc::Sender<TokenEvent>>,
 }
 
-/// Lines of a worker's stderr kept for the cause of its death.
-const STDERR_TAIL_LINES: usize = 12;
 /// Jobs sent but not yet answered. `closed` is set, under the same lock, when the link
 /// dies, so a job can never be registered after the failure sweep and wait forever.
 #[derive(Debug, Default)]
@@ -92,38 +93,6 @@ pub struct WorkerHandle {
     tasks: Tasks,
 }
 
-/// The last lines a worker wrote to stderr (each is also logged as it comes).
-#[derive(Debug, Clone)]
-pub struct StderrTail(Arc<(Mutex<VecDeque<String>>, watch::Sender<bool>)>);
-
-impl Default for StderrTail {
-    fn default() -> Self {
-        StderrTail(Arc::new((Mutex::new(VecDeque::new()), watch::Sender::new(false))))
-    }
-}
-
-impl StderrTail {
-    fn push(&self, line: String) {
-        let mut lines = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == STDERR_TAIL_LINES {
-            lines.pop_front();
-        }
-        lines.push_back(line);
-    }
-
-    /// The kept lines, joined by " | " (empty if none).
-    pub fn joined(&self) -> String {
-        let lines = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | ")
-    }
-
-    /// Waits (briefly) until the worker's stderr is closed, so its last words are read.
-    async fn wait_closed(&self) {
-        let mut closed = self.0 .1.subscribe();
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), closed.wait_for(|c| *c)).await;
-    }
-}
-
 impl WorkerHandle {
     /// Starts a worker for `spec` and waits until it has loaded the model, reporting load
     /// progress through `progress`.
@@ -160,10 +129,54 @@ impl WorkerHandle {
         tasks: &Tasks,
         progress: impl Fn(LoadProgress),
     ) -> Result<WorkerHandle, WireError> {
+        let link =
+            Framed::new(link, FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
+        Self::attach_framed(link, child, stderr, spec, stuck_after, tasks, progress).await
+    }
+
+    /// Gives the spare worker `spare` the model `spec` to load, then takes it over as
+    /// [`WorkerHandle::attach`] does: its pid becomes the model's worker.
+    pub async fn adopt(
+        spare: spare::Spare,
+        config: &DaemonConfig,
+        spec: &ModelSpec,
+        tasks: &Tasks,
+        progress: impl Fn(LoadProgress),
+    ) -> Result<WorkerHandle, WireError> {
+        let spare::Spare { mut link, child, stderr, pid } = spare;
+        tracing::info!(model = %spec.name, pid, "adopting the spare worker");
+        let load = ToWorker::Load(mlxd_proto::worker::ModelToLoad {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            path: spec.path.to_string_lossy().into_owned(),
+            max_streams: spec.max_streams as u32,
+            prompt_cache_bytes: spec.prompt_cache_bytes,
+        });
+        if let Err(err) = link.send(load).await {
+            let _ = KillOnDrop(Some(child)).wait_briefly().await;
+            return Err(WireError::new(ErrorCode::WorkerFailed, format!("the spare worker's link broke: {err}")));
+        }
+        // The same link, behind the type every worker link has (bytes already read kept).
+        let parts = link.into_parts();
+        let mut boxed =
+            tokio_util::codec::FramedParts::new::<ToWorker>(Box::new(parts.io) as Box<dyn LinkIo>, parts.codec);
+        boxed.read_buf = parts.read_buf;
+        boxed.write_buf = parts.write_buf;
+        let link = Framed::from_parts(boxed);
+        Self::attach_framed(link, Some(child), stderr, spec, config.restart.stuck_after, tasks, progress).await
+    }
+
+    async fn attach_framed(
+        mut link: Framed<Box<dyn LinkIo>, FrameCodec<FromWorker, ToWorker>>,
+        child: Option<Child>,
+        stderr: StderrTail,
+        spec: &ModelSpec,
+        stuck_after: std::time::Duration,
+        tasks: &Tasks,
+        progress: impl Fn(LoadProgress),
+    ) -> Result<WorkerHandle, WireError> {
         // Kill the child if loading fails or is abandoned: it must not outlive this call.
         let mut child = KillOnDrop(child);
-        let mut link =
-            Framed::new(link, FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN));
 
         let ready = loop {
             let Ok(frame) = tokio::time::timeout(stuck_after, link.next()).await else {
@@ -367,26 +380,6 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     // A panic while holding this lock cannot leave the map inconsistent (single inserts
     // and removes), so a poisoned lock is still usable.
     pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn tail_suffix(stderr: &StderrTail) -> String {
-    let tail = stderr.joined();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; its last output: {tail}")
-    }
-}
-
-/// Logs a worker's stderr line by line (it is the worker's own log) and keeps the last
-/// lines for the cause of its death.
-async fn forward_stderr(pipe: tokio::process::ChildStderr, tail: StderrTail, model: String, pid: u32) {
-    let mut lines = tokio::io::BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "mlxd::worker", %model, pid, "{line}");
-        tail.push(line);
-    }
-    tail.0 .1.send_replace(true);
 }
 
 fn spawn_error(spec: &ModelSpec, err: std::io::Error) -> WireError {

@@ -75,12 +75,29 @@ pub(super) fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd
         .arg(mlxd_proto::worker::kind_name(spec.kind))
         .arg("--path")
         .arg(&spec.path)
-        .arg("--python")
-        .arg(&config.python.root)
         .arg("--max-streams")
         .arg(spec.max_streams.to_string())
         .arg("--prompt-cache-bytes")
-        .arg(spec.prompt_cache_bytes.to_string())
+        .arg(spec.prompt_cache_bytes.to_string());
+    if let Some(blas) = &config.blas_preload {
+        tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
+    }
+    start(command, config, link)
+}
+
+/// Starts a spare worker (`mlxd worker --spare`): the environment of any worker, no model.
+pub(super) fn spawn_spare_child(config: &DaemonConfig, link: OwnedFd) -> std::io::Result<Child> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("worker").arg("--spare");
+    start(command, config, link)
+}
+
+/// The rest of a worker's command line, its environment, descriptors and limits, then
+/// the process.
+fn start(mut command: Command, config: &DaemonConfig, link: OwnedFd) -> std::io::Result<Child> {
+    command
+        .arg("--python")
+        .arg(&config.python.root)
         .arg("--store")
         .arg(&config.store)
         .stdin(Stdio::null())
@@ -88,7 +105,6 @@ pub(super) fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(blas) = &config.blas_preload {
-        tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
         command.env("LD_PRELOAD", blas);
     }
     #[cfg(target_os = "linux")]

@@ -15,6 +15,8 @@ pub enum WorkItem {
     Job(JobId, Job),
     Credit(JobId, u32),
     Cancel(JobId),
+    /// A spare worker's model.
+    Load(mlxd_proto::worker::ModelToLoad),
 }
 /// Liveness shared by the MLX thread (which records progress) and the I/O thread (which
 /// reports it in heartbeats).
@@ -55,6 +57,8 @@ impl Pulse {
     }
 }
 
+/// A worker's model and environment: from its command line, or for a spare worker from
+/// the `Load` it is sent.
 #[derive(Debug, Clone)]
 pub struct WorkerArgs {
     pub name: String,
@@ -63,4 +67,18 @@ pub struct WorkerArgs {
     pub python: PathBuf,
     pub max_streams: usize,
     pub prompt_cache_bytes: u64,
+}
+
+impl WorkerArgs {
+    /// The arguments a spare worker (whose virtualenv is `python`) takes from `Load`.
+    pub fn from_load(model: mlxd_proto::worker::ModelToLoad, python: PathBuf) -> WorkerArgs {
+        WorkerArgs {
+            name: model.name,
+            kind: model.kind,
+            path: PathBuf::from(model.path),
+            python,
+            max_streams: model.max_streams as usize,
+            prompt_cache_bytes: model.prompt_cache_bytes,
+        }
+    }
 }

@@ -35,7 +35,9 @@ const WRITER_FAILED_EXIT: i32 = 70;
 /// queue already bounds what it sends; this bounds the worker's memory independently.
 const JOB_QUEUE: usize = 256;
 
-pub fn main(args: WorkerArgs) -> Result<()> {
+/// Runs a worker: for the model in `args`, or with `args` `None` a spare (its virtualenv
+/// is `python`) that imports what every load needs, then waits for a `Load`.
+pub fn main(args: Option<WorkerArgs>, python: std::path::PathBuf) -> Result<()> {
     #[cfg(target_os = "linux")]
     {
         // Already set by the supervisor before exec; repeated so a worker started any other
@@ -63,7 +65,7 @@ pub fn main(args: WorkerArgs) -> Result<()> {
     let heartbeats = (out_tx.downgrade(), pulse.clone());
     let mlx_thread = std::thread::Builder::new()
         .name("mlx".into())
-        .spawn(move || python::run(&args, jobs_rx, out_tx, &pulse))
+        .spawn(move || python::run(args, &python, jobs_rx, out_tx, &pulse))
         .context("starting the MLX thread")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -136,6 +138,7 @@ async fn relay(
             Some(Ok(ToWorker::Job { id, job })) => WorkItem::Job(id, job),
             Some(Ok(ToWorker::Credit { id, events })) => WorkItem::Credit(id, events),
             Some(Ok(ToWorker::Cancel { id })) => WorkItem::Cancel(id),
+            Some(Ok(ToWorker::Load(model))) => WorkItem::Load(model),
             Some(Ok(ToWorker::Shutdown)) => break false,
             Some(Err(err)) => {
                 eprintln!("mlxd worker: bad frame from supervisor: {err}");

@@ -16,13 +16,22 @@ use super::streams::{batch_engine, Streams};
 use crate::pyenv::PythonEnv;
 
 pub fn run(
-    args: &WorkerArgs,
+    args: Option<WorkerArgs>,
+    python: &Path,
     mut items: mpsc::Receiver<WorkItem>,
     out: mpsc::Sender<FromWorker>,
     pulse: &std::sync::Arc<Pulse>,
 ) {
     let _ = out.blocking_send(FromWorker::Progress { stage: LoadStage::Starting, done: 0, total: 1 });
     pulse.progress();
+    let args = match args {
+        Some(args) => args,
+        None => match spare(python, &mut items, &out, pulse) {
+            Some(args) => args,
+            None => return,
+        },
+    };
+    let args = &args;
     let loaded = PythonEnv::open(&args.python)
         .map_err(|err| format!("{err:#}"))
         .and_then(|env| Python::attach(|py| load(py, &env, args, &out, pulse)));
@@ -70,6 +79,41 @@ pub fn run(
             let _ = stream.stream.bind(py).call_method0("close");
         }
     });
+}
+
+/// A spare worker: the interpreter, the virtualenv and every library a load imports (MLX,
+/// mlx-lm, tokenizers, transformers) are made ready before any model is known; then it
+/// waits, idle, for the `Load` that names its model. `None` if the link closed first (or
+/// the environment is broken, which is reported as `LoadFailed`).
+fn spare(
+    python: &Path,
+    items: &mut mpsc::Receiver<WorkItem>,
+    out: &mpsc::Sender<FromWorker>,
+    pulse: &std::sync::Arc<Pulse>,
+) -> Option<WorkerArgs> {
+    let warmed = PythonEnv::open(python).map_err(|err| format!("{err:#}")).and_then(|env| {
+        Python::attach(|py| -> Result<(), String> {
+            use_virtualenv(py, &env.site_packages).map_err(|err| python_error(py, "setting up the virtualenv", err))?;
+            let runtime = py.import("mlxd_runtime").map_err(|err| python_error(py, "importing mlxd_runtime", err))?;
+            runtime.call_method0("prewarm").map_err(|err| python_error(py, "importing the model libraries", err))?;
+            Ok(())
+        })
+    });
+    if let Err(message) = warmed {
+        eprintln!("mlxd worker (spare): {message}");
+        let _ = out.blocking_send(FromWorker::LoadFailed { message });
+        return None;
+    }
+    pulse.set_busy(false);
+    loop {
+        match items.blocking_recv()? {
+            WorkItem::Load(model) => {
+                pulse.set_busy(true);
+                return Some(WorkerArgs::from_load(model, python.to_path_buf()));
+            }
+            other => eprintln!("mlxd worker (spare): {other:?} before Load; ignored"),
+        }
+    }
 }
 
 type Loaded = (Py<PyAny>, Option<Py<PyAny>>, WorkerReady);

@@ -93,6 +93,8 @@ impl Streams {
                     let _ = out.blocking_send(FromWorker::Done { id, result });
                 }
             }
+            // Only a spare worker loads on request; this one has its model.
+            WorkItem::Load(model) => eprintln!("mlxd worker: asked to load {} after loading; ignored", model.name),
         }
     }
 

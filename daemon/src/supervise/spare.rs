@@ -1,0 +1,218 @@
+//! The spare worker: an `mlxd worker --spare` kept started, its interpreter, MLX, mlx-lm
+//! and the tokenizer libraries already imported, waiting without a model. The next load
+//! of any model adopts it (sends it `Load`), so the load costs the model's weights rather
+//! than a process start and the imports; a new spare is started once that load is done
+//! (not during it: the two would compete for the CPU).
+//!
+//! One keeper task owns the spare: it reads the spare's link while it waits (heartbeats;
+//! end of file when it dies, then a new one is started after a backoff), hands it over on
+//! request, and kills it when the daemon shuts down. The spare is started like any worker
+//! (same environment, death signal and `--store`, so the orphan sweep covers it too).
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mlxd_proto::codec::FrameCodec;
+use mlxd_proto::frame::ABSOLUTE_MAX_FRAME_LEN;
+use mlxd_proto::worker::{FromWorker, ToWorker};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DaemonConfig;
+use crate::supervise::process::{spawn_spare_child, KillOnDrop};
+use crate::supervise::stderr::{forward_stderr, StderrTail};
+use crate::tasks::Tasks;
+
+/// A spare worker's end of the link.
+pub type SpareLink = Framed<UnixStream, FrameCodec<FromWorker, ToWorker>>;
+
+/// A started spare worker, handed to the load that adopts it.
+#[derive(Debug)]
+pub struct Spare {
+    pub link: SpareLink,
+    pub child: Child,
+    pub stderr: StderrTail,
+    pub pid: u32,
+}
+
+/// How long a load waits for the keeper to hand over its spare (it answers at once when it
+/// has one; when it has none, the load starts its own worker).
+const TAKE_WAIT: Duration = Duration::from_millis(100);
+/// The longest an adopted spare's load may delay the next spare.
+const AFTER_ADOPTION_MAX: Duration = Duration::from_secs(60);
+/// A spare that dies is replaced after this, doubled each time in a row, up to the max.
+const RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
+const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The daemon's spare worker (none when `spare_workers` is 0).
+#[derive(Debug)]
+pub struct SparePool {
+    enabled: bool,
+    requests: mpsc::Sender<oneshot::Sender<Spare>>,
+    /// The keeper's end, taken when it starts.
+    keeper: Mutex<Option<mpsc::Receiver<oneshot::Sender<Spare>>>>,
+    /// The adopting load is done (ready or failed): the next spare may start.
+    adopted_done: Notify,
+    /// The current spare's pid, if one is waiting.
+    pid: Mutex<Option<u32>>,
+}
+
+impl SparePool {
+    pub fn new(config: &DaemonConfig) -> Arc<SparePool> {
+        let (requests, keeper) = mpsc::channel(1);
+        Arc::new(SparePool {
+            enabled: config.spare_workers > 0,
+            requests,
+            keeper: Mutex::new(Some(keeper)),
+            adopted_done: Notify::new(),
+            pid: Mutex::new(None),
+        })
+    }
+
+    /// Starts the keeper (once; a no-op when spares are off). Within the tokio runtime.
+    pub fn start(self: &Arc<Self>, config: Arc<DaemonConfig>, tasks: &Tasks) {
+        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (true, Some(requests)) = (self.enabled, keeper) {
+            let pool = self.clone();
+            let stop = tasks.closing_token();
+            let spawner = tasks.clone();
+            tasks.spawn("spare worker", keep(pool, config, requests, spawner, stop));
+        }
+    }
+
+    /// The spare, if one is started (it may still be importing: its `Load` then waits on
+    /// the link, which is still sooner than a new process).
+    pub async fn take(&self) -> Option<Spare> {
+        if !self.enabled {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests.try_send(reply).ok()?;
+        tokio::time::timeout(TAKE_WAIT, answer).await.ok()?.ok()
+    }
+
+    /// The load that adopted the spare is over; a new spare may start.
+    pub fn adoption_done(&self) {
+        self.adopted_done.notify_one();
+    }
+
+    /// The pid of the spare waiting now, if any.
+    pub fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+    }
+}
+
+/// Why a spare stopped waiting.
+enum End {
+    Adopted,
+    Died(String),
+    Stop,
+}
+
+async fn keep(
+    pool: Arc<SparePool>,
+    config: Arc<DaemonConfig>,
+    mut requests: mpsc::Receiver<oneshot::Sender<Spare>>,
+    tasks: Tasks,
+    stop: CancellationToken,
+) {
+    let mut backoff = RESPAWN_BACKOFF;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let end = match start_spare(&config, &tasks) {
+            Ok(spare) => wait(&pool, spare, &mut requests, &stop).await,
+            Err(err) => End::Died(format!("cannot start: {err}")),
+        };
+        pool.set_pid(None);
+        match end {
+            End::Stop => return,
+            End::Adopted => {
+                backoff = RESPAWN_BACKOFF;
+                tokio::select! {
+                    () = pool.adopted_done.notified() => {}
+                    () = tokio::time::sleep(AFTER_ADOPTION_MAX) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            End::Died(why) => {
+                tracing::warn!(retry_in = ?backoff, "the spare worker {why}; starting another");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn start_spare(config: &DaemonConfig, tasks: &Tasks) -> std::io::Result<Spare> {
+    let (ours, theirs) = StdUnixStream::pair()?;
+    let mut child = spawn_spare_child(config, theirs.into())?;
+    let pid = child.id().unwrap_or(0);
+    let stderr = StderrTail::default();
+    if let Some(pipe) = child.stderr.take() {
+        tasks.spawn("worker stderr", forward_stderr(pipe, stderr.clone(), "(spare)".into(), pid));
+    }
+    ours.set_nonblocking(true)?;
+    let link = Framed::new(
+        UnixStream::from_std(ours)?,
+        FrameCodec::<FromWorker, ToWorker>::new(ABSOLUTE_MAX_FRAME_LEN, ABSOLUTE_MAX_FRAME_LEN),
+    );
+    tracing::info!(pid, "spare worker started");
+    Ok(Spare { link, child, stderr, pid })
+}
+
+/// Holds `spare` until a load takes it, it dies, or the daemon stops (which kills it).
+async fn wait(
+    pool: &SparePool,
+    spare: Spare,
+    requests: &mut mpsc::Receiver<oneshot::Sender<Spare>>,
+    stop: &CancellationToken,
+) -> End {
+    let Spare { mut link, child, stderr, pid } = spare;
+    // Killed if this returns without handing it over.
+    let mut child = KillOnDrop(Some(child));
+    pool.set_pid(Some(pid));
+    loop {
+        tokio::select! {
+            frame = link.next() => match frame {
+                // Its start, and its heartbeats while it waits.
+                Some(Ok(FromWorker::Progress { .. } | FromWorker::Heartbeat { .. })) => {}
+                Some(Ok(FromWorker::LoadFailed { message })) => return End::Died(format!("failed: {message}")),
+                Some(Ok(other)) => return End::Died(format!("sent {other:?} before it was given a model")),
+                Some(Err(err)) => return End::Died(format!("broke its link: {err}")),
+                None => {
+                    let status = child.wait_briefly().await;
+                    stderr.wait_closed().await;
+                    let tail = stderr.joined();
+                    return End::Died(if tail.is_empty() { status } else { format!("{status}: {tail}") });
+                }
+            },
+            request = requests.recv() => {
+                let Some(reply) = request else { return End::Stop };
+                let Some(process) = child.0.take() else { return End::Died("was already reaped".into()) };
+                match reply.send(Spare { link, child: process, stderr: stderr.clone(), pid }) {
+                    Ok(()) => return End::Adopted,
+                    // The load stopped waiting: keep the spare for the next one.
+                    Err(back) => {
+                        link = back.link;
+                        child = KillOnDrop(Some(back.child));
+                    }
+                }
+            }
+            () = stop.cancelled() => return End::Stop,
+        }
+    }
+}
