@@ -49,6 +49,7 @@ impl Catalog {
         let mut aliases = BTreeMap::new();
         for model in &mut models {
             model.keep_alive = defaults.keep_alive;
+            model.adaptive_keep_alive = defaults.adaptive_keep_alive;
             let entry = config.model_settings.get(&model.name);
             model.max_streams = entry.and_then(|e| e.max_streams).unwrap_or(defaults.max_streams).max(1);
             model.prompt_cache_bytes = match entry.and_then(|e| e.prompt_cache.as_deref()) {

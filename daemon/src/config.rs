@@ -63,6 +63,8 @@ impl Default for BatchPolicy {
 #[derive(Debug, Clone, Copy)]
 pub struct ModelDefaults {
     pub keep_alive: KeepAlive,
+    /// Lengthen the keep-alive of a model wanted back soon after it unloaded it.
+    pub adaptive_keep_alive: bool,
     /// Generation streams decoded together.
     pub max_streams: usize,
     /// Requests admitted per model [default: a few batches' worth].
@@ -293,6 +295,7 @@ impl DaemonConfig {
             embed_batch: BatchPolicy::default(),
             model_defaults: ModelDefaults {
                 keep_alive: DEFAULT_KEEP_ALIVE,
+                adaptive_keep_alive: false,
                 max_streams: DEFAULT_MAX_STREAMS,
                 queue_capacity: None,
                 prompt_cache_bytes: 0,
@@ -345,6 +348,7 @@ impl DaemonConfig {
             store: crate::store::store_root(s.store.as_deref()),
             model_defaults: ModelDefaults {
                 keep_alive: KeepAlive::parse(&s.keep_alive).context("keep_alive")?,
+                adaptive_keep_alive: s.adaptive_keep_alive,
                 max_streams: s.max_streams.max(1),
                 queue_capacity: s.queue_capacity.map(|n| n.max(1)),
                 prompt_cache_bytes: parse_size(&s.prompt_cache).context("prompt_cache")?,

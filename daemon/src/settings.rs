@@ -27,6 +27,10 @@ pub struct Settings {
     /// How long an idle model stays loaded: a duration, or "never"
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub keep_alive: String,
+    /// Lengthen a model's keep-alive when it is wanted back soon after its keep-alive
+    /// unloaded it: doubled each time (up to 8x, at most 1 h), back to its own when not
+    #[arg(long)]
+    pub adaptive_keep_alive: bool,
     /// Bytes of weights that may be loaded at once
     #[arg(long, value_name = "SIZE", default_value = "75%")]
     pub memory_budget: String,

@@ -45,6 +45,9 @@ pub struct ModelSpec {
     /// Bytes of weights on disk: the budget's estimate of what loading it costs.
     pub size_bytes: u64,
     pub keep_alive: KeepAlive,
+    /// Lengthen the keep-alive of a model that is wanted back soon after its keep-alive
+    /// unloaded it (opt-in, `adaptive_keep_alive`).
+    pub adaptive_keep_alive: bool,
     /// Never unloaded by keep-alive or eviction (an operator can still unload it).
     pub pinned: bool,
     /// Generation streams decoded together in one batch; more wait in the queue.
@@ -65,6 +68,7 @@ impl ModelSpec {
             source,
             size_bytes,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            adaptive_keep_alive: false,
             pinned: false,
             max_streams: DEFAULT_MAX_STREAMS,
             queue_capacity: QUEUE_PER_BATCH * DEFAULT_MAX_STREAMS,

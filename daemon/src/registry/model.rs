@@ -72,6 +72,11 @@ struct State {
     idle_keep_alive: KeepAlive,
     /// An operator asked for an unload: it happens as soon as the model is idle.
     unload_requested: bool,
+    /// Adaptive keep-alive (opt-in): when its keep-alive last unloaded the model, and the
+    /// factor its own keep-alive is multiplied by (doubled each time it is wanted back
+    /// soon after such an unload, back to 1 when it is not).
+    keep_alive_unloaded_at: Option<Instant>,
+    keep_alive_factor: u32,
     /// The mapped weight files, held while loaded.
     weights: Pinned,
     health: Health,
@@ -101,8 +106,13 @@ pub struct Model {
     host: std::sync::Weak<dyn Host>,
 }
 
+/// Adaptive keep-alive: at most this multiple of the model's own keep-alive ...
+const ADAPTIVE_MAX_FACTOR: u32 = 8;
+/// ... and never longer than this (unless the model's own keep-alive is).
+const ADAPTIVE_KEEP_ALIVE_CAP: Duration = Duration::from_secs(3600);
+
 /// Why a model is being unloaded (for logs).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnloadReason {
     KeepAlive,
     Evicted,
@@ -139,6 +149,8 @@ impl Model {
                 idle_since: None,
                 idle_keep_alive: KeepAlive::Never,
                 unload_requested: false,
+                keep_alive_unloaded_at: None,
+                keep_alive_factor: 1,
                 weights: Pinned::default(),
                 health: Health::default(),
             }),
@@ -244,6 +256,7 @@ impl Model {
                         if state.health.failures > 0 {
                             self.metrics.worker_restarted(&self.spec.name);
                         }
+                        self.adapt_keep_alive(&mut state, now);
                         let (tx, rx) = watch::channel(LoadStatus::Progress(first));
                         state.slot = Slot::Loading(rx.clone());
                         // Its own task: the load completes even if this requester goes away.
@@ -456,6 +469,7 @@ impl Model {
             state.slot = Slot::Unloaded;
             state.unload_requested = false;
             state.weights = Pinned::default();
+            state.keep_alive_unloaded_at = (reason == UnloadReason::KeepAlive).then(Instant::now);
         }
         let _ = done.send(true);
         true
@@ -527,8 +541,42 @@ impl Model {
         state.last_used = Some(now);
         if state.users() == 0 {
             state.idle_since = Some(now);
-            state.idle_keep_alive = keep_alive.unwrap_or(self.spec.keep_alive);
+            state.idle_keep_alive = keep_alive.unwrap_or_else(|| self.own_keep_alive(&state));
             self.schedule_idle_unload(&mut state);
+        }
+    }
+
+    /// The model's own keep-alive, lengthened by the adaptive factor (a lease's own
+    /// keep-alive is used as given).
+    fn own_keep_alive(&self, state: &State) -> KeepAlive {
+        match self.spec.keep_alive {
+            KeepAlive::After(base) if self.spec.adaptive_keep_alive && state.keep_alive_factor > 1 => {
+                KeepAlive::After((base * state.keep_alive_factor).min(ADAPTIVE_KEEP_ALIVE_CAP.max(base)))
+            }
+            other => other,
+        }
+    }
+
+    /// At the start of a load: a model its keep-alive unloaded and that is wanted back
+    /// within as long again gets twice the keep-alive next time (up to
+    /// [`ADAPTIVE_MAX_FACTOR`] and [`ADAPTIVE_KEEP_ALIVE_CAP`]); one wanted back later gets
+    /// its own again.
+    fn adapt_keep_alive(&self, state: &mut State, now: Instant) {
+        let (KeepAlive::After(base), true) = (self.spec.keep_alive, self.spec.adaptive_keep_alive) else { return };
+        let Some(unloaded) = state.keep_alive_unloaded_at.take() else { return };
+        let window = base * state.keep_alive_factor;
+        state.keep_alive_factor = if now.duration_since(unloaded) <= window {
+            (state.keep_alive_factor * 2).min(ADAPTIVE_MAX_FACTOR)
+        } else {
+            1
+        };
+        if state.keep_alive_factor > 1 {
+            tracing::info!(
+                model = %self.spec.name,
+                back_after = ?now.duration_since(unloaded),
+                keep_alive = ?self.own_keep_alive(state),
+                "wanted back soon after its keep-alive unloaded it: keep-alive lengthened"
+            );
         }
     }
 

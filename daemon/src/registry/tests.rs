@@ -199,3 +199,53 @@ async fn a_crashed_worker_of_a_leased_model_is_restarted_and_jobs_are_replayed()
     }
     assert_eq!(workers.starts(), 2);
 }
+
+/// Holds `model` once (load, then release) and returns how long its keep-alive then
+/// kept it loaded, to the second.
+async fn keep_alive_after_use(registry: &Registry, name: &str) -> Duration {
+    let model = registry.get(name).unwrap().clone();
+    let lease = model.lease(None);
+    model.ready(|_| {}).await.unwrap();
+    drop(lease);
+    let released = tokio::time::Instant::now();
+    while state(registry, name) != ModelState::Unloaded {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        settle().await;
+        assert!(released.elapsed() < Duration::from_secs(7200), "never unloaded");
+    }
+    Duration::from_secs(released.elapsed().as_secs_f64().round() as u64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_keep_alive_lengthens_for_a_model_wanted_back_soon_and_resets_otherwise() {
+    let spec = |name: &str, adaptive: bool| {
+        let mut spec = ModelSpec::new(name.into(), ModelKind::Embedding, "/nonexistent".into(), "test".into());
+        (spec.size_bytes, spec.keep_alive, spec.adaptive_keep_alive) = (MB, KEEP, adaptive);
+        spec
+    };
+    assert!(!spec("x", false).adaptive_keep_alive && !DaemonConfig::for_tests().model_defaults.adaptive_keep_alive);
+    let catalog = Catalog { models: vec![spec("a", true), spec("b", false)], aliases: BTreeMap::new() };
+    let config = Arc::new(DaemonConfig { memory_budget: 10 * MB, ..DaemonConfig::for_tests() });
+    let registry =
+        Registry::with_effects(config, catalog, Arc::new(WeightPool::default()), Arc::new(InProcess::default()));
+    // First use: its own 10 s.
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(10));
+    // Wanted back 3 s after that unload (within 10 s): 20 s next time, then 40 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(40));
+    // Then not for longer than that window (here 40 s): back to its own.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(10));
+    // Never past 8x (80 s here).
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(keep_alive_after_use(&registry, "a").await <= Duration::from_secs(80));
+    }
+    // Not opted in: always its own.
+    for _ in 0..3 {
+        assert_eq!(keep_alive_after_use(&registry, "b").await, Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
