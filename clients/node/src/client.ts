@@ -16,6 +16,7 @@ import { decodeServerMessage } from "./codec.js";
 import {
   BusyError,
   ConnectionClosedError,
+  InvalidArgumentError,
   MlxdError,
   NoDaemonError,
   ProtocolError,
@@ -55,6 +56,29 @@ export const DEFAULT_RETRY: RetryPolicy = Object.freeze({ maxRetries: 3, maxWait
 /** No retries: every `Busy` reaches the caller. */
 export const NO_RETRY: RetryPolicy = Object.freeze({ maxRetries: 0, maxWaitMs: 0 });
 
+/**
+ * The policy for a `retry` option: `false` → {@link NO_RETRY}; `undefined`/`true` →
+ * {@link DEFAULT_RETRY}; an object → each field given (not `undefined`) or its default.
+ * Each field must be a non-negative safe integer, else {@link InvalidArgumentError}.
+ */
+export function retryPolicy(option: Partial<RetryPolicy> | boolean | undefined): RetryPolicy {
+  if (option === false) return NO_RETRY;
+  if (option === undefined || option === true) return DEFAULT_RETRY;
+  if (option === null || typeof option !== "object") {
+    throw new InvalidArgumentError(`retry must be false or { maxRetries, maxWaitMs }, got ${String(option)}`);
+  }
+  const policy = {
+    maxRetries: option.maxRetries ?? DEFAULT_RETRY.maxRetries,
+    maxWaitMs: option.maxWaitMs ?? DEFAULT_RETRY.maxWaitMs,
+  };
+  for (const [field, value] of Object.entries(policy)) {
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+      throw new InvalidArgumentError(`retry.${field} must be a non-negative integer, got ${String(value)}`);
+    }
+  }
+  return Object.freeze(policy);
+}
+
 export interface ConnectOptions {
   /** Socket path [default: `$MLXD_SOCKET`, then the per-user and system defaults]. */
   socket?: string;
@@ -69,8 +93,12 @@ export interface ConnectOptions {
   clientName?: string;
   /** Largest frame accepted from the daemon, clamped to [64 KiB, 64 MiB] [default: 16 MiB]. */
   maxFrameLen?: number;
-  /** Retries of idempotent requests refused with `Busy` [default: 3 retries, ≤ 2 s each]; `false` for none. */
-  retry?: Partial<RetryPolicy> | false;
+  /**
+   * Retries of idempotent requests refused with `Busy` [default: 3 retries, ≤ 2 s each];
+   * `false` for none. A field left out (or `undefined`) takes its default; each must be
+   * a non-negative integer ({@link InvalidArgumentError} otherwise, before connecting).
+   */
+  retry?: Partial<RetryPolicy> | boolean;
   /** Uids besides this user's and root's whose daemon is trusted [default: `$MLXD_TRUSTED_UIDS`]. */
   trustedUids?: number[];
   /** How long to wait for the daemon's Welcome [default: 30 000 ms]. */
@@ -143,6 +171,7 @@ export class Client {
 
   /** Connects (see {@link connect}). */
   static async connect(options: ConnectOptions = {}): Promise<Client> {
+    const retry = retryPolicy(options.retry);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const trustedUids = options.trustedUids ?? trustedUidsFromEnv(process.env, log);
     const fallback = options.fallback ?? ["", "0", undefined].includes(process.env.MLXD_NO_FALLBACK);
@@ -192,10 +221,10 @@ export class Client {
       transport = stdio;
       endpoint = { type: "stdio", pid: stdio.pid };
     }
-    return Client.#handshake(transport, endpoint, options);
+    return Client.#handshake(transport, endpoint, options, retry);
   }
 
-  static async #handshake(transport: Transport, endpoint: Endpoint, options: ConnectOptions): Promise<Client> {
+  static async #handshake(transport: Transport, endpoint: Endpoint, options: ConnectOptions, retry: RetryPolicy): Promise<Client> {
     const maxFrameLen = Math.min(
       Math.max(options.maxFrameLen ?? DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN),
       ABSOLUTE_MAX_FRAME_LEN,
@@ -268,7 +297,6 @@ export class Client {
         );
       }
       decoder.maxLen = maxFrameLen;
-      const retry = options.retry === false ? NO_RETRY : { ...DEFAULT_RETRY, ...options.retry };
       const client = new Client(transport, decoder, message, endpoint, retry);
       for (const body of leftover) client.#receiveBody(body);
       return client;
@@ -393,7 +421,8 @@ export class Client {
       try {
         return await this.#requestOnce(body, options);
       } catch (err) {
-        if (!(err instanceof BusyError) || retries <= 0) throw err;
+        // A fatal Busy ended the session: a retry could only fail again.
+        if (!(err instanceof BusyError) || err.fatal || retries <= 0) throw err;
         retries -= 1;
         await sleep(Math.min(jitter(err.retryAfterMs ?? 10), this.#retry.maxWaitMs), options.signal);
       }

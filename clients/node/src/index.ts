@@ -18,7 +18,7 @@
  * @module
  */
 
-export { Client, connect, DEFAULT_RETRY, NO_RETRY, jitter } from "./client.js";
+export { Client, connect, DEFAULT_RETRY, NO_RETRY, jitter, retryPolicy } from "./client.js";
 export type { ConnectOptions, Endpoint, RequestOptions, RetryPolicy } from "./client.js";
 export { Lease } from "./lease.js";
 export type { LeaseOptions } from "./lease.js";

@@ -20,6 +20,9 @@ export function binary(name) {
   return path;
 }
 
+/** Per-test limit: a hang fails its test instead of blocking the suite. */
+export const TEST_TIMEOUT = 60_000;
+
 /** A private directory under /tmp (short: socket paths are limited to ~100 bytes). */
 export function tempDir() {
   return mkdtempSync("/tmp/mlxd-n");

@@ -1,0 +1,76 @@
+// Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
+// its validation, and a fatal Busy.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  BusyError,
+  DEFAULT_RETRY,
+  InvalidArgumentError,
+  NO_RETRY,
+  connect,
+  retryPolicy,
+} from "../dist/index.js";
+import { creditedGenerator, fakeDaemon } from "./fake-daemon.mjs";
+import { TEST_TIMEOUT } from "./helpers.mjs";
+
+/** Rejects with `message` if `promise` has not settled within `ms`. */
+function within(ms, promise, message) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+const busy = (retryAfterMs) => ({ code: "Busy", message: "queue full", retry_after_ms: retryAfterMs });
+
+test("a retry option fills fields left undefined with the defaults and refuses bad ones", async () => {
+  assert.deepEqual(retryPolicy(undefined), DEFAULT_RETRY);
+  assert.deepEqual(retryPolicy(true), DEFAULT_RETRY);
+  assert.equal(retryPolicy(false), NO_RETRY);
+  assert.deepEqual(retryPolicy({ maxRetries: undefined }), { maxRetries: 3, maxWaitMs: 2000 });
+  assert.deepEqual(retryPolicy({ maxWaitMs: undefined, maxRetries: 0 }), { maxRetries: 0, maxWaitMs: 2000 });
+  for (const bad of [{ maxRetries: -1 }, { maxRetries: 1.5 }, { maxRetries: Infinity }, { maxRetries: NaN }, { maxWaitMs: "10" }, { maxWaitMs: -5 }, 3, null]) {
+    assert.throws(() => retryPolicy(bad), InvalidArgumentError, JSON.stringify(bad));
+  }
+  // Refused before anything is connected (not a NoDaemonError for the missing socket).
+  await assert.rejects(
+    connect({ socket: "/nonexistent/mlxd.sock", fallback: false, retry: { maxRetries: Infinity } }),
+    InvalidArgumentError,
+  );
+});
+
+test("retry: { maxRetries: undefined } retries Busy three times, not forever", { timeout: TEST_TIMEOUT }, async () => {
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type === "Request") send({ type: "Error", id: message.id, error: busy(1) });
+  });
+  const client = await connect({ socket: daemon.path, fallback: false, retry: { maxRetries: undefined, maxWaitMs: 5 } });
+  try {
+    const err = await within(5000, client.ping().catch((e) => e), "Busy was retried without end");
+    assert.ok(err instanceof BusyError, String(err));
+    assert.equal(daemon.received.length, 1 + 3);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("a fatal Busy (the session ended) is not retried", { timeout: TEST_TIMEOUT }, async () => {
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    send({ type: "Fatal", ...busy(60_000) });
+    send.close();
+  });
+  // Retrying would wait up to a minute per try, for a session that is over.
+  const client = await connect({ socket: daemon.path, fallback: false, retry: { maxRetries: 3, maxWaitMs: 60_000 } });
+  try {
+    const err = await within(2000, client.ping().catch((e) => e), "the fatal Busy was retried");
+    assert.ok(err instanceof BusyError, String(err));
+    assert.equal(err.fatal, true);
+    assert.equal(client.closed, true);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
