@@ -23,7 +23,7 @@ export type { ConnectOptions, Endpoint, RequestOptions, RetryPolicy } from "./cl
 export { Lease } from "./lease.js";
 export type { LeaseOptions } from "./lease.js";
 export { Generation, DEFAULT_PARAMS, DEFAULT_WINDOW, MAX_WINDOW } from "./generate.js";
-export type { GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
+export type { Completion, GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
 export type { EmbedOptions, EmbedResult, TokenizeOptions } from "./requests.js";
 export * from "./errors.js";
 export * from "./types.js";

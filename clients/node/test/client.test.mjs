@@ -1,5 +1,6 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
-// its validation, and a fatal Busy.
+// its validation, a fatal Busy, a Generation's summary without a reader, concurrent
+// next() and complete().
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -69,6 +70,51 @@ test("a fatal Busy (the session ended) is not retried", { timeout: TEST_TIMEOUT 
     assert.ok(err instanceof BusyError, String(err));
     assert.equal(err.fatal, true);
     assert.equal(client.closed, true);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("awaiting summary with nobody reading lets the stream finish; the tokens stay readable", { timeout: TEST_TIMEOUT }, async () => {
+  const generator = creditedGenerator();
+  const daemon = await fakeDaemon(generator.onMessage);
+  const client = await connect({ socket: daemon.path, fallback: false });
+  try {
+    const generation = client.generate("m", "x", { max_tokens: 20 }, { window: 2 });
+    const summary = await within(3000, generation.summary, "summary waited for a reader (no credit was granted)");
+    assert.equal(summary.completion_tokens, 20);
+    assert.equal(generation.buffered, 20);
+    const texts = [];
+    for await (const token of generation) texts.push(token.text);
+    assert.deepEqual(texts, Array.from({ length: 20 }, (_, i) => `t${i}`));
+    // Credit for the 18 tokens beyond the window, each granted once.
+    assert.equal(generator.credits.reduce((a, b) => a + b, 0), 18);
+
+    // complete(): text, ids and summary in one.
+    const whole = await within(3000, client.generate("m", "x", { max_tokens: 5 }, { window: 2 }).complete(), "complete() hung");
+    assert.equal(whole.text, "t0t1t2t3t4");
+    assert.deepEqual(whole.tokens, [0, 1, 2, 3, 4]);
+    assert.equal(whole.summary.finish_reason, "Length");
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("concurrent next() calls on one Generation each get the next token, in call order", { timeout: TEST_TIMEOUT }, async () => {
+  const generator = creditedGenerator();
+  const daemon = await fakeDaemon(generator.onMessage);
+  const client = await connect({ socket: daemon.path, fallback: false });
+  try {
+    const generation = client.generate("m", "x", { max_tokens: 3 }, { window: 4 });
+    const iterator = generation[Symbol.asyncIterator]();
+    // Both wait: no token has arrived yet.
+    const results = await within(3000, Promise.all([iterator.next(), iterator.next(), iterator.next(), iterator.next()]), "a waiting next() was never woken");
+    assert.deepEqual(
+      results.map((r) => (r.done ? "done" : r.value.text)),
+      ["t0", "t1", "t2", "done"],
+    );
   } finally {
     await client.close();
     await daemon.close();
