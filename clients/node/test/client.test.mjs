@@ -1,15 +1,20 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
 // its validation, a fatal Busy, a Generation's summary without a reader, concurrent
-// next() and complete().
+// next(), complete(), and the error classes' names.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
   BusyError,
+  CancelledError,
   DEFAULT_RETRY,
   InvalidArgumentError,
   NO_RETRY,
+  RequestCancelledError,
+  RequestTimeoutError,
+  TimeoutError,
   connect,
+  fromWire,
   retryPolicy,
 } from "../dist/index.js";
 import { creditedGenerator, fakeDaemon } from "./fake-daemon.mjs";
@@ -119,4 +124,16 @@ test("concurrent next() calls on one Generation each get the next token, in call
     await client.close();
     await daemon.close();
   }
+});
+
+test("Timeout and Cancelled have names apart from DOMException's; the old names are the same classes", () => {
+  assert.equal(TimeoutError, RequestTimeoutError);
+  assert.equal(CancelledError, RequestCancelledError);
+  const timeout = fromWire({ code: "Timeout", message: "deadline passed", retry_after_ms: null });
+  assert.ok(timeout instanceof RequestTimeoutError && timeout instanceof TimeoutError);
+  assert.equal(timeout.name, "RequestTimeoutError");
+  assert.notEqual(timeout.name, new DOMException("x", "TimeoutError").name);
+  const cancelled = fromWire({ code: "Cancelled", message: "cancelled", retry_after_ms: null });
+  assert.ok(cancelled instanceof RequestCancelledError && cancelled instanceof CancelledError);
+  assert.equal(cancelled.name, "RequestCancelledError");
 });
