@@ -20,13 +20,14 @@ import {
   MlxdError,
   NoDaemonError,
   ProtocolError,
+  UntrustedServerError,
   VersionMismatchError,
   fromWire,
 } from "./errors.js";
 import { ABSOLUTE_MAX_FRAME_LEN, DEFAULT_MAX_FRAME_LEN, FrameDecoder, HANDSHAKE_MAX_FRAME_LEN, encodeFrame } from "./frame.js";
 import { Generation, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
 import { Lease, type LeaseOptions } from "./lease.js";
-import { checkServer, currentUid, resolveSocketPath, trustedUidsFromEnv } from "./paths.js";
+import { checkServer, currentUid, resolveSocketPath, trustedUidsFromEnv, type TrustedSocket } from "./paths.js";
 import * as requests from "./requests.js";
 import { connectSocket, StdioTransport, type SocketTransport, type Transport } from "./transport.js";
 import {
@@ -190,13 +191,26 @@ export class Client {
     let transport: Transport;
     let endpoint: Endpoint;
     try {
+      // Before connecting: whoever could have put a socket at this path must not get our
+      // texts. An untrusted server is never a reason to fall back: it is an attack to
+      // report. (A path that cannot be seen throws its errno error, as connect would.)
+      const uid = currentUid();
+      const checked = checkServer(path, trustedUids, uid);
       const socket = await connectSocket(path);
       try {
-        // Before the Hello: whoever could put a socket at this path must not get our texts.
-        // An untrusted server is never a reason to fall back: it is an attack to report.
-        checkServer(path, trustedUids, currentUid());
+        // The same socket file as the one checked, or someone swapped it meanwhile.
+        let again: TrustedSocket;
+        try {
+          again = checkServer(path, trustedUids, uid);
+        } catch (err) {
+          if (err instanceof MlxdError) throw err;
+          throw new UntrustedServerError(path, -1, `it changed while connecting (${(err as Error).message})`);
+        }
+        if (again.dev !== checked.dev || again.ino !== checked.ino) {
+          throw new UntrustedServerError(path, -1, "the socket file was replaced while connecting");
+        }
       } catch (err) {
-        (socket as SocketTransport).destroy();
+        socket.destroy();
         throw err;
       }
       transport = socket;

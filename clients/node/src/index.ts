@@ -42,7 +42,8 @@ export {
   TRUSTED_UIDS_ENV,
   checkServer,
   defaultSocketPath,
+  realFileSystem,
   resolveSocketPath,
 } from "./paths.js";
-export type { PassedOver, SocketChoice } from "./paths.js";
+export type { FileInfo, FileSystem, PassedOver, SocketChoice, TrustedSocket } from "./paths.js";
 export { Reader, Writer } from "./wire.js";

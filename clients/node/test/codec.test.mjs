@@ -2,7 +2,7 @@
 // before buffering, frames split and merged across chunks, values that cannot be encoded,
 // PROTOCOL.md's own example, and the socket path's precedence.
 import assert from "node:assert/strict";
-import { chownSync, existsSync, mkdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, lchownSync, mkdirSync, rmSync, symlinkSync } from "node:fs";
 import { test } from "node:test";
 
 import {
@@ -149,6 +149,13 @@ test("a default socket in someone else's directory is passed over; an explicit o
     assert.equal(choice.path, SYSTEM_SOCKET_PATH);
     const explicit = resolveSocketPath({ MLXD_SOCKET: `${dir}/mlxd/mlxd.sock` }, 7);
     assert.deepEqual(explicit, { path: `${dir}/mlxd/mlxd.sock`, explicit: true, passedOver: [] });
+    // A link in place of the directory is judged by the link's owner, not its target's.
+    mkdirSync(`${dir}/ours`);
+    mkdirSync(`${dir}/linked`);
+    symlinkSync(`${dir}/ours`, `${dir}/linked/mlxd`);
+    lchownSync(`${dir}/linked/mlxd`, 4242, 4242);
+    const linked = resolveSocketPath({ XDG_RUNTIME_DIR: `${dir}/linked` }, 7);
+    assert.deepEqual(linked.passedOver, [{ path: `${dir}/linked/mlxd/mlxd.sock`, directoryOwner: 4242 }]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
