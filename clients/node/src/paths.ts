@@ -199,7 +199,7 @@ export function checkServer(
     if (othersMayWrite(info) && !sticky(info)) {
       refuse(
         info.uid,
-        `the directory ${dir} on its path (mode ${mode(info)}) is writable by others without the sticky bit, ` +
+        `the directory ${dir} on its path (mode ${mode(info)}) is writable by group or others without the sticky bit, ` +
           "so anyone could have put or swapped a socket there",
       );
     }

@@ -51,7 +51,7 @@ test("the system service's socket (file of user mlxd in root's /run/mlxd) is tru
   assert.equal(judge("/run/mlxd/mlxd.sock", systemd).path, "/run/mlxd/mlxd.sock");
   assert.equal(judge("/run/mlxd/../mlxd/./mlxd.sock", systemd).path, "/run/mlxd/mlxd.sock");
   // Group-writable without the sticky bit: anyone in the group could swap it.
-  refused(judge("/run/mlxd/mlxd.sock", { ...systemd, "/run/mlxd": dir(0, 0o770) }), /writable by others without the sticky bit/);
+  refused(judge("/run/mlxd/mlxd.sock", { ...systemd, "/run/mlxd": dir(0, 0o770) }), /writable by group or others without the sticky bit/);
   // Sticky and world-writable (as /tmp): anyone may create files, so mlxd's is not trusted...
   refused(judge("/run/mlxd/mlxd.sock", { ...systemd, "/run/mlxd": dir(0, 0o1777) }), /uid 997.*may have made it/);
   // ... but one's own socket there is, and so is mlxd's once its uid is trusted.
@@ -144,7 +144,7 @@ test("on the real file system: someone else's link, a directory others may write
     servers.push(open);
     const err = await connect({ socket: `${base}/open/s.sock`, fallback: false }).catch((e) => e);
     assert.ok(err instanceof UntrustedServerError, String(err));
-    assert.match(err.message, /writable by others without the sticky bit/);
+    assert.match(err.message, /writable by group or others without the sticky bit/);
     assert.equal(open.connections, 0);
 
     // A socket straight in /tmp (sticky, anyone may create files there) of another user.
