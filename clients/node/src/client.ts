@@ -16,16 +16,18 @@ import { decodeServerMessage } from "./codec.js";
 import {
   BusyError,
   ConnectionClosedError,
+  InvalidArgumentError,
   MlxdError,
   NoDaemonError,
   ProtocolError,
+  UntrustedServerError,
   VersionMismatchError,
   fromWire,
 } from "./errors.js";
 import { ABSOLUTE_MAX_FRAME_LEN, DEFAULT_MAX_FRAME_LEN, FrameDecoder, HANDSHAKE_MAX_FRAME_LEN, encodeFrame } from "./frame.js";
 import { Generation, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
 import { Lease, type LeaseOptions } from "./lease.js";
-import { checkServer, currentUid, resolveSocketPath, trustedUidsFromEnv } from "./paths.js";
+import { checkServer, currentUid, resolveSocketPath, trustedUidsFromEnv, type TrustedSocket } from "./paths.js";
 import * as requests from "./requests.js";
 import { connectSocket, StdioTransport, type SocketTransport, type Transport } from "./transport.js";
 import {
@@ -55,6 +57,29 @@ export const DEFAULT_RETRY: RetryPolicy = Object.freeze({ maxRetries: 3, maxWait
 /** No retries: every `Busy` reaches the caller. */
 export const NO_RETRY: RetryPolicy = Object.freeze({ maxRetries: 0, maxWaitMs: 0 });
 
+/**
+ * The policy for a `retry` option: `false` → {@link NO_RETRY}; `undefined`/`true` →
+ * {@link DEFAULT_RETRY}; an object → each field given (not `undefined`) or its default.
+ * Each field must be a non-negative safe integer, else {@link InvalidArgumentError}.
+ */
+export function retryPolicy(option: Partial<RetryPolicy> | boolean | undefined): RetryPolicy {
+  if (option === false) return NO_RETRY;
+  if (option === undefined || option === true) return DEFAULT_RETRY;
+  if (option === null || typeof option !== "object") {
+    throw new InvalidArgumentError(`retry must be false or { maxRetries, maxWaitMs }, got ${String(option)}`);
+  }
+  const policy = {
+    maxRetries: option.maxRetries ?? DEFAULT_RETRY.maxRetries,
+    maxWaitMs: option.maxWaitMs ?? DEFAULT_RETRY.maxWaitMs,
+  };
+  for (const [field, value] of Object.entries(policy)) {
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+      throw new InvalidArgumentError(`retry.${field} must be a non-negative integer, got ${String(value)}`);
+    }
+  }
+  return Object.freeze(policy);
+}
+
 export interface ConnectOptions {
   /** Socket path [default: `$MLXD_SOCKET`, then the per-user and system defaults]. */
   socket?: string;
@@ -69,8 +94,12 @@ export interface ConnectOptions {
   clientName?: string;
   /** Largest frame accepted from the daemon, clamped to [64 KiB, 64 MiB] [default: 16 MiB]. */
   maxFrameLen?: number;
-  /** Retries of idempotent requests refused with `Busy` [default: 3 retries, ≤ 2 s each]; `false` for none. */
-  retry?: Partial<RetryPolicy> | false;
+  /**
+   * Retries of idempotent requests refused with `Busy` [default: 3 retries, ≤ 2 s each];
+   * `false` for none. A field left out (or `undefined`) takes its default; each must be
+   * a non-negative integer ({@link InvalidArgumentError} otherwise, before connecting).
+   */
+  retry?: Partial<RetryPolicy> | boolean;
   /** Uids besides this user's and root's whose daemon is trusted [default: `$MLXD_TRUSTED_UIDS`]. */
   trustedUids?: number[];
   /** How long to wait for the daemon's Welcome [default: 30 000 ms]. */
@@ -143,6 +172,7 @@ export class Client {
 
   /** Connects (see {@link connect}). */
   static async connect(options: ConnectOptions = {}): Promise<Client> {
+    const retry = retryPolicy(options.retry);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const trustedUids = options.trustedUids ?? trustedUidsFromEnv(process.env, log);
     const fallback = options.fallback ?? ["", "0", undefined].includes(process.env.MLXD_NO_FALLBACK);
@@ -161,13 +191,26 @@ export class Client {
     let transport: Transport;
     let endpoint: Endpoint;
     try {
+      // Before connecting: whoever could have put a socket at this path must not get our
+      // texts. An untrusted server is never a reason to fall back: it is an attack to
+      // report. (A path that cannot be seen throws its errno error, as connect would.)
+      const uid = currentUid();
+      const checked = checkServer(path, trustedUids, uid);
       const socket = await connectSocket(path);
       try {
-        // Before the Hello: whoever could put a socket at this path must not get our texts.
-        // An untrusted server is never a reason to fall back: it is an attack to report.
-        checkServer(path, trustedUids, currentUid());
+        // The same socket file as the one checked, or someone swapped it meanwhile.
+        let again: TrustedSocket;
+        try {
+          again = checkServer(path, trustedUids, uid);
+        } catch (err) {
+          if (err instanceof MlxdError) throw err;
+          throw new UntrustedServerError(path, -1, `it changed while connecting (${(err as Error).message})`);
+        }
+        if (again.dev !== checked.dev || again.ino !== checked.ino) {
+          throw new UntrustedServerError(path, -1, "the socket file was replaced while connecting");
+        }
       } catch (err) {
-        (socket as SocketTransport).destroy();
+        socket.destroy();
         throw err;
       }
       transport = socket;
@@ -192,10 +235,10 @@ export class Client {
       transport = stdio;
       endpoint = { type: "stdio", pid: stdio.pid };
     }
-    return Client.#handshake(transport, endpoint, options);
+    return Client.#handshake(transport, endpoint, options, retry);
   }
 
-  static async #handshake(transport: Transport, endpoint: Endpoint, options: ConnectOptions): Promise<Client> {
+  static async #handshake(transport: Transport, endpoint: Endpoint, options: ConnectOptions, retry: RetryPolicy): Promise<Client> {
     const maxFrameLen = Math.min(
       Math.max(options.maxFrameLen ?? DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN),
       ABSOLUTE_MAX_FRAME_LEN,
@@ -268,7 +311,6 @@ export class Client {
         );
       }
       decoder.maxLen = maxFrameLen;
-      const retry = options.retry === false ? NO_RETRY : { ...DEFAULT_RETRY, ...options.retry };
       const client = new Client(transport, decoder, message, endpoint, retry);
       for (const body of leftover) client.#receiveBody(body);
       return client;
@@ -393,7 +435,8 @@ export class Client {
       try {
         return await this.#requestOnce(body, options);
       } catch (err) {
-        if (!(err instanceof BusyError) || retries <= 0) throw err;
+        // A fatal Busy ended the session: a retry could only fail again.
+        if (!(err instanceof BusyError) || err.fatal || retries <= 0) throw err;
         retries -= 1;
         await sleep(Math.min(jitter(err.retryAfterMs ?? 10), this.#retry.maxWaitMs), options.signal);
       }

@@ -2,7 +2,9 @@
  * Everything this package throws is an {@link MlxdError}:
  *
  * - the daemon's typed refusals, one subclass per wire `ErrorCode` ({@link BusyError},
- *   {@link NotFoundError}, ...), with `code` and `retryAfterMs`; `fatal` is true when the
+ *   {@link NotFoundError}, ...; `Timeout` and `Cancelled` are {@link RequestTimeoutError}
+ *   and {@link RequestCancelledError}, also exported as `TimeoutError` and `CancelledError`),
+ *   with `code` and `retryAfterMs`; `fatal` is true when the
  *   daemon ended the whole session with it (`Fatal`, e.g. a refused handshake);
  * - what can go wrong on the way to the daemon, with codes of their own:
  *   {@link NoDaemonError}, {@link UntrustedServerError}, {@link FallbackError},
@@ -43,7 +45,12 @@ export class NotFoundError extends MlxdError {}
 export class BusyError extends MlxdError {}
 export class LoadingError extends MlxdError {}
 export class WorkerFailedError extends MlxdError {}
-export class CancelledError extends MlxdError {}
+/**
+ * The daemon refused or ended the request as cancelled (wire code `Cancelled`), which is
+ * not an `AbortSignal`'s abort (that rejects with the signal's reason, an "AbortError").
+ * Its `name` is "RequestCancelledError"; `CancelledError` is the same class.
+ */
+export class RequestCancelledError extends MlxdError {}
 export class UnauthorizedError extends MlxdError {}
 export class TooLargeError extends MlxdError {}
 export class ShutdownError extends MlxdError {}
@@ -52,8 +59,12 @@ export class InternalError extends MlxdError {}
 export class VersionMismatchError extends MlxdError {}
 export class NotImplementedError extends MlxdError {}
 export class InvalidLeaseError extends MlxdError {}
-/** The request's deadline passed while it was queued, or a stream stayed paused too long. */
-export class TimeoutError extends MlxdError {}
+/**
+ * The request's deadline passed while it was queued, or a stream stayed paused too long
+ * (wire code `Timeout`). Its `name` is "RequestTimeoutError", unlike the DOMException
+ * "TimeoutError" of `AbortSignal.timeout()`; `TimeoutError` is the same class.
+ */
+export class RequestTimeoutError extends MlxdError {}
 export class OutOfMemoryError extends MlxdError {}
 export class UnsupportedError extends MlxdError {}
 
@@ -118,7 +129,7 @@ const BY_CODE: Record<ErrorCode, new (code: ErrorCode, message: string, options?
   Busy: BusyError,
   Loading: LoadingError,
   WorkerFailed: WorkerFailedError,
-  Cancelled: CancelledError,
+  Cancelled: RequestCancelledError,
   Unauthorized: UnauthorizedError,
   TooLarge: TooLargeError,
   Shutdown: ShutdownError,
@@ -126,10 +137,24 @@ const BY_CODE: Record<ErrorCode, new (code: ErrorCode, message: string, options?
   VersionMismatch: VersionMismatchError,
   NotImplemented: NotImplementedError,
   InvalidLease: InvalidLeaseError,
-  Timeout: TimeoutError,
+  Timeout: RequestTimeoutError,
   OutOfMemory: OutOfMemoryError,
   Unsupported: UnsupportedError,
 };
+
+/**
+ * The same class as {@link RequestTimeoutError} (kept for compatibility). Prefer the new
+ * name: "TimeoutError" is also the DOMException of `AbortSignal.timeout()`.
+ * @deprecated Use {@link RequestTimeoutError}.
+ */
+export const TimeoutError = RequestTimeoutError;
+export type TimeoutError = RequestTimeoutError;
+/**
+ * The same class as {@link RequestCancelledError} (kept for compatibility).
+ * @deprecated Use {@link RequestCancelledError}.
+ */
+export const CancelledError = RequestCancelledError;
+export type CancelledError = RequestCancelledError;
 
 /** The typed error for a daemon's `WireError`. */
 export function fromWire(error: WireError, fatal = false, prefix = ""): MlxdError {

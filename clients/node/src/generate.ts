@@ -65,7 +65,7 @@ export interface GenerateOptions {
   window?: number;
   /** [default: "Interactive"] */
   priority?: Priority;
-  /** Refused with `TimeoutError` if still queued this long after arrival. */
+  /** Refused with `RequestTimeoutError` if still queued this long after arrival. */
   deadlineMs?: U64;
   /** Load progress, when generating by name with a model that is not loaded yet. */
   onProgress?: (progress: LoadProgress) => void;
@@ -79,24 +79,40 @@ export interface Token {
 
 const utf8 = new TextEncoder();
 
+/** The whole answer of a stream: see {@link Generation.complete}. */
+export interface Completion {
+  /** The text of every token not read before `complete()`. */
+  text: string;
+  /** Their token ids (the end-of-stream flush, which has none, left out). */
+  tokens: number[];
+  summary: GenerationSummary;
+}
+
 /**
  * A running generation: an `AsyncIterable` of {@link Token}s, read once. Credit is granted
  * as tokens are read. `summary` resolves with the final {@link GenerationSummary} (also
  * after a cancel: `finish_reason` "Cancelled") or rejects with the stream's error.
  *
+ * Reading `summary` lets the stream run to its end even if nobody reads the tokens: from
+ * then on credit is granted as tokens arrive, and they are buffered here (at most the
+ * request's `max_tokens`) for whoever iterates later. `complete()` and `text()` read the
+ * whole stream.
+ *
+ * Concurrent `next()` calls are served in call order, each with the next token.
+ *
  * Breaking out of a `for await` loop cancels the stream; so does `cancel()` (the loop then
  * ends) and the `signal` (the loop then throws the signal's reason).
  */
 export class Generation implements AsyncIterable<Token> {
-  /** Resolves when the daemon ends the stream. */
-  readonly summary: Promise<GenerationSummary>;
-
+  #summary: Promise<GenerationSummary>;
   #client: Client;
   #id = -1;
   #window: number;
   #grantAt: number;
   #queue: Token[] = [];
   #readSinceGrant = 0;
+  /** Credit follows arrival rather than reading (set once `summary` is read). */
+  #unbounded = false;
   #state: "running" | "done" | "failed" = "running";
   #error: unknown;
   #errorThrown = false;
@@ -104,7 +120,8 @@ export class Generation implements AsyncIterable<Token> {
   #stopped = false;
   #abortReason: unknown;
   #abortPending = false;
-  #wake: (() => void) | undefined;
+  /** Callers of next() waiting for a token or the end, in call order. */
+  #waiters: Array<() => void> = [];
   #resolveSummary!: (summary: GenerationSummary) => void;
   #rejectSummary!: (error: unknown) => void;
   #signal: AbortSignal | undefined;
@@ -113,12 +130,12 @@ export class Generation implements AsyncIterable<Token> {
   /** Started by `client.generate()`, `client.chat()` or a lease's; not meant to be called directly. */
   constructor(client: Client, model: ModelRef, input: GenerateInput, params: GenerateParamsInput, options: GenerateOptions) {
     this.#client = client;
-    this.summary = new Promise<GenerationSummary>((resolve, reject) => {
+    this.#summary = new Promise<GenerationSummary>((resolve, reject) => {
       this.#resolveSummary = resolve;
       this.#rejectSummary = reject;
     });
     // Nobody has to await the summary: its rejection is also thrown by the iteration.
-    this.summary.catch(() => {});
+    this.#summary.catch(() => {});
     this.#window = options.window ?? DEFAULT_WINDOW;
     this.#grantAt = Math.max(1, Math.floor(this.#window / 2));
     this.#signal = options.signal;
@@ -143,7 +160,10 @@ export class Generation implements AsyncIterable<Token> {
         {
           event: (event) => {
             if (event.type === "Token") {
-              if (!this.#stopped) this.#queue.push({ text: event.text, token: event.token });
+              if (!this.#stopped) {
+                this.#queue.push({ text: event.text, token: event.token });
+                if (this.#unbounded) this.#credit(1);
+              }
               this.#notify();
             } else {
               const { type: _, ...progress } = event;
@@ -160,12 +180,26 @@ export class Generation implements AsyncIterable<Token> {
     }
   }
 
+  /**
+   * Resolves when the daemon ends the stream, with its {@link GenerationSummary}; rejects
+   * with the stream's error. Reading it lets the stream finish without a reader: credit is
+   * then granted as tokens arrive, and unread tokens stay buffered for a later iteration.
+   */
+  get summary(): Promise<GenerationSummary> {
+    if (!this.#unbounded && this.#state === "running" && !this.#stopped) {
+      this.#unbounded = true;
+      // Tokens received but not read yet: grant their credit now.
+      this.#credit(this.#queue.length);
+    }
+    return this.#summary;
+  }
+
   /** The request id of the stream on its connection (-1 if it was never sent). */
   get requestId(): number {
     return this.#id;
   }
 
-  /** Tokens received and not read yet (never more than the window). */
+  /** Tokens received and not read yet (at most the window, unless `summary` was read). */
   get buffered(): number {
     return this.#queue.length;
   }
@@ -183,11 +217,23 @@ export class Generation implements AsyncIterable<Token> {
     this.#notify();
   }
 
-  /** Reads the whole stream and returns its text. */
+  /** Reads the rest of the stream and returns its text. */
   async text(): Promise<string> {
+    return (await this.complete()).text;
+  }
+
+  /**
+   * Reads the rest of the stream: its text, token ids and summary (as Python's
+   * `Generation.complete()`). Rejects with the stream's error.
+   */
+  async complete(): Promise<Completion> {
     let text = "";
-    for await (const token of this) text += token.text;
-    return text;
+    const tokens: number[] = [];
+    for await (const token of this) {
+      text += token.text;
+      if (token.token !== null) tokens.push(token.token);
+    }
+    return { text, tokens, summary: await this.#summary };
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Token> {
@@ -219,14 +265,20 @@ export class Generation implements AsyncIterable<Token> {
         this.#errorThrown = true;
         throw this.#error;
       }
-      await new Promise<void>((resolve) => (this.#wake = resolve));
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
     }
   }
 
   /** A token was read: top the window up once half of it has been read. */
   #read(): void {
-    this.#readSinceGrant += 1;
-    if (this.#state === "running" && this.#readSinceGrant >= this.#grantAt) {
+    // Once unbounded, credit was granted when the token arrived.
+    if (!this.#unbounded) this.#credit(1);
+  }
+
+  /** `events` more tokens are owed credit: grant them once they make half a window. */
+  #credit(events: number): void {
+    this.#readSinceGrant += events;
+    if (this.#state === "running" && this.#readSinceGrant > 0 && this.#readSinceGrant >= this.#grantAt) {
       this.#client._control({ type: "Credit", id: this.#id, events: this.#readSinceGrant });
       this.#readSinceGrant = 0;
     }
@@ -239,10 +291,11 @@ export class Generation implements AsyncIterable<Token> {
     this.cancel();
   }
 
+  /** Wakes every waiting next(), in call order; each takes a token or waits again. */
   #notify(): void {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
   }
 
   #done(response: Response): void {

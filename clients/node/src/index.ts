@@ -18,12 +18,12 @@
  * @module
  */
 
-export { Client, connect, DEFAULT_RETRY, NO_RETRY, jitter } from "./client.js";
+export { Client, connect, DEFAULT_RETRY, NO_RETRY, jitter, retryPolicy } from "./client.js";
 export type { ConnectOptions, Endpoint, RequestOptions, RetryPolicy } from "./client.js";
 export { Lease } from "./lease.js";
 export type { LeaseOptions } from "./lease.js";
 export { Generation, DEFAULT_PARAMS, DEFAULT_WINDOW, MAX_WINDOW } from "./generate.js";
-export type { GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
+export type { Completion, GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
 export type { EmbedOptions, EmbedResult, TokenizeOptions } from "./requests.js";
 export * from "./errors.js";
 export * from "./types.js";
@@ -42,7 +42,8 @@ export {
   TRUSTED_UIDS_ENV,
   checkServer,
   defaultSocketPath,
+  realFileSystem,
   resolveSocketPath,
 } from "./paths.js";
-export type { PassedOver, SocketChoice } from "./paths.js";
+export type { FileInfo, FileSystem, PassedOver, SocketChoice, TrustedSocket } from "./paths.js";
 export { Reader, Writer } from "./wire.js";

@@ -10,16 +10,14 @@
  *
  * Trust: the Rust client reads the server's uid from the kernel (SO_PEERCRED) once
  * connected. Node has no API for a Unix socket's peer credentials, so this client judges
- * the socket *file* instead, before it sends anything: it must be owned by this user, root
- * or a uid in `$MLXD_TRUSTED_UIDS`, and so must its directory, which must not be writable
- * by group or others unless sticky (so nobody else could have put or swapped it there).
- * That holds the same users out as long as the daemon's own directory rules hold; it
- * cannot tell who holds the listening end of a socket file a trusted user made.
+ * the socket's *path* instead, before it connects: who could have put a socket there
+ * ({@link checkServer} has the rule). It cannot tell who holds the listening end of a
+ * socket file that a trusted user made or handed on.
  *
  * @module
  */
 
-import { realpathSync, statSync, type Stats } from "node:fs";
+import { lstatSync, readlinkSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 
 import { UntrustedServerError } from "./errors.js";
@@ -77,7 +75,8 @@ export function resolveSocketPath(env: NodeJS.ProcessEnv = process.env, uid = re
   const passedOver: PassedOver[] = [];
   const usable: string[] = [];
   for (const candidate of candidates) {
-    const directoryOwner = ownerOf(dirname(candidate));
+    // lstat: a link someone else put in place of the directory counts as theirs.
+    const directoryOwner = ownerOf(dirname(candidate), true);
     if (directoryOwner !== undefined && directoryOwner !== uid && directoryOwner !== 0) {
       passedOver.push({ path: candidate, directoryOwner });
     } else {
@@ -88,9 +87,9 @@ export function resolveSocketPath(env: NodeJS.ProcessEnv = process.env, uid = re
   return { path, explicit: false, passedOver };
 }
 
-function ownerOf(path: string): number | undefined {
+function ownerOf(path: string, link = false): number | undefined {
   try {
-    return statSync(path).uid;
+    return (link ? lstatSync(path) : statSync(path)).uid;
   } catch {
     return undefined;
   }
@@ -112,42 +111,161 @@ function warn(line: string): void {
   process.stderr.write(line + "\n");
 }
 
+/** What {@link checkServer} needs to know of a path, without following it (`lstat`). */
+export interface FileInfo {
+  kind: "directory" | "symlink" | "socket" | "other";
+  uid: number;
+  /** Permission bits, with the sticky bit (0o1000). */
+  mode: number;
+  dev: bigint;
+  ino: bigint;
+}
+
+/** The file system as {@link checkServer} sees it; tests may pass their own. */
+export interface FileSystem {
+  /** Like `lstat`: throws an errno error (ENOENT, EACCES, ...) for what it cannot see. */
+  lstat(path: string): FileInfo;
+  readlink(path: string): string;
+}
+
+/** The real file system. */
+export const realFileSystem: FileSystem = {
+  lstat(path) {
+    const stats = lstatSync(path, { bigint: true });
+    const kind = stats.isDirectory()
+      ? "directory"
+      : stats.isSymbolicLink()
+        ? "symlink"
+        : stats.isSocket()
+          ? "socket"
+          : "other";
+    return { kind, uid: Number(stats.uid), mode: Number(stats.mode & 0o7777n), dev: stats.dev, ino: stats.ino };
+  },
+  readlink: (path) => readlinkSync(path),
+};
+
+/** The socket {@link checkServer} found trusted: compare it with a later look. */
+export interface TrustedSocket {
+  /** The socket's path with every symbolic link resolved. */
+  path: string;
+  dev: bigint;
+  ino: bigint;
+}
+
+/** Symbolic links followed at most (Linux's limit). */
+const MAX_SYMLINKS = 40;
+
 /**
- * Throws {@link UntrustedServerError} unless the socket at `path` and its directory belong
- * to this user, root or a trusted uid, and the directory is not writable by others.
+ * Decides, before connecting, whether whoever could have put a socket at `path` may get
+ * this client's requests; throws {@link UntrustedServerError} if not. The rule (README
+ * "Security"), walking the path from `/` with `lstat`, links not followed blindly:
+ *
+ * - every directory on the way must belong to you (`uid`), root or a `trustedUids` uid,
+ *   and must not be writable by group or others unless sticky (`/tmp`): then nobody else
+ *   can rename, replace or add an entry in it (in a sticky directory: but their own);
+ * - a symbolic link on the way must belong to you, root or a trusted uid (it sits in a
+ *   directory that passed, so nobody else could have made or swapped it); its target is
+ *   then walked the same way. Another user's link (`/tmp/mlxd-$UID` made by someone else)
+ *   is refused;
+ * - the file must be a socket. It is trusted if it belongs to you, root or a trusted uid,
+ *   or, whoever owns it, if its directory is not writable by group or others at all: then
+ *   only the directory's (trusted) owner could have made it — so the system service's
+ *   `/run/mlxd/mlxd.sock`, which systemd (root) creates in a root directory and hands to
+ *   user `mlxd` (`SocketUser=mlxd`), is trusted.
+ *
+ * A path the walk cannot see (ENOENT, EACCES, ENOTDIR, ELOOP) throws that errno error
+ * (no daemon there, or none reachable), not {@link UntrustedServerError}.
+ *
+ * Returns the socket's identity: {@link connect} looks again once connected and refuses
+ * a socket that changed meanwhile.
  */
-export function checkServer(path: string, trustedUids: readonly number[], uid = currentUid()): void {
+export function checkServer(
+  path: string,
+  trustedUids: readonly number[],
+  uid = currentUid(),
+  fs: FileSystem = realFileSystem,
+): TrustedSocket {
   const trusted = (owner: number) => owner === uid || owner === 0 || trustedUids.includes(owner);
+  const refuse = (owner: number, reason: string): never => {
+    throw new UntrustedServerError(path, owner, reason);
+  };
   const hint = (owner: number) =>
-    `not by you (uid ${uid}) or root; if that is intended, add ${owner} to ${TRUSTED_UIDS_ENV}`;
-  let socket: Stats;
-  let directory: string;
-  let directoryStats: Stats;
-  try {
-    socket = statSync(path);
-    directory = dirname(realpathSync(path));
-    directoryStats = statSync(directory);
-  } catch (err) {
-    throw new UntrustedServerError(path, -1, `cannot check who owns it (${(err as Error).message})`);
+    `not to you (uid ${uid}) or root; if that is intended, add ${owner} to ${TRUSTED_UIDS_ENV}`;
+  const mode = (info: FileInfo) => (info.mode & 0o7777).toString(8).padStart(4, "0");
+  const othersMayWrite = (info: FileInfo) => (info.mode & 0o022) !== 0;
+  const sticky = (info: FileInfo) => (info.mode & 0o1000) !== 0;
+  const checkDirectory = (dir: string, info: FileInfo) => {
+    if (!trusted(info.uid)) refuse(info.uid, `the directory ${dir} on its path belongs to uid ${info.uid}, ${hint(info.uid)}`);
+    if (othersMayWrite(info) && !sticky(info)) {
+      refuse(
+        info.uid,
+        `the directory ${dir} on its path (mode ${mode(info)}) is writable by group or others without the sticky bit, ` +
+          "so anyone could have put or swapped a socket there",
+      );
+    }
+  };
+
+  const rootInfo = fs.lstat("/");
+  checkDirectory("/", rootInfo);
+  // Components still to walk, and the real (link-free, checked) directories walked so far.
+  const pending = (isAbsolute(path) ? path : join(process.cwd(), path)).split("/");
+  const real: string[] = [];
+  let parentInfo = rootInfo;
+  let links = 0;
+  let last: { path: string; info: FileInfo } | undefined;
+  while (pending.length > 0) {
+    const name = pending.shift()!;
+    if (name === "" || name === ".") continue;
+    if (name === "..") {
+      // The parent of a checked directory was checked on the way down.
+      real.pop();
+      parentInfo = fs.lstat("/" + real.join("/"));
+      last = undefined;
+      continue;
+    }
+    const current = "/" + [...real, name].join("/");
+    const info = fs.lstat(current);
+    if (info.kind === "symlink") {
+      if (!trusted(info.uid)) {
+        refuse(info.uid, `${current} on its path is a symbolic link of uid ${info.uid}, ${hint(info.uid)}`);
+      }
+      if (++links > MAX_SYMLINKS) throw errnoError("ELOOP", `too many symbolic links in ${path}`);
+      const target = fs.readlink(current);
+      if (isAbsolute(target)) {
+        real.length = 0;
+        parentInfo = rootInfo;
+      }
+      pending.unshift(...target.split("/"));
+      last = undefined;
+      continue;
+    }
+    const more = pending.some((c) => c !== "" && c !== ".");
+    if (more) {
+      if (info.kind !== "directory") throw errnoError("ENOTDIR", `${current} on the path ${path} is not a directory`);
+      checkDirectory(current, info);
+      parentInfo = info;
+      last = undefined;
+    } else {
+      last = { path: current, info };
+    }
+    real.push(name);
   }
-  if (!socket.isSocket()) throw new UntrustedServerError(path, socket.uid, "it is not a socket");
-  if (!trusted(socket.uid)) {
-    throw new UntrustedServerError(path, socket.uid, `the socket belongs to uid ${socket.uid}, ${hint(socket.uid)}`);
-  }
-  if (!trusted(directoryStats.uid)) {
-    throw new UntrustedServerError(
-      path,
-      directoryStats.uid,
-      `its directory ${directory} belongs to uid ${directoryStats.uid}, ${hint(directoryStats.uid)}`,
+  if (last === undefined) refuse(-1, "it is not a socket");
+  const socket = last!;
+  if (socket.info.kind !== "socket") refuse(socket.info.uid, "it is not a socket");
+  const directory = dirname(socket.path);
+  if (!trusted(socket.info.uid) && othersMayWrite(parentInfo)) {
+    refuse(
+      socket.info.uid,
+      `the socket belongs to uid ${socket.info.uid}, ${hint(socket.info.uid)}; and its directory ${directory} ` +
+        `(mode ${mode(parentInfo)}) lets others create files, so uid ${socket.info.uid} may have made it`,
     );
   }
-  const sticky = (directoryStats.mode & 0o1000) !== 0;
-  if ((directoryStats.mode & 0o022) !== 0 && !sticky) {
-    const mode = (directoryStats.mode & 0o7777).toString(8).padStart(4, "0");
-    throw new UntrustedServerError(
-      path,
-      socket.uid,
-      `its directory ${directory} (mode ${mode}) is writable by others without the sticky bit, so anyone could have put a socket there`,
-    );
-  }
+  return { path: socket.path, dev: socket.info.dev, ino: socket.info.ino };
+}
+
+function errnoError(code: string, message: string): NodeJS.ErrnoException {
+  const error: NodeJS.ErrnoException = new Error(`${code}: ${message}`);
+  error.code = code;
+  return error;
 }

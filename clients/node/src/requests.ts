@@ -15,7 +15,7 @@ export interface EmbedOptions {
   normalize?: boolean;
   /** [default: "Interactive"] */
   priority?: Priority;
-  /** Refused with `TimeoutError` if still queued this long after arrival. */
+  /** Refused with `RequestTimeoutError` if still queued this long after arrival. */
   deadlineMs?: U64;
   signal?: AbortSignal;
   /** Retry `Busy` per the client's policy [default: true]. */

@@ -160,6 +160,11 @@ export class Writer {
 
   f32(value: number, what: string): void {
     if (typeof value !== "number") throw new InvalidArgumentError(`${what}: expected a number, got ${typeof value}`);
+    // setFloat32 would turn a value beyond ±3.4e38 into ±Infinity without a word (and
+    // pass NaN/Infinity on): no parameter of the protocol means either.
+    if (!Number.isFinite(Math.fround(value))) {
+      throw new InvalidArgumentError(`${what}: ${value} is not a finite f32 (at most ±3.4028235e38)`);
+    }
     this.reserve(4);
     this.view.setFloat32(this.length, value, true);
     this.length += 4;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { BusyError, ShutdownError, connect, jitter } from "../dist/index.js";
-import { eventually, startDaemon } from "./helpers.mjs";
+import { eventually, startDaemon, TEST_TIMEOUT } from "./helpers.mjs";
 
 let daemon;
 const longText = "a fairly long sentence to keep the model busy for a moment. ".repeat(30);
@@ -17,13 +17,13 @@ before(async () => {
   const warm = await connect({ socket: daemon.socket, fallback: false });
   await warm.load("minilm");
   await warm.close();
-});
+}, { timeout: TEST_TIMEOUT });
 
 after(async () => {
   await daemon?.stop();
-});
+}, { timeout: TEST_TIMEOUT });
 
-test("without retries, concurrent requests past the queue get BusyError with a retry hint", async () => {
+test("without retries, concurrent requests past the queue get BusyError with a retry hint", { timeout: TEST_TIMEOUT }, async () => {
   const client = await connect({ socket: daemon.socket, fallback: false, retry: false });
   try {
     const results = await Promise.allSettled(
@@ -44,7 +44,7 @@ test("without retries, concurrent requests past the queue get BusyError with a r
   }
 });
 
-test("with retries, the same idempotent requests all succeed", async () => {
+test("with retries, the same idempotent requests all succeed", { timeout: TEST_TIMEOUT }, async () => {
   const client = await connect({ socket: daemon.socket, fallback: false, retry: { maxRetries: 50, maxWaitMs: 500 } });
   try {
     const vectors = await Promise.all(Array.from({ length: CONCURRENT }, () => client.embed("minilm", [longText])));
@@ -67,14 +67,14 @@ test("with retries, the same idempotent requests all succeed", async () => {
   assert.ok(Number(minilm.sched.busy) >= 1, `sched.busy = ${minilm.sched.busy}`);
 });
 
-test("retry waits are 0.5 to 1.5 times the daemon's hint, spread out", () => {
+test("retry waits are 0.5 to 1.5 times the daemon's hint, spread out", { timeout: TEST_TIMEOUT }, () => {
   const waits = Array.from({ length: 1000 }, () => jitter(10));
   assert.ok(waits.every((w) => w >= 5 && w < 15), "a wait outside [5, 15)");
   assert.ok(new Set(waits).size > 900);
   assert.ok(jitter(0) >= 0.5 && jitter(0) < 1.5, "no hint: at least about 1 ms");
 });
 
-test("when the daemon shuts down, the session ends with a typed error and leases close quietly", async () => {
+test("when the daemon shuts down, the session ends with a typed error and leases close quietly", { timeout: TEST_TIMEOUT }, async () => {
   const client = await connect({ socket: daemon.socket, fallback: false });
   const lease = await client.lease("minilm");
   await daemon.stop();

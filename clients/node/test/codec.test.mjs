@@ -2,7 +2,7 @@
 // before buffering, frames split and merged across chunks, values that cannot be encoded,
 // PROTOCOL.md's own example, and the socket path's precedence.
 import assert from "node:assert/strict";
-import { chownSync, existsSync, mkdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, lchownSync, mkdirSync, rmSync, symlinkSync } from "node:fs";
 import { test } from "node:test";
 
 import {
@@ -92,6 +92,26 @@ test("values that cannot be encoded are InvalidArgumentErrors", () => {
   for (const message of bad) {
     assert.throws(() => encodeClientMessage(message), InvalidArgumentError, JSON.stringify(message, (_, v) => (typeof v === "bigint" ? `${v}n` : v)));
   }
+  // f32 fields: NaN, ±Infinity and finite values beyond the f32 range are refused
+  // (setFloat32 would send ±Infinity); the largest f32 itself is fine.
+  const generate = (temperature) =>
+    request({
+      type: "Generate",
+      model: { type: "Name", value: "m" },
+      input: { type: "Raw", value: "x" },
+      params: { max_tokens: 1, temperature, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [] },
+      initial_credit: 1,
+      priority: "Interactive",
+      deadline_ms: null,
+    });
+  for (const temperature of [1e39, -1e39, Infinity, -Infinity, NaN, Number.MAX_VALUE]) {
+    assert.throws(() => encodeClientMessage(generate(temperature)), InvalidArgumentError, String(temperature));
+  }
+  encodeClientMessage(generate(3.4028234663852886e38));
+  const f32 = new Writer();
+  assert.throws(() => f32.f32(1e39, "v"), /not a finite f32/);
+  f32.f32(-0.5, "v");
+  assert.equal(hex(f32.bytes()), "000000bf");
   // Bigints beyond 2^53 are fine where the field is 64-bit.
   assert.equal(hex(encodeClientMessage(request({ type: "Release", lease: 2n ** 64n - 1n }))), "010104fdffffffffffffffff");
   const writer = new Writer();
@@ -129,6 +149,13 @@ test("a default socket in someone else's directory is passed over; an explicit o
     assert.equal(choice.path, SYSTEM_SOCKET_PATH);
     const explicit = resolveSocketPath({ MLXD_SOCKET: `${dir}/mlxd/mlxd.sock` }, 7);
     assert.deepEqual(explicit, { path: `${dir}/mlxd/mlxd.sock`, explicit: true, passedOver: [] });
+    // A link in place of the directory is judged by the link's owner, not its target's.
+    mkdirSync(`${dir}/ours`);
+    mkdirSync(`${dir}/linked`);
+    symlinkSync(`${dir}/ours`, `${dir}/linked/mlxd`);
+    lchownSync(`${dir}/linked/mlxd`, 4242, 4242);
+    const linked = resolveSocketPath({ XDG_RUNTIME_DIR: `${dir}/linked` }, 7);
+    assert.deepEqual(linked.passedOver, [{ path: `${dir}/linked/mlxd/mlxd.sock`, directoryOwner: 4242 }]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

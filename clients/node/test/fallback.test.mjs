@@ -5,14 +5,14 @@ import { rmSync } from "node:fs";
 import { after, test } from "node:test";
 
 import { FallbackError, NoDaemonError, connect } from "../dist/index.js";
-import { binary, distEntry, minilmReference, cosine, run, tempDir } from "./helpers.mjs";
+import { binary, distEntry, minilmReference, cosine, run, tempDir, TEST_TIMEOUT } from "./helpers.mjs";
 
 const dir = tempDir();
 const nowhere = `${dir}/no-daemon.sock`;
 
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-test("with no daemon, the client falls back to a private `mlxd stdio` and says so", async () => {
+test("with no daemon, the client falls back to a private `mlxd stdio` and says so", { timeout: TEST_TIMEOUT }, async () => {
   const reference = minilmReference().find((r) => /[^\x00-\x7f]/.test(r.text));
   const script = `
     import { connect } from ${JSON.stringify(distEntry)};
@@ -36,7 +36,7 @@ test("with no daemon, the client falls back to a private `mlxd stdio` and says s
   assert.ok(similarity >= 0.999, `cosine ${similarity}`);
 });
 
-test("with the fallback off (option or MLXD_NO_FALLBACK), a missing daemon is a NoDaemonError", async () => {
+test("with the fallback off (option or MLXD_NO_FALLBACK), a missing daemon is a NoDaemonError", { timeout: TEST_TIMEOUT }, async () => {
   const err = await connect({ socket: nowhere, fallback: false }).catch((e) => e);
   assert.ok(err instanceof NoDaemonError, String(err));
   assert.equal(err.code, "NoDaemon");
@@ -55,7 +55,7 @@ test("with the fallback off (option or MLXD_NO_FALLBACK), a missing daemon is a 
   assert.doesNotMatch(stderr, /fell back/);
 });
 
-test("a fallback binary that cannot start is a FallbackError", async () => {
+test("a fallback binary that cannot start is a FallbackError", { timeout: TEST_TIMEOUT }, async () => {
   const lines = [];
   const err = await connect({ socket: nowhere, mlxdBinary: `${dir}/no-such-mlxd`, log: (line) => lines.push(line) }).catch((e) => e);
   assert.ok(err instanceof FallbackError, String(err));

@@ -20,14 +20,17 @@ export function binary(name) {
   return path;
 }
 
+/** Per-test limit: a hang fails its test instead of blocking the suite. */
+export const TEST_TIMEOUT = 60_000;
+
 /** A private directory under /tmp (short: socket paths are limited to ~100 bytes). */
 export function tempDir() {
   return mkdtempSync("/tmp/mlxd-n");
 }
 
+/** Process groups of the daemons started and not yet stopped. */
 const live = new Set();
-// A test file that dies must not leave daemons behind.
-process.on("exit", () => {
+function killAll() {
   for (const pid of live) {
     try {
       process.kill(-pid, "SIGKILL");
@@ -35,7 +38,18 @@ process.on("exit", () => {
       /* gone */
     }
   }
-});
+  live.clear();
+}
+// A test file that dies must not leave daemons behind: not at exit, nor when it is
+// interrupted (Ctrl-C, or the runner's SIGTERM), which skips "exit" handlers.
+process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(signal, () => {
+    killAll();
+    // Then die of it, unless someone else (the test runner) handles it.
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  });
+}
 
 /**
  * Starts `mlxd serve --socket <tmp>/s.sock [args]` in its own process group, with its log
@@ -64,7 +78,6 @@ export async function startDaemon(args = [], env = {}) {
   const exit = new Promise((resolve) =>
     child.once("exit", (code, signal) => {
       exited = signal ?? code;
-      live.delete(child.pid);
       resolve();
     }),
   );
@@ -81,7 +94,18 @@ export async function startDaemon(args = [], env = {}) {
     log,
     pid: child.pid,
     logText,
-    /** SIGTERM to the process group; SIGKILL after 10 s; removes the directory. */
+    /** SIGKILL to the daemon's whole process group (its workers too): a crash. */
+    kill() {
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    },
+    /**
+     * SIGTERM to the process group; SIGKILL after 10 s; then SIGKILL to whatever is left of
+     * the group (workers of a daemon that died); removes the directory.
+     */
     async stop() {
       if (exited === null) {
         try {
@@ -99,6 +123,12 @@ export async function startDaemon(args = [], env = {}) {
         await exit;
         clearTimeout(timer);
       }
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+      live.delete(child.pid);
       rmSync(dir, { recursive: true, force: true });
     },
   };

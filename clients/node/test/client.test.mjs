@@ -1,0 +1,139 @@
+// Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
+// its validation, a fatal Busy, a Generation's summary without a reader, concurrent
+// next(), complete(), and the error classes' names.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  BusyError,
+  CancelledError,
+  DEFAULT_RETRY,
+  InvalidArgumentError,
+  NO_RETRY,
+  RequestCancelledError,
+  RequestTimeoutError,
+  TimeoutError,
+  connect,
+  fromWire,
+  retryPolicy,
+} from "../dist/index.js";
+import { creditedGenerator, fakeDaemon } from "./fake-daemon.mjs";
+import { TEST_TIMEOUT } from "./helpers.mjs";
+
+/** Rejects with `message` if `promise` has not settled within `ms`. */
+function within(ms, promise, message) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+const busy = (retryAfterMs) => ({ code: "Busy", message: "queue full", retry_after_ms: retryAfterMs });
+
+test("a retry option fills fields left undefined with the defaults and refuses bad ones", async () => {
+  assert.deepEqual(retryPolicy(undefined), DEFAULT_RETRY);
+  assert.deepEqual(retryPolicy(true), DEFAULT_RETRY);
+  assert.equal(retryPolicy(false), NO_RETRY);
+  assert.deepEqual(retryPolicy({ maxRetries: undefined }), { maxRetries: 3, maxWaitMs: 2000 });
+  assert.deepEqual(retryPolicy({ maxWaitMs: undefined, maxRetries: 0 }), { maxRetries: 0, maxWaitMs: 2000 });
+  for (const bad of [{ maxRetries: -1 }, { maxRetries: 1.5 }, { maxRetries: Infinity }, { maxRetries: NaN }, { maxWaitMs: "10" }, { maxWaitMs: -5 }, 3, null]) {
+    assert.throws(() => retryPolicy(bad), InvalidArgumentError, JSON.stringify(bad));
+  }
+  // Refused before anything is connected (not a NoDaemonError for the missing socket).
+  await assert.rejects(
+    connect({ socket: "/nonexistent/mlxd.sock", fallback: false, retry: { maxRetries: Infinity } }),
+    InvalidArgumentError,
+  );
+});
+
+test("retry: { maxRetries: undefined } retries Busy three times, not forever", { timeout: TEST_TIMEOUT }, async () => {
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type === "Request") send({ type: "Error", id: message.id, error: busy(1) });
+  });
+  const client = await connect({ socket: daemon.path, fallback: false, retry: { maxRetries: undefined, maxWaitMs: 5 } });
+  try {
+    const err = await within(5000, client.ping().catch((e) => e), "Busy was retried without end");
+    assert.ok(err instanceof BusyError, String(err));
+    assert.equal(daemon.received.length, 1 + 3);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("a fatal Busy (the session ended) is not retried", { timeout: TEST_TIMEOUT }, async () => {
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    send({ type: "Fatal", ...busy(60_000) });
+    send.close();
+  });
+  // Retrying would wait up to a minute per try, for a session that is over.
+  const client = await connect({ socket: daemon.path, fallback: false, retry: { maxRetries: 3, maxWaitMs: 60_000 } });
+  try {
+    const err = await within(2000, client.ping().catch((e) => e), "the fatal Busy was retried");
+    assert.ok(err instanceof BusyError, String(err));
+    assert.equal(err.fatal, true);
+    assert.equal(client.closed, true);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("awaiting summary with nobody reading lets the stream finish; the tokens stay readable", { timeout: TEST_TIMEOUT }, async () => {
+  const generator = creditedGenerator();
+  const daemon = await fakeDaemon(generator.onMessage);
+  const client = await connect({ socket: daemon.path, fallback: false });
+  try {
+    const generation = client.generate("m", "x", { max_tokens: 20 }, { window: 2 });
+    const summary = await within(3000, generation.summary, "summary waited for a reader (no credit was granted)");
+    assert.equal(summary.completion_tokens, 20);
+    assert.equal(generation.buffered, 20);
+    const texts = [];
+    for await (const token of generation) texts.push(token.text);
+    assert.deepEqual(texts, Array.from({ length: 20 }, (_, i) => `t${i}`));
+    // Credit for the 18 tokens beyond the window, each granted once.
+    assert.equal(generator.credits.reduce((a, b) => a + b, 0), 18);
+
+    // complete(): text, ids and summary in one.
+    const whole = await within(3000, client.generate("m", "x", { max_tokens: 5 }, { window: 2 }).complete(), "complete() hung");
+    assert.equal(whole.text, "t0t1t2t3t4");
+    assert.deepEqual(whole.tokens, [0, 1, 2, 3, 4]);
+    assert.equal(whole.summary.finish_reason, "Length");
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("concurrent next() calls on one Generation each get the next token, in call order", { timeout: TEST_TIMEOUT }, async () => {
+  const generator = creditedGenerator();
+  const daemon = await fakeDaemon(generator.onMessage);
+  const client = await connect({ socket: daemon.path, fallback: false });
+  try {
+    const generation = client.generate("m", "x", { max_tokens: 3 }, { window: 4 });
+    const iterator = generation[Symbol.asyncIterator]();
+    // Both wait: no token has arrived yet.
+    const results = await within(3000, Promise.all([iterator.next(), iterator.next(), iterator.next(), iterator.next()]), "a waiting next() was never woken");
+    assert.deepEqual(
+      results.map((r) => (r.done ? "done" : r.value.text)),
+      ["t0", "t1", "t2", "done"],
+    );
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("Timeout and Cancelled have names apart from DOMException's; the old names are the same classes", () => {
+  assert.equal(TimeoutError, RequestTimeoutError);
+  assert.equal(CancelledError, RequestCancelledError);
+  const timeout = fromWire({ code: "Timeout", message: "deadline passed", retry_after_ms: null });
+  assert.ok(timeout instanceof RequestTimeoutError && timeout instanceof TimeoutError);
+  assert.equal(timeout.name, "RequestTimeoutError");
+  assert.notEqual(timeout.name, new DOMException("x", "TimeoutError").name);
+  const cancelled = fromWire({ code: "Cancelled", message: "cancelled", retry_after_ms: null });
+  assert.ok(cancelled instanceof RequestCancelledError && cancelled instanceof CancelledError);
+  assert.equal(cancelled.name, "RequestCancelledError");
+});
