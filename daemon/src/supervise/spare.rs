@@ -45,6 +45,9 @@ pub struct Spare {
 const TAKE_WAIT: Duration = Duration::from_millis(100);
 /// The longest an adopted spare's load may delay the next spare.
 const AFTER_ADOPTION_MAX: Duration = Duration::from_secs(60);
+/// After that load, the next spare waits this much longer, so that its imports (a couple
+/// of CPU seconds) do not compete with the first requests to the model just loaded.
+const AFTER_ADOPTION_PAUSE: Duration = Duration::from_secs(2);
 /// A spare that dies is replaced after this, doubled each time in a row, up to the max.
 const RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -142,6 +145,10 @@ async fn keep(
                 tokio::select! {
                     () = pool.adopted_done.notified() => {}
                     () = tokio::time::sleep(AFTER_ADOPTION_MAX) => {}
+                    () = stop.cancelled() => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(AFTER_ADOPTION_PAUSE) => {}
                     () = stop.cancelled() => return,
                 }
             }
