@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -173,18 +174,31 @@ def test_the_fallback_can_be_turned_off(no_daemon: str, monkeypatch: pytest.Monk
 # -- Who serves the socket -------------------------------------------------------------------
 
 
+def test_the_peer_uid_is_read_unsigned() -> None:
+    # struct ucred { pid_t pid; uid_t uid; gid_t gid; }: uid_t is unsigned.
+    assert _connect.ucred_uid(struct.pack("iII", 4321, 3_000_000_000, 3_000_000_001)) == 3_000_000_000
+    assert _connect.ucred_uid(struct.pack("iII", -1, 0, 0)) == 0
+    # And from the kernel: whoever made a socketpair serves its other end.
+    left, right = socket.socketpair()
+    with left, right:
+        assert _connect.peer_uid(left) == os.geteuid()
+
+
 class ListenerAs:
     """A socket listening at ``path`` as user ``uid`` (the kernel reports the uid that
-    called listen() as the server's), counting the bytes a client sends it."""
+    called listen() as the server's; None: as this process), counting the bytes a client
+    sends it."""
 
-    def __init__(self, uid: int, path: str) -> None:
+    def __init__(self, uid: Optional[int], path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
-        os.seteuid(uid)
+        if uid is not None:
+            os.seteuid(uid)
         try:
             self.sock.bind(path)
             self.sock.listen(1)
         finally:
-            os.seteuid(0)
+            if uid is not None:
+                os.seteuid(0)
         self.received: Optional[int] = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
