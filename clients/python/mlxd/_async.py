@@ -314,7 +314,7 @@ class AsyncClient:
         self._fallback = _connect.fallback_from_env() if fallback is None else fallback
         self._mlxd_binary = mlxd_binary
         self._client_name = client_name or _connect.client_name_default()
-        self._max_frame_len = max_frame_len
+        self._max_frame_len = _base.clamp_max_frame_len(max_frame_len)
         self._trusted_uids = _connect.trusted_uids_from_env() if trusted_uids is None else list(trusted_uids)
         self._connect_timeout = connect_timeout
         self._protocol_version = protocol_version
@@ -402,6 +402,8 @@ class AsyncClient:
             try:
                 return await self._call_once(body, on_event)
             except BusyError as busy:
+                if busy.fatal:  # the session is over: no retry can be admitted
+                    raise
                 await asyncio.sleep(self.retry.wait(busy.retry_after))
         return await self._call_once(body, on_event)
 

@@ -385,7 +385,9 @@ class Client:
     ``$MLXD_NO_FALLBACK`` is set]; it says so on stderr. ``mlxd_binary``: the ``mlxd`` it
     starts [default: ``$MLXD_BIN``, then ``mlxd`` on PATH]. ``trusted_uids``: users besides
     this one and root whose daemon may serve the socket [default: ``$MLXD_TRUSTED_UIDS``].
-    ``retry``: how Busy refusals of idempotent requests are retried. ``protocol_version``
+    ``max_frame_len``: the largest frame taken from the daemon, clamped to [64 KiB, 64 MiB]
+    as the daemon clamps it [default: 16 MiB]. ``retry``: how Busy refusals of idempotent
+    requests are retried (a fatal one, which ends the session, is not). ``protocol_version``
     is for tests of version handling only.
 
     Usable from several threads. Close it (or use ``with``) to end the session; the daemon
@@ -406,6 +408,7 @@ class Client:
         protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
         self.retry = retry
+        max_frame_len = _base.clamp_max_frame_len(max_frame_len)
         io, endpoint = _open(
             os.fspath(socket) if socket is not None else None,
             _connect.fallback_from_env() if fallback is None else fallback,
@@ -475,6 +478,8 @@ class Client:
             try:
                 return self._call_once(body, on_event)
             except BusyError as busy:
+                if busy.fatal:  # the session is over: no retry can be admitted
+                    raise
                 time.sleep(self.retry.wait(busy.retry_after))
         return self._call_once(body, on_event)
 
