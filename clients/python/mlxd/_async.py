@@ -37,7 +37,14 @@ from ._base import DEFAULT_WINDOW, Completion, HasLease, ModelLike, ProgressCall
 from ._codec import DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN, PREFIX_LEN
 from ._connect import RetryPolicy
 from ._exc import MlxdError, ProtocolError
-from .errors import BusyError, ConnectionClosedError, DaemonError, FallbackError, NoDaemonError
+from .errors import (
+    BusyError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    DaemonError,
+    FallbackError,
+    NoDaemonError,
+)
 from .protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -260,6 +267,9 @@ async def _open(
     sock.setblocking(False)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, path), connect_timeout)
+    except asyncio.TimeoutError as err:  # first: since Python 3.11 also an OSError
+        sock.close()
+        raise ConnectTimeoutError(f"{path} did not accept the connection within {connect_timeout:g} s") from err
     except OSError as err:
         sock.close()
         if not (fallback and _connect.is_no_daemon(err)):
@@ -339,6 +349,11 @@ class AsyncClient:
                 )
                 try:
                     self._welcome = await asyncio.wait_for(self._handshake(connection), self._connect_timeout)
+                except asyncio.TimeoutError as err:
+                    await connection.close()
+                    raise ConnectTimeoutError(
+                        f"the daemon at {connection.endpoint} did not answer the Hello within {self._connect_timeout:g} s"
+                    ) from err
                 except BaseException:
                     await connection.close()
                     raise

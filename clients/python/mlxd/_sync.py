@@ -41,6 +41,7 @@ from ._exc import MlxdError, ProtocolError
 from .errors import (
     BusyError,
     ConnectionClosedError,
+    ConnectTimeoutError,
     DaemonError,
     FallbackError,
     NoDaemonError,
@@ -97,6 +98,10 @@ if TYPE_CHECKING:
     from ._base import FloatMatrix
 
 T = TypeVar("T")
+
+#: What a socket raises at its timeout (TimeoutError since Python 3.10); named here because
+#: Client's ``socket`` parameter hides the module.
+_SocketTimeout = socket.timeout
 
 
 # -- Transports ---------------------------------------------------------------------------
@@ -182,6 +187,9 @@ def _open(
     sock.settimeout(connect_timeout)
     try:
         sock.connect(path)
+    except socket.timeout as err:  # a backlog that stays full
+        sock.close()
+        raise ConnectTimeoutError(f"{path} did not accept the connection within {connect_timeout:g} s") from err
     except OSError as err:
         sock.close()
         if not (fallback and _connect.is_no_daemon(err)):
@@ -423,6 +431,13 @@ class Client:
             self.welcome: Welcome = self._handshake(
                 client_name or _connect.client_name_default(), max_frame_len, protocol_version
             )
+        except ConnectionClosedError as err:
+            self._connection.close()
+            if isinstance(err.__cause__, _SocketTimeout):
+                raise ConnectTimeoutError(
+                    f"the daemon at {endpoint} did not answer the Hello within {connect_timeout:g} s"
+                ) from err
+            raise
         except BaseException:
             self._connection.close()
             raise

@@ -5,6 +5,10 @@ pieces around a Ctrl-C, a daemon that never answers the Hello."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import tempfile
+import time
 from typing import Callable, Iterator, List, Optional
 
 import pytest
@@ -90,3 +94,30 @@ def test_max_frame_len_is_clamped_as_the_daemon_clamps_it(fakes: List[FakeDaemon
 
         asyncio.run(over_async())
         assert fake.hello is not None and fake.hello.max_frame_len == sent
+
+
+def test_a_daemon_that_never_answers_times_out_as_a_connect_error() -> None:
+    directory = tempfile.mkdtemp(prefix="mlxd-mute-", dir="/tmp")
+    path = os.path.join(directory, "s.sock")
+    mute = socket.socket(socket.AF_UNIX)
+    try:
+        mute.bind(path)
+        mute.listen(4)  # connections wait in the backlog: never accepted, never answered
+        started = time.monotonic()
+        with pytest.raises(mlxd.ConnectTimeoutError) as timed_out:
+            mlxd.Client(path, fallback=False, connect_timeout=0.3)
+        assert isinstance(timed_out.value, mlxd.ConnectError) and isinstance(timed_out.value, TimeoutError)
+        assert path in str(timed_out.value)
+
+        async def over_async() -> None:
+            with pytest.raises(mlxd.ConnectTimeoutError) as timed_out:
+                await mlxd.AsyncClient(path, fallback=False, connect_timeout=0.3).connect()
+            assert isinstance(timed_out.value, asyncio.TimeoutError)
+            assert path in str(timed_out.value)
+
+        asyncio.run(over_async())
+        assert time.monotonic() - started < 5
+    finally:
+        mute.close()
+        os.unlink(path)
+        os.rmdir(directory)
