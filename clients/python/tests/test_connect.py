@@ -247,3 +247,38 @@ def test_a_socket_served_by_another_user_is_refused_before_anything_is_sent() ->
         for leftover in directory.iterdir():
             leftover.unlink()
         directory.rmdir()
+
+
+def test_a_server_that_looks_foreign_is_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check without root: the server's uid, as the kernel reports it, is made
+    to look like another user's."""
+    foreign = 4242 if os.geteuid() != 4242 else 4243
+    monkeypatch.setattr(_connect, "peer_uid", lambda sock: foreign)
+    directory = Path(tempfile.mkdtemp(prefix="mlxd-foreign-", dir="/tmp"))
+    try:
+        squatter = ListenerAs(None, str(directory / "s.sock"))
+        with pytest.raises(mlxd.UntrustedServerError, match=f"uid {foreign}"):
+            mlxd.Client(str(directory / "s.sock"), fallback=True, trusted_uids=[])
+        squatter.close()
+        assert squatter.received == 0, "the client sent bytes to an untrusted server"
+
+        async_squatter = ListenerAs(None, str(directory / "a.sock"))
+
+        async def over_async() -> None:
+            with pytest.raises(mlxd.UntrustedServerError, match=f"uid {foreign}"):
+                await mlxd.AsyncClient(str(directory / "a.sock"), fallback=True, trusted_uids=[]).connect()
+
+        asyncio.run(over_async())
+        async_squatter.close()
+        assert async_squatter.received == 0, "the async client sent bytes to an untrusted server"
+
+        # Trusted, it is talked to (and, being no daemon, never answers).
+        trusted = ListenerAs(None, str(directory / "t.sock"))
+        with pytest.raises(mlxd.ConnectTimeoutError):
+            mlxd.Client(str(directory / "t.sock"), fallback=False, trusted_uids=[foreign], connect_timeout=0.3)
+        trusted.close()
+        assert trusted.received, "a trusted server got the Hello"
+    finally:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
