@@ -208,8 +208,12 @@ class _AsyncConnection:
         self._routes[request_id] = _Route()
         try:
             await self.send(Request(request_id, body))
-        except BaseException:
+        except BaseException as err:
             self.forget(request_id)
+            if not isinstance(err, MlxdError):
+                # Cancelled while sending: the request may have gone out (a Cancel for an
+                # id the daemon does not know is ignored).
+                self.try_send_soon(Cancel(request_id))
             raise
         return request_id
 
@@ -720,27 +724,32 @@ class AsyncGenerationStream(AsyncIterator[Token]):
         if self.finished:
             raise StopAsyncIteration
         connection = self._connection
-        while True:
-            try:
+        try:
+            while True:
                 message = await connection.next_for(self.request_id)
-            except BaseException:
+                if isinstance(message, Event):
+                    event = message.event
+                    if not isinstance(event, Token):
+                        continue  # load progress
+                    grant = self._credit.took_one()
+                    if grant and not self._cancelled:
+                        await connection.try_send(Credit(self.request_id, grant))
+                    return event
+                if isinstance(message, Response):
+                    self._end()
+                    self.summary = _base.expect(message.body, GenerationSummary)
+                    raise StopAsyncIteration
+                if isinstance(message, Error):
+                    self._end()
+                    raise _base.raise_error(message)
+        except BaseException:
+            if not self.finished:
+                # The task was cancelled (task.cancel(), a wait_for timeout) or the
+                # connection failed: the stream ends here, so it ends at the daemon too
+                # (a dead connection sends nothing), not after the stream pause limit.
+                connection.try_send_soon(Cancel(self.request_id))
                 self._end()
-                raise
-            if isinstance(message, Event):
-                event = message.event
-                if not isinstance(event, Token):
-                    continue  # load progress
-                grant = self._credit.took_one()
-                if grant and not self._cancelled:
-                    await connection.try_send(Credit(self.request_id, grant))
-                return event
-            if isinstance(message, Response):
-                self._end()
-                self.summary = _base.expect(message.body, GenerationSummary)
-                raise StopAsyncIteration
-            if isinstance(message, Error):
-                self._end()
-                raise _base.raise_error(message)
+            raise
 
     def _end(self) -> None:
         if not self.finished:
