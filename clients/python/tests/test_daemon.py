@@ -21,6 +21,7 @@ from harness import (
     child_env,
     cosine,
     eventually,
+    interrupted_after,
     mlxctl_bin,
     model_named,
     run,
@@ -178,6 +179,35 @@ def test_busy_is_typed_and_retried(start_daemon: Callable[..., Daemon]) -> None:
             patient.close()
         assert time.monotonic() - started >= 0.4
         assert model_named(impatient.models(), "smollm2").sched.busy >= 2
+
+
+def test_an_interrupted_call_leaves_the_session_and_its_leases(start_daemon: Callable[..., Daemon]) -> None:
+    """Ctrl-C in a REPL while a call waits: that call is cancelled at the daemon, the
+    session and its leases stay."""
+    one_stream = start_daemon("--max-streams", "1")
+    with one_stream.client() as client, client.lease("smollm2") as smollm2:
+        # A stream that is not read holds the only decoding slot: a generation behind it
+        # waits, and the daemon sends nothing until it is interrupted.
+        blocker = smollm2.generate("Hello", temperature=0, max_tokens=64, window=1)
+
+        def paused() -> bool:
+            client.ping()
+            return blocker.buffered == 1
+
+        assert eventually(paused, within=60)
+        with interrupted_after(0.3), pytest.raises(KeyboardInterrupt):
+            smollm2.chat("Hi", temperature=0, max_tokens=4)
+
+        def sched() -> mlxd.protocol.SchedStats:
+            return model_named(client.models(), "smollm2").sched
+
+        # The interrupted generation left the queue; the session, its lease and its stream go on.
+        assert eventually(lambda: sched().queued == 0)
+        assert model_named(client.models(), "smollm2").leases == 1
+        assert next(blocker).token is not None and next(blocker).token is not None
+        blocker.close()
+        assert smollm2.chat("Hi", temperature=0, max_tokens=4).summary.completion_tokens >= 1
+        assert eventually(lambda: sched().running == 0)
 
 
 def test_bad_input_gets_typed_errors(client: mlxd.Client) -> None:

@@ -8,14 +8,16 @@ import asyncio
 import os
 import socket
 import tempfile
+import threading
 import time
+from random import Random
 from typing import Callable, Iterator, List, Optional
 
 import pytest
 
 import mlxd
-from harness import FakeDaemon, FakeSession
-from mlxd import protocol
+from harness import FakeDaemon, FakeSession, frame_of, interrupted_after
+from mlxd import _sync, protocol
 
 
 @pytest.fixture
@@ -96,6 +98,65 @@ def test_max_frame_len_is_clamped_as_the_daemon_clamps_it(fakes: List[FakeDaemon
         assert fake.hello is not None and fake.hello.max_frame_len == sent
 
 
+def in_pieces(message: protocol.ServerMessage, *cuts: int) -> List[bytes]:
+    data = frame_of(message)
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+PONG_IN_PIECES = [in_pieces(protocol.Response(1, protocol.Pong()), *cuts) for cuts in [(), (2,), (4, 5), (6,)]]
+
+
+@pytest.mark.parametrize("pieces", PONG_IN_PIECES, ids=["nothing", "half-prefix", "prefix+1", "whole-prefix"])
+def test_an_interrupted_read_keeps_the_partial_frame_and_the_session(
+    fakes: List[FakeDaemon], pieces: List[bytes]
+) -> None:
+    """Ctrl-C while a call waits for its answer: the call is cancelled at the daemon, the
+    bytes of the frame read so far are kept, and the session goes on."""
+    first, rest = pieces[0], b"".join(pieces[1:])
+
+    def script(session: FakeSession) -> None:
+        assert session.receive() == protocol.Request(1, protocol.PingRequest())
+        if len(pieces) > 1:
+            session.send_bytes(first)  # then nothing until the client is interrupted
+        assert session.receive() == protocol.Cancel(1)
+        session.send_bytes(rest if len(pieces) > 1 else first)  # the answer nobody waits for now
+        assert session.receive() == protocol.Request(2, protocol.PingRequest())
+        session.send(protocol.Response(2, protocol.Pong()))
+        session.wait_for_the_end()
+
+    fake = fake_daemon(fakes, script)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        with interrupted_after(0.2), pytest.raises(KeyboardInterrupt):
+            client.ping()
+        assert client.ping() >= 0
+
+
+def test_an_interrupted_stream_is_cancelled_and_the_session_goes_on(fakes: List[FakeDaemon]) -> None:
+    token = in_pieces(protocol.Event(1, protocol.Token("hi", 7)), 9)
+
+    def script(session: FakeSession) -> None:
+        request = session.receive()
+        assert isinstance(request, protocol.Request) and isinstance(request.body, protocol.GenerateRequest)
+        session.send(protocol.Event(1, protocol.Token("Hello", 5)))
+        session.send_bytes(token[0])
+        assert session.receive() == protocol.Cancel(1)
+        session.send_bytes(token[1])
+        assert session.receive() == protocol.Request(2, protocol.PingRequest())
+        session.send(protocol.Response(2, protocol.Pong()))
+        session.wait_for_the_end()
+
+    fake = fake_daemon(fakes, script)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        stream = client.generate("fake", "Hi", window=4)
+        assert next(stream).text == "Hello"
+        with interrupted_after(0.2), pytest.raises(KeyboardInterrupt):
+            next(stream)
+        assert stream.finished
+        stream.close()  # nothing more to do
+        assert client.ping() >= 0
+
+
 def test_a_daemon_that_never_answers_times_out_as_a_connect_error() -> None:
     directory = tempfile.mkdtemp(prefix="mlxd-mute-", dir="/tmp")
     path = os.path.join(directory, "s.sock")
@@ -121,3 +182,32 @@ def test_a_daemon_that_never_answers_times_out_as_a_connect_error() -> None:
         mute.close()
         os.unlink(path)
         os.rmdir(directory)
+
+
+def test_frames_of_any_size_in_any_pieces_come_out_whole() -> None:
+    """The blocking client's inbox: frames larger than it, several in one read, split
+    anywhere, prefix included."""
+    random = Random(17)
+    messages: List[protocol.ServerMessage] = [
+        protocol.Response(i, protocol.Text("x" * size))
+        for i, size in enumerate([0, 1, 70_000, 10, 65_530, 3, 300_000, 5, 65_536, 2], start=1)
+    ]
+    data = b"".join(frame_of(message) for message in messages)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        connection = _sync._Connection(_sync._SocketIO(ours), "socketpair")
+        connection.max_in = 1 << 20
+
+        def send_in_pieces() -> None:
+            at = 0
+            while at < len(data):
+                piece = random.choice([1, 2, 3, 7, 4096, 70_000])
+                theirs.sendall(data[at : at + piece])
+                at += piece
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        try:
+            assert [connection.read_message() for _ in messages] == messages
+        finally:
+            sender.join(10)
