@@ -356,7 +356,8 @@ class AsyncClient:
                 except asyncio.TimeoutError as err:
                     await connection.close()
                     raise ConnectTimeoutError(
-                        f"the daemon at {connection.endpoint} did not answer the Hello within {self._connect_timeout:g} s"
+                        f"the daemon at {connection.endpoint} did not answer the Hello "
+                        f"within {self._connect_timeout:g} s"
                     ) from err
                 except BaseException:
                     await connection.close()
@@ -774,8 +775,10 @@ class AsyncGenerationStream(AsyncIterator[Token]):
     async def cancel(self) -> None:
         """Asks the daemon to stop; keep iterating for the rest and the summary."""
         if not self.finished and not self._cancelled:
+            # Queued at once, with no await a task cancellation could interrupt before it
+            # is sent (aclose() would then wait out a stream the daemon never stops).
+            self._connection.try_send_soon(Cancel(self.request_id))
             self._cancelled = True
-            await self._connection.try_send(Cancel(self.request_id))
 
     async def aclose(self) -> None:
         """Cancels an unfinished stream and waits for its end (discarding its tokens)."""

@@ -903,8 +903,8 @@ class GenerationStream(Iterator[Token]):
     def cancel(self) -> None:
         """Asks the daemon to stop; keep iterating for the rest and the summary."""
         if not self.finished and not self._cancelled:
-            self._cancelled = True
             self._connection.try_send(Cancel(self.request_id))
+            self._cancelled = True  # once sent: interrupted before, close() sends it again
 
     def close(self) -> None:
         """Cancels an unfinished stream and waits for its end (discarding its tokens)."""
