@@ -190,11 +190,10 @@ class EveryFiftyMs(mlxd.RetryPolicy):
         return 0.05
 
 
-def test_an_interrupted_call_leaves_the_session_and_its_leases(start_daemon: Callable[..., Daemon]) -> None:
+def test_an_interrupted_call_leaves_the_session_and_its_leases(one_stream: Callable[[], Daemon]) -> None:
     """Ctrl-C in a REPL while a call waits: that call is cancelled at the daemon, the
     session and its leases stay."""
-    one_stream = start_daemon("--max-streams", "1")
-    with one_stream.client() as client, client.lease("smollm2") as smollm2:
+    with one_stream().client() as client, client.lease("smollm2") as smollm2:
         # A stream that is not read holds the only decoding slot: a generation behind it
         # waits, and the daemon sends nothing until it is interrupted.
         blocker = smollm2.generate("Hello", temperature=0, max_tokens=64, window=1)
@@ -219,8 +218,8 @@ def test_an_interrupted_call_leaves_the_session_and_its_leases(start_daemon: Cal
         assert eventually(lambda: sched().running == 0)
 
 
-def test_requests_and_streams_fail_promptly_when_the_daemon_dies(start_daemon: Callable[..., Daemon]) -> None:
-    doomed = start_daemon("--max-streams", "1")
+def test_requests_and_streams_fail_promptly_when_the_daemon_dies(one_stream: Callable[[], Daemon]) -> None:
+    doomed = one_stream()
     client = doomed.client()
     # A stream in the middle, holding the only slot; another thread's generation waits behind it.
     stream = client.generate("smollm2", "Once upon a time", temperature=0, max_tokens=1000, window=4)
