@@ -1,6 +1,7 @@
 """Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
-cannot be made to do on cue: a Fatal in the middle of a session, a frame that arrives in
-pieces around a Ctrl-C, a daemon that never answers the Hello."""
+cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
+sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
+Hello; and the blocking client's reading of frames split anywhere (on a socketpair)."""
 
 from __future__ import annotations
 
