@@ -37,7 +37,14 @@ from ._base import DEFAULT_WINDOW, Completion, HasLease, ModelLike, ProgressCall
 from ._codec import DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN, PREFIX_LEN
 from ._connect import RetryPolicy
 from ._exc import MlxdError, ProtocolError
-from .errors import BusyError, ConnectionClosedError, DaemonError, FallbackError, NoDaemonError
+from .errors import (
+    BusyError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    DaemonError,
+    FallbackError,
+    NoDaemonError,
+)
 from .protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -201,8 +208,12 @@ class _AsyncConnection:
         self._routes[request_id] = _Route()
         try:
             await self.send(Request(request_id, body))
-        except BaseException:
+        except BaseException as err:
             self.forget(request_id)
+            if not isinstance(err, MlxdError):
+                # Cancelled while sending: the request may have gone out (a Cancel for an
+                # id the daemon does not know is ignored).
+                self.try_send_soon(Cancel(request_id))
             raise
         return request_id
 
@@ -260,6 +271,9 @@ async def _open(
     sock.setblocking(False)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, path), connect_timeout)
+    except asyncio.TimeoutError as err:  # first: since Python 3.11 also an OSError
+        sock.close()
+        raise ConnectTimeoutError(f"{path} did not accept the connection within {connect_timeout:g} s") from err
     except OSError as err:
         sock.close()
         if not (fallback and _connect.is_no_daemon(err)):
@@ -314,7 +328,7 @@ class AsyncClient:
         self._fallback = _connect.fallback_from_env() if fallback is None else fallback
         self._mlxd_binary = mlxd_binary
         self._client_name = client_name or _connect.client_name_default()
-        self._max_frame_len = max_frame_len
+        self._max_frame_len = _base.clamp_max_frame_len(max_frame_len)
         self._trusted_uids = _connect.trusted_uids_from_env() if trusted_uids is None else list(trusted_uids)
         self._connect_timeout = connect_timeout
         self._protocol_version = protocol_version
@@ -339,6 +353,12 @@ class AsyncClient:
                 )
                 try:
                     self._welcome = await asyncio.wait_for(self._handshake(connection), self._connect_timeout)
+                except asyncio.TimeoutError as err:
+                    await connection.close()
+                    raise ConnectTimeoutError(
+                        f"the daemon at {connection.endpoint} did not answer the Hello "
+                        f"within {self._connect_timeout:g} s"
+                    ) from err
                 except BaseException:
                     await connection.close()
                     raise
@@ -402,6 +422,8 @@ class AsyncClient:
             try:
                 return await self._call_once(body, on_event)
             except BusyError as busy:
+                if busy.fatal:  # the session is over: no retry can be admitted
+                    raise
                 await asyncio.sleep(self.retry.wait(busy.retry_after))
         return await self._call_once(body, on_event)
 
@@ -703,27 +725,32 @@ class AsyncGenerationStream(AsyncIterator[Token]):
         if self.finished:
             raise StopAsyncIteration
         connection = self._connection
-        while True:
-            try:
+        try:
+            while True:
                 message = await connection.next_for(self.request_id)
-            except BaseException:
+                if isinstance(message, Event):
+                    event = message.event
+                    if not isinstance(event, Token):
+                        continue  # load progress
+                    grant = self._credit.took_one()
+                    if grant and not self._cancelled:
+                        await connection.try_send(Credit(self.request_id, grant))
+                    return event
+                if isinstance(message, Response):
+                    self._end()
+                    self.summary = _base.expect(message.body, GenerationSummary)
+                    raise StopAsyncIteration
+                if isinstance(message, Error):
+                    self._end()
+                    raise _base.raise_error(message)
+        except BaseException:
+            if not self.finished:
+                # The task was cancelled (task.cancel(), a wait_for timeout) or the
+                # connection failed: the stream ends here, so it ends at the daemon too
+                # (a dead connection sends nothing), not after the stream pause limit.
+                connection.try_send_soon(Cancel(self.request_id))
                 self._end()
-                raise
-            if isinstance(message, Event):
-                event = message.event
-                if not isinstance(event, Token):
-                    continue  # load progress
-                grant = self._credit.took_one()
-                if grant and not self._cancelled:
-                    await connection.try_send(Credit(self.request_id, grant))
-                return event
-            if isinstance(message, Response):
-                self._end()
-                self.summary = _base.expect(message.body, GenerationSummary)
-                raise StopAsyncIteration
-            if isinstance(message, Error):
-                self._end()
-                raise _base.raise_error(message)
+            raise
 
     def _end(self) -> None:
         if not self.finished:
@@ -748,8 +775,10 @@ class AsyncGenerationStream(AsyncIterator[Token]):
     async def cancel(self) -> None:
         """Asks the daemon to stop; keep iterating for the rest and the summary."""
         if not self.finished and not self._cancelled:
+            # Queued at once, with no await a task cancellation could interrupt before it
+            # is sent (aclose() would then wait out a stream the daemon never stops).
+            self._connection.try_send_soon(Cancel(self.request_id))
             self._cancelled = True
-            await self._connection.try_send(Cancel(self.request_id))
 
     async def aclose(self) -> None:
         """Cancels an unfinished stream and waits for its end (discarding its tokens)."""

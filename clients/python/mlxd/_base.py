@@ -173,6 +173,12 @@ def expect(response: ResponseBody, cls: Type[T]) -> T:
     return response
 
 
+def clamp_max_frame_len(max_frame_len: int) -> int:
+    """The largest frame a client accepts, in [64 KiB, 64 MiB] as the daemon clamps what
+    the Hello asks for: less could not hold the daemon's answers, more is never sent."""
+    return max(_codec.HANDSHAKE_MAX_FRAME_LEN, min(int(max_frame_len), _codec.ABSOLUTE_MAX_FRAME_LEN))
+
+
 def hello_body(client_name: str, max_frame_len: int, protocol_version: int) -> bytes:
     hello = Hello(protocol_version, client_name, os.getpid() & 0xFFFFFFFF, max_frame_len)
     return _codec.frame(encode_client(hello))

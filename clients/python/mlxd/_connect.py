@@ -128,13 +128,21 @@ def trusted_uids_from_env() -> List[int]:
     return uids
 
 
+#: Linux's struct ucred { pid_t pid; uid_t uid; gid_t gid; }: the ids are unsigned.
+_UCRED = struct.Struct("iII")
+
+
+def ucred_uid(raw: bytes) -> int:
+    """The uid in a struct ucred (``SO_PEERCRED``)."""
+    _pid, uid, _gid = _UCRED.unpack(raw)
+    return int(uid)
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process serving ``sock``, from the kernel."""
     so_peercred = getattr(socket, "SO_PEERCRED", None)
-    if so_peercred is not None:  # Linux: struct ucred { pid_t pid; uid_t uid; gid_t gid; }
-        raw = sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", raw)
-        return int(uid)
+    if so_peercred is not None:  # Linux
+        return ucred_uid(sock.getsockopt(socket.SOL_SOCKET, so_peercred, _UCRED.size))
     libc_name = ctypes.util.find_library("c")
     getpeereid = getattr(ctypes.CDLL(libc_name, use_errno=True), "getpeereid", None) if libc_name else None
     if getpeereid is None:

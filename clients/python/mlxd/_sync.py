@@ -10,6 +10,7 @@ daemon once its credit is spent.
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 from typing import (
     TYPE_CHECKING,
     Any,
+    Callable,
     Deque,
     Dict,
     Iterable,
@@ -30,6 +32,7 @@ from typing import (
     Type,
     TypeVar,
     Union,
+    cast,
     overload,
 )
 
@@ -41,6 +44,7 @@ from ._exc import MlxdError, ProtocolError
 from .errors import (
     BusyError,
     ConnectionClosedError,
+    ConnectTimeoutError,
     DaemonError,
     FallbackError,
     NoDaemonError,
@@ -98,6 +102,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: What a socket raises at its timeout (TimeoutError since Python 3.10); named here because
+#: Client's ``socket`` parameter hides the module.
+_SocketTimeout = socket.timeout
+
+#: The inbox's size: most frames fit whole, often several in one read.
+_INBOX_SIZE = 64 * 1024
+
 
 # -- Transports ---------------------------------------------------------------------------
 
@@ -105,20 +116,19 @@ T = TypeVar("T")
 class _SocketIO:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._peeked = bytearray(1)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def recv_exact(self, count: int) -> bytes:
-        buffer = bytearray(count)
-        view = memoryview(buffer)
-        got = 0
-        while got < count:
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise EOFError(got)
-            got += n
-        return bytes(buffer)
+    def wait(self) -> None:
+        """Blocks until there is something to read or the end, taking nothing: a signal
+        handler that raises (Ctrl-C) here loses no byte."""
+        self.sock.recv_into(self._peeked, 1, socket.MSG_PEEK)
+
+    def read_into(self, view: memoryview) -> int:
+        """Reads what there is into ``view`` (after :meth:`wait`: without blocking); 0 at the end."""
+        return self.sock.recv_into(view)
 
     def close(self) -> None:
         try:
@@ -135,22 +145,22 @@ class _PipeIO:
         self.process = process
         assert process.stdin is not None and process.stdout is not None
         self.stdin = process.stdin
-        self.stdout = process.stdout
+        self.stdout = cast(io.BufferedReader, process.stdout)
 
     def send(self, data: bytes) -> None:
         self.stdin.write(data)
         self.stdin.flush()
 
-    def recv_exact(self, count: int) -> bytes:
-        chunks: List[bytes] = []
-        got = 0
-        while got < count:
-            chunk = self.stdout.read(count - got)
-            if not chunk:
-                raise EOFError(got)
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+    def wait(self) -> None:
+        """As :meth:`_SocketIO.wait`: what comes stays in the reader's buffer."""
+        self.stdout.peek(1)
+
+    def read_into(self, view: memoryview) -> int:
+        # read1, not readinto1: given more room than its buffer holds, readinto1 reads the
+        # pipe again even after it has copied what was buffered, and blocks.
+        data = self.stdout.read1(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         # It exits when its stdin closes; a stuck one is killed.
@@ -182,6 +192,9 @@ def _open(
     sock.settimeout(connect_timeout)
     try:
         sock.connect(path)
+    except socket.timeout as err:  # a backlog that stays full
+        sock.close()
+        raise ConnectTimeoutError(f"{path} did not accept the connection within {connect_timeout:g} s") from err
     except OSError as err:
         sock.close()
         if not (fallback and _connect.is_no_daemon(err)):
@@ -218,6 +231,12 @@ class _Connection:
         self._write_lock = threading.Lock()
         self._routes: Dict[int, Deque[ServerMessage]] = {}
         self._reading = False
+        # Bytes read from the daemon and not yet taken as frames: [_head, _tail) of _inbox.
+        # They outlive a reader interrupted while it waits (Ctrl-C), for the next reader.
+        self._inbox = bytearray(_INBOX_SIZE)
+        self._head = 0
+        self._tail = 0
+        self._waiting = False
         self._error: Optional[MlxdError] = None
         self._ids = itertools.count(1)
         # Streams dropped unfinished (from __del__, which must not take a lock): cancelled
@@ -239,6 +258,11 @@ class _Connection:
                 self.io.send(self._abandoned_cancels() + _codec.frame(body))
             except OSError as err:
                 raise self._fail(ConnectionClosedError(f"the connection to {self.endpoint} broke: {err}")) from err
+            except BaseException:
+                # Interrupted (Ctrl-C) while the socket was full: part of the frame may be
+                # gone and the rest cannot follow it in step, so the session cannot go on.
+                self._fail(ConnectionClosedError("the connection was interrupted while sending a frame"))
+                raise
 
     def abandon(self, request_id: int) -> None:
         """Cancels and forgets a request soon, without blocking (safe in ``__del__``)."""
@@ -275,10 +299,23 @@ class _Connection:
 
     def read_message(self) -> ServerMessage:
         """One frame from the daemon (the caller is the only reader)."""
+        return self._read(None)
+
+    def _read(self, deliver: Optional[Callable[[ServerMessage], None]]) -> ServerMessage:
+        """Reads one frame and hands it to ``deliver`` before taking it off the inbox.
+
+        Interrupted while it waits for bytes (a signal handler that raises: Ctrl-C), the
+        bytes of the frame read so far stay for the next reader and the session goes on.
+        Interrupted anywhere else, what became of the frame is unknown: the connection
+        fails, as it does for bad bytes."""
+        self._waiting = False
         try:
-            prefix = self.io.recv_exact(PREFIX_LEN)
-            body = self.io.recv_exact(_codec.body_length(prefix, self.max_in))
-            return decode_server(body)
+            end = self._whole_frame()
+            message = decode_server(memoryview(self._inbox)[self._head + PREFIX_LEN : end].tobytes())
+            if deliver is not None:
+                deliver(message)
+            self._take(end)
+            return message
         except EOFError as eof:
             if eof.args and eof.args[0]:
                 raise self._fail(ProtocolError(f"{self.endpoint} closed the connection in the middle of a frame"))
@@ -288,9 +325,46 @@ class _Connection:
         except OSError as err:
             raise self._fail(ConnectionClosedError(f"reading from {self.endpoint} failed: {err}")) from err
         except BaseException:
-            # Interrupted in the middle of a frame: the stream's position is lost.
-            self._fail(ConnectionClosedError("the connection was interrupted while reading a frame"))
+            if not self._waiting:
+                self._fail(ConnectionClosedError("the connection was interrupted while taking a frame"))
             raise
+
+    def _whole_frame(self) -> int:
+        """Reads until the inbox holds a whole frame from ``_head``; returns its end."""
+        while True:
+            have = self._tail - self._head
+            need = PREFIX_LEN
+            if have >= PREFIX_LEN:
+                need += _codec.body_length(bytes(self._inbox[self._head : self._head + PREFIX_LEN]), self.max_in)
+                if have >= need:
+                    return self._head + need
+            if self._head + need > len(self._inbox):
+                self._make_room(need)
+            self._waiting = True
+            self.io.wait()
+            self._waiting = False
+            count = self.io.read_into(memoryview(self._inbox)[self._tail :])
+            if count == 0:
+                raise EOFError(have)
+            self._tail += count
+
+    def _make_room(self, need: int) -> None:
+        """Moves the bytes not yet taken to the front of an inbox of at least ``need`` bytes."""
+        have = self._tail - self._head
+        if need > len(self._inbox):
+            inbox = bytearray(need)
+            inbox[:have] = self._inbox[self._head : self._tail]
+            self._inbox = inbox
+        else:
+            self._inbox[:have] = self._inbox[self._head : self._tail]
+        self._head, self._tail = 0, have
+
+    def _take(self, end: int) -> None:
+        self._head = end
+        if self._head == self._tail:
+            self._head = self._tail = 0
+            if len(self._inbox) > _INBOX_SIZE:  # after a large frame
+                self._inbox = bytearray(_INBOX_SIZE)
 
     def _fail(self, error: MlxdError) -> MlxdError:
         with self._cond:
@@ -315,8 +389,12 @@ class _Connection:
         request_id = self.open_route()
         try:
             self.send(Request(request_id, body))
-        except BaseException:
+        except BaseException as err:
             self.forget(request_id)
+            if not isinstance(err, MlxdError):
+                # Interrupted: the request may have gone out (a Cancel for an id the
+                # daemon does not know is ignored).
+                self.try_send(Cancel(request_id))
             raise
         return request_id
 
@@ -347,12 +425,11 @@ class _Connection:
                         break
                     self._cond.wait()
             try:
-                message = self.read_message()
+                self._read(self._route)
             finally:
                 with self._cond:
                     self._reading = False
                     self._cond.notify_all()
-            self._route(message)
 
     def _route(self, message: ServerMessage) -> None:
         with self._cond:
@@ -385,7 +462,9 @@ class Client:
     ``$MLXD_NO_FALLBACK`` is set]; it says so on stderr. ``mlxd_binary``: the ``mlxd`` it
     starts [default: ``$MLXD_BIN``, then ``mlxd`` on PATH]. ``trusted_uids``: users besides
     this one and root whose daemon may serve the socket [default: ``$MLXD_TRUSTED_UIDS``].
-    ``retry``: how Busy refusals of idempotent requests are retried. ``protocol_version``
+    ``max_frame_len``: the largest frame taken from the daemon, clamped to [64 KiB, 64 MiB]
+    as the daemon clamps it [default: 16 MiB]. ``retry``: how Busy refusals of idempotent
+    requests are retried (a fatal one, which ends the session, is not). ``protocol_version``
     is for tests of version handling only.
 
     Usable from several threads. Close it (or use ``with``) to end the session; the daemon
@@ -406,6 +485,7 @@ class Client:
         protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
         self.retry = retry
+        max_frame_len = _base.clamp_max_frame_len(max_frame_len)
         io, endpoint = _open(
             os.fspath(socket) if socket is not None else None,
             _connect.fallback_from_env() if fallback is None else fallback,
@@ -420,6 +500,13 @@ class Client:
             self.welcome: Welcome = self._handshake(
                 client_name or _connect.client_name_default(), max_frame_len, protocol_version
             )
+        except ConnectionClosedError as err:
+            self._connection.close()
+            if isinstance(err.__cause__, _SocketTimeout):
+                raise ConnectTimeoutError(
+                    f"the daemon at {endpoint} did not answer the Hello within {connect_timeout:g} s"
+                ) from err
+            raise
         except BaseException:
             self._connection.close()
             raise
@@ -475,6 +562,8 @@ class Client:
             try:
                 return self._call_once(body, on_event)
             except BusyError as busy:
+                if busy.fatal:  # the session is over: no retry can be admitted
+                    raise
                 time.sleep(self.retry.wait(busy.retry_after))
         return self._call_once(body, on_event)
 
@@ -770,27 +859,32 @@ class GenerationStream(Iterator[Token]):
         if self.finished:
             raise StopIteration
         connection = self._connection
-        while True:
-            try:
+        try:
+            while True:
                 message = connection.next_for(self.request_id)
-            except BaseException:
+                if isinstance(message, Event):
+                    event = message.event
+                    if not isinstance(event, Token):
+                        continue  # load progress
+                    grant = self._credit.took_one()
+                    if grant and not self._cancelled:
+                        connection.try_send(Credit(self.request_id, grant))
+                    return event
+                if isinstance(message, Response):
+                    self._end()
+                    self.summary = _base.expect(message.body, GenerationSummary)
+                    raise StopIteration
+                if isinstance(message, Error):
+                    self._end()
+                    raise _base.raise_error(message)
+        except BaseException:
+            if not self.finished:
+                # Interrupted while it waited (Ctrl-C) or the connection failed: the stream
+                # ends here, so it ends at the daemon too (a dead connection sends nothing),
+                # not after the stream pause limit.
                 self._end()
-                raise
-            if isinstance(message, Event):
-                event = message.event
-                if not isinstance(event, Token):
-                    continue  # load progress
-                grant = self._credit.took_one()
-                if grant and not self._cancelled:
-                    connection.try_send(Credit(self.request_id, grant))
-                return event
-            if isinstance(message, Response):
-                self._end()
-                self.summary = _base.expect(message.body, GenerationSummary)
-                raise StopIteration
-            if isinstance(message, Error):
-                self._end()
-                raise _base.raise_error(message)
+                connection.try_send(Cancel(self.request_id))
+            raise
 
     def _end(self) -> None:
         self.finished = True
@@ -809,8 +903,8 @@ class GenerationStream(Iterator[Token]):
     def cancel(self) -> None:
         """Asks the daemon to stop; keep iterating for the rest and the summary."""
         if not self.finished and not self._cancelled:
-            self._cancelled = True
             self._connection.try_send(Cancel(self.request_id))
+            self._cancelled = True  # once sent: interrupted before, close() sends it again
 
     def close(self) -> None:
         """Cancels an unfinished stream and waits for its end (discarding its tokens)."""

@@ -9,7 +9,8 @@ what can fail on the way to the daemon.
     ├── ConnectError           no session could be opened
     │   ├── NoDaemonError      nothing listens at the socket and the fallback is off
     │   ├── UntrustedServerError  the socket is served by another user
-    │   └── FallbackError      `mlxd stdio` could not be started
+    │   ├── FallbackError      `mlxd stdio` could not be started
+    │   └── ConnectTimeoutError  no session within connect_timeout (also a TimeoutError)
     ├── ConnectionClosedError  the connection ended (the daemon went away, or close())
     └── ProtocolError          bad bytes on the connection
         ├── DecodeError, FrameTooLargeError, EncodeError (EncodeError is also a ValueError)
@@ -17,6 +18,8 @@ what can fail on the way to the daemon.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Dict, Optional, Type
 
 from ._codec import DecodeError, EncodeError, FrameTooLargeError
@@ -198,6 +201,21 @@ class FallbackError(ConnectError):
     """The fallback ``mlxd stdio`` could not be started."""
 
 
+# Also a TimeoutError (and asyncio.TimeoutError, a class of its own before Python 3.11), so
+# that code that caught the timeout of a connect keeps catching it.
+if sys.version_info >= (3, 11):
+
+    class ConnectTimeoutError(ConnectError, TimeoutError):
+        """No session within ``connect_timeout``: the socket did not accept the
+        connection, or the daemon did not answer the Hello."""
+
+else:
+
+    class ConnectTimeoutError(ConnectError, TimeoutError, asyncio.TimeoutError):
+        """No session within ``connect_timeout``: the socket did not accept the
+        connection, or the daemon did not answer the Hello."""
+
+
 class ConnectionClosedError(MlxdError):
     """The connection ended before the answer came."""
 
@@ -206,6 +224,7 @@ __all__ = [
     "BadRequestError",
     "BusyError",
     "ConnectError",
+    "ConnectTimeoutError",
     "ConnectionClosedError",
     "DaemonError",
     "DecodeError",

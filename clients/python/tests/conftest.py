@@ -44,6 +44,25 @@ def start_daemon() -> Iterator[Callable[..., Daemon]]:
             one.stop()
 
 
+@pytest.fixture(scope="module")
+def one_stream() -> Iterator[Callable[[], Daemon]]:
+    """A daemon whose models decode one stream at a time, so that a generation behind a
+    paused stream waits in the queue, silent; shared by a module's tests, and started
+    again for the next one if a test killed it."""
+    started: List[Daemon] = []
+
+    def get() -> Daemon:
+        if not started or started[-1].process.poll() is not None:
+            started.append(Daemon("--max-streams", "1"))
+        return started[-1]
+
+    try:
+        yield get
+    finally:
+        for one in started:
+            one.stop()
+
+
 @pytest.fixture(scope="session")
 def minilm_reference() -> List[Dict[str, Any]]:
     path = fixtures_dir() / "minilm_reference.json"

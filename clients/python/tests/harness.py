@@ -9,6 +9,7 @@ its fixture ends, whatever the tests did; on Linux it is also told to die with p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -18,13 +19,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from types import FrameType
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import pytest
 
 import mlxd
+from mlxd import _codec, protocol
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO = PACKAGE_DIR.parents[1]
@@ -137,6 +141,7 @@ class Daemon:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
+
 def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
     deadline = time.monotonic() + within
     while True:
@@ -146,12 +151,117 @@ def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0
             return False
         time.sleep(every)
 
+
 def model_named(models: Sequence[mlxd.ModelInfo], name: str) -> mlxd.ModelInfo:
     return next(model for model in models if model.name == name)
+
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
+
 def run(argv: Sequence[str], timeout: float = 60, env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[str]":
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@contextlib.contextmanager
+def interrupted_after(seconds: float) -> Iterator[None]:
+    """Raises KeyboardInterrupt in this (the main) thread after ``seconds``, from a signal
+    handler, as Ctrl-C does; never after the block."""
+
+    def interrupt(signum: int, frame: Optional[FrameType]) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+FAKE_LIMITS = protocol.Limits(
+    max_frame_len=16 << 20,
+    max_texts_per_embed=1024,
+    max_text_bytes=65536,
+    max_in_flight=64,
+    max_leases=64,
+    max_tokens=4096,
+)
+
+
+class FakeSession:
+    """The daemon's end of one session with a :class:`FakeDaemon`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.settimeout(10)
+
+    def receive(self) -> protocol.ClientMessage:
+        length = _codec.body_length(self._exactly(4), 1 << 30)
+        return protocol.decode_client(self._exactly(length))
+
+    def _exactly(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise EOFError("the client closed the connection")
+            data += chunk
+        return data
+
+    def send(self, message: protocol.ServerMessage) -> None:
+        self.send_bytes(frame_of(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def wait_for_the_end(self) -> None:
+        """Until the client closes; what it sends meanwhile is ignored."""
+        while self.sock.recv(4096):
+            pass
+
+
+def frame_of(message: protocol.ServerMessage) -> bytes:
+    return _codec.frame(protocol.encode_server(message))
+
+
+class FakeDaemon:
+    """A scripted stand-in for the daemon, for what the real one cannot be made to do on
+    cue: it accepts one session on a Unix socket, answers the Hello with a Welcome, then
+    runs ``script`` on a thread. :meth:`close` re-raises what went wrong in the script."""
+
+    def __init__(self, script: Callable[[FakeSession], None]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mlxd-fake-", dir="/tmp"))
+        self.socket = str(self.dir / "s.sock")
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(self.socket)
+        self.listener.listen(1)
+        self.hello: Optional[protocol.Hello] = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._serve, args=(script,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, script: Callable[[FakeSession], None]) -> None:
+        try:
+            self.listener.settimeout(10)
+            connection, _ = self.listener.accept()
+            with connection:
+                session = FakeSession(connection)
+                hello = session.receive()
+                assert isinstance(hello, protocol.Hello), hello
+                self.hello = hello
+                session.send(protocol.Welcome(mlxd.PROTOCOL_VERSION, "fake", 1, FAKE_LIMITS))
+                script(session)
+        except BaseException as err:  # re-raised by close()
+            self.error = err
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        assert not self.thread.is_alive(), "the fake daemon's script did not end"
+        if self.error is not None:
+            raise self.error

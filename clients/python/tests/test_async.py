@@ -86,3 +86,34 @@ def test_a_closed_client_fails_its_requests(daemon: Daemon) -> None:
             await client.ping()
 
     run(scenario())
+
+
+def test_a_task_cancelled_mid_stream_cancels_its_generation(daemon: Daemon) -> None:
+    """A reader task cancelled (here by wait_for's timeout) while it awaits the next token:
+    its generation is cancelled at the daemon, which frees the slot at once (not after the
+    stream pause limit)."""
+
+    async def running(client: mlxd.AsyncClient) -> int:
+        return model_named(await client.models(), "smollm2").sched.running
+
+    async def scenario() -> None:
+        async with mlxd.AsyncClient(daemon.socket, fallback=False) as client:
+            stream = await client.generate("smollm2", "Once upon a time", temperature=0, max_tokens=2000, window=4)
+            await stream.__anext__()
+
+            async def read_on() -> None:
+                async for _ in stream:
+                    pass
+
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(read_on(), 0.3)
+            assert stream.finished
+            for _ in range(100):
+                if await running(client) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await running(client) == 0, "the cancelled task's generation still holds its slot"
+            await stream.aclose()
+            assert await client.ping() >= 0
+
+    run(scenario())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -173,18 +174,31 @@ def test_the_fallback_can_be_turned_off(no_daemon: str, monkeypatch: pytest.Monk
 # -- Who serves the socket -------------------------------------------------------------------
 
 
+def test_the_peer_uid_is_read_unsigned() -> None:
+    # struct ucred { pid_t pid; uid_t uid; gid_t gid; }: uid_t is unsigned.
+    assert _connect.ucred_uid(struct.pack("iII", 4321, 3_000_000_000, 3_000_000_001)) == 3_000_000_000
+    assert _connect.ucred_uid(struct.pack("iII", -1, 0, 0)) == 0
+    # And from the kernel: whoever made a socketpair serves its other end.
+    left, right = socket.socketpair()
+    with left, right:
+        assert _connect.peer_uid(left) == os.geteuid()
+
+
 class ListenerAs:
     """A socket listening at ``path`` as user ``uid`` (the kernel reports the uid that
-    called listen() as the server's), counting the bytes a client sends it."""
+    called listen() as the server's; None: as this process), counting the bytes a client
+    sends it."""
 
-    def __init__(self, uid: int, path: str) -> None:
+    def __init__(self, uid: Optional[int], path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
-        os.seteuid(uid)
+        if uid is not None:
+            os.seteuid(uid)
         try:
             self.sock.bind(path)
             self.sock.listen(1)
         finally:
-            os.seteuid(0)
+            if uid is not None:
+                os.seteuid(0)
         self.received: Optional[int] = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -228,6 +242,41 @@ def test_a_socket_served_by_another_user_is_refused_before_anything_is_sent() ->
             mlxd.Client(str(directory / "t.sock"), fallback=False, trusted_uids=[nobody], connect_timeout=0.5)
         trusted.close()
         assert not isinstance(failed.value, mlxd.UntrustedServerError)
+        assert trusted.received, "a trusted server got the Hello"
+    finally:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+
+
+def test_a_server_that_looks_foreign_is_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check without root: the server's uid, as the kernel reports it, is made
+    to look like another user's."""
+    foreign = 4242 if os.geteuid() != 4242 else 4243
+    monkeypatch.setattr(_connect, "peer_uid", lambda sock: foreign)
+    directory = Path(tempfile.mkdtemp(prefix="mlxd-foreign-", dir="/tmp"))
+    try:
+        squatter = ListenerAs(None, str(directory / "s.sock"))
+        with pytest.raises(mlxd.UntrustedServerError, match=f"uid {foreign}"):
+            mlxd.Client(str(directory / "s.sock"), fallback=True, trusted_uids=[])
+        squatter.close()
+        assert squatter.received == 0, "the client sent bytes to an untrusted server"
+
+        async_squatter = ListenerAs(None, str(directory / "a.sock"))
+
+        async def over_async() -> None:
+            with pytest.raises(mlxd.UntrustedServerError, match=f"uid {foreign}"):
+                await mlxd.AsyncClient(str(directory / "a.sock"), fallback=True, trusted_uids=[]).connect()
+
+        asyncio.run(over_async())
+        async_squatter.close()
+        assert async_squatter.received == 0, "the async client sent bytes to an untrusted server"
+
+        # Trusted, it is talked to (and, being no daemon, never answers).
+        trusted = ListenerAs(None, str(directory / "t.sock"))
+        with pytest.raises(mlxd.ConnectTimeoutError):
+            mlxd.Client(str(directory / "t.sock"), fallback=False, trusted_uids=[foreign], connect_timeout=0.3)
+        trusted.close()
         assert trusted.received, "a trusted server got the Hello"
     finally:
         for leftover in directory.iterdir():

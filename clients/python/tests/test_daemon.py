@@ -4,13 +4,14 @@ against mlxctl, cancel, credit, leases, Busy, typed errors, the README and the b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -21,6 +22,7 @@ from harness import (
     child_env,
     cosine,
     eventually,
+    interrupted_after,
     mlxctl_bin,
     model_named,
     run,
@@ -166,8 +168,9 @@ def test_busy_is_typed_and_retried(start_daemon: Callable[..., Daemon]) -> None:
         assert refused.value.code == mlxd.ErrorCode.Busy
         assert refused.value.retry_after is not None and refused.value.retry_after > 0
 
-        # With retries, the same request waits out the blocker (closed from another thread).
-        patient = small.client(retry=mlxd.RetryPolicy(max_retries=100, max_wait=0.05))
+        # With retries, the same request waits out the blocker (closed from another thread):
+        # every 50 ms for up to a minute, however slow the machine.
+        patient = small.client(retry=EveryFiftyMs(max_retries=1200))
         closer = threading.Timer(0.5, blocker.close)
         started = time.monotonic()
         closer.start()
@@ -178,6 +181,95 @@ def test_busy_is_typed_and_retried(start_daemon: Callable[..., Daemon]) -> None:
             patient.close()
         assert time.monotonic() - started >= 0.4
         assert model_named(impatient.models(), "smollm2").sched.busy >= 2
+
+
+class EveryFiftyMs(mlxd.RetryPolicy):
+    """Retries after 50 ms whatever the daemon suggests (it may say 1 ms)."""
+
+    def wait(self, retry_after: Optional[float]) -> float:
+        return 0.05
+
+
+def test_an_interrupted_call_leaves_the_session_and_its_leases(one_stream: Callable[[], Daemon]) -> None:
+    """Ctrl-C in a REPL while a call waits: that call is cancelled at the daemon, the
+    session and its leases stay."""
+    with one_stream().client() as client, client.lease("smollm2") as smollm2:
+        # A stream that is not read holds the only decoding slot: a generation behind it
+        # waits, and the daemon sends nothing until it is interrupted.
+        blocker = smollm2.generate("Hello", temperature=0, max_tokens=64, window=1)
+
+        def paused() -> bool:
+            client.ping()
+            return blocker.buffered == 1
+
+        assert eventually(paused, within=60)
+        with interrupted_after(0.3), pytest.raises(KeyboardInterrupt):
+            smollm2.chat("Hi", temperature=0, max_tokens=4)
+
+        def sched() -> mlxd.protocol.SchedStats:
+            return model_named(client.models(), "smollm2").sched
+
+        # The interrupted generation left the queue; the session, its lease and its stream go on.
+        assert eventually(lambda: sched().queued == 0)
+        assert model_named(client.models(), "smollm2").leases == 1
+        assert next(blocker).token is not None and next(blocker).token is not None
+        blocker.close()
+        assert smollm2.chat("Hi", temperature=0, max_tokens=4).summary.completion_tokens >= 1
+        assert eventually(lambda: sched().running == 0)
+
+
+def test_requests_and_streams_fail_promptly_when_the_daemon_dies(one_stream: Callable[[], Daemon]) -> None:
+    doomed = one_stream()
+    client = doomed.client()
+    # A stream in the middle, holding the only slot; another thread's generation waits behind it.
+    stream = client.generate("smollm2", "Once upon a time", temperature=0, max_tokens=1000, window=4)
+    next(stream)
+    outcomes: Dict[str, BaseException] = {}
+
+    def waiting_chat() -> None:
+        try:
+            client.chat("smollm2", "Hi", max_tokens=4)
+        except BaseException as err:  # checked below
+            outcomes["sync"] = err
+
+    # And an asyncio client, its stream waiting too, in a loop of its own.
+    async_started = threading.Event()
+
+    async def async_stream() -> None:
+        async with mlxd.AsyncClient(doomed.socket, fallback=False) as async_client:
+            waiting = await async_client.generate("smollm2", "Hi", max_tokens=4)
+            async_started.set()
+            try:
+                await asyncio.wait_for(waiting.complete(), 30)
+            except BaseException as err:  # checked below
+                outcomes["async"] = err
+
+    threads = [
+        threading.Thread(target=waiting_chat),
+        threading.Thread(target=lambda: asyncio.run(async_stream())),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert async_started.wait(30)
+        assert eventually(lambda: model_named(client.models(), "smollm2").sched.queued == 2, within=30)
+
+        doomed.process.kill()
+        died = time.monotonic()
+        with pytest.raises(mlxd.ConnectionClosedError):
+            for _ in stream:
+                pass
+        for thread in threads:
+            thread.join(10)
+        assert time.monotonic() - died < 5
+        assert isinstance(outcomes.get("sync"), mlxd.ConnectionClosedError), outcomes
+        assert isinstance(outcomes.get("async"), mlxd.ConnectionClosedError), outcomes
+        with pytest.raises(mlxd.ConnectionClosedError):
+            client.ping()
+    finally:
+        client.close()
+        for thread in threads:
+            thread.join(10)
 
 
 def test_bad_input_gets_typed_errors(client: mlxd.Client) -> None:

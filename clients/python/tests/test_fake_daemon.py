@@ -1,0 +1,214 @@
+"""Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
+cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
+sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
+Hello; and the blocking client's reading of frames split anywhere (on a socketpair)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import threading
+import time
+from random import Random
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+import mlxd
+from harness import FakeDaemon, FakeSession, frame_of, interrupted_after
+from mlxd import _sync, protocol
+
+
+@pytest.fixture
+def fakes() -> Iterator[List[FakeDaemon]]:
+    """Fake daemons started by the test, closed (and their scripts' failures raised) at its end."""
+    started: List[FakeDaemon] = []
+    yield started
+    for fake in started:
+        fake.close()
+
+
+def fake_daemon(fakes: List[FakeDaemon], script: Callable[[FakeSession], None]) -> FakeDaemon:
+    fakes.append(FakeDaemon(script))
+    return fakes[-1]
+
+
+class CountingRetry(mlxd.RetryPolicy):
+    """Retries at once, counting the waits."""
+
+    waits: List[Optional[float]]
+
+    def wait(self, retry_after: Optional[float]) -> float:
+        self.waits.append(retry_after)
+        return 0.0
+
+
+def counting_retry() -> CountingRetry:
+    policy = CountingRetry(max_retries=5, max_wait=1.0)
+    object.__setattr__(policy, "waits", [])
+    return policy
+
+
+BUSY = protocol.WireError(protocol.ErrorCode.Busy, "this session is over its limits", 1000)
+
+
+def fatal_busy_on_first_request(session: FakeSession) -> None:
+    request = session.receive()
+    assert isinstance(request, protocol.Request) and isinstance(request.body, protocol.PingRequest)
+    session.send(protocol.Fatal(BUSY))
+    session.wait_for_the_end()
+
+
+def test_a_fatal_busy_is_not_retried(fakes: List[FakeDaemon]) -> None:
+    fake = fake_daemon(fakes, fatal_busy_on_first_request)
+    retry = counting_retry()
+    with mlxd.Client(fake.socket, fallback=False, retry=retry) as client:
+        with pytest.raises(mlxd.BusyError) as refused:
+            client.ping()
+    assert refused.value.fatal
+    assert retry.waits == [], "the session is over: retrying it only waits"
+
+    fake = fake_daemon(fakes, fatal_busy_on_first_request)
+    retry = counting_retry()
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False, retry=retry) as client:
+            with pytest.raises(mlxd.BusyError) as refused:
+                await client.ping()
+            assert refused.value.fatal
+
+    asyncio.run(over_async())
+    assert retry.waits == []
+
+
+def test_max_frame_len_is_clamped_as_the_daemon_clamps_it(fakes: List[FakeDaemon]) -> None:
+    for asked, sent in [(1, 64 * 1024), (1 << 40, 64 << 20), (1 << 20, 1 << 20)]:
+        fake = fake_daemon(fakes, FakeSession.wait_for_the_end)
+        mlxd.Client(fake.socket, fallback=False, max_frame_len=asked).close()
+        assert fake.hello is not None and fake.hello.max_frame_len == sent
+
+        fake = fake_daemon(fakes, FakeSession.wait_for_the_end)
+
+        async def over_async() -> None:
+            client = mlxd.AsyncClient(fake.socket, fallback=False, max_frame_len=asked)
+            await (await client.connect()).close()
+
+        asyncio.run(over_async())
+        assert fake.hello is not None and fake.hello.max_frame_len == sent
+
+
+def in_pieces(message: protocol.ServerMessage, *cuts: int) -> List[bytes]:
+    data = frame_of(message)
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+PONG_IN_PIECES = [in_pieces(protocol.Response(1, protocol.Pong()), *cuts) for cuts in [(), (2,), (4, 5), (6,)]]
+
+
+@pytest.mark.parametrize("pieces", PONG_IN_PIECES, ids=["nothing", "half-prefix", "prefix+1", "whole-prefix"])
+def test_an_interrupted_read_keeps_the_partial_frame_and_the_session(
+    fakes: List[FakeDaemon], pieces: List[bytes]
+) -> None:
+    """Ctrl-C while a call waits for its answer: the call is cancelled at the daemon, the
+    bytes of the frame read so far are kept, and the session goes on."""
+    first, rest = pieces[0], b"".join(pieces[1:])
+
+    def script(session: FakeSession) -> None:
+        assert session.receive() == protocol.Request(1, protocol.PingRequest())
+        if len(pieces) > 1:
+            session.send_bytes(first)  # then nothing until the client is interrupted
+        assert session.receive() == protocol.Cancel(1)
+        session.send_bytes(rest if len(pieces) > 1 else first)  # the answer nobody waits for now
+        assert session.receive() == protocol.Request(2, protocol.PingRequest())
+        session.send(protocol.Response(2, protocol.Pong()))
+        session.wait_for_the_end()
+
+    fake = fake_daemon(fakes, script)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        with interrupted_after(0.2), pytest.raises(KeyboardInterrupt):
+            client.ping()
+        assert client.ping() >= 0
+
+
+def test_an_interrupted_stream_is_cancelled_and_the_session_goes_on(fakes: List[FakeDaemon]) -> None:
+    token = in_pieces(protocol.Event(1, protocol.Token("hi", 7)), 9)
+
+    def script(session: FakeSession) -> None:
+        request = session.receive()
+        assert isinstance(request, protocol.Request) and isinstance(request.body, protocol.GenerateRequest)
+        session.send(protocol.Event(1, protocol.Token("Hello", 5)))
+        session.send_bytes(token[0])
+        assert session.receive() == protocol.Cancel(1)
+        session.send_bytes(token[1])
+        assert session.receive() == protocol.Request(2, protocol.PingRequest())
+        session.send(protocol.Response(2, protocol.Pong()))
+        session.wait_for_the_end()
+
+    fake = fake_daemon(fakes, script)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        stream = client.generate("fake", "Hi", window=4)
+        assert next(stream).text == "Hello"
+        with interrupted_after(0.2), pytest.raises(KeyboardInterrupt):
+            next(stream)
+        assert stream.finished
+        stream.close()  # nothing more to do
+        assert client.ping() >= 0
+
+
+def test_a_daemon_that_never_answers_times_out_as_a_connect_error() -> None:
+    directory = tempfile.mkdtemp(prefix="mlxd-mute-", dir="/tmp")
+    path = os.path.join(directory, "s.sock")
+    mute = socket.socket(socket.AF_UNIX)
+    try:
+        mute.bind(path)
+        mute.listen(4)  # connections wait in the backlog: never accepted, never answered
+        started = time.monotonic()
+        with pytest.raises(mlxd.ConnectTimeoutError) as timed_out:
+            mlxd.Client(path, fallback=False, connect_timeout=0.3)
+        assert isinstance(timed_out.value, mlxd.ConnectError) and isinstance(timed_out.value, TimeoutError)
+        assert path in str(timed_out.value)
+
+        async def over_async() -> None:
+            with pytest.raises(mlxd.ConnectTimeoutError) as timed_out:
+                await mlxd.AsyncClient(path, fallback=False, connect_timeout=0.3).connect()
+            assert isinstance(timed_out.value, asyncio.TimeoutError)
+            assert path in str(timed_out.value)
+
+        asyncio.run(over_async())
+        assert time.monotonic() - started < 5
+    finally:
+        mute.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
+def test_frames_of_any_size_in_any_pieces_come_out_whole() -> None:
+    """The blocking client's inbox: frames larger than it, several in one read, split
+    anywhere, prefix included."""
+    random = Random(17)
+    messages: List[protocol.ServerMessage] = [
+        protocol.Response(i, protocol.Text("x" * size))
+        for i, size in enumerate([0, 1, 70_000, 10, 65_530, 3, 300_000, 5, 65_536, 2], start=1)
+    ]
+    data = b"".join(frame_of(message) for message in messages)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        connection = _sync._Connection(_sync._SocketIO(ours), "socketpair")
+        connection.max_in = 1 << 20
+
+        def send_in_pieces() -> None:
+            at = 0
+            while at < len(data):
+                piece = random.choice([1, 2, 3, 7, 4096, 70_000])
+                theirs.sendall(data[at : at + piece])
+                at += piece
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        try:
+            assert [connection.read_message() for _ in messages] == messages
+        finally:
+            sender.join(10)
