@@ -60,7 +60,13 @@ impl HfRef {
             bail!("hf:{} is not in the Hugging Face cache at {}; {fetch}", self.repo, cache.display());
         }
         let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
-            Ok(commit) => commit.trim().to_owned(),
+            // A ref holds a commit hash, nothing else (never a path).
+            Ok(commit) if is_commit(commit.trim()) => commit.trim().to_owned(),
+            Ok(_) => bail!(
+                "hf:{}: {} does not hold a commit hash",
+                self.repo,
+                repo_dir.join("refs").join(revision).display()
+            ),
             // A commit hash names its snapshot directly.
             Err(_) if is_commit(revision) => revision.to_owned(),
             Err(_) => bail!(
@@ -138,6 +144,9 @@ pub fn list_in(cache: &Path) -> Result<Vec<Cached>> {
         let dir_name = entry.file_name().to_string_lossy().into_owned();
         let Some(repo) = dir_name.strip_prefix("models--").and_then(|r| r.split_once("--")) else { continue };
         let repo = format!("{}/{}", repo.0, repo.1);
+        if !matches!(HfRef::parse(&format!("hf:{repo}")), Some(Ok(_))) {
+            continue;
+        }
         for revision in revisions(&entry.path()) {
             let reference = HfRef { repo: repo.clone(), revision: Some(revision.clone()) };
             if let Ok(path) = reference.resolve_in(cache) {
@@ -185,6 +194,10 @@ mod tests {
         assert!(missing.contains("not in the Hugging Face cache") && missing.contains("never downloads"), "{missing}");
         let branch = HfRef::parse("hf:org/tiny@dev").unwrap().unwrap().resolve_in(&cache).unwrap_err().to_string();
         assert!(branch.contains("no revision \"dev\"") && branch.contains("main"), "{branch}");
+        // A ref holds a commit, never a path out of the cache.
+        std::fs::write(repo.join("refs/evil"), "../../../../etc").unwrap();
+        let evil = HfRef::parse("hf:org/tiny@evil").unwrap().unwrap().resolve_in(&cache).unwrap_err().to_string();
+        assert!(evil.contains("does not hold a commit hash"), "{evil}");
         let listed = list_in(&cache).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "hf:org/tiny");

@@ -366,7 +366,12 @@ fn serve(socket: Option<PathBuf>, options: &ServeOptions, matches: &clap::ArgMat
 }
 
 fn stdio(options: &ServeOptions, matches: &clap::ArgMatches) -> Result<()> {
-    let (config, catalog) = build_config(options, matches)?;
+    let (mut config, catalog) = build_config(options, matches)?;
+    // A private daemon for one client's session: a spare worker would mostly be started
+    // for nothing (and its replacement after the first load too), unless asked for.
+    if options.settings.spare_workers.is_none() {
+        config.spare_workers = 0;
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::new(config, catalog, "stdio".into());

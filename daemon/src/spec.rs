@@ -144,13 +144,18 @@ pub fn check_servable(dir: &Path, site_packages: &Path) -> Result<ModelKind> {
         return Ok(kind);
     }
     let model_type = model_type(dir)?;
+    if !model_type.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+        bail!("{}: model_type {model_type:?} is not an architecture name", dir.display());
+    }
     let mlx_lm = site_packages.join("mlx_lm");
     if !mlx_lm.is_dir() {
         // No mlx-lm to ask (a daemon whose virtualenv is elsewhere): the worker will say.
         return Ok(kind);
     }
+    // As mlx-lm's `_get_classes` imports it: `mlx_lm.models.<type>` (names as written,
+    // some have hyphens), or the module its remapping tables name.
     let remapped = mlx_lm_remapping(&mlx_lm).into_iter().find(|(from, _)| *from == model_type).map(|(_, to)| to);
-    let module = remapped.as_deref().unwrap_or(&model_type).replace('-', "_");
+    let module = remapped.as_deref().unwrap_or(&model_type);
     if mlx_lm.join("models").join(format!("{module}.py")).is_file() {
         return Ok(kind);
     }
@@ -163,20 +168,66 @@ pub fn check_servable(dir: &Path, site_packages: &Path) -> Result<ModelKind> {
     )
 }
 
-/// mlx-lm's `MODEL_REMAPPING` (model types served by another type's module), read from
-/// its source: `"from": "to",` lines of the dict literal in `mlx_lm/utils.py`.
+/// mlx-lm's remapping tables (model types served by another type's module), read from
+/// its source, `mlx_lm/utils.py`: `MODEL_REMAPPING`'s `"from": "to",` lines, and
+/// `MODEL_ARCHITECTURE_REMAPPING`'s `("from", "Architecture"): "to",` lines (taken as
+/// "from is served", whatever the architecture: the worker has the last word).
 fn mlx_lm_remapping(mlx_lm: &Path) -> Vec<(String, String)> {
     let Ok(source) = std::fs::read_to_string(mlx_lm.join("utils.py")) else { return Vec::new() };
-    let Some(start) = source.find("MODEL_REMAPPING = {") else { return Vec::new() };
-    source[start..]
-        .lines()
-        .skip(1)
-        .take_while(|line| !line.trim_start().starts_with('}'))
-        .filter_map(|line| {
-            let line = line.split('#').next()?.trim().trim_end_matches(',');
-            let (from, to) = line.split_once(':')?;
-            let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_owned();
-            Some((unquote(from), unquote(to)))
-        })
-        .collect()
+    let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_owned();
+    let table = |name: &str| -> Vec<String> {
+        let Some(start) = source.find(&format!("{name} = {{")) else { return Vec::new() };
+        source[start..]
+            .lines()
+            .skip(1)
+            .take_while(|line| !line.trim_start().starts_with('}'))
+            .filter_map(|line| line.split('#').next().map(|l| l.trim().trim_end_matches(',').to_owned()))
+            .filter(|line| !line.is_empty())
+            .collect()
+    };
+    let mut pairs: Vec<(String, String)> = table("MODEL_REMAPPING")
+        .iter()
+        .filter_map(|line| line.split_once(':').map(|(from, to)| (unquote(from), unquote(to))))
+        .collect();
+    pairs.extend(table("MODEL_ARCHITECTURE_REMAPPING").iter().filter_map(|line| {
+        let (key, to) = line.rsplit_once(':')?;
+        let from = key.trim().trim_start_matches('(').split(',').next()?;
+        Some((unquote(from), unquote(to)))
+    }));
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_are_checked_against_the_installed_mlx_lm_as_it_imports_them() {
+        let root = std::env::temp_dir().join(format!("mlxd-spec-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let site = root.join("site-packages");
+        std::fs::create_dir_all(site.join("mlx_lm/models")).unwrap();
+        for module in ["llama", "nemotron-nas", "bailing_moe_v3"] {
+            std::fs::write(site.join(format!("mlx_lm/models/{module}.py")), "").unwrap();
+        }
+        std::fs::write(
+            site.join("mlx_lm/utils.py"),
+            "MODEL_REMAPPING = {\n    \"mistral\": \"llama\",  # same code\n}\n\
+             MODEL_ARCHITECTURE_REMAPPING = {\n    (\"bailing_hybrid\", \"BailingMoeV3ForCausalLM\"): \"bailing_moe_v3\",\n}\n",
+        )
+        .unwrap();
+        let model = |model_type: &str| {
+            let dir = root.join(model_type.replace('/', "_"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("config.json"), format!("{{\"model_type\": {model_type:?}}}")).unwrap();
+            check_servable(&dir, &site)
+        };
+        for served in ["llama", "mistral", "nemotron-nas", "bailing_hybrid", "bert"] {
+            assert!(model(served).is_ok(), "{served}: {:?}", model(served));
+        }
+        let refused = model("no_such_arch").unwrap_err().to_string();
+        assert!(refused.contains("\"no_such_arch\" is not supported"), "{refused}");
+        assert!(model("../utils").unwrap_err().to_string().contains("not an architecture name"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

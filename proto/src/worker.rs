@@ -50,7 +50,8 @@ pub enum ToWorker {
 pub struct ModelToLoad {
     pub name: String,
     pub kind: ModelKind,
-    pub path: String,
+    /// The model directory's path, as bytes (a Unix path need not be UTF-8).
+    pub path: Vec<u8>,
     pub max_streams: u32,
     pub prompt_cache_bytes: u64,
 }

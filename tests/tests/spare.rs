@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use mlxd_tests::{eventually, model_named, Daemon};
 
-/// The pids of every spare the daemon logged as started, in order.
+/// The pids of every spare the daemon logged as ready (imports done), in order; a load
+/// adopts only a ready spare.
 fn spares_started(daemon: &Daemon) -> Vec<u32> {
     daemon
         .log_text()
         .lines()
-        .filter(|l| l.contains("spare worker started"))
+        .filter(|l| l.contains("spare worker ready"))
         .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
 }
@@ -32,9 +33,10 @@ fn cmdline(pid: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_adopts_the_spare_which_is_replaced_and_none_outlives_the_daemon() {
     let mut daemon = Daemon::start(&["--spare-workers", "1"]);
-    assert!(eventually(Duration::from_secs(10), || !spares_started(&daemon).is_empty()), "{}", daemon.log_text());
+    assert!(eventually(Duration::from_secs(60), || !spares_started(&daemon).is_empty()), "{}", daemon.log_text());
     let first = spares_started(&daemon)[0];
     assert!(cmdline(first).contains("worker --spare"), "{}", cmdline(first));
+    assert!(daemon.log_text().contains(&format!("spare worker started pid={first}")));
 
     // The first load adopts it: the model's worker is the spare's process.
     let client = daemon.client().await;

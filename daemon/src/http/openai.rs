@@ -139,8 +139,9 @@ struct Sampling {
     frequency_penalty: Option<f32>,
     /// Extensions that vLLM and llama.cpp's server also take (openai SDKs send them with
     /// `extra_body`): the sampler's other knobs, at their neutral values when absent.
+    /// vLLM's -1 (and 0) is "off".
     #[serde(default)]
-    top_k: Option<u32>,
+    top_k: Option<i64>,
     #[serde(default)]
     min_p: Option<f32>,
     #[serde(default)]
@@ -192,7 +193,7 @@ impl Sampling {
             top_p: self.top_p.unwrap_or(1.0),
             seed: self.seed,
             stop,
-            top_k: self.top_k.unwrap_or(0),
+            top_k: self.top_k.map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
         })

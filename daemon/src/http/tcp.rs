@@ -215,8 +215,12 @@ fn is_local_host(host: &str) -> bool {
 
 /// Compares in constant time (the token's length is not secret: it is always 64).
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()))
     else {
         return false;
     };
@@ -235,6 +239,17 @@ mod tests {
         for host in ["evil.example", "evil.example:80", "127.0.0.1.evil.example", "localhost.evil", "10.0.0.1:80"] {
             assert!(!is_local_host(host), "{host}");
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer_matches(&headers, "abc")
+        };
+        assert!(with("Bearer abc") && with("bearer abc") && with("BEARER abc"));
+        assert!(!with("Bearer ABC") && !with("Basic abc") && !with("Bearer") && !with("abc"));
     }
 
     #[test]

@@ -77,6 +77,9 @@ struct State {
     /// soon after such an unload, back to 1 when it is not).
     keep_alive_unloaded_at: Option<Instant>,
     keep_alive_factor: u32,
+    /// Whether the keep-alive counting now is the model's own (not a lease's or a
+    /// request's): only the model's own keep-alive unloading it adapts it.
+    own_keep_alive_counting: bool,
     /// The mapped weight files, held while loaded.
     weights: Pinned,
     health: Health,
@@ -151,6 +154,7 @@ impl Model {
                 unload_requested: false,
                 keep_alive_unloaded_at: None,
                 keep_alive_factor: 1,
+                own_keep_alive_counting: false,
                 weights: Pinned::default(),
                 health: Health::default(),
             }),
@@ -469,7 +473,8 @@ impl Model {
             state.slot = Slot::Unloaded;
             state.unload_requested = false;
             state.weights = Pinned::default();
-            state.keep_alive_unloaded_at = (reason == UnloadReason::KeepAlive).then(Instant::now);
+            state.keep_alive_unloaded_at =
+                (reason == UnloadReason::KeepAlive && state.own_keep_alive_counting).then(Instant::now);
         }
         let _ = done.send(true);
         true
@@ -541,6 +546,7 @@ impl Model {
         state.last_used = Some(now);
         if state.users() == 0 {
             state.idle_since = Some(now);
+            state.own_keep_alive_counting = keep_alive.is_none();
             state.idle_keep_alive = keep_alive.unwrap_or_else(|| self.own_keep_alive(&state));
             self.schedule_idle_unload(&mut state);
         }
@@ -551,7 +557,7 @@ impl Model {
     fn own_keep_alive(&self, state: &State) -> KeepAlive {
         match self.spec.keep_alive {
             KeepAlive::After(base) if self.spec.adaptive_keep_alive && state.keep_alive_factor > 1 => {
-                KeepAlive::After((base * state.keep_alive_factor).min(ADAPTIVE_KEEP_ALIVE_CAP.max(base)))
+                KeepAlive::After(base.saturating_mul(state.keep_alive_factor).min(ADAPTIVE_KEEP_ALIVE_CAP.max(base)))
             }
             other => other,
         }
@@ -562,9 +568,12 @@ impl Model {
     /// [`ADAPTIVE_MAX_FACTOR`] and [`ADAPTIVE_KEEP_ALIVE_CAP`]); one wanted back later gets
     /// its own again.
     fn adapt_keep_alive(&self, state: &mut State, now: Instant) {
-        let (KeepAlive::After(base), true) = (self.spec.keep_alive, self.spec.adaptive_keep_alive) else { return };
+        if !self.spec.adaptive_keep_alive {
+            return;
+        }
         let Some(unloaded) = state.keep_alive_unloaded_at.take() else { return };
-        let window = base * state.keep_alive_factor;
+        // As long again as the keep-alive that unloaded it.
+        let KeepAlive::After(window) = self.own_keep_alive(state) else { return };
         state.keep_alive_factor = if now.duration_since(unloaded) <= window {
             (state.keep_alive_factor * 2).min(ADAPTIVE_MAX_FACTOR)
         } else {

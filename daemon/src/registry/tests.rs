@@ -243,6 +243,18 @@ async fn adaptive_keep_alive_lengthens_for_a_model_wanted_back_soon_and_resets_o
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(keep_alive_after_use(&registry, "a").await <= Duration::from_secs(80));
     }
+    // A lease's own short keep-alive unloading it does not lengthen the model's.
+    tokio::time::sleep(Duration::from_secs(1000)).await;
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1000)).await;
+    let model = registry.get("a").unwrap().clone();
+    let lease = model.lease(Some(KeepAlive::After(Duration::from_secs(1))));
+    model.ready(|_| {}).await.unwrap();
+    drop(lease);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(state(&registry, "a"), ModelState::Unloaded);
+    assert_eq!(keep_alive_after_use(&registry, "a").await, Duration::from_secs(10));
     // Not opted in: always its own.
     for _ in 0..3 {
         assert_eq!(keep_alive_after_use(&registry, "b").await, Duration::from_secs(10));

@@ -148,7 +148,7 @@ impl WorkerHandle {
         let load = ToWorker::Load(mlxd_proto::worker::ModelToLoad {
             name: spec.name.clone(),
             kind: spec.kind,
-            path: spec.path.to_string_lossy().into_owned(),
+            path: std::os::unix::ffi::OsStrExt::as_bytes(spec.path.as_os_str()).to_vec(),
             max_streams: spec.max_streams as u32,
             prompt_cache_bytes: spec.prompt_cache_bytes,
         });

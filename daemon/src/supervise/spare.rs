@@ -40,9 +40,9 @@ pub struct Spare {
     pub pid: u32,
 }
 
-/// How long a load waits for the keeper to hand over its spare (it answers at once when it
-/// has one; when it has none, the load starts its own worker).
-const TAKE_WAIT: Duration = Duration::from_millis(100);
+/// How long a load waits for the keeper to hand over a ready spare (it answers at once;
+/// this only bounds a keeper that cannot run). Without a ready spare a load does not wait.
+const TAKE_WAIT: Duration = Duration::from_secs(2);
 /// The longest an adopted spare's load may delay the next spare.
 const AFTER_ADOPTION_MAX: Duration = Duration::from_secs(60);
 /// After that load, the next spare waits this much longer, so that its imports (a couple
@@ -51,6 +51,10 @@ const AFTER_ADOPTION_PAUSE: Duration = Duration::from_secs(2);
 /// A spare that dies is replaced after this, doubled each time in a row, up to the max.
 const RESPAWN_BACKOFF: Duration = Duration::from_secs(1);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A spare that lived this long resets the backoff; this many failures in a row (a broken
+/// environment) stop the spares for good, with an error in the log.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+const GIVE_UP_AFTER: u32 = 6;
 
 /// The daemon's spare worker (none when `spare_workers` is 0).
 #[derive(Debug)]
@@ -63,6 +67,9 @@ pub struct SparePool {
     adopted_done: Notify,
     /// The current spare's pid, if one is waiting.
     pid: Mutex<Option<u32>>,
+    /// A spare has finished its imports and waits: only then does a load take it (one
+    /// still importing might yet fail, which must not count against the model).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl SparePool {
@@ -74,6 +81,7 @@ impl SparePool {
             keeper: Mutex::new(Some(keeper)),
             adopted_done: Notify::new(),
             pid: Mutex::new(None),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -88,15 +96,22 @@ impl SparePool {
         }
     }
 
-    /// The spare, if one is started (it may still be importing: its `Load` then waits on
-    /// the link, which is still sooner than a new process).
+    /// The spare, if one has finished its imports and waits.
     pub async fn take(&self) -> Option<Spare> {
-        if !self.enabled {
+        if !self.enabled || !self.ready.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         self.requests.try_send(reply).ok()?;
-        tokio::time::timeout(TAKE_WAIT, answer).await.ok()?.ok()
+        match tokio::time::timeout(TAKE_WAIT, &mut answer).await {
+            Ok(spare) => spare.ok(),
+            Err(_) => {
+                // Closed before giving up, so a spare sent at this very moment is still
+                // taken here rather than dropped (which would kill it).
+                answer.close();
+                answer.try_recv().ok()
+            }
+        }
     }
 
     /// The load that adopted the spare is over; a new spare may start.
@@ -129,19 +144,25 @@ async fn keep(
     stop: CancellationToken,
 ) {
     let mut backoff = RESPAWN_BACKOFF;
+    let mut failures = 0;
     loop {
         if stop.is_cancelled() {
             return;
         }
+        let started = tokio::time::Instant::now();
         let end = match start_spare(&config, &tasks) {
-            Ok(spare) => wait(&pool, spare, &mut requests, &stop).await,
+            Ok(spare) => wait(&pool, spare, &mut requests, config.restart.stuck_after, &stop).await,
             Err(err) => End::Died(format!("cannot start: {err}")),
         };
         pool.set_pid(None);
+        pool.ready.store(false, std::sync::atomic::Ordering::Release);
+        if started.elapsed() >= HEALTHY_AFTER {
+            (backoff, failures) = (RESPAWN_BACKOFF, 0);
+        }
         match end {
             End::Stop => return,
             End::Adopted => {
-                backoff = RESPAWN_BACKOFF;
+                (backoff, failures) = (RESPAWN_BACKOFF, 0);
                 tokio::select! {
                     () = pool.adopted_done.notified() => {}
                     () = tokio::time::sleep(AFTER_ADOPTION_MAX) => {}
@@ -153,6 +174,14 @@ async fn keep(
                 }
             }
             End::Died(why) => {
+                failures += 1;
+                if failures >= GIVE_UP_AFTER {
+                    tracing::error!(
+                        "the spare worker {why}; {failures} in a row failed, so no more are started \
+                         (loads start their own workers)"
+                    );
+                    return;
+                }
                 tracing::warn!(retry_in = ?backoff, "the spare worker {why}; starting another");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -186,6 +215,7 @@ async fn wait(
     pool: &SparePool,
     spare: Spare,
     requests: &mut mpsc::Receiver<oneshot::Sender<Spare>>,
+    stuck_after: Duration,
     stop: &CancellationToken,
 ) -> End {
     let Spare { mut link, child, stderr, pid } = spare;
@@ -193,10 +223,23 @@ async fn wait(
     let mut child = KillOnDrop(Some(child));
     pool.set_pid(Some(pid));
     loop {
+        // The link first: a spare that died is never handed over in the same turn.
         tokio::select! {
+            biased;
             frame = link.next() => match frame {
-                // Its start, and its heartbeats while it waits.
-                Some(Ok(FromWorker::Progress { .. } | FromWorker::Heartbeat { .. })) => {}
+                // Its start (Starting 0/1, then 1/1 when its imports are done).
+                Some(Ok(FromWorker::Progress { stage: mlxd_proto::LoadStage::Starting, done, total })) => {
+                    if done >= total && !pool.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        tracing::info!(pid, "spare worker ready");
+                    }
+                }
+                Some(Ok(FromWorker::Heartbeat { busy, since_progress_ms })) => {
+                    // Importing (busy) without progress for as long as a load may be: hung.
+                    if busy && Duration::from_millis(since_progress_ms) > stuck_after {
+                        return End::Died(format!("made no progress for {} s while importing", stuck_after.as_secs()));
+                    }
+                }
+                Some(Ok(FromWorker::Progress { .. })) => {}
                 Some(Ok(FromWorker::LoadFailed { message })) => return End::Died(format!("failed: {message}")),
                 Some(Ok(other)) => return End::Died(format!("sent {other:?} before it was given a model")),
                 Some(Err(err)) => return End::Died(format!("broke its link: {err}")),

@@ -75,7 +75,7 @@ impl WorkerArgs {
         WorkerArgs {
             name: model.name,
             kind: model.kind,
-            path: PathBuf::from(model.path),
+            path: PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&model.path)),
             python,
             max_streams: model.max_streams as usize,
             prompt_cache_bytes: model.prompt_cache_bytes,

@@ -104,6 +104,9 @@ fn spare(
         let _ = out.blocking_send(FromWorker::LoadFailed { message });
         return None;
     }
+    // Ready to be adopted: the supervisor hands out only spares that have said so.
+    let _ = out.blocking_send(FromWorker::Progress { stage: LoadStage::Starting, done: 1, total: 1 });
+    pulse.progress();
     pulse.set_busy(false);
     loop {
         match items.blocking_recv()? {
