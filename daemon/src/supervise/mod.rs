@@ -106,11 +106,9 @@ impl WorkerHandle {
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(spec, e))?;
         let mut child = spawn_child(config, spec, theirs.into()).map_err(|e| spawn_error(spec, e))?;
         let stderr = StderrTail::default();
+        stderr.set_model(&spec.name);
         if let Some(pipe) = child.stderr.take() {
-            tasks.spawn(
-                "worker stderr",
-                forward_stderr(pipe, stderr.clone(), spec.name.clone(), child.id().unwrap_or(0)),
-            );
+            tasks.spawn("worker stderr", forward_stderr(pipe, stderr.clone(), child.id().unwrap_or(0)));
         }
         ours.set_nonblocking(true).map_err(|e| spawn_error(spec, e))?;
         let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(spec, e))?;
@@ -145,6 +143,7 @@ impl WorkerHandle {
     ) -> Result<WorkerHandle, WireError> {
         let spare::Spare { mut link, child, stderr, pid } = spare;
         tracing::info!(model = %spec.name, pid, "adopting the spare worker");
+        stderr.set_model(&spec.name);
         let load = ToWorker::Load(mlxd_proto::worker::ModelToLoad {
             name: spec.name.clone(),
             kind: spec.kind,

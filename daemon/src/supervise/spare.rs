@@ -198,8 +198,9 @@ fn start_spare(config: &DaemonConfig, tasks: &Tasks) -> std::io::Result<Spare> {
     let mut child = spawn_spare_child(config, theirs.into())?;
     let pid = child.id().unwrap_or(0);
     let stderr = StderrTail::default();
+    stderr.set_model("(spare)");
     if let Some(pipe) = child.stderr.take() {
-        tasks.spawn("worker stderr", forward_stderr(pipe, stderr.clone(), "(spare)".into(), pid));
+        tasks.spawn("worker stderr", forward_stderr(pipe, stderr.clone(), pid));
     }
     ours.set_nonblocking(true)?;
     let link = Framed::new(

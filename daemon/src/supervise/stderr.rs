@@ -12,15 +12,24 @@ const STDERR_TAIL_LINES: usize = 12;
 
 /// The last lines a worker wrote to stderr (each is also logged as it comes).
 #[derive(Debug, Clone)]
-pub struct StderrTail(Arc<(Mutex<VecDeque<String>>, watch::Sender<bool>)>);
+pub struct StderrTail(Arc<(Mutex<VecDeque<String>>, watch::Sender<bool>)>, Arc<Mutex<String>>);
 
 impl Default for StderrTail {
     fn default() -> Self {
-        StderrTail(Arc::new((Mutex::new(VecDeque::new()), watch::Sender::new(false))))
+        StderrTail(Arc::new((Mutex::new(VecDeque::new()), watch::Sender::new(false))), Arc::default())
     }
 }
 
 impl StderrTail {
+    /// The model the worker's lines are logged under ("(spare)" until a spare is adopted).
+    pub(super) fn set_model(&self, model: &str) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = model.to_owned();
+    }
+
+    fn model(&self) -> String {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub(super) fn push(&self, line: String) {
         let mut lines = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == STDERR_TAIL_LINES {
@@ -53,10 +62,10 @@ pub(super) fn tail_suffix(stderr: &StderrTail) -> String {
 
 /// Logs a worker's stderr line by line (it is the worker's own log) and keeps the last
 /// lines for the cause of its death.
-pub(super) async fn forward_stderr(pipe: tokio::process::ChildStderr, tail: StderrTail, model: String, pid: u32) {
+pub(super) async fn forward_stderr(pipe: tokio::process::ChildStderr, tail: StderrTail, pid: u32) {
     let mut lines = tokio::io::BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "mlxd::worker", %model, pid, "{line}");
+        tracing::info!(target: "mlxd::worker", model = %tail.model(), pid, "{line}");
         tail.push(line);
     }
     tail.0 .1.send_replace(true);
