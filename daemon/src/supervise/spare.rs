@@ -65,8 +65,6 @@ pub struct SparePool {
     keeper: Mutex<Option<mpsc::Receiver<oneshot::Sender<Spare>>>>,
     /// The adopting load is done (ready or failed): the next spare may start.
     adopted_done: Notify,
-    /// The current spare's pid, if one is waiting.
-    pid: Mutex<Option<u32>>,
     /// A spare has finished its imports and waits: only then does a load take it (one
     /// still importing might yet fail, which must not count against the model).
     ready: std::sync::atomic::AtomicBool,
@@ -80,7 +78,6 @@ impl SparePool {
             requests,
             keeper: Mutex::new(Some(keeper)),
             adopted_done: Notify::new(),
-            pid: Mutex::new(None),
             ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -118,15 +115,6 @@ impl SparePool {
     pub fn adoption_done(&self) {
         self.adopted_done.notify_one();
     }
-
-    /// The pid of the spare waiting now, if any.
-    pub fn pid(&self) -> Option<u32> {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_pid(&self, pid: Option<u32>) {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
-    }
 }
 
 /// Why a spare stopped waiting.
@@ -154,7 +142,6 @@ async fn keep(
             Ok(spare) => wait(&pool, spare, &mut requests, config.restart.stuck_after, &stop).await,
             Err(err) => End::Died(format!("cannot start: {err}")),
         };
-        pool.set_pid(None);
         pool.ready.store(false, std::sync::atomic::Ordering::Release);
         if started.elapsed() >= HEALTHY_AFTER {
             (backoff, failures) = (RESPAWN_BACKOFF, 0);
@@ -222,7 +209,6 @@ async fn wait(
     let Spare { mut link, child, stderr, pid } = spare;
     // Killed if this returns without handing it over.
     let mut child = KillOnDrop(Some(child));
-    pool.set_pid(Some(pid));
     loop {
         // The link first: a spare that died is never handed over in the same turn.
         tokio::select! {
