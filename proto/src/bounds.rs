@@ -241,6 +241,7 @@ mod tests {
                 normalize: false,
                 priority: Priority::Batch,
                 deadline_ms: None,
+                prompt: None,
             }),
         };
         assert!(decode_body_within::<ClientMessage>(&encode_body(&embed(3)).unwrap(), limits).is_ok());

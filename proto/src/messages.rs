@@ -1,4 +1,4 @@
-//! Client ↔ daemon messages, protocol version 3 ([`crate::PROTOCOL_VERSION`]; history in
+//! Client ↔ daemon messages, protocol version 4 ([`crate::PROTOCOL_VERSION`]; history in
 //! PROTOCOL.md §7).
 //!
 //! Rules that keep old peers working: enum variants are only ever appended (bincode
@@ -83,6 +83,9 @@ pub enum Request {
     /// The daemon's Prometheus metrics as OpenMetrics text; answered by the supervisor.
     /// Since v2 (appended).
     Metrics,
+    /// Scores documents against a query with a reranking (cross-encoder) model; ends with
+    /// `Response::Reranked`. Since v4 (appended).
+    Rerank(RerankRequest),
 }
 
 /// Which model a request is for: by name (used for that request only) or by a lease of
@@ -119,6 +122,26 @@ pub struct EmbedRequest {
     pub normalize: bool,
     pub priority: Priority,
     /// Drop the request with `Timeout` if it is still queued this long after arrival.
+    pub deadline_ms: Option<u64>,
+    /// Which of the model's named prompts (sentence-transformers' `prompts`, e.g. "query",
+    /// "document") is put before each text: `None` = the model's default prompt (none if it
+    /// has no default), `Some("")` = no prompt, a name the model lacks = `BadRequest`.
+    /// Since v4.
+    pub prompt: Option<String>,
+}
+
+/// Scores each document's relevance to the query. Since v4.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankRequest {
+    pub model: ModelRef,
+    pub query: String,
+    /// At most the session's `max_texts_per_embed`; each, like the query, at most
+    /// `max_text_bytes`.
+    #[serde(deserialize_with = "crate::bounds::texts")]
+    pub documents: Vec<String>,
+    /// Return only the best `top_n` (all when `None`).
+    pub top_n: Option<u32>,
+    pub priority: Priority,
     pub deadline_ms: Option<u64>,
 }
 
@@ -245,6 +268,26 @@ pub enum Response {
     /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
     /// Since v2 (appended).
     Metrics(String),
+    /// The answer to `Rerank`. Since v4 (appended).
+    Reranked(Reranked),
+}
+
+/// Documents by relevance, best first (ties in document order), at most `top_n`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reranked {
+    pub model: String,
+    pub results: Vec<RerankResult>,
+    /// Tokens of all (query, document) pairs as the model read them.
+    pub prompt_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RerankResult {
+    /// The document's position in the request.
+    pub index: u32,
+    /// The model's relevance score: the sigmoid of its logit, in [0, 1], as
+    /// sentence-transformers' `CrossEncoder` gives for a one-label model.
+    pub score: f32,
 }
 
 /// One weight file mapped by the daemon (once, however many models use it).
@@ -334,6 +377,8 @@ pub struct LeaseInfo {
 pub enum ModelKind {
     Embedding,
     Generation,
+    /// A cross-encoder that scores (query, document) pairs. Since v4 (appended).
+    Rerank,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,6 +416,14 @@ pub struct ModelInfo {
     pub last_error: Option<String>,
     /// The model's scheduler: queue, slots and what happened to requests. Since v2.
     pub sched: SchedStats,
+    /// Embedding models: the named prompts a request may choose (`EmbedRequest::prompt`),
+    /// sorted, and the one used when a request names none. Since v4.
+    pub prompts: Vec<String>,
+    pub default_prompt: Option<String>,
+    /// Bytes the memory budget counts for the model when loaded: its weights as served
+    /// (after any conversion) plus, for generation models, the KV cache of `slots`
+    /// streams at `max_seq_len` tokens. Since v4.
+    pub estimated_bytes: u64,
 }
 
 /// A model's scheduler at a glance; counters run from the daemon's start. Since v2.

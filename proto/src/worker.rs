@@ -21,6 +21,7 @@ pub fn kind_name(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Embedding => "embedding",
         ModelKind::Generation => "generation",
+        ModelKind::Rerank => "rerank",
     }
 }
 
@@ -61,6 +62,15 @@ pub enum Job {
     Embed {
         texts: Vec<String>,
         normalize: bool,
+        /// Per text, the name of the model's prompt put before it ("" = none); the daemon
+        /// has checked each name is one of the model's.
+        prompts: Vec<String>,
+    },
+    /// Scores of (query, document) pairs: every document of `documents[i]` against
+    /// `queries[i]`; answered with `JobOutput::Scores`, documents in order.
+    Rerank {
+        queries: Vec<String>,
+        documents: Vec<Vec<String>>,
     },
     Tokenize {
         text: String,
@@ -132,4 +142,10 @@ pub enum JobOutput {
     Tokens(Vec<u32>),
     Text(String),
     Generated(GenerationSummary),
+    /// Relevance scores (sigmoid of the logit) of a `Rerank` job's documents, in order,
+    /// and each pair's token count.
+    Scores {
+        scores: Vec<f32>,
+        tokens: Vec<u32>,
+    },
 }

@@ -84,6 +84,9 @@ fn model_info(name: &str, kind: ModelKind, state: ModelState) -> ModelInfo {
             batched_requests: 990,
             service_us: 1834,
         },
+        prompts: Vec::new(),
+        default_prompt: None,
+        estimated_bytes: 90_868_736,
     }
 }
 
@@ -146,6 +149,7 @@ fn messages() -> Vec<Value> {
                     normalize: true,
                     priority: Priority::Interactive,
                     deadline_ms: None,
+                    prompt: None,
                 }),
             ),
         ),
@@ -159,6 +163,49 @@ fn messages() -> Vec<Value> {
                     normalize: false,
                     priority: Priority::Batch,
                     deadline_ms: Some(2_000),
+                    prompt: Some("query".into()),
+                }),
+            ),
+        ),
+        client(
+            "request_embed_without_prompt",
+            request(
+                19,
+                Request::Embed(EmbedRequest {
+                    model: ModelRef::Name("e5".into()),
+                    texts: vec!["passage text".into()],
+                    normalize: true,
+                    priority: Priority::Interactive,
+                    deadline_ms: None,
+                    prompt: Some(String::new()),
+                }),
+            ),
+        ),
+        client(
+            "request_rerank",
+            request(
+                20,
+                Request::Rerank(RerankRequest {
+                    model: ModelRef::Name("bge-reranker".into()),
+                    query: "what is a panda?".into(),
+                    documents: vec!["hi".into(), "The giant panda is a bear native to China.".into(), String::new()],
+                    top_n: Some(2),
+                    priority: Priority::Interactive,
+                    deadline_ms: Some(5_000),
+                }),
+            ),
+        ),
+        client(
+            "request_rerank_by_lease_all",
+            request(
+                21,
+                Request::Rerank(RerankRequest {
+                    model: ModelRef::Lease(9_007_199_254_740_991),
+                    query: String::new(),
+                    documents: Vec::new(),
+                    top_n: None,
+                    priority: Priority::Batch,
+                    deadline_ms: None,
                 }),
             ),
         ),
@@ -271,6 +318,12 @@ fn messages() -> Vec<Value> {
                     model_info("a", ModelKind::Embedding, ModelState::Unloaded),
                     model_info("b", ModelKind::Generation, ModelState::Loading),
                     model_info("c", ModelKind::Generation, ModelState::Unloading),
+                    ModelInfo {
+                        prompts: vec!["document".into(), "query".into()],
+                        default_prompt: Some("query".into()),
+                        ..model_info("e5", ModelKind::Embedding, ModelState::Unloaded)
+                    },
+                    ModelInfo { dim: 0, ..model_info("r", ModelKind::Rerank, ModelState::Ready) },
                 ]),
             ),
         ),
@@ -357,6 +410,24 @@ fn messages() -> Vec<Value> {
         server(
             "response_metrics",
             respond(16, Response::Metrics("# TYPE mlxd_sessions gauge\nmlxd_sessions 1\n# EOF\n".into())),
+        ),
+        server(
+            "response_reranked",
+            respond(
+                20,
+                Response::Reranked(Reranked {
+                    model: "bge-reranker".into(),
+                    results: vec![
+                        RerankResult { index: 1, score: 0.9985 },
+                        RerankResult { index: 0, score: 1.5e-5 },
+                    ],
+                    prompt_tokens: 31,
+                }),
+            ),
+        ),
+        server(
+            "response_reranked_empty",
+            respond(21, Response::Reranked(Reranked { model: "r".into(), results: Vec::new(), prompt_tokens: 0 })),
         ),
         server(
             "event_token",

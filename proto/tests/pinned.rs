@@ -74,9 +74,26 @@ fn requests() {
                 normalize: true,
                 priority: Priority::Batch,
                 deadline_ms: None,
+                prompt: Some("query".into()),
             }),
         },
-        "01 03 05 01 04 01 02 68 69 01 01 00",
+        // ... deadline_ms None | prompt Some("query") (since v4)
+        "01 03 05 01 04 01 02 68 69 01 01 00 01 05 71 75 65 72 79",
+    );
+    pinned(
+        &ClientMessage::Request {
+            id: 8,
+            body: Request::Rerank(RerankRequest {
+                model: ModelRef::Name("r".into()),
+                query: "q".into(),
+                documents: vec!["a".into(), "b".into()],
+                top_n: Some(1),
+                priority: Priority::Interactive,
+                deadline_ms: None,
+            }),
+        },
+        // Rerank is Request variant 13 (appended in v4)
+        "01 08 0d 00 01 72 01 71 02 01 61 01 62 01 01 00 00",
     );
     pinned(
         &ClientMessage::Request {
