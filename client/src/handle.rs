@@ -1,7 +1,7 @@
 //! Leased model handles. A handle keeps its model loaded for as long as it lives and is
 //! only valid on the connection that took it; dropping it releases the lease.
 
-use mlxd_proto::{EmbedRequest, Embeddings, LeaseId, ModelInfo, ModelRef, Priority, Request, Response};
+use mlxd_proto::{EmbedRequest, Embeddings, LeaseId, ModelInfo, ModelRef, Priority, Request, Reranked, Response};
 
 use crate::{Client, ClientError};
 
@@ -27,7 +27,7 @@ impl ModelHandle {
         &self.info
     }
 
-    /// Embeds `texts` (L2-normalised, interactive priority).
+    /// Embeds `texts` (L2-normalised, interactive priority, the model's default prompt).
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, ClientError> {
         self.client
             .embed_with(EmbedRequest {
@@ -36,7 +36,20 @@ impl ModelHandle {
                 normalize: true,
                 priority: Priority::Interactive,
                 deadline_ms: None,
+                prompt: None,
             })
+            .await
+    }
+
+    /// Scores `documents` against `query` (reranking models), best first.
+    pub async fn rerank(
+        &self,
+        query: &str,
+        documents: Vec<String>,
+        top_n: Option<u32>,
+    ) -> Result<Reranked, ClientError> {
+        self.client
+            .rerank_with(crate::requests::rerank_request(ModelRef::Lease(self.lease), query, documents, top_n))
             .await
     }
 

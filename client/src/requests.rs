@@ -1,6 +1,9 @@
 //! One method per request family on [`Client`]: the typed front of [`Client::call`].
 
-use mlxd_proto::{DaemonStatus, EmbedRequest, Embeddings, Event, LeaseRequest, ModelInfo, ModelRef, Request, Response};
+use mlxd_proto::{
+    DaemonStatus, EmbedRequest, Embeddings, Event, LeaseRequest, ModelInfo, ModelRef, Priority, Request, RerankRequest,
+    Reranked, Response,
+};
 
 use crate::connection::unexpected;
 use crate::{Client, ClientError, ModelHandle};
@@ -65,8 +68,28 @@ impl Client {
             normalize: true,
             priority: Default::default(),
             deadline_ms: None,
+            prompt: None,
         })
         .await
+    }
+
+    /// Scores `documents` against `query` with the named reranking model, best first
+    /// (all of them, or the best `top_n`).
+    pub async fn rerank(
+        &self,
+        model: &str,
+        query: &str,
+        documents: Vec<String>,
+        top_n: Option<u32>,
+    ) -> Result<Reranked, ClientError> {
+        self.rerank_with(rerank_request(ModelRef::Name(model.into()), query, documents, top_n)).await
+    }
+
+    pub async fn rerank_with(&self, request: RerankRequest) -> Result<Reranked, ClientError> {
+        match self.call(Request::Rerank(request)).await? {
+            Response::Reranked(reranked) => Ok(reranked),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub async fn embed_with(&self, request: EmbedRequest) -> Result<Embeddings, ClientError> {
@@ -90,4 +113,13 @@ impl Client {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+pub(crate) fn rerank_request(
+    model: ModelRef,
+    query: &str,
+    documents: Vec<String>,
+    top_n: Option<u32>,
+) -> RerankRequest {
+    RerankRequest { model, query: query.into(), documents, top_n, priority: Priority::Interactive, deadline_ms: None }
 }

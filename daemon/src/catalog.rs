@@ -58,7 +58,7 @@ impl Catalog {
             };
             // Sized from what one batch holds, so a full queue is a few batches of work.
             let batch = match model.kind {
-                ModelKind::Embedding => config.embed_batch.max_batch,
+                ModelKind::Embedding | ModelKind::Rerank => config.embed_batch.max_batch,
                 ModelKind::Generation => model.max_streams,
             };
             model.queue_capacity = entry

@@ -176,6 +176,7 @@ impl Metrics {
             let work = match kind {
                 ModelKind::Embedding => "embed",
                 ModelKind::Generation => "generate",
+                ModelKind::Rerank => "rerank",
             };
             let with = |key: &'static str, value: &str| vec![("model", name.to_owned()), (key, value.to_owned())];
             let mut ok = with("kind", work);

@@ -56,11 +56,16 @@ pub struct ModelSpec {
     pub queue_capacity: usize,
     /// Bytes of KV cache kept for recent prompts (generation models; 0: none).
     pub prompt_cache_bytes: u64,
+    /// Embedding models: the names of the prompts sentence-transformers puts before a text
+    /// (`config_sentence_transformers.json`), sorted, and the one used by default.
+    pub prompts: Vec<String>,
+    pub default_prompt: Option<String>,
 }
 
 impl ModelSpec {
     pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
         let size_bytes = weights_size(&path);
+        let (prompts, default_prompt) = if kind == ModelKind::Embedding { prompts(&path) } else { (Vec::new(), None) };
         ModelSpec {
             name,
             kind,
@@ -73,8 +78,50 @@ impl ModelSpec {
             max_streams: DEFAULT_MAX_STREAMS,
             queue_capacity: QUEUE_PER_BATCH * DEFAULT_MAX_STREAMS,
             prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES,
+            prompts,
+            default_prompt,
         }
     }
+
+    /// Which named prompt an embedding request gets: its own (`""`: none), else the
+    /// model's default; a name the model lacks is a clear error listing the names it has.
+    pub fn resolve_prompt(&self, asked: Option<&str>) -> Result<String, String> {
+        match asked {
+            None => Ok(self.default_prompt.clone().unwrap_or_default()),
+            Some("") => Ok(String::new()),
+            Some(name) if self.prompts.iter().any(|p| p == name) => Ok(name.to_owned()),
+            Some(name) if self.prompts.is_empty() => {
+                Err(format!("model {} has no named prompts, so prompt {name:?} cannot be used", self.name))
+            }
+            Some(name) => Err(format!(
+                "model {} has no prompt {name:?}; its prompts are {}",
+                self.name,
+                self.prompts.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+/// The named prompts of a sentence-transformers model directory
+/// (`config_sentence_transformers.json`: `prompts`, `default_prompt_name`), sorted. A file
+/// that cannot be read gives none: the worker refuses such a model when it loads it.
+fn prompts(dir: &Path) -> (Vec<String>, Option<String>) {
+    let Ok(text) = std::fs::read_to_string(dir.join("config_sentence_transformers.json")) else {
+        return (Vec::new(), None);
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else { return (Vec::new(), None) };
+    let mut names: Vec<String> = config
+        .get("prompts")
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().filter(|k| !k.is_empty()).cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    let default = config
+        .get("default_prompt_name")
+        .and_then(|d| d.as_str())
+        .filter(|d| names.iter().any(|n| n == d))
+        .map(str::to_owned);
+    (names, default)
 }
 
 /// Bytes of weight files (safetensors, GGUF, npz) in a model directory.
@@ -113,25 +160,64 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Encoder families served as embedding models (everything else is a causal LM for mlx-lm).
-const ENCODERS: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert"];
+/// Encoder families mlxd runs itself (`mlxd_runtime`): embedding models, and rerankers
+/// when config.json's architecture is `...ForSequenceClassification` with one label.
+/// Every other architecture is run by mlx-lm: a causal LM, or an embedding model when the
+/// directory is a sentence-transformers one (`modules.json` with a Pooling module).
+pub const ENCODERS: &[&str] = &["bert", "roberta", "xlm-roberta"];
+
+fn config_json(dir: &Path) -> Result<serde_json::Value> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))
+}
 
 /// `model_type` from a model directory's config.json.
 fn model_type(dir: &Path) -> Result<String> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    match config.get("model_type").and_then(|v| v.as_str()) {
+    match config_json(dir)?.get("model_type").and_then(|v| v.as_str()) {
         Some(model_type) if !model_type.is_empty() => Ok(model_type.to_owned()),
-        _ => bail!("{}: no model_type, so the architecture is unknown", config_path.display()),
+        _ => bail!("{}: no model_type, so the architecture is unknown", dir.join("config.json").display()),
     }
 }
 
-/// Reads config.json to tell an embedding encoder from a causal language model.
+/// Whether `modules.json` (a sentence-transformers directory) has a Pooling module.
+fn has_pooling_module(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("modules.json")) else { return false };
+    let Ok(modules) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    modules.as_array().is_some_and(|modules| {
+        modules.iter().any(|m| {
+            m.get("type").and_then(|t| t.as_str()).is_some_and(|t| t == "sentence_transformers.models.Pooling")
+        })
+    })
+}
+
+/// Reads config.json (and modules.json) to tell an embedding model, a reranker and a
+/// causal language model apart.
 pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
+    let config = config_json(dir)?;
     let model_type = model_type(dir)?;
-    Ok(if ENCODERS.contains(&model_type.as_str()) { ModelKind::Embedding } else { ModelKind::Generation })
+    let encoder = ENCODERS.contains(&model_type.as_str());
+    let classifier = config
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| a.iter().any(|name| name.as_str().is_some_and(|n| n.ends_with("ForSequenceClassification"))));
+    if encoder && classifier {
+        let labels = config
+            .get("id2label")
+            .and_then(|l| l.as_object())
+            .map(|l| l.len() as u64)
+            .or_else(|| config.get("num_labels").and_then(|n| n.as_u64()))
+            .unwrap_or(1);
+        if labels != 1 {
+            bail!(
+                "{}: a sequence classifier with {labels} labels is not a reranker (mlxd serves one-label \
+                 cross-encoders)",
+                dir.display()
+            );
+        }
+        return Ok(ModelKind::Rerank);
+    }
+    Ok(if encoder || has_pooling_module(dir) { ModelKind::Embedding } else { ModelKind::Generation })
 }
 
 /// [`detect_kind`], and for a causal LM, that the mlx-lm in `site_packages` implements its
@@ -140,10 +226,10 @@ pub fn detect_kind(dir: &Path) -> Result<ModelKind> {
 /// architecture, not when a client first asks for it.
 pub fn check_servable(dir: &Path, site_packages: &Path) -> Result<ModelKind> {
     let kind = detect_kind(dir)?;
-    if kind == ModelKind::Embedding {
+    let model_type = model_type(dir)?;
+    if ENCODERS.contains(&model_type.as_str()) {
         return Ok(kind);
     }
-    let model_type = model_type(dir)?;
     if !model_type.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
         bail!("{}: model_type {model_type:?} is not an architecture name", dir.display());
     }
@@ -161,7 +247,7 @@ pub fn check_servable(dir: &Path, site_packages: &Path) -> Result<ModelKind> {
     }
     bail!(
         "{}: architecture {model_type:?} is not supported by the installed mlx-lm ({}); \
-         embedding models must be one of {}",
+         encoders must be one of {}",
         dir.display(),
         mlx_lm.display(),
         ENCODERS.join(", ")

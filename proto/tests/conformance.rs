@@ -417,10 +417,7 @@ fn messages() -> Vec<Value> {
                 20,
                 Response::Reranked(Reranked {
                     model: "bge-reranker".into(),
-                    results: vec![
-                        RerankResult { index: 1, score: 0.9985 },
-                        RerankResult { index: 0, score: 1.5e-5 },
-                    ],
+                    results: vec![RerankResult { index: 1, score: 0.9985 }, RerankResult { index: 0, score: 1.5e-5 }],
                     prompt_tokens: 31,
                 }),
             ),

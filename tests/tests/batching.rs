@@ -9,7 +9,7 @@ use mlxd_client::ClientError;
 use mlxd_tests::{minilm_reference, Daemon};
 
 fn request(texts: Vec<String>, normalize: bool, priority: Priority) -> EmbedRequest {
-    EmbedRequest { model: ModelRef::Name("minilm".into()), texts, normalize, priority, deadline_ms: None }
+    EmbedRequest { model: ModelRef::Name("minilm".into()), texts, normalize, priority, deadline_ms: None, prompt: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,7 @@ async fn a_lease_is_only_valid_on_its_own_connection() {
         normalize: true,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt: None,
     };
     match stranger.embed_with(request.clone()).await {
         Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::InvalidLease, "{err}"),

@@ -262,6 +262,7 @@ fn frames_that_would_amplify_in_memory_are_refused_within_a_fixed_bound() {
         normalize: true,
         priority: Priority::Batch,
         deadline_ms: None,
+        prompt: None,
     });
     probe.send(&raw::request(21, embed));
     let error = error_of(&probe.until_final(21).1).clone();
@@ -306,6 +307,7 @@ fn oversized_and_misshapen_worker_replies_fail_only_their_requests() {
             normalize: true,
             priority: Priority::Interactive,
             deadline_ms: None,
+            prompt: None,
         });
         raw.send(&raw::request(id, embed));
         let error = error_of(&raw.until_final(id).1).clone();
@@ -421,6 +423,7 @@ fn one_user_with_many_connections_cannot_crowd_out_another() {
         normalize: true,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt: None,
     });
     other.send(&raw::request(2, embed));
     assert!(matches!(other.until_final(2).1, ServerMessage::Response { body: Response::Embeddings(_), .. }));
@@ -486,6 +489,7 @@ fn a_worker_that_dies_during_shutdown_is_not_restarted() {
         normalize: true,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt: None,
     });
     raw.send(&raw::request(1, embed));
     let mut probe = Raw::connect(&daemon.socket, "probe");

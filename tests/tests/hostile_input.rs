@@ -182,6 +182,7 @@ fn templates() -> Vec<Vec<u8>> {
                 normalize: true,
                 priority: Priority::Interactive,
                 deadline_ms: Some(2000),
+                prompt: None,
             }),
         ),
         request(

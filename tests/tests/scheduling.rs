@@ -17,7 +17,7 @@ use mlxd_client::{Client, ClientError};
 use mlxd_tests::{minilm_reference, model_named, Daemon};
 
 fn request(texts: Vec<String>, priority: Priority, deadline_ms: Option<u64>) -> EmbedRequest {
-    EmbedRequest { model: ModelRef::Name("minilm".into()), texts, normalize: true, priority, deadline_ms }
+    EmbedRequest { model: ModelRef::Name("minilm".into()), texts, normalize: true, priority, deadline_ms, prompt: None }
 }
 
 /// Texts that take the worker a noticeable while (tens of ms) per request.

@@ -205,7 +205,14 @@ async fn one_request(client: &Client, args: &BenchArgs, n: usize) -> Result<u64,
         return Ok(tokens);
     }
     let texts = (0..args.texts).map(|i| format!("benchmark sentence number {n} part {i}")).collect();
-    let request = EmbedRequest { model: ModelRef::Name(model), texts, normalize: true, priority, deadline_ms: None };
+    let request = EmbedRequest {
+        model: ModelRef::Name(model),
+        texts,
+        normalize: true,
+        priority,
+        deadline_ms: None,
+        prompt: None,
+    };
     Ok(u64::from(client.embed_with(request).await?.count))
 }
 

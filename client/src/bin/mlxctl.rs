@@ -77,11 +77,28 @@ enum Command {
     Embed {
         #[arg(long, short)]
         model: String,
-        /// Return raw mean-pooled vectors instead of L2-normalised ones.
+        /// Return the model's vectors as it pools them instead of L2-normalised ones.
         #[arg(long)]
         no_normalize: bool,
+        /// One of the model's named prompts (e.g. query, document; "" for none); without
+        /// it the model's default prompt, if it has one (`mlxctl models` lists them).
+        #[arg(long)]
+        prompt: Option<String>,
         #[arg(required = true, value_name = "TEXT")]
         texts: Vec<String>,
+    },
+    /// Score documents against a query with a reranking model, best first (`-` reads
+    /// one document per line from stdin).
+    Rerank {
+        #[arg(long, short)]
+        model: String,
+        /// Show only the best N.
+        #[arg(long)]
+        top_n: Option<u32>,
+        #[arg(value_name = "QUERY")]
+        query: String,
+        #[arg(required = true, value_name = "DOCUMENT")]
+        documents: Vec<String>,
     },
     /// Generate text, printed as it streams (chat template applied unless --raw).
     Generate {
@@ -274,7 +291,27 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 print!("{}", view::render_models(&models, None));
             }
         }
-        Command::Embed { model, no_normalize, texts } => {
+        Command::Rerank { model, top_n, query, documents } => {
+            let documents = expand_stdin(documents)?;
+            let reranked = client.rerank(model, query, documents.clone(), *top_n).await?;
+            if cli.json {
+                print_json(&json!({
+                    "model": reranked.model,
+                    "prompt_tokens": reranked.prompt_tokens,
+                    "results": reranked.results.iter().map(|r| json!({
+                        "index": r.index,
+                        "score": r.score,
+                        "document": documents.get(r.index as usize),
+                    })).collect::<Vec<_>>(),
+                }));
+            } else {
+                for r in &reranked.results {
+                    let document = documents.get(r.index as usize).map_or("", String::as_str);
+                    println!("{:.4}  [{}] {}", r.score, r.index, document);
+                }
+            }
+        }
+        Command::Embed { model, no_normalize, prompt, texts } => {
             let texts = expand_stdin(texts)?;
             let request = mlxd_client::proto::EmbedRequest {
                 model: ModelRef::Name(model.clone()),
@@ -282,6 +319,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 normalize: !no_normalize,
                 priority: Default::default(),
                 deadline_ms: None,
+                prompt: prompt.clone(),
             };
             let embeddings = client.embed_with(request).await?;
             if cli.json {

@@ -47,6 +47,9 @@ pub fn model_json(m: &ModelInfo) -> serde_json::Value {
         "backend": m.backend,
         "worker_pid": m.worker_pid,
         "last_error": m.last_error,
+        "prompts": m.prompts,
+        "default_prompt": m.default_prompt,
+        "estimated_bytes": m.estimated_bytes,
         "sched": {
             "queued": m.sched.queued,
             "running": m.sched.running,

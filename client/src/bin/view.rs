@@ -84,6 +84,7 @@ pub fn render_models(models: &[ModelInfo], rates: Option<&Rates>) -> String {
         let kind = match m.kind {
             ModelKind::Embedding => "embedding",
             ModelKind::Generation => "generation",
+            ModelKind::Rerank => "rerank",
         };
         let queue = format!("{}/{}", m.queue_depth, m.queue_capacity);
         let keep_alive = match (m.state, m.keep_alive_left_ms) {

@@ -18,6 +18,7 @@ pub fn kind(body: &Request) -> &'static str {
         Request::Lease(_) => "lease",
         Request::Release { .. } => "release",
         Request::Embed(_) => "embed",
+        Request::Rerank(_) => "rerank",
         Request::Generate(_) => "generate",
         Request::Tokenize { .. } => "tokenize",
         Request::Detokenize { .. } => "detokenize",

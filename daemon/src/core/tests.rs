@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mlxd_proto::{EmbedRequest, ErrorCode, LeaseRequest, ModelKind, ModelRef, Priority, Request, Response};
+use mlxd_proto::{
+    EmbedRequest, ErrorCode, LeaseRequest, ModelKind, ModelRef, Priority, Request, RerankRequest, RerankResult,
+    Response,
+};
 
 use super::{caller, dispatch, Caller, Control, Daemon, Peer};
 use crate::catalog::Catalog;
@@ -48,6 +51,7 @@ fn embed(texts: &[&str]) -> Request {
         normalize: false,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt: None,
     })
 }
 
@@ -140,4 +144,89 @@ async fn only_an_operators_load_retries_a_model_whose_circuit_is_open() {
     let owner = Arc::new(Caller::new(8, daemon, &Peer::of_self()));
     assert!(matches!(call(&owner, 1, load()).await, Ok(Response::Loaded(_))));
     assert_eq!(workers.starts(), 2);
+}
+
+/// An embedding model with named prompts ("doc", "query"; "query" by default) and a reranker.
+fn daemon_with_prompts_and_a_reranker() -> Arc<Daemon> {
+    let config = Arc::new(DaemonConfig::for_tests());
+    let mut embedder = ModelSpec::new("e".into(), ModelKind::Embedding, "/nonexistent".into(), "test".into());
+    embedder.prompts = vec!["doc".into(), "query".into()];
+    embedder.default_prompt = Some("query".into());
+    let reranker = ModelSpec::new("r".into(), ModelKind::Rerank, "/nonexistent".into(), "test".into());
+    let catalog = Catalog { models: vec![embedder, reranker], aliases: BTreeMap::new() };
+    let workers = Arc::new(InProcess::default());
+    let registry = Registry::with_effects(config.clone(), catalog, Arc::new(WeightPool::default()), workers);
+    Daemon::with_registry(config, registry, "test".into())
+}
+
+fn rerank(model: &str, query: &str, documents: &[&str], top_n: Option<u32>) -> Request {
+    Request::Rerank(RerankRequest {
+        model: ModelRef::Name(model.into()),
+        query: query.into(),
+        documents: documents.iter().map(|d| (*d).to_owned()).collect(),
+        top_n,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn named_prompts_are_resolved_before_the_batch_and_a_wrong_one_is_refused() {
+    let daemon = daemon_with_prompts_and_a_reranker();
+    let caller = Arc::new(Caller::new(1, daemon, &Peer::of_self()));
+    let with_prompt = |prompt: Option<&str>| match embed(&["abc"]) {
+        Request::Embed(request) => Request::Embed(EmbedRequest { prompt: prompt.map(str::to_owned), ..request }),
+        _ => unreachable!(),
+    };
+    // The test worker's first component is the text's length plus its prompt name's.
+    for (prompt, first) in [(None, 3.0 + 5.0), (Some("doc"), 3.0 + 3.0), (Some(""), 3.0)] {
+        match call(&caller, 1, with_prompt(prompt)).await {
+            Ok(Response::Embeddings(e)) => assert_eq!(e.vectors[0], first, "prompt {prompt:?}"),
+            other => panic!("{prompt:?}: {other:?}"),
+        }
+    }
+    let err = call(&caller, 2, with_prompt(Some("passage"))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    assert!(err.message.contains("no prompt \"passage\"") && err.message.contains("\"doc\", \"query\""), "{err}");
+    let err = call(&caller, 3, rerank("e", "q", &["a"], None)).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    assert!(err.message.contains("not a reranking model"), "{err}");
+    let to_reranker = match embed(&["x"]) {
+        Request::Embed(request) => Request::Embed(EmbedRequest { model: ModelRef::Name("r".into()), ..request }),
+        _ => unreachable!(),
+    };
+    let err = call(&caller, 4, to_reranker).await.unwrap_err();
+    assert!(err.message.contains("is a reranker"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reranking_orders_documents_best_first_keeps_ties_in_order_and_cuts_to_top_n() {
+    let daemon = daemon_with_prompts_and_a_reranker();
+    let caller = Arc::new(Caller::new(1, daemon, &Peer::of_self()));
+    // The test worker scores a document by its length.
+    let documents = ["bb", "a", "dddd", "cc", ""];
+    match call(&caller, 1, rerank("r", "qq", &documents, None)).await {
+        Ok(Response::Reranked(r)) => {
+            let order: Vec<u32> = r.results.iter().map(|x| x.index).collect();
+            assert_eq!(order, vec![2, 0, 3, 1, 4], "best first, equal scores in document order");
+            assert_eq!(r.results[0], RerankResult { index: 2, score: 4.0 });
+            assert_eq!(r.prompt_tokens, 9 + 2 * 5, "documents' and the query's tokens of each pair");
+        }
+        other => panic!("{other:?}"),
+    }
+    match call(&caller, 2, rerank("r", "qq", &documents, Some(2))).await {
+        Ok(Response::Reranked(r)) => assert_eq!(r.results.iter().map(|x| x.index).collect::<Vec<_>>(), vec![2, 0]),
+        other => panic!("{other:?}"),
+    }
+    match call(&caller, 3, rerank("r", "qq", &[], Some(3))).await {
+        Ok(Response::Reranked(r)) => assert!(r.results.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let err = call(&caller, 4, rerank("r", "q", &["a"], Some(0))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    let limit = DaemonConfig::for_tests().limits.max_text_bytes as usize;
+    let long = "x".repeat(limit + 1);
+    let err = call(&caller, 5, rerank("r", "q", &["a", &long], None)).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::TooLarge);
+    assert!(err.message.contains("document 1 is"), "{err}");
 }

@@ -151,3 +151,46 @@ pub async fn run(conn: &Conn, body: Request, mut on_event: impl FnMut(Event)) ->
     }
     Err(WireError::internal("the request ended without an answer"))
 }
+
+/// The named prompt an HTTP embedding request asks for: mlxd's `prompt_name` (passed on
+/// as is; `""` = none), else an `input_type` as Cohere, Voyage and NVIDIA's APIs send it
+/// ("query", "search_query", "document", "passage", "search_document", ...), matched to a
+/// prompt of the model that means the same. A model without named prompts ignores
+/// `input_type` (clients send it to every model); one with prompts but none matching is
+/// a `BadRequest` listing them. `None`: the model's default prompt.
+pub async fn prompt_choice(
+    conn: &Conn,
+    model: &str,
+    prompt_name: Option<String>,
+    input_type: Option<&str>,
+) -> Result<Option<String>, WireError> {
+    if prompt_name.is_some() {
+        return Ok(prompt_name);
+    }
+    let Some(input_type) = input_type else { return Ok(None) };
+    let Response::Models(models) = run(conn, Request::ListModels, |_| {}).await? else {
+        return Err(WireError::internal("the model list answered something else"));
+    };
+    let Some(info) = models.iter().find(|m| m.name == model) else {
+        return Ok(None); // the embed request itself will say the model is not there
+    };
+    if info.prompts.is_empty() {
+        return Ok(None);
+    }
+    let wanted = input_type.trim().to_ascii_lowercase();
+    let synonyms: &[&str] = match wanted.as_str() {
+        "query" | "search_query" | "search-query" | "retrieval.query" => &["query", "search_query"],
+        "document" | "passage" | "search_document" | "search-document" | "retrieval.passage" => {
+            &["document", "passage", "search_document", "doc", "corpus"]
+        }
+        _ => &[],
+    };
+    let found = info.prompts.iter().find(|p| **p == wanted || synonyms.contains(&p.as_str()));
+    match found {
+        Some(prompt) => Ok(Some(prompt.clone())),
+        None => Err(WireError::bad_request(format!(
+            "input_type {input_type:?} matches none of model {model}'s prompts ({}); name one with prompt_name",
+            info.prompts.join(", ")
+        ))),
+    }
+}

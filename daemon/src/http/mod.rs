@@ -20,6 +20,7 @@ mod deadline;
 mod error;
 mod ollama;
 mod openai;
+mod rerank;
 pub mod tcp;
 
 use conn::Conn;
@@ -75,6 +76,7 @@ fn routes(conn: Conn) -> axum::Router {
     let body_limit = daemon.config.limits.max_frame_len as usize;
     openai::routes()
         .merge(ollama::routes())
+        .merge(rerank::routes())
         .route("/metrics", axum::routing::get(metrics).with_state(daemon))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(conn)

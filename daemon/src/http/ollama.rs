@@ -81,7 +81,7 @@ async fn model_list(conn: &Conn) -> Result<Vec<ModelInfo>, ApiError> {
 
 fn details(m: &ModelInfo) -> Value {
     let family = match m.kind {
-        ModelKind::Embedding => "bert",
+        ModelKind::Embedding | ModelKind::Rerank => "bert",
         ModelKind::Generation => "llama",
     };
     json!({ "format": "mlx", "family": family, "families": [family], "parameter_size": "", "quantization_level": "" })
@@ -141,6 +141,8 @@ async fn show(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiE
     let capabilities = match m.kind {
         ModelKind::Embedding => json!(["embedding"]),
         ModelKind::Generation => json!(["completion"]),
+        // Ollama has no reranking capability name; its clients cannot use the model.
+        ModelKind::Rerank => json!([]),
     };
     Ok(Json(json!({
         "modelfile": "",
@@ -445,15 +447,27 @@ struct EmbedBody {
     input: Value,
     #[serde(default)]
     truncate: Option<bool>,
+    /// mlxd's extensions, as on `/v1/embeddings`: a named prompt of the model ("" = none)
+    /// or an `input_type` ("query", "document", ...).
+    #[serde(default)]
+    prompt_name: Option<String>,
+    #[serde(default)]
+    input_type: Option<String>,
 }
 
-async fn embed_texts(conn: &Conn, model: &str, texts: Vec<String>) -> Result<mlxd_proto::Embeddings, ApiError> {
+async fn embed_texts(
+    conn: &Conn,
+    model: &str,
+    texts: Vec<String>,
+    prompt: Option<String>,
+) -> Result<mlxd_proto::Embeddings, ApiError> {
     let request = Request::Embed(EmbedRequest {
         model: ModelRef::Name(model_name(model)),
         texts,
         normalize: true,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt,
     });
     match call::run(conn, request, |_| {}).await? {
         CoreResponse::Embeddings(embeddings) => Ok(embeddings),
@@ -480,7 +494,9 @@ async fn embed(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, Api
             .collect::<Result<_, _>>()?,
         _ => return Err(ApiError::bad_request("input must be a string or an array of strings")),
     };
-    let e = embed_texts(&conn, &body.model, texts).await?;
+    let prompt =
+        call::prompt_choice(&conn, &model_name(&body.model), body.prompt_name, body.input_type.as_deref()).await?;
+    let e = embed_texts(&conn, &body.model, texts, prompt).await?;
     Ok(Json(json!({
         "model": format!("{}:latest", model_name(&body.model)),
         "embeddings": e.rows().collect::<Vec<_>>(),
@@ -498,6 +514,6 @@ struct EmbeddingsBody {
 
 async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body: EmbeddingsBody = call::parse(&body)?;
-    let e = embed_texts(&conn, &body.model, vec![body.prompt]).await?;
+    let e = embed_texts(&conn, &body.model, vec![body.prompt], None).await?;
     Ok(Json(json!({ "embedding": e.rows().next().unwrap_or_default() })))
 }

@@ -57,6 +57,12 @@ struct EmbeddingsBody {
     encoding_format: Option<String>,
     #[serde(default)]
     dimensions: Option<u32>,
+    /// mlxd's extension: one of the model's named prompts ("" = none).
+    #[serde(default)]
+    prompt_name: Option<String>,
+    /// As Cohere, Voyage and NVIDIA's embedding APIs take it ("query", "document", ...).
+    #[serde(default)]
+    input_type: Option<String>,
 }
 
 async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -76,6 +82,7 @@ async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>
         Some("base64") => true,
         Some(other) => return Err(ApiError::bad_request(format!("encoding_format {other:?}: use float or base64"))),
     };
+    let prompt = call::prompt_choice(&conn, &body.model, body.prompt_name.clone(), body.input_type.as_deref()).await?;
     let request = Request::Embed(EmbedRequest {
         model: ModelRef::Name(body.model.clone()),
         texts,
@@ -83,6 +90,7 @@ async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>
         normalize: true,
         priority: Priority::Interactive,
         deadline_ms: None,
+        prompt,
     });
     let CoreResponse::Embeddings(embeddings) = call::run(&conn, request, |_| {}).await? else {
         return Err(ApiError(WireError::internal("embeddings answered something else")));

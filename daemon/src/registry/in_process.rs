@@ -120,12 +120,23 @@ async fn worker(
             message = link.next() => match message {
                 Some(Ok(ToWorker::Job { id, job })) => {
                     let result = match job {
-                        Job::Embed { texts, .. } => Ok(JobOutput::Embeddings {
+                        // A text's vector is (its length with its prompt's name, the worker's number).
+                        Job::Embed { texts, prompts, .. } => Ok(JobOutput::Embeddings {
                             count: texts.len() as u32,
                             dim: 2,
-                            vectors: texts.iter().flat_map(|t| [t.len() as f32, n as f32]).collect(),
+                            vectors: texts
+                                .iter()
+                                .zip(prompts.iter().chain(std::iter::repeat(&String::new())))
+                                .flat_map(|(t, p)| [(t.len() + p.len()) as f32, n as f32])
+                                .collect(),
                             tokens: texts.iter().map(|t| t.len() as u32).collect(),
                         }),
+                        // A document's score is its length; a pair's tokens, both lengths.
+                        Job::Rerank { queries, documents } => {
+                            let pairs = queries.iter().zip(&documents).flat_map(|(q, docs)| docs.iter().map(move |d| (q, d)));
+                            let (scores, tokens) = pairs.map(|(q, d)| (d.len() as f32, (q.len() + d.len()) as u32)).unzip();
+                            Ok(JobOutput::Scores { scores, tokens })
+                        }
                         Job::Tokenize { text, .. } => Ok(JobOutput::Tokens(text.bytes().map(u32::from).collect())),
                         _ => Err(WireError::bad_request("not served by the test worker")),
                     };

@@ -658,6 +658,9 @@ impl Model {
             worker_pid: worker.as_ref().map(|w| w.ready.pid),
             last_error,
             sched: self.admission.stats(),
+            prompts: self.spec.prompts.clone(),
+            default_prompt: self.spec.default_prompt.clone(),
+            estimated_bytes: self.spec.size_bytes,
         }
     }
 

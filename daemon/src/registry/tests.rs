@@ -192,7 +192,11 @@ async fn a_crashed_worker_of_a_leased_model_is_restarted_and_jobs_are_replayed()
     settle().await;
     // The model restarts by itself (it has a user); a job sent meanwhile is answered by
     // the new worker.
-    let output = super::run_replayable(&model, Job::Embed { texts: vec!["abc".into()], normalize: false }).await;
+    let output = super::run_replayable(
+        &model,
+        Job::Embed { texts: vec!["abc".into()], normalize: false, prompts: vec![String::new()] },
+    )
+    .await;
     match output {
         Ok(JobOutput::Embeddings { vectors, .. }) => assert_eq!(vectors, vec![3.0, 2.0], "answered by worker 2"),
         other => panic!("{other:?}"),

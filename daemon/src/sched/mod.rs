@@ -23,28 +23,56 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mlxd_proto::{Embeddings, ErrorCode, Priority, SchedStats, WireError};
+use mlxd_proto::{ErrorCode, Priority, Response, SchedStats, WireError};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-/// One request waiting for its vectors.
+/// What a batched request asks of its model.
 #[derive(Debug)]
-pub struct EmbedItem {
-    pub texts: Vec<String>,
-    pub normalize: bool,
+pub enum BatchWork {
+    /// Texts to embed, each after the model's prompt named `prompt` ("" = none);
+    /// L2-normalised per request when asked.
+    Embed { texts: Vec<String>, prompt: String, normalize: bool },
+    /// Documents to score against `query`; the best `top_n` (all when `None`) are kept.
+    Rerank { query: String, documents: Vec<String>, top_n: Option<u32> },
+}
+
+impl BatchWork {
+    /// Texts (or query/document pairs) the model will read: what a batch's size counts.
+    pub fn len(&self) -> usize {
+        match self {
+            BatchWork::Embed { texts, .. } => texts.len(),
+            BatchWork::Rerank { documents, .. } => documents.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_rerank(&self) -> bool {
+        matches!(self, BatchWork::Rerank { .. })
+    }
+}
+
+/// One request waiting for its batch: vectors, or scores.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub work: BatchWork,
     pub priority: Priority,
     /// The session that sent it (whether other clients are active decides the wait).
     pub session: u64,
     /// When the request arrived (for the queue-wait metric).
     pub arrived: tokio::time::Instant,
-    pub reply: oneshot::Sender<Result<Embeddings, WireError>>,
+    /// `Response::Embeddings` or `Response::Reranked`.
+    pub reply: oneshot::Sender<Result<Response, WireError>>,
 }
 
 /// What a queued entry is waiting for.
 #[derive(Debug)]
 pub enum Pending {
     /// Texts for the embedding batcher, with the channel for their vectors.
-    Embed(EmbedItem),
+    Batch(BatchItem),
     /// A generation stream waiting for a slot: `Ok(())` when it may start.
     Turn(oneshot::Sender<Result<(), WireError>>),
 }
@@ -52,7 +80,7 @@ pub enum Pending {
 impl Pending {
     fn fail(self, error: WireError) {
         match self {
-            Pending::Embed(item) => {
+            Pending::Batch(item) => {
                 let _ = item.reply.send(Err(error));
             }
             Pending::Turn(turn) => {
@@ -307,15 +335,15 @@ impl Admission {
         self.capacity as u32
     }
 
-    /// Takes the next queued embedding entry in turn if `fits` accepts it; entries whose
-    /// deadline has passed are answered `Timeout` and skipped.
-    pub fn pop_embed(&self, fits: impl Fn(&EmbedItem) -> bool) -> Option<EmbedItem> {
+    /// Takes the next queued batch entry (embeddings, reranking) in turn if `fits` accepts
+    /// it; entries whose deadline has passed are answered `Timeout` and skipped.
+    pub fn pop_batch(&self, fits: impl Fn(&BatchItem) -> bool) -> Option<BatchItem> {
         let mut state = self.state();
         loop {
             let entry = state.peek()?;
             let expired = entry.deadline.is_some_and(|d| d <= Instant::now());
             match &entry.payload {
-                Pending::Embed(item) if !expired && !fits(item) => return None,
+                Pending::Batch(item) if !expired && !fits(item) => return None,
                 _ => {}
             }
             let entry = state.pop()?;
@@ -326,7 +354,7 @@ impl Admission {
                 continue;
             }
             match entry.payload {
-                Pending::Embed(item) => return Some(item),
+                Pending::Batch(item) => return Some(item),
                 other => other.fail(WireError::internal("a generation entry reached the embedding batcher")),
             }
         }
@@ -362,7 +390,7 @@ impl Admission {
                         state.places.insert(entry.seq, Place::Taken);
                     }
                 }
-                other @ Pending::Embed(_) => {
+                other @ Pending::Batch(_) => {
                     state.places.insert(entry.seq, Place::Taken);
                     other.fail(WireError::internal("an embedding entry reached a generation slot"));
                 }

@@ -1,4 +1,4 @@
-//! One-shot jobs on the MLX thread: embed, tokenize, detokenize.
+//! One-shot jobs on the MLX thread: embed, rerank, tokenize, detokenize.
 
 use mlxd_proto::worker::{Job, JobOutput};
 use mlxd_proto::{ErrorCode, WireError};
@@ -13,9 +13,14 @@ pub(super) fn run_job(py: Python<'_>, adapter: &Py<PyAny>, job: Job) -> Result<J
         WireError::new(ErrorCode::Internal, format!("model error: {}", python_error(py, "running a job", err)))
     };
     match job {
-        Job::Embed { texts, normalize } => {
-            let result = adapter.call_method1("embed", (texts, normalize)).map_err(model_error)?;
+        Job::Embed { texts, normalize, prompts } => {
+            let result = adapter.call_method1("embed", (texts, normalize, prompts)).map_err(model_error)?;
             embeddings_from(&result).map_err(model_error)
+        }
+        Job::Rerank { queries, documents } => {
+            let result = adapter.call_method1("rerank", (queries, documents)).map_err(model_error)?;
+            let (scores, tokens): (Vec<f32>, Vec<u32>) = result.extract().map_err(model_error)?;
+            Ok(JobOutput::Scores { scores, tokens })
         }
         Job::Tokenize { text, add_special_tokens } => {
             let tokens = adapter.call_method1("tokenize", (text, add_special_tokens)).map_err(model_error)?;

@@ -176,7 +176,7 @@ fn load(
         info.get_item("backend").ok().and_then(|v| v.extract::<String>().ok()).unwrap_or_else(|| "unknown".into());
     let (engine, single_stream) = match args.kind {
         ModelKind::Generation => batch_engine(py, &adapter, args.max_streams, args.prompt_cache_bytes)?,
-        ModelKind::Embedding => (None, None),
+        ModelKind::Embedding | ModelKind::Rerank => (None, None),
     };
     if let Some(reason) = &single_stream {
         eprintln!("mlxd worker ({}): streams run one by one, not batched: {reason}", args.name);

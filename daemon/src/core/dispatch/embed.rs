@@ -1,43 +1,88 @@
-//! Embed, tokenize and detokenize: checked against the session's limits, admitted to the
-//! model's bounded queue (or refused with `Busy`), then run on the model's worker —
-//! embeddings through the model's batcher, merged with other requests.
+//! Embed, rerank, tokenize and detokenize: checked against the session's limits, admitted
+//! to the model's bounded queue (or refused with `Busy`), then run on the model's worker —
+//! embeddings and reranking through the model's batcher, merged with other requests.
 
 use std::sync::Arc;
 
 use mlxd_proto::worker::{Job, JobOutput};
-use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority, Response, WireError};
+use mlxd_proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority, RerankRequest, Response, WireError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::ticket::{resolve, Ticket};
 use crate::core::caller::Caller;
-use crate::sched::EmbedItem;
-use crate::sched::{self, Pending};
+use crate::sched::{self, BatchItem, BatchWork, Pending};
 
-/// Limits, the model, and a place in its queue (or `Busy`), without waiting.
-pub fn admit(session: &Caller, request: &EmbedRequest) -> Result<Ticket, WireError> {
+/// The session's limits on a batched request's texts: how many, and how long each.
+fn check_texts<'a>(
+    session: &Caller,
+    what: &str,
+    count: usize,
+    texts: impl Iterator<Item = (String, &'a String)>,
+) -> Result<(), WireError> {
     let limits = &session.daemon.config.limits;
-    if request.texts.len() > limits.max_texts_per_embed as usize {
+    if count > limits.max_texts_per_embed as usize {
         return Err(WireError::new(
             ErrorCode::TooLarge,
-            format!(
-                "{} texts in one request; max_texts_per_embed is {}",
-                request.texts.len(),
-                limits.max_texts_per_embed
-            ),
+            format!("{count} {what} in one request; max_texts_per_embed is {}", limits.max_texts_per_embed),
         ));
     }
-    if let Some((index, text)) =
-        request.texts.iter().enumerate().find(|(_, t)| t.len() > limits.max_text_bytes as usize)
-    {
-        return Err(WireError::new(
-            ErrorCode::TooLarge,
-            format!("text {index} is {} bytes; max_text_bytes is {}", text.len(), limits.max_text_bytes),
-        ));
+    for (name, text) in texts {
+        if text.len() > limits.max_text_bytes as usize {
+            return Err(WireError::new(
+                ErrorCode::TooLarge,
+                format!("{name} is {} bytes; max_text_bytes is {}", text.len(), limits.max_text_bytes),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What an embedding request will run as, once [`admit`]ted: the prompt it resolved to.
+#[derive(Debug)]
+pub struct EmbedTicket {
+    pub ticket: Ticket,
+    pub prompt: String,
+}
+
+/// Limits, the model, its prompt, and a place in its queue (or `Busy`), without waiting.
+pub fn admit(session: &Caller, request: &EmbedRequest) -> Result<EmbedTicket, WireError> {
+    let texts = request.texts.iter().enumerate().map(|(index, text)| (format!("text {index}"), text));
+    check_texts(session, "texts", request.texts.len(), texts)?;
+    let model = resolve(session, &request.model)?;
+    match model.spec.kind {
+        ModelKind::Embedding => {}
+        ModelKind::Rerank => {
+            return Err(WireError::bad_request(format!(
+                "model {} is a reranker, not an embedding model: send it Rerank requests",
+                model.spec.name
+            )))
+        }
+        ModelKind::Generation => {
+            return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)))
+        }
+    }
+    // A prompt the model lacks is refused here, before it could share a batch with others.
+    let prompt = model.spec.resolve_prompt(request.prompt.as_deref()).map_err(WireError::bad_request)?;
+    let arrived = Instant::now();
+    let admitted = model.admission.admit(&model.spec.name, session.client(), request.priority)?;
+    Ok(EmbedTicket { ticket: Ticket { model, admitted, arrived }, prompt })
+}
+
+/// Limits, the model (a reranker), and a place in its queue (or `Busy`), without waiting.
+pub fn admit_rerank(session: &Caller, request: &RerankRequest) -> Result<Ticket, WireError> {
+    let query = std::iter::once(("the query".to_owned(), &request.query));
+    let documents = request.documents.iter().enumerate().map(|(index, text)| (format!("document {index}"), text));
+    check_texts(session, "documents", request.documents.len(), query.chain(documents))?;
+    if request.top_n == Some(0) {
+        return Err(WireError::bad_request("top_n must be at least 1 (or absent for every document)"));
     }
     let model = resolve(session, &request.model)?;
-    if model.spec.kind != ModelKind::Embedding {
-        return Err(WireError::bad_request(format!("model {} is not an embedding model", model.spec.name)));
+    if model.spec.kind != ModelKind::Rerank {
+        return Err(WireError::bad_request(format!(
+            "model {} is not a reranking model (a cross-encoder with one label)",
+            model.spec.name
+        )));
     }
     let arrived = Instant::now();
     let admitted = model.admission.admit(&model.spec.name, session.client(), request.priority)?;
@@ -45,21 +90,31 @@ pub fn admit(session: &Caller, request: &EmbedRequest) -> Result<Ticket, WireErr
 }
 
 /// Queues the texts for the model's batcher and waits for their vectors (or the deadline).
-pub async fn embed(session: &Arc<Caller>, request: EmbedRequest, ticket: Ticket) -> Result<Response, WireError> {
+pub async fn embed(session: &Arc<Caller>, request: EmbedRequest, ticket: EmbedTicket) -> Result<Response, WireError> {
+    let work = BatchWork::Embed { texts: request.texts, prompt: ticket.prompt, normalize: request.normalize };
+    batched(session, work, request.priority, request.deadline_ms, ticket.ticket).await
+}
+
+/// Queues the pairs for the model's batcher and waits for their scores (or the deadline).
+pub async fn rerank(session: &Arc<Caller>, request: RerankRequest, ticket: Ticket) -> Result<Response, WireError> {
+    let work = BatchWork::Rerank { query: request.query, documents: request.documents, top_n: request.top_n };
+    batched(session, work, request.priority, request.deadline_ms, ticket).await
+}
+
+async fn batched(
+    session: &Arc<Caller>,
+    work: BatchWork,
+    priority: Priority,
+    deadline_ms: Option<u64>,
+    ticket: Ticket,
+) -> Result<Response, WireError> {
     let Ticket { model, admitted, arrived } = ticket;
     let _in_flight = model.begin_request();
     model.start_batcher(session.daemon.config.embed_batch);
     let (reply, mut answer) = oneshot::channel();
-    let item = EmbedItem {
-        texts: request.texts,
-        normalize: request.normalize,
-        priority: request.priority,
-        session: session.id,
-        arrived,
-        reply,
-    };
-    let deadline = sched::deadline(arrived, request.deadline_ms);
-    admitted.enqueue(Pending::Embed(item), deadline);
+    let item = BatchItem { work, priority, session: session.id, arrived, reply };
+    let deadline = sched::deadline(arrived, deadline_ms);
+    admitted.enqueue(Pending::Batch(item), deadline);
     if let Some(deadline) = deadline {
         if let Ok(answer) = tokio::time::timeout_at(deadline, &mut answer).await {
             return finish(answer);
@@ -71,11 +126,8 @@ pub async fn embed(session: &Arc<Caller>, request: EmbedRequest, ticket: Ticket)
     finish(answer.await)
 }
 
-fn finish(
-    answer: Result<Result<mlxd_proto::Embeddings, WireError>, oneshot::error::RecvError>,
-) -> Result<Response, WireError> {
-    let embeddings = answer.unwrap_or_else(|_| Err(WireError::internal("the embedding batch was dropped")))?;
-    Ok(Response::Embeddings(embeddings))
+fn finish(answer: Result<Result<Response, WireError>, oneshot::error::RecvError>) -> Result<Response, WireError> {
+    answer.unwrap_or_else(|_| Err(WireError::internal("the batch was dropped")))
 }
 
 /// Tokenize and detokenize: the text limit, the model, and a place in its queue (a place,
@@ -136,6 +188,7 @@ fn unexpected(output: &JobOutput) -> WireError {
         JobOutput::Tokens(_) => "tokens",
         JobOutput::Text(_) => "text",
         JobOutput::Generated(_) => "a generation summary",
+        JobOutput::Scores { .. } => "scores",
     };
     WireError::internal(format!("worker answered with {kind} for a different job"))
 }

@@ -3,8 +3,8 @@
 //! - [`info`]: ping, status, list models — answered by the supervisor at once, never
 //!   waiting on a worker.
 //! - [`lease`]: lease, release, load.
-//! - [`embed`]: embed, tokenize, detokenize — admitted to the model's bounded queue, then
-//!   run on its worker.
+//! - [`embed`]: embed, rerank, tokenize, detokenize — admitted to the model's bounded
+//!   queue, then run on its worker (embed and rerank in batches).
 //! - [`generate`]: generation streams, with credit-based flow control and cancellation.
 
 mod embed;
@@ -33,7 +33,8 @@ pub fn answer_now(session: &Caller, body: &Request) -> Option<Result<Response, W
 pub enum Prepared {
     /// Requests that queue nowhere (leases, loads, ...).
     None,
-    Embed(Ticket),
+    Embed(embed::EmbedTicket),
+    Rerank(Ticket),
     /// Tokenize and detokenize: a place, not a turn.
     OneShot(Ticket),
     Generate(Ticket, GenerateJob),
@@ -44,6 +45,7 @@ pub enum Prepared {
 pub fn admit(session: &Caller, body: &Request) -> Result<Prepared, WireError> {
     match body {
         Request::Embed(request) => embed::admit(session, request).map(Prepared::Embed),
+        Request::Rerank(request) => embed::admit_rerank(session, request).map(Prepared::Rerank),
         Request::Tokenize { model, text, .. } => {
             embed::admit_one_shot(session, model, Some(text)).map(Prepared::OneShot)
         }
@@ -75,13 +77,19 @@ pub async fn handle(
                 generate::generate(session, id, request, ticket, job, events, control).await
             }
             (Request::Embed(request), Prepared::Embed(ticket)) => embed::embed(session, request, ticket).await,
+            (Request::Rerank(request), Prepared::Rerank(ticket)) => embed::rerank(session, request, ticket).await,
             (Request::Tokenize { text, add_special_tokens, .. }, Prepared::OneShot(ticket)) => {
                 embed::tokenize(ticket, text, add_special_tokens).await
             }
             (Request::Detokenize { tokens, .. }, Prepared::OneShot(ticket)) => embed::detokenize(ticket, tokens).await,
-            (Request::Generate(_) | Request::Embed(_) | Request::Tokenize { .. } | Request::Detokenize { .. }, _) => {
-                Err(WireError::internal("a model request reached its task without admission"))
-            }
+            (
+                Request::Generate(_)
+                | Request::Embed(_)
+                | Request::Rerank(_)
+                | Request::Tokenize { .. }
+                | Request::Detokenize { .. },
+                _,
+            ) => Err(WireError::internal("a model request reached its task without admission")),
             (Request::Lease(request), _) => lease::lease(session, request, events).await,
             (Request::Release { lease }, _) => session.release(lease).map(|()| Response::Released),
             (Request::Load { model }, _) => lease::load(session, &model, events).await,
@@ -111,6 +119,7 @@ pub fn model_label(session: &Caller, body: &Request) -> String {
     };
     match body {
         Request::Embed(request) => by_ref(&request.model),
+        Request::Rerank(request) => by_ref(&request.model),
         Request::Generate(request) => by_ref(&request.model),
         Request::Tokenize { model, .. } | Request::Detokenize { model, .. } => by_ref(model),
         Request::Lease(request) => registry.metric_label(&request.model),
