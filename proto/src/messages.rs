@@ -420,9 +420,8 @@ pub struct ModelInfo {
     /// sorted, and the one used when a request names none. Since v4.
     pub prompts: Vec<String>,
     pub default_prompt: Option<String>,
-    /// Bytes the memory budget counts for the model when loaded: its weights as served
-    /// (after any conversion) plus, for generation models, the KV cache of `slots`
-    /// streams at `max_seq_len` tokens. Since v4.
+    /// Bytes the memory budget counts for the model when loaded (today the size of its
+    /// weight files; the KV cache of its streams is not counted yet). Since v4.
     pub estimated_bytes: u64,
 }
 
