@@ -1,9 +1,10 @@
-"""The BERT family of encoders in mlx.nn: BERT, RoBERTa and XLM-RoBERTa.
+"""The BERT family of encoders in mlx.nn: BERT, RoBERTa, XLM-RoBERTa and DistilBERT.
 
-One module tree serves the three; they differ only in their embeddings (RoBERTa counts
-positions from padding_idx + 1 over the real tokens and has a single token type) and in the
-prefix of their weight names in sequence-classification checkpoints (``bert.``,
-``roberta.``). :func:`load_encoder` reads a Hugging Face directory's config.json and
+One module tree serves them all (post-norm transformer layers); they differ in their
+embeddings (RoBERTa counts positions from padding_idx + 1 over the real tokens and has a
+single token type, DistilBERT has no token types), in their config keys and weight names
+(DistilBERT's ``q_lin``, ``sa_layer_norm``, ``ffn.lin1``...) and in the prefix of their weight
+names in sequence-classification checkpoints (``bert.``, ``roberta.``, ``distilbert.``). :func:`load_encoder` reads a Hugging Face directory's config.json and
 safetensors into an :class:`Encoder` and hands back the tensors outside the encoder (the
 pooler, a classifier head) for the rerank heads; the sentence-transformers pipeline on top
 (pooling, Dense, Normalize, prompts) is :mod:`.sentence`, the cross-encoder heads
@@ -23,7 +24,7 @@ import mlx.nn as nn
 from . import eval_with_progress
 
 # config.json model_type -> the embedding scheme (and weight prefix) of that family.
-ENCODER_FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
+ENCODER_FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert"}
 
 
 # erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
@@ -66,6 +67,8 @@ class BertConfig:
         self.family = ENCODER_FAMILIES[model_type]
         pad = raw.get("pad_token_id")
         self.pad_token_id = int(pad) if pad is not None else (1 if self.family == "roberta" else 0)
+        if self.family == "distilbert":
+            raw = _distilbert_config(raw)
         self.vocab_size = int(raw["vocab_size"])
         self.hidden_size = int(raw["hidden_size"])
         self.num_hidden_layers = int(raw["num_hidden_layers"])
@@ -89,12 +92,29 @@ class BertConfig:
         return self.max_position_embeddings
 
 
+def _distilbert_config(raw: dict) -> dict:
+    """DistilBERT's config keys under BERT's names (its layer norms' eps is fixed at 1e-12;
+    no token types)."""
+    return {
+        "vocab_size": raw["vocab_size"],
+        "hidden_size": raw["dim"],
+        "num_hidden_layers": raw["n_layers"],
+        "num_attention_heads": raw["n_heads"],
+        "intermediate_size": raw["hidden_dim"],
+        "max_position_embeddings": raw.get("max_position_embeddings", 512),
+        "type_vocab_size": 0,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": raw.get("activation", "gelu"),
+    }
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.roberta_positions = cfg.family == "roberta"
         self.padding_idx = cfg.pad_token_id
@@ -106,11 +126,9 @@ class Embeddings(nn.Module):
             positions = mx.cumsum(real, axis=1) * real + self.padding_idx
         else:
             positions = mx.arange(input_ids.shape[1])[None, :]
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if "token_type_embeddings" in self:
+            x = x + self.token_type_embeddings(token_type_ids)
         return self.norm(x)
 
 
@@ -179,11 +197,30 @@ class Bert(nn.Module):
         return x
 
 
-def _hf_to_mlx_name(name: str) -> str | None:
+_DISTILBERT_NAMES = (
+    ("transformer.layer.", "layers."),
+    (".attention.q_lin.", ".attention.query."),
+    (".attention.k_lin.", ".attention.key."),
+    (".attention.v_lin.", ".attention.value."),
+    (".attention.out_lin.", ".attention.out."),
+    (".sa_layer_norm.", ".attention.norm."),
+    (".ffn.lin1.", ".intermediate."),
+    (".ffn.lin2.", ".output."),
+    (".output_layer_norm.", ".norm."),
+    ("embeddings.LayerNorm.", "embeddings.norm."),
+)
+
+
+def _hf_to_mlx_name(name: str, family: str = "bert") -> str | None:
     """Maps a Hugging Face encoder weight name (prefix already stripped) onto this module
     tree; None for what is not the encoder's (pooler, heads, buffers)."""
-    if name.endswith("position_ids") or not name.startswith(("embeddings.", "encoder.")):
+    body = ("embeddings.", "transformer.") if family == "distilbert" else ("embeddings.", "encoder.")
+    if name.endswith("position_ids") or not name.startswith(body):
         return None
+    if family == "distilbert":
+        for old, new in _DISTILBERT_NAMES:
+            name = name.replace(old, new)
+        return name
     name = name.replace("encoder.layer.", "layers.")
     name = name.replace(".attention.self.", ".attention.")
     name = name.replace(".attention.output.dense.", ".attention.out.")
@@ -210,7 +247,7 @@ def load_encoder(model_dir: Path) -> tuple[Bert, BertConfig, dict[str, mx.array]
     weight_files = sorted(model_dir.glob("*.safetensors"))
     if not weight_files:
         raise FileNotFoundError(f"no *.safetensors file in {model_dir}")
-    prefixes = ("bert.", "roberta.")
+    prefixes = ("bert.", "roberta.", "distilbert.")
     weights: dict[str, mx.array] = {}
     rest: dict[str, mx.array] = {}
     for file in weight_files:
@@ -219,7 +256,7 @@ def load_encoder(model_dir: Path) -> tuple[Bert, BertConfig, dict[str, mx.array]
                 if name.startswith(prefix):
                     name = name[len(prefix) :]
                     break
-            mapped = _hf_to_mlx_name(name)
+            mapped = _hf_to_mlx_name(name, cfg.family)
             if mapped is not None:
                 weights[mapped] = tensor.astype(mx.float32)
             elif not name.endswith("position_ids"):

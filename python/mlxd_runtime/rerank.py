@@ -3,9 +3,11 @@
 A cross-encoder reads a (query, document) pair as one sequence and gives one logit;
 the score is its sigmoid, what sentence-transformers' ``CrossEncoder.predict`` returns for
 a one-label model with its default activation. Supported: ``BertForSequenceClassification``
-(pooler dense + tanh on [CLS], then ``classifier``) and
+(pooler dense + tanh on [CLS], then ``classifier``),
 ``RobertaForSequenceClassification``/``XLMRobertaForSequenceClassification``
-(``classifier.dense`` + tanh on <s>, then ``classifier.out_proj``).
+(``classifier.dense`` + tanh on <s>, then ``classifier.out_proj``) and
+``DistilBertForSequenceClassification`` (``pre_classifier`` + ReLU on [CLS], then
+``classifier``).
 
 Pairs are tokenised as text pairs (``[CLS] q [SEP] d [SEP]``, ``<s> q </s></s> d </s>``,
 with the segment ids BERT takes), truncated longest-first to the model's max length (as
@@ -27,10 +29,14 @@ from .textbatch import TOKENS_PER_FORWARD, load_tokenizer, pad_right, passes
 class _Head:
     """The classification head on the first token's hidden state."""
 
+    _LAYERS = {
+        "bert": ("pooler.dense", "classifier", mx.tanh),
+        "roberta": ("classifier.dense", "classifier.out_proj", mx.tanh),
+        "distilbert": ("pre_classifier", "classifier", lambda x: mx.maximum(x, 0.0)),
+    }
+
     def __init__(self, family: str, rest: dict[str, mx.array], model_dir: Path):
-        names = (
-            ("pooler.dense", "classifier") if family == "bert" else ("classifier.dense", "classifier.out_proj")
-        )
+        *names, self.activation = self._LAYERS[family]
         try:
             self.dense_w = rest.pop(f"{names[0]}.weight")
             self.dense_b = rest.pop(f"{names[0]}.bias")
@@ -44,7 +50,7 @@ class _Head:
             raise ValueError(f"{model_dir}: the classifier has {self.out_w.shape[0]} outputs, a reranker one")
 
     def __call__(self, hidden: mx.array) -> mx.array:
-        x = mx.tanh(hidden[:, 0, :] @ self.dense_w.T + self.dense_b)
+        x = self.activation(hidden[:, 0, :] @ self.dense_w.T + self.dense_b)
         return (x @ self.out_w.T + self.out_b)[:, 0]
 
 

@@ -3,7 +3,8 @@
 A sentence-transformers model directory lists its pipeline in ``modules.json``: a
 Transformer (the backbone, saved in the directory's root), a Pooling module, then optionally
 Dense layers and a Normalize. This module reads those files and runs the same pipeline on a
-backbone that is either a BERT-family encoder (:mod:`.bert`: BERT, RoBERTa, XLM-RoBERTa) or
+backbone that is either a BERT-family encoder (:mod:`.bert`: BERT, RoBERTa, XLM-RoBERTa,
+DistilBERT) or
 a decoder language model loaded through mlx-lm (:mod:`.decoder_embed`, e.g.
 Qwen3-Embedding).
 

@@ -17,7 +17,7 @@ import mlxd_runtime
 from mlxd_runtime.errors import BadRequest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "st"
-RERANKERS = ["rerank-bert", "rerank-xlmr"]
+RERANKERS = ["rerank-bert", "rerank-xlmr", "rerank-distilbert"]
 
 
 @cache

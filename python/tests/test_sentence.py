@@ -19,7 +19,7 @@ from mlxd_runtime.errors import BadRequest
 from mlxd_runtime.sentence import Pooling
 
 FIXTURES = Path(__file__).parent / "fixtures" / "st"
-EMBEDDERS = ["st-bert-mean", "st-bert-cls-dense", "st-xlmr-max", "st-roberta-wmean", "st-qwen3-last"]
+EMBEDDERS = ["st-bert-mean", "st-bert-cls-dense", "st-xlmr-max", "st-roberta-wmean", "st-qwen3-last", "st-distilbert-sqrt"]
 
 
 @cache

@@ -33,8 +33,10 @@ in the model's directory:
 - st-roberta-wmean:  RoBERTa (byte-level BPE), weighted-mean pooling, include_prompt false.
 - st-qwen3-last:     Qwen3 decoder, last-token pooling, Normalize, prompts; left padding and
                      <|endoftext|> appended, as Qwen3-Embedding's tokenizer does.
+- st-distilbert-sqrt: DistilBERT, mean_sqrt_len_tokens pooling, no Normalize.
 - rerank-bert:       BertForSequenceClassification, one label (CrossEncoder).
 - rerank-xlmr:       XLMRobertaForSequenceClassification, one label (CrossEncoder).
+- rerank-distilbert: DistilBertForSequenceClassification, one label (CrossEncoder).
 
 Embedding references: every text of TEXTS with every prompt name the model has, and "" (no
 prompt), embedded one prompt name at a time as a batch (so padding is exercised), with the
@@ -134,7 +136,7 @@ def _ranked(counts: Counter) -> list[str]:
 # which break ties differently from run to run: the script's output is the same every run.
 
 
-def bert_tokenizer(max_len: int, lowercase: bool = True) -> transformers.BertTokenizer:
+def bert_tokenizer(max_len: int, lowercase: bool = True, cls=transformers.BertTokenizer) -> transformers.BertTokenizer:
     """transformers' own BertTokenizer (as BERT models ship: segment ids for pairs) over a
     WordPiece vocabulary of the corpus's characters and frequent words."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -144,9 +146,7 @@ def bert_tokenizer(max_len: int, lowercase: bool = True) -> transformers.BertTok
     chars = sorted({c for word in counts for c in word})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
     vocab += [w for w in _ranked(counts) if len(w) > 1][: 300 - len(vocab)]
-    return transformers.BertTokenizer(
-        vocab={piece: i for i, piece in enumerate(vocab)}, do_lower_case=lowercase, model_max_length=max_len
-    )
+    return cls(vocab={piece: i for i, piece in enumerate(vocab)}, do_lower_case=lowercase, model_max_length=max_len)
 
 
 def bytelevel_bpe_tokenizer(specials: list[str], vocab_size: int) -> Tokenizer:
@@ -253,6 +253,13 @@ def encoder_config(kind: str, vocab_size: int, **extra) -> transformers.Pretrain
     )
 
 
+def distilbert_config(vocab_size: int, **extra) -> transformers.DistilBertConfig:
+    return transformers.DistilBertConfig(
+        vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
+        activation="gelu", pad_token_id=0, **extra,
+    )
+
+
 def save_hf(model, tokenizer, workdir: Path, name: str) -> Path:
     path = workdir / name
     model.save_pretrained(path, safe_serialization=True)
@@ -324,6 +331,12 @@ def build_embedders(workdir: Path) -> dict[str, SentenceTransformer]:
         path, 48, [Pooling(32, "lasttoken"), Normalize()],
         prompts={"query": "Instruct: find passages\nQuery:", "document": ""},
     )
+    # (f) DistilBERT + mean_sqrt_len_tokens, no Normalize (the pooled scale is the model's).
+    tok = bert_tokenizer(512, cls=transformers.DistilBertTokenizer)
+    hf = transformers.DistilBertModel(distilbert_config(tok.vocab_size))
+    randomize(hf, SEED + 9)
+    path = save_hf(hf, tok, workdir, "distilbert-f")
+    built["st-distilbert-sqrt"] = st_model(path, 30, [Pooling(32, "mean_sqrt_len_tokens")])
     return built
 
 
@@ -359,6 +372,13 @@ def build_rerankers(workdir: Path) -> dict[str, CrossEncoder]:
     spread_logits(hf, hf_tok, hf.classifier.out_proj)
     path = save_hf(hf, hf_tok, workdir, "rerank-xlmr")
     built["rerank-xlmr"] = CrossEncoder(str(path), num_labels=1, max_length=36, device="cpu")
+
+    hf_tok = bert_tokenizer(32, cls=transformers.DistilBertTokenizer)
+    hf = transformers.DistilBertForSequenceClassification(distilbert_config(hf_tok.vocab_size, num_labels=1))
+    randomize(hf, SEED + 10)
+    spread_logits(hf, hf_tok, hf.classifier)
+    path = save_hf(hf, hf_tok, workdir, "rerank-distilbert")
+    built["rerank-distilbert"] = CrossEncoder(str(path), num_labels=1, max_length=32, device="cpu")
     return built
 
 
