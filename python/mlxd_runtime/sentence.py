@@ -4,8 +4,7 @@ A sentence-transformers model directory lists its pipeline in ``modules.json``: 
 Transformer (the backbone, saved in the directory's root), a Pooling module, then optionally
 Dense layers and a Normalize. This module reads those files and runs the same pipeline on a
 backbone that is either a BERT-family encoder (:mod:`.bert`: BERT, RoBERTa, XLM-RoBERTa,
-DistilBERT) or
-a decoder language model loaded through mlx-lm (:mod:`.decoder_embed`, e.g.
+DistilBERT) or a decoder language model loaded through mlx-lm (:mod:`.decoder_embed`, e.g.
 Qwen3-Embedding).
 
 Files read, in the layouts of sentence-transformers 2.x to 6.x:
