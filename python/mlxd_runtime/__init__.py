@@ -7,8 +7,14 @@ that one thread, which is what MLX's per-thread streams require.
 Adapter interface (duck-typed, kept deliberately small so the Rust side stays simple):
 
 - ``info() -> dict``: static facts about the loaded model (kind, dim, max_seq_len, backend).
-- ``embed(texts: list[str], normalize: bool) -> tuple[bytes, int, int, list[int]]``:
-  row-major float32 vectors, count, dim, and each text's token count.
+- embedding only: ``embed(texts: list[str], normalize: bool, prompts: list[str] | None)
+  -> tuple[bytes, int, int, list[int]]``: row-major float32 vectors, count, dim, and each
+  text's token count (its prompt's included). ``prompts[i]`` names one of the model's
+  sentence-transformers prompts, or is "" for none; see :mod:`.sentence`.
+- rerank only: ``rerank(queries: list[str], documents: list[list[str]]) ->
+  tuple[list[float], list[int]]``: every document of ``documents[i]`` scored against
+  ``queries[i]`` (sigmoid of the cross-encoder's logit) and each pair's token count, flat,
+  in order; see :mod:`.rerank`.
 - ``tokenize(text: str, add_special_tokens: bool) -> list[int]``
 - ``detokenize(ids: list[int]) -> str``
 - generation only: ``batch_engine(max_streams) -> BatchEngine | str`` (continuous
@@ -99,23 +105,29 @@ def prewarm() -> None:
     import tokenizers  # noqa: F401
     from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-    from . import bert, generate  # noqa: F401
+    from . import bert, decoder_embed, generate, rerank, sentence  # noqa: F401
 
 
 def load(kind: str, path: str, options: dict[str, Any] | None = None):
-    """Loads the model at `path` as an adapter of `kind` ("embedding")."""
+    """Loads the model at `path` as an adapter of `kind`: "embedding" (a sentence-transformers
+    model, encoder or decoder, or a plain BERT-family encoder), "rerank" (a cross-encoder)
+    or "generation"."""
     faults.maybe_fail("load")
     options = dict(options or {})
     if kind == "embedding":
-        from .bert import BertEmbedder
+        from .sentence import SentenceEmbedder
 
-        adapter = BertEmbedder.from_dir(path, **options)
+        adapter = SentenceEmbedder.from_dir(path, **options)
+    elif kind == "rerank":
+        from .rerank import CrossEncoderReranker
+
+        adapter = CrossEncoderReranker.from_dir(path, **options)
     elif kind == "generation":
         from .generate import Generator
 
         adapter = Generator.from_dir(path, **options)
     else:
-        raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding', 'generation'")
+        raise ValueError(f"unsupported model kind {kind!r}; supported: 'embedding', 'rerank', 'generation'")
     if backend() == "cpu":
         import mlx.core as mx
 

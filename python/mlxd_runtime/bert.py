@@ -1,8 +1,14 @@
-"""BERT sentence encoder in mlx.nn (all-MiniLM-L6-v2 and other BERT-family embedders).
+"""The BERT family of encoders in mlx.nn: BERT, RoBERTa, XLM-RoBERTa and DistilBERT.
 
-Matches sentence-transformers' pipeline for such models: WordPiece tokenisation from the
-model's tokenizer.json, truncation at the model's max sequence length, a BERT encoder,
-mean pooling over the attention mask, then optional L2 normalisation.
+One module tree serves them all (post-norm transformer layers); they differ in their
+embeddings (RoBERTa counts positions from padding_idx + 1 over the real tokens and has a
+single token type, DistilBERT has no token types), in their config keys and weight names
+(DistilBERT's ``q_lin``, ``sa_layer_norm``, ``ffn.lin1``...) and in the prefix of their weight
+names in sequence-classification checkpoints (``bert.``, ``roberta.``, ``distilbert.``). :func:`load_encoder` reads a Hugging Face directory's config.json and
+safetensors into an :class:`Encoder` and hands back the tensors outside the encoder (the
+pooler, a classifier head) for the rerank heads; the sentence-transformers pipeline on top
+(pooling, Dense, Normalize, prompts) is :mod:`.sentence`, the cross-encoder heads
+:mod:`.rerank`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import backend, eval_with_progress, faults, progress
+from . import eval_with_progress
+
+# config.json model_type -> the embedding scheme (and weight prefix) of that family.
+ENCODER_FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert"}
 
 
 # erf as an odd rational function of x on [-4, 4] (erf is +-1 in float32 beyond): the
@@ -47,15 +56,19 @@ def gelu(x: mx.array) -> mx.array:
     return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
 
-# Padded tokens in one forward pass of the encoder; larger batches run as several passes.
-# On a CPU the cost is linear in tokens, so passes of 1024 tokens lose nothing and bound
-# the activations (~6 MiB a tensor at MiniLM's size, whatever the batch); a GPU needs
-# larger passes to be busy.
-TOKENS_PER_FORWARD = {"cpu": 1024, "gpu": 8192}
-
-
 class BertConfig:
     def __init__(self, raw: dict):
+        model_type = raw.get("model_type", "bert")
+        if model_type not in ENCODER_FAMILIES:
+            raise ValueError(
+                f"model_type {model_type!r} is not a supported encoder (supported: {', '.join(ENCODER_FAMILIES)})"
+            )
+        self.model_type = model_type
+        self.family = ENCODER_FAMILIES[model_type]
+        pad = raw.get("pad_token_id")
+        self.pad_token_id = int(pad) if pad is not None else (1 if self.family == "roberta" else 0)
+        if self.family == "distilbert":
+            raw = _distilbert_config(raw)
         self.vocab_size = int(raw["vocab_size"])
         self.hidden_size = int(raw["hidden_size"])
         self.num_hidden_layers = int(raw["num_hidden_layers"])
@@ -71,22 +84,51 @@ class BertConfig:
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError("only absolute position embeddings are supported")
 
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position table covers (RoBERTa's starts after padding_idx)."""
+        if self.family == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+
+def _distilbert_config(raw: dict) -> dict:
+    """DistilBERT's config keys under BERT's names (its layer norms' eps is fixed at 1e-12;
+    no token types)."""
+    return {
+        "vocab_size": raw["vocab_size"],
+        "hidden_size": raw["dim"],
+        "num_hidden_layers": raw["n_layers"],
+        "num_attention_heads": raw["n_heads"],
+        "intermediate_size": raw["hidden_dim"],
+        "max_position_embeddings": raw.get("max_position_embeddings", 512),
+        "type_vocab_size": 0,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": raw.get("activation", "gelu"),
+    }
+
 
 class Embeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.roberta_positions = cfg.family == "roberta"
+        self.padding_idx = cfg.pad_token_id
 
-    def __call__(self, input_ids: mx.array, token_type_ids: mx.array) -> mx.array:
-        positions = mx.arange(input_ids.shape[1])[None, :]
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array, token_type_ids: mx.array) -> mx.array:
+        if self.roberta_positions:
+            # RoBERTa numbers real tokens from padding_idx + 1; padding sits at padding_idx.
+            real = attention_mask.astype(mx.int32)
+            positions = mx.cumsum(real, axis=1) * real + self.padding_idx
+        else:
+            positions = mx.arange(input_ids.shape[1])[None, :]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if "token_type_embeddings" in self:
+            x = x + self.token_type_embeddings(token_type_ids)
         return self.norm(x)
 
 
@@ -140,21 +182,45 @@ class Bert(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = [Layer(cfg) for _ in range(cfg.num_hidden_layers)]
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+    def __call__(
+        self, input_ids: mx.array, attention_mask: mx.array, token_type_ids: mx.array | None = None
+    ) -> mx.array:
+        """Last hidden states (batch, length, hidden) of right-padded rows; `attention_mask`
+        is 1 on real tokens."""
         # Additive mask, broadcast over heads and query positions: padded keys get -inf-ish.
         additive = mx.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(mx.float32)
-        x = self.embeddings(input_ids, mx.zeros_like(input_ids))
+        if token_type_ids is None:
+            token_type_ids = mx.zeros_like(input_ids)
+        x = self.embeddings(input_ids, attention_mask, token_type_ids)
         for layer in self.layers:
             x = layer(x, additive)
         return x
 
 
-def _hf_to_mlx_name(name: str) -> str | None:
-    """Maps Hugging Face BertModel weight names onto this module tree (None = unused)."""
-    if name.startswith("bert."):
-        name = name[len("bert.") :]
-    if name.startswith("pooler.") or name.endswith("position_ids"):
+_DISTILBERT_NAMES = (
+    ("transformer.layer.", "layers."),
+    (".attention.q_lin.", ".attention.query."),
+    (".attention.k_lin.", ".attention.key."),
+    (".attention.v_lin.", ".attention.value."),
+    (".attention.out_lin.", ".attention.out."),
+    (".sa_layer_norm.", ".attention.norm."),
+    (".ffn.lin1.", ".intermediate."),
+    (".ffn.lin2.", ".output."),
+    (".output_layer_norm.", ".norm."),
+    ("embeddings.LayerNorm.", "embeddings.norm."),
+)
+
+
+def _hf_to_mlx_name(name: str, family: str = "bert") -> str | None:
+    """Maps a Hugging Face encoder weight name (prefix already stripped) onto this module
+    tree; None for what is not the encoder's (pooler, heads, buffers)."""
+    body = ("embeddings.", "transformer.") if family == "distilbert" else ("embeddings.", "encoder.")
+    if name.endswith("position_ids") or not name.startswith(body):
         return None
+    if family == "distilbert":
+        for old, new in _DISTILBERT_NAMES:
+            name = name.replace(old, new)
+        return name
     name = name.replace("encoder.layer.", "layers.")
     name = name.replace(".attention.self.", ".attention.")
     name = name.replace(".attention.output.dense.", ".attention.out.")
@@ -166,147 +232,40 @@ def _hf_to_mlx_name(name: str) -> str | None:
     return name
 
 
-def _max_seq_length(model_dir: Path, cfg: BertConfig) -> int:
-    st_cfg = model_dir / "sentence_bert_config.json"
-    if st_cfg.exists():
-        value = json.loads(st_cfg.read_text()).get("max_seq_length")
-        if value:
-            return min(int(value), cfg.max_position_embeddings)
-    return cfg.max_position_embeddings
+def read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no config.json in {model_dir}")
+    return json.loads(path.read_text())
 
 
-class BertEmbedder:
-    """The adapter the worker drives for BERT-family embedding models."""
-
-    def __init__(self, model: Bert, tokenizer, max_seq_len: int, dim: int, name: str):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_seq_len = max_seq_len
-        self.dim = dim
-        self.name = name
-        # Most padded tokens in one forward pass (see embed); the cost on CPU is linear in
-        # tokens, so smaller passes lose nothing there and bound the activations.
-        self.tokens_per_forward = TOKENS_PER_FORWARD.get(backend(), 8192)
-
-    @classmethod
-    def from_dir(cls, path: str, **_options) -> "BertEmbedder":
-        from tokenizers import Tokenizer
-
-        model_dir = Path(path)
-        cfg = BertConfig(json.loads((model_dir / "config.json").read_text()))
-        weight_files = sorted(model_dir.glob("*.safetensors"))
-        if not weight_files:
-            raise FileNotFoundError(f"no *.safetensors file in {model_dir}")
-        weights: dict[str, mx.array] = {}
-        for file in weight_files:
-            for name, tensor in mx.load(str(file)).items():
-                mapped = _hf_to_mlx_name(name)
-                if mapped is not None:
-                    weights[mapped] = tensor.astype(mx.float32)
-        model = Bert(cfg)
-        # strict: a missing or unexpected tensor is a load error, never silent garbage.
-        model.load_weights(list(weights.items()), strict=True)
-        model.eval()
-        eval_with_progress(model.parameters())
-
-        max_seq_len = _max_seq_length(model_dir, cfg)
-        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # tokenizer.json files often carry the training-time padding/truncation; replace
-        # them with the model's serving limit and pad ourselves per batch.
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_seq_len)
-        return cls(model, tokenizer, max_seq_len, cfg.hidden_size, model_dir.name)
-
-    def info(self) -> dict:
-        return {
-            "kind": "embedding",
-            "dim": self.dim,
-            "max_seq_len": self.max_seq_len,
-            "backend": backend(),
-        }
-
-    def embed(self, texts: list[str], normalize: bool = True) -> tuple[bytes, int, int, list[int]]:
-        faults.maybe_fail("embed")
-        if not texts:
-            return b"", 0, self.dim, []
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        lengths = [len(e.ids) for e in encodings]
-        rows: list[mx.array | None] = [None] * len(texts)
-        for group in _length_buckets(lengths):
-            for chunk in _chunks(group, lengths, self.tokens_per_forward):
-                pooled = self._encode([encodings[i].ids for i in chunk], normalize)
-                # Evaluated chunk by chunk: a forward pass's activations are freed before
-                # the next one, so the worker's memory does not grow with the batch.
-                mx.eval(pooled)
-                progress()
-                for row, index in enumerate(chunk):
-                    rows[index] = pooled[row]
-        out = mx.stack(rows).astype(mx.float32)
-        mx.eval(out)
-        if faults.wants("embed", "short"):
-            short = out[:-1]
-            mx.eval(short)
-            return bytes(memoryview(short)), len(texts) - 1, self.dim, lengths[:-1]
-        return bytes(memoryview(out)), len(texts), self.dim, lengths
-
-    def _encode(self, token_ids: list[list[int]], normalize: bool) -> mx.array:
-        lengths = [len(ids) for ids in token_ids]
-        width = max(lengths)
-        ids = [row + [0] * (width - len(row)) for row in token_ids]
-        mask = [[1] * n + [0] * (width - n) for n in lengths]
-        input_ids = mx.array(ids, dtype=mx.int32)
-        attention = mx.array(mask, dtype=mx.float32)
-        hidden = self.model(input_ids, attention)
-        summed = (hidden * attention[:, :, None]).sum(axis=1)
-        pooled = summed / mx.maximum(attention.sum(axis=1, keepdims=True), 1e-9)
-        if normalize:
-            norms = mx.sqrt((pooled * pooled).sum(axis=1, keepdims=True))
-            pooled = pooled / mx.maximum(norms, 1e-12)
-        return pooled
-
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def detokenize(self, ids: list[int]) -> str:
-        if faults.wants("detokenize", "huge"):
-            return "x" * (65 << 20)
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+def load_encoder(model_dir: Path) -> tuple[Bert, BertConfig, dict[str, mx.array]]:
+    """The encoder of a BERT-family directory, its config, and the tensors that are not the
+    encoder's (``pooler.*``, ``classifier.*``, ...: names without the family prefix)."""
+    model_dir = Path(model_dir)
+    cfg = BertConfig(read_config(model_dir))
+    weight_files = sorted(model_dir.glob("*.safetensors"))
+    if not weight_files:
+        raise FileNotFoundError(f"no *.safetensors file in {model_dir}")
+    prefixes = ("bert.", "roberta.", "distilbert.")
+    weights: dict[str, mx.array] = {}
+    rest: dict[str, mx.array] = {}
+    for file in weight_files:
+        for name, tensor in mx.load(str(file)).items():
+            for prefix in prefixes:
+                if name.startswith(prefix):
+                    name = name[len(prefix) :]
+                    break
+            mapped = _hf_to_mlx_name(name, cfg.family)
+            if mapped is not None:
+                weights[mapped] = tensor.astype(mx.float32)
+            elif not name.endswith("position_ids"):
+                rest[name] = tensor.astype(mx.float32)
+    model = Bert(cfg)
+    # strict: a missing or unexpected tensor is a load error, never silent garbage.
+    model.load_weights(list(weights.items()), strict=True)
+    model.eval()
+    eval_with_progress(model.parameters())
+    return model, cfg, rest
 
 
-def _chunks(group: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """Splits a length group (sorted by length) into runs of at most `budget` padded tokens
-    (always at least one text)."""
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    for index in group:
-        if current and (len(current) + 1) * max(lengths[index], lengths[current[-1]]) > budget:
-            chunks.append(current)
-            current = []
-        current.append(index)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _length_buckets(lengths: list[int], slack: float = 1.25, min_pad: int = 16) -> list[list[int]]:
-    """Groups text indices of similar token length so that padding wastes little compute.
-
-    Indices are sorted by length; a group is closed when padding it to its longest member
-    would cost more than `slack` times its real tokens (plus `min_pad` tokens of grace).
-    On CPU the encoder's cost is linear in padded tokens, so one 256-token text no longer
-    makes twenty short ones pay for 256 positions each.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for index in order:
-        n = lengths[index]
-        if current and (len(current) + 1) * n > slack * (real + n) + min_pad:
-            groups.append(current)
-            current, real = [], 0
-        current.append(index)
-        real += n
-    if current:
-        groups.append(current)
-    return groups

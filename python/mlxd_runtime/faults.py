@@ -8,6 +8,8 @@ the supervisor's crash handling and watchdog with the real worker binary:
 - `embed:hang` — the job never returns and reports no progress (the watchdog's case);
 - `embed:slow:SECONDS` — the job takes that long but reports progress every 0.25 s;
 - `embed:short` — the answer has one vector fewer than the texts it was asked for;
+- `rerank:raise`, `rerank:hang`, `rerank:slow:SECONDS`, `rerank:short` — the same for a
+  rerank job (`short`: one score fewer than the pairs);
 - `detokenize:huge` — the answer is a 65 MiB text, over the worker link's frame limit;
 - `ACTION-once:MARKER` (e.g. `embed:hang-once:/tmp/x`) — only the first worker to create
   the marker file is affected, so the restarted worker serves the replayed job.

@@ -23,15 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import eval_with_progress, faults, progress
-
-
-class BadRequest(ValueError):
-    """A request that is wrong whatever the model; reported to the client as BadRequest."""
-
-
-class Unsupported(BadRequest):
-    """A request this model cannot serve as asked (no chat template, ...); reported to the
-    client as Unsupported, so programs can fall back without reading the message."""
+from .errors import BadRequest, Unsupported  # noqa: F401 (raised here, imported from here by tests)
 
 
 def _greedy(logprobs: mx.array) -> mx.array:

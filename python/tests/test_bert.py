@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlxd_runtime
-from mlxd_runtime.bert import _chunks, _length_buckets
+from mlxd_runtime.textbatch import _chunks, _length_buckets
 
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "minilm_reference.json"
 
@@ -51,10 +51,14 @@ def test_matches_sentence_transformers(embedder, reference):
         assert abs(math.sqrt(sum(x * x for x in vector)) - 1.0) < 1e-4
 
 
-def test_unnormalised_output_has_model_scale(embedder):
-    raw, count, dim, _ = embedder.embed(["hello world"], False)
-    (vector,) = _vectors(raw, count, dim)
-    assert math.sqrt(sum(x * x for x in vector)) > 1.5
+def test_its_normalize_module_normalises_whatever_the_flag(embedder):
+    # all-MiniLM-L6-v2's modules.json ends with a Normalize module: unit vectors are part of
+    # the model, so normalize=False (what the daemon's batcher asks for) gives them too.
+    # (A model without Normalize keeps its scale: test_sentence.py.)
+    (plain,) = _vectors(*embedder.embed(["hello world"], False)[:3])
+    (unit,) = _vectors(*embedder.embed(["hello world"], True)[:3])
+    assert abs(math.sqrt(sum(x * x for x in plain)) - 1.0) < 1e-5
+    assert max(abs(a - b) for a, b in zip(plain, unit)) < 1e-6
 
 
 def test_truncates_at_max_seq_len(embedder):
