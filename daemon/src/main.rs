@@ -221,7 +221,8 @@ fn parse_kind(value: &str) -> Result<ModelKind, String> {
     match value {
         "embedding" => Ok(ModelKind::Embedding),
         "generation" => Ok(ModelKind::Generation),
-        other => Err(format!("unknown model kind {other:?} (embedding, generation)")),
+        "rerank" => Ok(ModelKind::Rerank),
+        other => Err(format!("unknown model kind {other:?} (embedding, generation, rerank)")),
     }
 }
 

@@ -164,7 +164,7 @@ pub fn check_name(name: &str) -> Result<()> {
 /// when config.json's architecture is `...ForSequenceClassification` with one label.
 /// Every other architecture is run by mlx-lm: a causal LM, or an embedding model when the
 /// directory is a sentence-transformers one (`modules.json` with a Pooling module).
-pub const ENCODERS: &[&str] = &["bert", "roberta", "xlm-roberta"];
+pub const ENCODERS: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert"];
 
 fn config_json(dir: &Path) -> Result<serde_json::Value> {
     let config_path = dir.join("config.json");
@@ -186,7 +186,11 @@ fn has_pooling_module(dir: &Path) -> bool {
     let Ok(modules) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
     modules.as_array().is_some_and(|modules| {
         modules.iter().any(|m| {
-            m.get("type").and_then(|t| t.as_str()).is_some_and(|t| t == "sentence_transformers.models.Pooling")
+            // `sentence_transformers.models.Pooling` (2.x-5.x), or
+            // `sentence_transformers.sentence_transformer.modules.pooling.Pooling` (6.x).
+            m.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.starts_with("sentence_transformers.") && t.rsplit('.').next() == Some("Pooling"))
         })
     })
 }

@@ -126,7 +126,11 @@ async fn run_one(queue: &Admission, metrics: &BatchMetrics, run_batch: &RunBatch
     let rerank = batch[0].work.is_rerank();
     metrics.metrics.batch_size(model, if rerank { "rerank" } else { "embed" }, batch.len());
     let texts: usize = batch.iter().map(|item| item.work.len()).sum();
-    tracing::debug!(model, requests = batch.len(), texts, rerank, "batch");
+    if rerank {
+        tracing::debug!(model, requests = batch.len(), pairs = texts, "rerank batch");
+    } else {
+        tracing::debug!(model, requests = batch.len(), texts, "embedding batch");
+    }
     let job = if rerank { rerank_job(&batch) } else { embed_job(&batch) };
     let started = std::time::Instant::now();
     let result = run_batch(job).await;
