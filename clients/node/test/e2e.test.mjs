@@ -12,6 +12,7 @@ import {
   InvalidLeaseError,
   MlxdError,
   NotFoundError,
+  PROTOCOL_VERSION,
   VersionMismatchError,
   connect,
 } from "../dist/index.js";
@@ -38,13 +39,13 @@ async function model(name) {
 }
 
 test("connects, and reads status, models, metrics and weights", { timeout: TEST_TIMEOUT }, async () => {
-  assert.equal(client.welcome.protocol_version, 3);
+  assert.equal(client.welcome.protocol_version, PROTOCOL_VERSION);
   assert.deepEqual(client.endpoint, { type: "socket", path: daemon.socket });
   assert.ok(client.welcome.limits.max_frame_len >= 65536);
   await client.ping();
   const status = await client.status();
   assert.equal(status.endpoint, daemon.socket);
-  assert.equal(status.protocol_version, 3);
+  assert.equal(status.protocol_version, PROTOCOL_VERSION);
   const names = (await client.models()).map((m) => m.name);
   assert.ok(names.includes("minilm") && names.includes("smollm2"), names.join(", "));
   assert.match(await client.metrics(), /# EOF\n$/);
@@ -233,7 +234,7 @@ test("a protocol version the daemon does not speak is refused clearly", { timeou
   assert.equal(err.code, "VersionMismatch");
   assert.equal(err.fatal, true);
   assert.match(err.message, /\b2\b/);
-  assert.match(err.message, /\b3\b/);
+  assert.match(err.message, new RegExp(`\\b${PROTOCOL_VERSION}\\b`));
 });
 
 test("bad input gets typed errors, and the session goes on", { timeout: TEST_TIMEOUT }, async () => {
