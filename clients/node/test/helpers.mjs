@@ -180,10 +180,29 @@ export function run(program, args, { env = process.env, timeoutMs = 60_000, inpu
   });
 }
 
+/** Where the test fixtures are: `$MLXD_FIXTURES`, else ../shared/fixtures beside the checkout. */
+export function fixturesDir() {
+  return process.env.MLXD_FIXTURES || `${repoRoot}/../shared/fixtures`;
+}
+
+/**
+ * Fixture models (directories in {@link fixturesDir}) the shared daemon serves besides its
+ * own: a sentence-transformers model with named prompts ("query: " for "query") and a
+ * reranker (a cross-encoder).
+ */
+export const FIXTURE_MODELS = ["st-bert-mean", "rerank-bert"];
+
+/** `--model NAME=DIR` for each fixture model there is (the tests of a missing one fail, naming it). */
+export function fixtureModelArgs() {
+  return FIXTURE_MODELS.filter((name) => existsSync(`${fixturesDir()}/${name}`)).flatMap((name) => [
+    "--model",
+    `${name}=${fixturesDir()}/${name}`,
+  ]);
+}
+
 /** The sentence-transformers reference vectors for MiniLM (`$MLXD_FIXTURES` or ../shared/fixtures). */
 export function minilmReference() {
-  const dir = process.env.MLXD_FIXTURES ?? `${repoRoot}/../shared/fixtures`;
-  return JSON.parse(readFileSync(`${dir}/minilm_reference.json`, "utf8")).items;
+  return JSON.parse(readFileSync(`${fixturesDir()}/minilm_reference.json`, "utf8")).items;
 }
 
 export function cosine(a, b) {

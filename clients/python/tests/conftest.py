@@ -9,13 +9,13 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import mlxd
-from harness import Daemon, fixtures_dir
+from harness import Daemon, fixture_model_args, fixtures_dir
 
 
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[Daemon]:
-    """One daemon for every test that can share it."""
-    started = Daemon()
+    """One daemon for every test that can share it, serving the fixture models too."""
+    started = Daemon(*fixture_model_args())
     try:
         yield started
     finally:

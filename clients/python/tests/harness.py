@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -45,6 +45,30 @@ def mlxctl_bin() -> Path:
 
 def fixtures_dir() -> Path:
     return Path(os.environ.get("MLXD_FIXTURES") or REPO.parent / "shared" / "fixtures")
+
+
+#: Fixture models (directories in :func:`fixtures_dir`) the shared daemon serves besides its
+#: own, as ``--model NAME=DIR``: a sentence-transformers model with named prompts
+#: ("query: " for "query") and a reranker (a cross-encoder).
+FIXTURE_MODELS = ("st-bert-mean", "rerank-bert")
+
+
+def fixture_model_args() -> List[str]:
+    """``--model NAME=DIR`` for each fixture model there is (the tests of one that is
+    missing fail, naming it: see :func:`fixture_model`)."""
+    args: List[str] = []
+    for name in FIXTURE_MODELS:
+        if (fixtures_dir() / name).is_dir():
+            args += ["--model", f"{name}={fixtures_dir() / name}"]
+    return args
+
+
+def fixture_model(client: mlxd.Client, name: str) -> mlxd.ModelInfo:
+    """The daemon's entry for fixture model ``name``; fails the test if it is not served."""
+    for model in client.models():
+        if model.name == name:
+            return model
+    pytest.fail(f"fixture model {name} is not served: no directory {fixtures_dir() / name} (set MLXD_FIXTURES)")
 
 
 def child_env(**extra: str) -> Dict[str, str]:
