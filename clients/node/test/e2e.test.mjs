@@ -23,7 +23,7 @@ import {
   distEntry,
   eventually,
   fixtureModelArgs,
-  fixturesDir,
+  fixturesDirs,
   minilmReference,
   run,
   sleep,
@@ -102,7 +102,7 @@ test("MiniLM embeddings match the sentence-transformers fixtures (cosine >= 0.99
 /** A fixture model's entry in the daemon's list; fails naming the directory when it is not served. */
 async function fixtureModel(name) {
   const found = (await client.models()).find((m) => m.name === name);
-  assert.ok(found, `fixture model ${name} is not served: no directory ${fixturesDir()}/${name} (set MLXD_FIXTURES)`);
+  assert.ok(found, `fixture model ${name} is not served: no directory ${name} in ${fixturesDirs().join(", ")} (set MLXD_FIXTURES)`);
   return found;
 }
 

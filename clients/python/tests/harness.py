@@ -43,11 +43,22 @@ def mlxctl_bin() -> Path:
     return Path(os.environ.get("MLXCTL_BIN") or mlxd_bin().parent / "mlxctl")
 
 
-def fixtures_dir() -> Path:
-    return Path(os.environ.get("MLXD_FIXTURES") or REPO.parent / "shared" / "fixtures")
+def fixtures_dirs() -> List[Path]:
+    """Where fixtures are looked for, in order: ``$MLXD_FIXTURES`` (if set), then
+    ``../shared/fixtures`` beside the checkout."""
+    default = REPO.parent / "shared" / "fixtures"
+    given = os.environ.get("MLXD_FIXTURES")
+    return [Path(given), default] if given else [default]
 
 
-#: Fixture models (directories in :func:`fixtures_dir`) the shared daemon serves besides its
+def fixture(name: str) -> Path:
+    """The first fixture file or directory ``name`` in :func:`fixtures_dirs` (the first
+    place's path if there is none, so that errors name it)."""
+    places = [place / name for place in fixtures_dirs()]
+    return next((path for path in places if path.exists()), places[0])
+
+
+#: Fixture models (directories in :func:`fixtures_dirs`) the shared daemon serves besides its
 #: own, as ``--model NAME=DIR``: a sentence-transformers model with named prompts
 #: ("query: " for "query") and a reranker (a cross-encoder).
 FIXTURE_MODELS = ("st-bert-mean", "rerank-bert")
@@ -58,8 +69,8 @@ def fixture_model_args() -> List[str]:
     missing fail, naming it: see :func:`fixture_model`)."""
     args: List[str] = []
     for name in FIXTURE_MODELS:
-        if (fixtures_dir() / name).is_dir():
-            args += ["--model", f"{name}={fixtures_dir() / name}"]
+        if fixture(name).is_dir():
+            args += ["--model", f"{name}={fixture(name)}"]
     return args
 
 
@@ -68,7 +79,8 @@ def fixture_model(client: mlxd.Client, name: str) -> mlxd.ModelInfo:
     for model in client.models():
         if model.name == name:
             return model
-    pytest.fail(f"fixture model {name} is not served: no directory {fixtures_dir() / name} (set MLXD_FIXTURES)")
+    looked = ", ".join(str(place) for place in fixtures_dirs())
+    pytest.fail(f"fixture model {name} is not served: no directory {name} in {looked} (set MLXD_FIXTURES)")
 
 
 def child_env(**extra: str) -> Dict[str, str]:
