@@ -40,6 +40,7 @@ import {
   type MappedWeights,
   type ModelInfo,
   type Request,
+  type Reranked,
   type Response,
   type ServerMessage,
   type Welcome,
@@ -131,7 +132,7 @@ export interface RequestHandlers {
 }
 
 /** Requests safe to send twice: retried after `Busy` (the same set as the Rust client). */
-const IDEMPOTENT = new Set<Request["type"]>(["Embed", "Tokenize", "Detokenize", "Status", "Ping", "ListModels"]);
+const IDEMPOTENT = new Set<Request["type"]>(["Embed", "Rerank", "Tokenize", "Detokenize", "Status", "Ping", "ListModels"]);
 
 /** Connects to mlxd (see {@link ConnectOptions}). */
 export function connect(options: ConnectOptions = {}): Promise<Client> {
@@ -402,6 +403,14 @@ export class Client {
   /** Like {@link Client.embed}, with the whole answer (`vectors` row-major, `rows`, `prompt_tokens`). */
   embedDetailed(model: string, texts: string[], options: requests.EmbedOptions = {}): Promise<requests.EmbedResult> {
     return requests.embedDetailed(this, { type: "Name", value: model }, texts, options);
+  }
+
+  /**
+   * Scores `documents` against `query` with the named reranking model: `results` best
+   * first (`index` into `documents`, `score` in [0, 1]), all of them or the best `topN`.
+   */
+  rerank(model: string, query: string, documents: string[], options: requests.RerankOptions = {}): Promise<Reranked> {
+    return requests.rerank(this, { type: "Name", value: model }, query, documents, options);
   }
 
   /** Generates from a raw prompt (a string) or a chat (messages); see {@link Generation}. */

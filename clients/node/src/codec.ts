@@ -1,5 +1,5 @@
 /**
- * Encoders and decoders for every message of protocol v3, both directions (the client
+ * Encoders and decoders for every message of protocol v4, both directions (the client
  * only sends `ClientMessage` and reads `ServerMessage`; the other two halves let the
  * conformance tests check every vector both ways). Fields are written in the order of
  * PROTOCOL.md §5; a variant's wire tag is its index in the lists of `types.ts`.
@@ -40,6 +40,8 @@ import {
   type ModelRef,
   type PromptInput,
   type Request,
+  type RerankRequest,
+  type Reranked,
   type Response,
   type SchedStats,
   type ServerMessage,
@@ -188,6 +190,9 @@ function writeRequest(w: Writer, body: Request): void {
       w.string(body.model, "Unload.model");
       w.bool(body.force, "Unload.force");
       return;
+    case "Rerank":
+      writeRerankRequest(w, body);
+      return;
     default:
       return unknownType("Request", body);
   }
@@ -223,6 +228,8 @@ function readRequest(r: Reader): Request {
       return { type, model: r.string("Load.model") };
     case "Unload":
       return { type, model: r.string("Unload.model"), force: r.bool("Unload.force") };
+    case "Rerank":
+      return { type, ...readRerankRequest(r) };
   }
 }
 
@@ -261,6 +268,7 @@ function writeEmbedRequest(w: Writer, embed: EmbedRequest): void {
   w.bool(embed.normalize, "Embed.normalize");
   w.tag(tagOf(PRIORITIES, embed.priority, "Embed.priority"));
   w.option(embed.deadline_ms, (ms) => w.u64(ms, "Embed.deadline_ms"));
+  w.option(embed.prompt, (prompt) => w.string(prompt, "Embed.prompt"));
 }
 
 function readEmbedRequest(r: Reader): EmbedRequest {
@@ -270,6 +278,27 @@ function readEmbedRequest(r: Reader): EmbedRequest {
     normalize: r.bool("Embed.normalize"),
     priority: r.tag(PRIORITIES, "Embed.priority"),
     deadline_ms: r.option("Embed.deadline_ms", () => r.u64("Embed.deadline_ms")),
+    prompt: r.option("Embed.prompt", () => r.string("Embed.prompt")),
+  };
+}
+
+function writeRerankRequest(w: Writer, rerank: RerankRequest): void {
+  writeModelRef(w, rerank.model);
+  w.string(rerank.query, "Rerank.query");
+  w.seq(rerank.documents, "Rerank.documents", (document) => w.string(document, "Rerank.documents[]"));
+  w.option(rerank.top_n, (n) => w.u32(n, "Rerank.top_n"));
+  w.tag(tagOf(PRIORITIES, rerank.priority, "Rerank.priority"));
+  w.option(rerank.deadline_ms, (ms) => w.u64(ms, "Rerank.deadline_ms"));
+}
+
+function readRerankRequest(r: Reader): RerankRequest {
+  return {
+    model: readModelRef(r),
+    query: r.string("Rerank.query"),
+    documents: r.seq("Rerank.documents", () => r.string("Rerank.documents[]")),
+    top_n: r.option("Rerank.top_n", () => r.u32("Rerank.top_n")),
+    priority: r.tag(PRIORITIES, "Rerank.priority"),
+    deadline_ms: r.option("Rerank.deadline_ms", () => r.u64("Rerank.deadline_ms")),
   };
 }
 
@@ -452,6 +481,8 @@ function readResponse(r: Reader): Response {
       return { type, value: r.seq("Weights", () => readMappedWeights(r)) };
     case "Metrics":
       return { type, value: r.string("Metrics") };
+    case "Reranked":
+      return { type, ...readReranked(r) };
   }
 }
 
@@ -493,7 +524,30 @@ function writeResponse(w: Writer, body: Response): void {
     case "Metrics":
       w.string(body.value, "Metrics");
       return;
+    case "Reranked":
+      writeReranked(w, body);
+      return;
   }
+}
+
+function readReranked(r: Reader): Reranked {
+  return {
+    model: r.string("Reranked.model"),
+    results: r.seq("Reranked.results", () => ({
+      index: r.u32("RerankResult.index"),
+      score: r.f32("RerankResult.score"),
+    })),
+    prompt_tokens: r.u64("Reranked.prompt_tokens"),
+  };
+}
+
+function writeReranked(w: Writer, reranked: Reranked): void {
+  w.string(reranked.model, "model");
+  w.seq(reranked.results, "results", (result) => {
+    w.u32(result.index, "results[].index");
+    w.f32(result.score, "results[].score");
+  });
+  w.u64(reranked.prompt_tokens, "prompt_tokens");
 }
 
 function readMappedWeights(r: Reader): MappedWeights {
@@ -606,6 +660,9 @@ function readModelInfo(r: Reader): ModelInfo {
     worker_pid: r.option("ModelInfo.worker_pid", () => r.u32("ModelInfo.worker_pid")),
     last_error: r.option("ModelInfo.last_error", () => r.string("ModelInfo.last_error")),
     sched: readSchedStats(r),
+    prompts: r.seq("ModelInfo.prompts", () => r.string("ModelInfo.prompts[]")),
+    default_prompt: r.option("ModelInfo.default_prompt", () => r.string("ModelInfo.default_prompt")),
+    estimated_bytes: r.u64("ModelInfo.estimated_bytes"),
   };
 }
 
@@ -627,6 +684,9 @@ function writeModelInfo(w: Writer, model: ModelInfo): void {
   w.option(model.worker_pid, (pid) => w.u32(pid, "worker_pid"));
   w.option(model.last_error, (error) => w.string(error, "last_error"));
   writeSchedStats(w, model.sched);
+  w.seq(model.prompts, "prompts", (prompt) => w.string(prompt, "prompts[]"));
+  w.option(model.default_prompt, (prompt) => w.string(prompt, "default_prompt"));
+  w.u64(model.estimated_bytes, "estimated_bytes");
 }
 
 function readSchedStats(r: Reader): SchedStats {

@@ -1,5 +1,5 @@
 /**
- * mlxd-client: the Node client of mlxd (protocol v3, `proto/PROTOCOL.md`).
+ * mlxd-client: the Node client of mlxd (protocol v4, `proto/PROTOCOL.md`).
  *
  * # Layout
  *
@@ -10,7 +10,7 @@
  * - `paths.ts` — where the socket is, and whether to trust who made it.
  * - `transport.ts` — a Unix socket, or a private `mlxd stdio` child.
  * - `client.ts` — `connect()`, the handshake, request routing, Busy retries, typed requests.
- * - `requests.ts` — embed / tokenize / detokenize, shared by the client and leases.
+ * - `requests.ts` — embed / rerank / tokenize / detokenize, shared by the client and leases.
  * - `lease.ts` — `Lease`, released by `close()` or `await using`.
  * - `generate.ts` — `Generation`: tokens as an `AsyncIterable`, with credit granted as read.
  * - `errors.ts` — `MlxdError` and its subclasses.
@@ -24,7 +24,7 @@ export { Lease } from "./lease.js";
 export type { LeaseOptions } from "./lease.js";
 export { Generation, DEFAULT_PARAMS, DEFAULT_WINDOW, MAX_WINDOW } from "./generate.js";
 export type { Completion, GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
-export type { EmbedOptions, EmbedResult, TokenizeOptions } from "./requests.js";
+export type { EmbedOptions, EmbedResult, RerankOptions, TokenizeOptions } from "./requests.js";
 export * from "./errors.js";
 export * from "./types.js";
 export { decodeClientMessage, decodeServerMessage, encodeClientMessage, encodeServerMessage } from "./codec.js";

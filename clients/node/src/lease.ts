@@ -11,7 +11,7 @@ import { expectType } from "./client.js";
 import { ConnectionClosedError } from "./errors.js";
 import { Generation, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
 import * as requests from "./requests.js";
-import type { ChatMessage, LoadProgress, ModelInfo, ModelRef, U64 } from "./types.js";
+import type { ChatMessage, LoadProgress, ModelInfo, ModelRef, Reranked, U64 } from "./types.js";
 
 export interface LeaseOptions {
   /** Load progress while the model loads. */
@@ -51,7 +51,7 @@ export class Lease {
     return this.#closing !== undefined;
   }
 
-  /** Embeds `texts`: one vector per text (L2-normalised unless `normalize: false`). */
+  /** Embeds `texts`: one vector per text (L2-normalised unless `normalize: false`; `prompt`: a named prompt of the model). */
   embed(texts: string[], options: requests.EmbedOptions = {}): Promise<Float32Array[]> {
     return requests.embed(this.client, this.#ref, texts, options);
   }
@@ -59,6 +59,11 @@ export class Lease {
   /** Like {@link Lease.embed}, with the whole answer (`rows`, row-major `vectors`, `prompt_tokens`). */
   embedDetailed(texts: string[], options: requests.EmbedOptions = {}): Promise<requests.EmbedResult> {
     return requests.embedDetailed(this.client, this.#ref, texts, options);
+  }
+
+  /** Scores `documents` against `query` (a reranking model): results best first, at most `topN`. */
+  rerank(query: string, documents: string[], options: requests.RerankOptions = {}): Promise<Reranked> {
+    return requests.rerank(this.client, this.#ref, query, documents, options);
   }
 
   /** Generates from a raw prompt (a string) or chat messages. */

@@ -1,6 +1,6 @@
 /**
  * Request families shared by {@link Client} (a model by name) and {@link Lease} (a model
- * by lease): the typed front of `client.request`.
+ * by lease): the typed front of `client.request` (embed, rerank, tokenize, detokenize).
  *
  * @module
  */
@@ -8,11 +8,29 @@
 import type { Client, RequestOptions } from "./client.js";
 import { expectType } from "./client.js";
 import { InvalidArgumentError, ProtocolError } from "./errors.js";
-import type { Embeddings, ModelRef, Priority, U64 } from "./types.js";
+import type { Embeddings, ModelRef, Priority, Reranked, U64 } from "./types.js";
 
 export interface EmbedOptions {
   /** L2-normalise each vector (what sentence-transformers does for MiniLM) [default: true]. */
   normalize?: boolean;
+  /** [default: "Interactive"] */
+  priority?: Priority;
+  /** Refused with `RequestTimeoutError` if still queued this long after arrival. */
+  deadlineMs?: U64;
+  /**
+   * Which of the model's named prompts (`ModelInfo.prompts`, e.g. "query", "document")
+   * goes before each text: "" = none; a name the model lacks is a `BadRequestError`
+   * [default: the model's `default_prompt`, none if it has none].
+   */
+  prompt?: string | null;
+  signal?: AbortSignal;
+  /** Retry `Busy` per the client's policy [default: true]. */
+  retry?: boolean;
+}
+
+export interface RerankOptions {
+  /** Only the best `topN` results [default: every document]. */
+  topN?: number | null;
   /** [default: "Interactive"] */
   priority?: Priority;
   /** Refused with `RequestTimeoutError` if still queued this long after arrival. */
@@ -47,6 +65,7 @@ export async function embedDetailed(
       normalize: options.normalize ?? true,
       priority: options.priority ?? "Interactive",
       deadline_ms: options.deadlineMs ?? null,
+      prompt: options.prompt ?? null,
     },
     { signal: options.signal, retry: options.retry },
   );
@@ -62,6 +81,31 @@ export async function embedDetailed(
 
 export async function embed(client: Client, model: ModelRef, texts: string[], options: EmbedOptions): Promise<Float32Array[]> {
   return (await embedDetailed(client, model, texts, options)).rows;
+}
+
+/** Scores `documents` against `query`: results best first, each an index into `documents` and a score in [0, 1]. */
+export async function rerank(
+  client: Client,
+  model: ModelRef,
+  query: string,
+  documents: string[],
+  options: RerankOptions,
+): Promise<Reranked> {
+  if (!Array.isArray(documents)) throw new InvalidArgumentError("rerank: documents must be an array of strings");
+  const response = await client.request(
+    {
+      type: "Rerank",
+      model,
+      query,
+      documents,
+      top_n: options.topN ?? null,
+      priority: options.priority ?? "Interactive",
+      deadline_ms: options.deadlineMs ?? null,
+    },
+    { signal: options.signal, retry: options.retry },
+  );
+  const { type: _, ...reranked } = expectType(response, "Reranked");
+  return reranked;
 }
 
 export async function tokenize(client: Client, model: ModelRef, text: string, options: TokenizeOptions): Promise<number[]> {

@@ -1,5 +1,5 @@
 /**
- * The wire types of mlxd protocol version 3, one for every message in
+ * The wire types of mlxd protocol version 4, one for every message in
  * `proto/src/messages.rs` and `proto/src/error.rs` (see `proto/PROTOCOL.md`, §5).
  *
  * How the Rust types map to TypeScript:
@@ -25,7 +25,7 @@ export type U64 = number | bigint;
 export type I64 = number | bigint;
 
 /** The protocol version this package speaks. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 // ---------------------------------------------------------------------------------------
 // Client → daemon
@@ -59,7 +59,8 @@ export type Request =
   | { type: "Load"; model: string } // Event LoadProgress*, Response Loaded
   | { type: "Unload"; model: string; force: boolean } // Response Unloaded
   | { type: "Weights" } // Response Weights
-  | { type: "Metrics" }; // Response Metrics (appended in v2)
+  | { type: "Metrics" } // Response Metrics (appended in v2)
+  | ({ type: "Rerank" } & RerankRequest); // Event LoadProgress*, Response Reranked (appended in v4)
 
 /** Which model a request is for: by name (that request only) or by a lease of this session. */
 export type ModelRef = { type: "Name"; value: string } | { type: "Lease"; value: U64 };
@@ -77,6 +78,23 @@ export interface EmbedRequest {
   model: ModelRef;
   texts: string[];
   normalize: boolean;
+  priority: Priority;
+  deadline_ms: U64 | null;
+  /**
+   * Which of the model's named prompts goes before each text (since v4): null = the
+   * model's default prompt (none if it has none); "" = none; a name = that one of
+   * `ModelInfo.prompts` (another name: `BadRequestError`).
+   */
+  prompt: string | null;
+}
+
+/** Scores each document's relevance to `query` with a reranking model (since v4). */
+export interface RerankRequest {
+  model: ModelRef;
+  query: string;
+  documents: string[];
+  /** Only the best `top_n` (null: all). */
+  top_n: number | null;
   priority: Priority;
   deadline_ms: U64 | null;
 }
@@ -154,7 +172,25 @@ export type Response =
   | ({ type: "Loaded" } & ModelInfo)
   | ({ type: "Unloaded" } & ModelInfo)
   | { type: "Weights"; value: MappedWeights[] }
-  | { type: "Metrics"; value: string };
+  | { type: "Metrics"; value: string }
+  | ({ type: "Reranked" } & Reranked); // appended in v4
+
+/**
+ * The answer to a rerank (since v4): `results` best first (equal scores in document
+ * order), at most `top_n`; `prompt_tokens` counts every (query, document) pair's tokens.
+ */
+export interface Reranked {
+  model: string;
+  results: RerankResult[];
+  prompt_tokens: U64;
+}
+
+export interface RerankResult {
+  /** The document's position in the request. */
+  index: number;
+  /** The sigmoid of the model's logit, in [0, 1]. */
+  score: number;
+}
 
 export interface MappedWeights {
   path: string;
@@ -204,7 +240,8 @@ export interface LeaseInfo {
   model: ModelInfo;
 }
 
-export type ModelKind = "Embedding" | "Generation";
+/** `Rerank`: a cross-encoder scoring (query, document) pairs (appended in v4). */
+export type ModelKind = "Embedding" | "Generation" | "Rerank";
 export type ModelState = "Unloaded" | "Loading" | "Ready" | "Unloading" | "Failed";
 
 export interface ModelInfo {
@@ -225,6 +262,12 @@ export interface ModelInfo {
   worker_pid: number | null;
   last_error: string | null;
   sched: SchedStats;
+  /** Embedding models: the named prompts an embed may choose, sorted (since v4). */
+  prompts: string[];
+  /** The prompt an embed gets when it names none (since v4). */
+  default_prompt: string | null;
+  /** Bytes the daemon's memory budget counts for the model when loaded (since v4). */
+  estimated_bytes: U64;
 }
 
 export interface SchedStats {
@@ -301,7 +344,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
 ];
 export const PRIORITIES: readonly Priority[] = ["Interactive", "Batch"];
 export const FINISH_REASONS: readonly FinishReason[] = ["Stop", "Length", "Cancelled", "Error"];
-export const MODEL_KINDS: readonly ModelKind[] = ["Embedding", "Generation"];
+export const MODEL_KINDS: readonly ModelKind[] = ["Embedding", "Generation", "Rerank"];
 export const MODEL_STATES: readonly ModelState[] = ["Unloaded", "Loading", "Ready", "Unloading", "Failed"];
 export const LOAD_STAGES: readonly LoadStage[] = ["Starting", "Weights", "Ready"];
 export const CLIENT_MESSAGE_TYPES: readonly ClientMessage["type"][] = ["Hello", "Request", "Cancel", "Credit"];
@@ -319,6 +362,7 @@ export const REQUEST_TYPES: readonly Request["type"][] = [
   "Unload",
   "Weights",
   "Metrics",
+  "Rerank",
 ];
 export const SERVER_MESSAGE_TYPES: readonly ServerMessage["type"][] = ["Welcome", "Response", "Event", "Error", "Fatal"];
 export const RESPONSE_TYPES: readonly Response["type"][] = [
@@ -335,5 +379,6 @@ export const RESPONSE_TYPES: readonly Response["type"][] = [
   "Unloaded",
   "Weights",
   "Metrics",
+  "Reranked",
 ];
 export const EVENT_TYPES: readonly Event["type"][] = ["Token", "LoadProgress"];

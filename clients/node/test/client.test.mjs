@@ -1,6 +1,7 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
 // its validation, a fatal Busy, a Generation's summary without a reader, concurrent
-// next(), complete(), and the error classes' names.
+// next(), complete(), the error classes' names, and the exact requests rerank and
+// embedding prompts send.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -136,4 +137,101 @@ test("Timeout and Cancelled have names apart from DOMException's; the old names 
   const cancelled = fromWire({ code: "Cancelled", message: "cancelled", retry_after_ms: null });
   assert.ok(cancelled instanceof RequestCancelledError && cancelled instanceof CancelledError);
   assert.equal(cancelled.name, "RequestCancelledError");
+});
+
+/** A ModelInfo as the daemon sends it (v4: with prompts, default_prompt, estimated_bytes). */
+function modelInfo(name, kind, prompts = [], defaultPrompt = null) {
+  return {
+    name,
+    kind,
+    state: "Ready",
+    source: `/models/${name}`,
+    leases: 1,
+    in_flight: 0,
+    queue_depth: 0,
+    queue_capacity: 64,
+    resident_bytes: 1 << 20,
+    dim: 0,
+    max_seq_len: 512,
+    idle_ms: null,
+    keep_alive_left_ms: null,
+    backend: "cpu",
+    worker_pid: 4242,
+    last_error: null,
+    sched: { queued: 0, running: 0, slots: 1, admitted: 0, busy: 0, shed: 0, timeouts: 0, single_stream: 0, batches: 0, batched_requests: 0, service_us: 0 },
+    prompts,
+    default_prompt: defaultPrompt,
+    estimated_bytes: 3 << 20,
+  };
+}
+
+test("rerank and embedding prompts send what they say; a Busy rerank is retried like embed", { timeout: TEST_TIMEOUT }, async () => {
+  const results = [
+    { index: 2, score: 0.75 },
+    { index: 0, score: 0.25 },
+  ];
+  let busyOnce = true;
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    const { id, body } = message;
+    const respond = (answer) => send({ type: "Response", id, body: answer });
+    if (body.type === "Rerank") {
+      if (busyOnce) {
+        busyOnce = false;
+        send({ type: "Error", id, error: busy(1) });
+      } else {
+        respond({ type: "Reranked", model: "r", results: body.documents.length === 1 ? [{ index: 0, score: 0.5 }] : results, prompt_tokens: 12 });
+      }
+    } else if (body.type === "Embed") {
+      respond({ type: "Embeddings", model: "e", count: 1, dim: 2, vectors: Float32Array.of(1, 0), prompt_tokens: 3 });
+    } else if (body.type === "Lease") {
+      const info = body.model === "r" ? modelInfo("r", "Rerank") : modelInfo("e", "Embedding", ["document", "query"], "query");
+      respond({ type: "Leased", lease: body.model === "r" ? 7 : 8, model: info });
+    } else if (body.type === "Release") {
+      respond({ type: "Released" });
+    }
+  });
+  const client = await connect({ socket: daemon.path, fallback: false, retry: { maxRetries: 1, maxWaitMs: 5 } });
+  try {
+    const answer = await client.rerank("r", "q", ["a", "b", "c"], { topN: 2, priority: "Batch", deadlineMs: 500 });
+    assert.deepEqual(answer, { model: "r", results, prompt_tokens: 12 });
+    const reranker = await client.lease("r");
+    assert.equal(reranker.info.kind, "Rerank");
+    assert.deepEqual((await reranker.rerank("q", ["only"])).results, [{ index: 0, score: 0.5 }]);
+    await reranker.close();
+    // Refused before anything is sent.
+    await assert.rejects(client.rerank("r", "q", "not an array"), InvalidArgumentError);
+    await assert.rejects(client.rerank("r", "q", ["a"], { topN: -1 }), InvalidArgumentError);
+
+    assert.deepEqual(await client.embed("e", ["x"], { prompt: "query" }), [Float32Array.of(1, 0)]);
+    assert.equal((await client.embedDetailed("e", ["x"], { prompt: "" })).prompt_tokens, 3);
+    await client.embed("e", ["x"]);
+    const embedder = await client.lease("e");
+    assert.deepEqual([embedder.info.prompts, embedder.info.default_prompt, embedder.info.estimated_bytes], [["document", "query"], "query", 3 << 20]);
+    await embedder.embed(["x"], { normalize: false, prompt: "document" });
+    await embedder.close();
+
+    const rerank = { type: "Rerank", model: { type: "Name", value: "r" }, query: "q", documents: ["a", "b", "c"], top_n: 2, priority: "Batch", deadline_ms: 500 };
+    const embed = (model, prompt, normalize = true) => ({ type: "Embed", model, texts: ["x"], normalize, priority: "Interactive", deadline_ms: null, prompt });
+    const byName = { type: "Name", value: "e" };
+    assert.deepEqual(
+      daemon.received.map((m) => m.body),
+      [
+        rerank,
+        rerank,
+        { type: "Lease", model: "r", keep_alive_ms: null },
+        { type: "Rerank", model: { type: "Lease", value: 7 }, query: "q", documents: ["only"], top_n: null, priority: "Interactive", deadline_ms: null },
+        { type: "Release", lease: 7 },
+        embed(byName, "query"),
+        embed(byName, ""),
+        embed(byName, null),
+        { type: "Lease", model: "e", keep_alive_ms: null },
+        embed({ type: "Lease", value: 8 }, "document", false),
+        { type: "Release", lease: 8 },
+      ],
+    );
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
 });

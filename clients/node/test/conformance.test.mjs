@@ -8,6 +8,8 @@ import { test } from "node:test";
 import {
   PROTOCOL_VERSION,
   ProtocolError,
+  REQUEST_TYPES,
+  RESPONSE_TYPES,
   Reader,
   Writer,
   decodeClientMessage,
@@ -31,6 +33,7 @@ const F32_KEYS = new Set([
   "repetition_penalty",
   "prompt_tokens_per_s",
   "generation_tokens_per_s",
+  "score",
 ]);
 
 /**
@@ -93,11 +96,12 @@ test("every message vector decodes to its JSON form and re-encodes byte for byte
     assert.deepStrictEqual(decode(Buffer.from(vector.body, "hex")), expected, `${vector.name}: from a Buffer`);
     seen.add(`${vector.direction}:${decoded.type}:${decoded.body?.type ?? decoded.event?.type ?? decoded.error?.code ?? ""}`);
   }
-  // Every request and response variant is covered.
-  for (const type of ["Ping", "Status", "ListModels", "Lease", "Release", "Embed", "Generate", "Tokenize", "Detokenize", "Load", "Unload", "Weights", "Metrics"]) {
+  // Every request and response variant is covered (Rerank and Reranked since v4).
+  assert.ok(REQUEST_TYPES.includes("Rerank") && RESPONSE_TYPES.includes("Reranked"));
+  for (const type of REQUEST_TYPES) {
     assert.ok(seen.has(`client:Request:${type}`), `no vector for Request ${type}`);
   }
-  for (const type of ["Pong", "Status", "Models", "Leased", "Released", "Embeddings", "Generated", "Tokens", "Text", "Loaded", "Unloaded", "Weights", "Metrics"]) {
+  for (const type of RESPONSE_TYPES) {
     assert.ok(seen.has(`server:Response:${type}`), `no vector for Response ${type}`);
   }
 });

@@ -1,5 +1,6 @@
 // End to end against the real daemon and MLX workers: one `mlxd serve` shared by every
-// test in this file (each test cleans up the leases it takes).
+// test in this file (each test cleans up the leases it takes), serving the fixture models
+// for named embedding prompts and reranking too.
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { after, before, test } from "node:test";
@@ -12,16 +13,30 @@ import {
   InvalidLeaseError,
   MlxdError,
   NotFoundError,
+  PROTOCOL_VERSION,
   VersionMismatchError,
   connect,
 } from "../dist/index.js";
-import { binary, cosine, distEntry, eventually, minilmReference, run, sleep, startDaemon, tempDir, TEST_TIMEOUT } from "./helpers.mjs";
+import {
+  binary,
+  cosine,
+  distEntry,
+  eventually,
+  fixtureModelArgs,
+  fixturesDirs,
+  minilmReference,
+  run,
+  sleep,
+  startDaemon,
+  tempDir,
+  TEST_TIMEOUT,
+} from "./helpers.mjs";
 
 let daemon;
 let client;
 
 before(async () => {
-  daemon = await startDaemon();
+  daemon = await startDaemon(fixtureModelArgs());
   client = await connect({ socket: daemon.socket, fallback: false, retry: false, clientName: "node-e2e" });
 }, { timeout: TEST_TIMEOUT });
 
@@ -38,13 +53,13 @@ async function model(name) {
 }
 
 test("connects, and reads status, models, metrics and weights", { timeout: TEST_TIMEOUT }, async () => {
-  assert.equal(client.welcome.protocol_version, 3);
+  assert.equal(client.welcome.protocol_version, PROTOCOL_VERSION);
   assert.deepEqual(client.endpoint, { type: "socket", path: daemon.socket });
   assert.ok(client.welcome.limits.max_frame_len >= 65536);
   await client.ping();
   const status = await client.status();
   assert.equal(status.endpoint, daemon.socket);
-  assert.equal(status.protocol_version, 3);
+  assert.equal(status.protocol_version, PROTOCOL_VERSION);
   const names = (await client.models()).map((m) => m.name);
   assert.ok(names.includes("minilm") && names.includes("smollm2"), names.join(", "));
   assert.match(await client.metrics(), /# EOF\n$/);
@@ -82,6 +97,87 @@ test("MiniLM embeddings match the sentence-transformers fixtures (cosine >= 0.99
     await minilm.close();
   }
   assert.equal((await model("minilm")).leases, 0);
+});
+
+/** A fixture model's entry in the daemon's list; fails naming the directory when it is not served. */
+async function fixtureModel(name) {
+  const found = (await client.models()).find((m) => m.name === name);
+  assert.ok(found, `fixture model ${name} is not served: no directory ${name} in ${fixturesDirs().join(", ")} (set MLXD_FIXTURES)`);
+  return found;
+}
+
+function maxDifference(a, b) {
+  assert.equal(a.length, b.length);
+  let most = 0;
+  for (let i = 0; i < a.length; i++) most = Math.max(most, Math.abs(a[i] - b[i]));
+  return most;
+}
+
+test("named embedding prompts: \"query\" puts \"query: \" before the text; an unknown one is refused, naming them", { timeout: TEST_TIMEOUT }, async () => {
+  const info = await fixtureModel("st-bert-mean");
+  assert.equal(info.kind, "Embedding");
+  assert.ok(info.prompts.includes("query"), info.prompts.join(", "));
+  assert.deepEqual(info.prompts, [...info.prompts].sort());
+  assert.ok(Number(info.estimated_bytes) > 0);
+  const text = "How long do giant pandas live?";
+  const st = await client.lease("st-bert-mean");
+  try {
+    assert.deepEqual([st.info.prompts, st.info.default_prompt], [info.prompts, info.default_prompt]);
+    const [plain] = await st.embed([text], { prompt: "" });
+    const [query] = await st.embed([text], { prompt: "query" });
+    const [spelledOut] = await st.embed([`query: ${text}`], { prompt: "" });
+    const [byDefault] = await st.embed([text]);
+    const [namedDefault] = await st.embed([text], { prompt: info.default_prompt ?? "" });
+    assert.ok(maxDifference(query, spelledOut) <= 1e-5, "\"query\" is not \"query: \" before the text");
+    assert.ok(maxDifference(query, plain) > 1e-3, "the prompt changed nothing");
+    // No prompt named: the model's default (none if it has none).
+    assert.ok(maxDifference(byDefault, namedDefault) <= 1e-5);
+    const [byName] = await client.embed("st-bert-mean", [text], { prompt: "query" });
+    assert.ok(maxDifference(byName, query) <= 1e-5);
+  } finally {
+    await st.close();
+  }
+  const err = await client.embed("st-bert-mean", [text], { prompt: "no-such-prompt" }).catch((e) => e);
+  assert.ok(err instanceof BadRequestError, String(err));
+  for (const name of info.prompts) assert.ok(err.message.includes(`"${name}"`), err.message);
+});
+
+test("rerank scores every document once, in [0, 1], best first; topN cuts; other kinds are refused", { timeout: TEST_TIMEOUT }, async () => {
+  assert.equal((await fixtureModel("rerank-bert")).kind, "Rerank");
+  const query = "What is the capital of France?";
+  const documents = [
+    "Paris is the capital and largest city of France.",
+    "The giant panda is a bear species endemic to China.",
+    "Berlin is the capital of Germany.",
+    "France is a country in Western Europe.",
+    "bananas",
+  ];
+  const whole = await client.rerank("rerank-bert", query, documents);
+  assert.equal(whole.model, "rerank-bert");
+  assert.ok(Number(whole.prompt_tokens) > 0);
+  assert.deepEqual(whole.results.map((r) => r.index).sort(), [0, 1, 2, 3, 4]);
+  const scores = whole.results.map((r) => r.score);
+  assert.ok(scores.every((s) => s >= 0 && s <= 1), scores.join(", "));
+  assert.deepEqual(scores, [...scores].sort((a, b) => b - a), "not best first");
+
+  // topN cuts to the best (by lease here); each document keeps its score.
+  const byIndex = new Map(whole.results.map((r) => [r.index, r.score]));
+  const reranker = await client.lease("rerank-bert");
+  let top;
+  try {
+    assert.equal(reranker.info.kind, "Rerank");
+    top = await reranker.rerank(query, documents, { topN: 2 });
+  } finally {
+    await reranker.close();
+  }
+  assert.equal(top.results.length, 2);
+  for (const { index, score } of top.results) assert.ok(Math.abs(score - byIndex.get(index)) <= 1e-5);
+  assert.ok(Math.min(...top.results.map((r) => r.score)) >= scores[2] - 1e-5);
+
+  // Each kind of model serves only its own requests.
+  await assert.rejects(client.rerank("st-bert-mean", query, documents), BadRequestError);
+  await assert.rejects(client.rerank("minilm", query, documents), BadRequestError);
+  await assert.rejects(client.embed("rerank-bert", documents), BadRequestError);
 });
 
 /** `mlxctl generate --json` against the test daemon: its tokens and text. */
@@ -233,7 +329,7 @@ test("a protocol version the daemon does not speak is refused clearly", { timeou
   assert.equal(err.code, "VersionMismatch");
   assert.equal(err.fatal, true);
   assert.match(err.message, /\b2\b/);
-  assert.match(err.message, /\b3\b/);
+  assert.match(err.message, new RegExp(`\\b${PROTOCOL_VERSION}\\b`));
 });
 
 test("bad input gets typed errors, and the session goes on", { timeout: TEST_TIMEOUT }, async () => {

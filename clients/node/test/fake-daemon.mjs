@@ -5,7 +5,7 @@
 import { rmSync } from "node:fs";
 import { createServer } from "node:net";
 
-import { FrameDecoder, decodeClientMessage, encodeServerMessage } from "../dist/index.js";
+import { FrameDecoder, PROTOCOL_VERSION, decodeClientMessage, encodeServerMessage } from "../dist/index.js";
 import { tempDir } from "./helpers.mjs";
 
 export const LIMITS = {
@@ -41,7 +41,7 @@ export async function fakeDaemon(onMessage) {
       for (const body of decoder.push(chunk)) {
         const message = decodeClientMessage(body);
         if (message.type === "Hello") {
-          send({ type: "Welcome", protocol_version: 3, daemon_version: "fake", session_id: 1, limits: LIMITS });
+          send({ type: "Welcome", protocol_version: PROTOCOL_VERSION, daemon_version: "fake", session_id: 1, limits: LIMITS });
         } else {
           received.push(message);
           onMessage(message, send);

@@ -180,10 +180,33 @@ export function run(program, args, { env = process.env, timeoutMs = 60_000, inpu
   });
 }
 
-/** The sentence-transformers reference vectors for MiniLM (`$MLXD_FIXTURES` or ../shared/fixtures). */
+/** Where fixtures are looked for, in order: `$MLXD_FIXTURES` (if set), then ../shared/fixtures beside the checkout. */
+export function fixturesDirs() {
+  const fallback = `${repoRoot}/../shared/fixtures`;
+  return process.env.MLXD_FIXTURES ? [process.env.MLXD_FIXTURES, fallback] : [fallback];
+}
+
+/** The first fixture file or directory `name` in {@link fixturesDirs} (the first place's path if none, so errors name it). */
+export function fixture(name) {
+  const places = fixturesDirs().map((dir) => `${dir}/${name}`);
+  return places.find((path) => existsSync(path)) ?? places[0];
+}
+
+/**
+ * Fixture models (directories in {@link fixturesDirs}) the shared daemon serves besides its
+ * own: a sentence-transformers model with named prompts ("query: " for "query") and a
+ * reranker (a cross-encoder).
+ */
+export const FIXTURE_MODELS = ["st-bert-mean", "rerank-bert"];
+
+/** `--model NAME=DIR` for each fixture model there is (the tests of a missing one fail, naming it). */
+export function fixtureModelArgs() {
+  return FIXTURE_MODELS.filter((name) => existsSync(fixture(name))).flatMap((name) => ["--model", `${name}=${fixture(name)}`]);
+}
+
+/** The sentence-transformers reference vectors for MiniLM (in `$MLXD_FIXTURES` or ../shared/fixtures). */
 export function minilmReference() {
-  const dir = process.env.MLXD_FIXTURES ?? `${repoRoot}/../shared/fixtures`;
-  return JSON.parse(readFileSync(`${dir}/minilm_reference.json`, "utf8")).items;
+  return JSON.parse(readFileSync(fixture("minilm_reference.json"), "utf8")).items;
 }
 
 export function cosine(a, b) {

@@ -1,5 +1,5 @@
-"""Python client for mlxd, the local model daemon: embeddings, generation streams and
-model leases over the daemon's Unix socket (or a private ``mlxd stdio``).
+"""Python client for mlxd, the local model daemon: embeddings, reranking, generation
+streams and model leases over the daemon's Unix socket (or a private ``mlxd stdio``).
 
 # Layout
 
@@ -67,6 +67,8 @@ from .protocol import (
     ModelKind,
     ModelState,
     Priority,
+    Reranked,
+    RerankResult,
     Token,
 )
 
@@ -115,6 +117,8 @@ __all__ = [
     "ProtocolError",
     "RequestCancelledError",
     "RequestTimeoutError",
+    "RerankResult",
+    "Reranked",
     "RetryPolicy",
     "ShutdownError",
     "Token",

@@ -77,6 +77,7 @@ from .protocol import (
     ReleaseRequest,
     Request,
     RequestBody,
+    Reranked,
     Response,
     ResponseBody,
     ServerMessage,
@@ -500,6 +501,7 @@ class AsyncClient:
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[False] = ...,
     ) -> List[List[float]]: ...
 
@@ -512,6 +514,7 @@ class AsyncClient:
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[True],
     ) -> "FloatMatrix": ...
 
@@ -523,10 +526,13 @@ class AsyncClient:
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
         numpy: bool = False,
     ) -> Any:
         """See :meth:`mlxd.Client.embed`."""
-        result = await self.embeddings(model, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms)
+        result = await self.embeddings(
+            model, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms, prompt=prompt
+        )
         return _base.embeddings_result(result, numpy)
 
     async def embeddings(
@@ -537,9 +543,24 @@ class AsyncClient:
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
     ) -> Embeddings:
-        request = _base.embed_request(model, texts, normalize, priority, deadline_ms)
+        request = _base.embed_request(model, texts, normalize, priority, deadline_ms, prompt)
         return await self._expect(request, Embeddings)
+
+    async def rerank(
+        self,
+        model: ModelLike,
+        query: str,
+        documents: Union[str, Sequence[str]],
+        top_n: Optional[int] = None,
+        *,
+        priority: Priority = Priority.Interactive,
+        deadline_ms: Optional[int] = None,
+    ) -> Reranked:
+        """See :meth:`mlxd.Client.rerank`."""
+        request = _base.rerank_request(model, query, documents, top_n, priority, deadline_ms)
+        return await self._expect(request, Reranked)
 
     async def tokenize(self, model: ModelLike, text: str, *, add_special_tokens: bool = True) -> List[int]:
         request = TokenizeRequest(_base.model_ref(model), text, add_special_tokens)
@@ -662,6 +683,7 @@ class AsyncModel(HasLease):
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[False] = ...,
     ) -> List[List[float]]: ...
 
@@ -673,6 +695,7 @@ class AsyncModel(HasLease):
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[True],
     ) -> "FloatMatrix": ...
 
@@ -683,15 +706,28 @@ class AsyncModel(HasLease):
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
         numpy: bool = False,
     ) -> Any:
         result = await self.client.embeddings(
-            self, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms
+            self, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms, prompt=prompt
         )
         return _base.embeddings_result(result, numpy)
 
     async def embeddings(self, texts: Union[str, Sequence[str]], **options: Any) -> Embeddings:
         return await self.client.embeddings(self, texts, **options)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Union[str, Sequence[str]],
+        top_n: Optional[int] = None,
+        *,
+        priority: Priority = Priority.Interactive,
+        deadline_ms: Optional[int] = None,
+    ) -> Reranked:
+        """See :meth:`mlxd.Client.rerank`."""
+        return await self.client.rerank(self, query, documents, top_n, priority=priority, deadline_ms=deadline_ms)
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = True) -> List[int]:
         return await self.client.tokenize(self, text, add_special_tokens=add_special_tokens)

@@ -44,6 +44,7 @@ from .protocol import (
     PromptInput,
     Raw,
     RequestBody,
+    RerankRequest,
     ResponseBody,
     ServerMessage,
     StatusRequest,
@@ -121,8 +122,20 @@ def embed_request(
     normalize: bool,
     priority: Priority,
     deadline_ms: Optional[int],
+    prompt: Optional[str] = None,
 ) -> EmbedRequest:
-    return EmbedRequest(model_ref(model), texts_list(texts), normalize, Priority(priority), deadline_ms)
+    return EmbedRequest(model_ref(model), texts_list(texts), normalize, Priority(priority), deadline_ms, prompt)
+
+
+def rerank_request(
+    model: ModelLike,
+    query: str,
+    documents: Union[str, Sequence[str]],
+    top_n: Optional[int],
+    priority: Priority,
+    deadline_ms: Optional[int],
+) -> RerankRequest:
+    return RerankRequest(model_ref(model), query, texts_list(documents), top_n, Priority(priority), deadline_ms)
 
 
 def generate_request(
@@ -159,7 +172,15 @@ def generate_request(
 
 
 #: Requests a Busy refusal of which is retried (they change nothing at the daemon).
-IDEMPOTENT = (EmbedRequest, TokenizeRequest, DetokenizeRequest, StatusRequest, PingRequest, ListModelsRequest)
+IDEMPOTENT = (
+    EmbedRequest,
+    RerankRequest,
+    TokenizeRequest,
+    DetokenizeRequest,
+    StatusRequest,
+    PingRequest,
+    ListModelsRequest,
+)
 
 
 def is_idempotent(body: RequestBody) -> bool:

@@ -80,6 +80,7 @@ from .protocol import (
     Released,
     Request,
     RequestBody,
+    Reranked,
     Response,
     ResponseBody,
     ServerMessage,
@@ -638,6 +639,7 @@ class Client:
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[False] = ...,
     ) -> List[List[float]]: ...
 
@@ -650,6 +652,7 @@ class Client:
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[True],
     ) -> "FloatMatrix": ...
 
@@ -661,11 +664,16 @@ class Client:
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
         numpy: bool = False,
     ) -> Any:
         """Embeds ``texts`` (a str is one text): a list of vectors (lists of floats), or
-        with ``numpy=True`` a float32 array of shape (len(texts), dim)."""
-        result = self.embeddings(model, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms)
+        with ``numpy=True`` a float32 array of shape (len(texts), dim). ``prompt`` names
+        one of the model's prompts (``ModelInfo.prompts``, e.g. ``"query"``) to put before
+        each text; None uses the model's default prompt, ``""`` none."""
+        result = self.embeddings(
+            model, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms, prompt=prompt
+        )
         return _base.embeddings_result(result, numpy)
 
     def embeddings(
@@ -676,10 +684,27 @@ class Client:
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
     ) -> Embeddings:
         """Like :meth:`embed`, with the whole answer (count, dim, prompt_tokens)."""
-        request = _base.embed_request(model, texts, normalize, priority, deadline_ms)
+        request = _base.embed_request(model, texts, normalize, priority, deadline_ms, prompt)
         return self._expect(request, Embeddings)
+
+    def rerank(
+        self,
+        model: ModelLike,
+        query: str,
+        documents: Union[str, Sequence[str]],
+        top_n: Optional[int] = None,
+        *,
+        priority: Priority = Priority.Interactive,
+        deadline_ms: Optional[int] = None,
+    ) -> Reranked:
+        """Scores ``documents`` against ``query`` with a reranking model: ``results``
+        (:class:`RerankResult`: ``index`` into ``documents``, ``score`` in [0, 1]) best
+        first, all of them or the best ``top_n``; with ``model`` and ``prompt_tokens``."""
+        request = _base.rerank_request(model, query, documents, top_n, priority, deadline_ms)
+        return self._expect(request, Reranked)
 
     def tokenize(self, model: ModelLike, text: str, *, add_special_tokens: bool = True) -> List[int]:
         return self._expect(TokenizeRequest(_base.model_ref(model), text, add_special_tokens), Tokens).tokens
@@ -788,6 +813,7 @@ class Model(HasLease):
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[False] = ...,
     ) -> List[List[float]]: ...
 
@@ -799,6 +825,7 @@ class Model(HasLease):
         normalize: bool = ...,
         priority: Priority = ...,
         deadline_ms: Optional[int] = ...,
+        prompt: Optional[str] = ...,
         numpy: Literal[True],
     ) -> "FloatMatrix": ...
 
@@ -809,14 +836,29 @@ class Model(HasLease):
         normalize: bool = True,
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
+        prompt: Optional[str] = None,
         numpy: bool = False,
     ) -> Any:
         """See :meth:`Client.embed`."""
-        result = self.client.embeddings(self, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms)
+        result = self.client.embeddings(
+            self, texts, normalize=normalize, priority=priority, deadline_ms=deadline_ms, prompt=prompt
+        )
         return _base.embeddings_result(result, numpy)
 
     def embeddings(self, texts: Union[str, Sequence[str]], **options: Any) -> Embeddings:
         return self.client.embeddings(self, texts, **options)
+
+    def rerank(
+        self,
+        query: str,
+        documents: Union[str, Sequence[str]],
+        top_n: Optional[int] = None,
+        *,
+        priority: Priority = Priority.Interactive,
+        deadline_ms: Optional[int] = None,
+    ) -> Reranked:
+        """See :meth:`Client.rerank`."""
+        return self.client.rerank(self, query, documents, top_n, priority=priority, deadline_ms=deadline_ms)
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> List[int]:
         return self.client.tokenize(self, text, add_special_tokens=add_special_tokens)

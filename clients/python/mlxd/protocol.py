@@ -1,4 +1,4 @@
-"""The wire types of the mlxd protocol (version 3), as in ``proto/PROTOCOL.md``.
+"""The wire types of the mlxd protocol (version 4), as in ``proto/PROTOCOL.md``.
 
 Structs are frozen dataclasses whose fields are in wire order; enums whose variants carry
 nothing are :class:`enum.IntEnum` (value = wire tag, name = the Rust variant's name);
@@ -14,14 +14,16 @@ one that wraps any other value is a small class with one field (``Response::Toke
   :class:`EmbedRequest`, ``Generate`` → :class:`GenerateRequest`, ``Tokenize`` →
   :class:`TokenizeRequest`, ``Detokenize`` → :class:`DetokenizeRequest`, ``Load`` →
   :class:`LoadRequest`, ``Unload`` → :class:`UnloadRequest`, ``Weights`` →
-  :class:`WeightsRequest`, ``Metrics`` → :class:`MetricsRequest`
+  :class:`WeightsRequest`, ``Metrics`` → :class:`MetricsRequest`, ``Rerank`` →
+  :class:`RerankRequest`
 - ``ModelRef``: ``Name`` → :class:`ByName`, ``Lease`` → :class:`ByLease`
 - ``PromptInput``: :class:`Raw` · :class:`Chat`
 - ``ServerMessage``: ``Welcome`` · ``Response`` · ``Event`` · ``Error`` · ``Fatal``
 - ``Response`` (:data:`ResponseBody`): :class:`Pong`, ``Status`` → :class:`DaemonStatus`,
   :class:`Models`, ``Leased`` → :class:`LeaseInfo`, :class:`Released`,
   :class:`Embeddings`, ``Generated`` → :class:`GenerationSummary`, :class:`Tokens`,
-  :class:`Text`, :class:`Loaded`, :class:`Unloaded`, :class:`Weights`, :class:`Metrics`
+  :class:`Text`, :class:`Loaded`, :class:`Unloaded`, :class:`Weights`, :class:`Metrics`,
+  :class:`Reranked`
 - ``Event`` (:data:`EventBody`): :class:`Token`, :class:`LoadProgress`
 """
 
@@ -36,7 +38,7 @@ from . import _codec
 from ._codec import Variant, f32, f32s, i64, u32, u64, variants
 
 #: The protocol version this package speaks.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Most stream events the daemon holds for one stream at a time.
 MAX_STREAM_CREDIT = 4096
@@ -69,6 +71,7 @@ class FinishReason(enum.IntEnum):
 class ModelKind(enum.IntEnum):
     Embedding = 0
     Generation = 1
+    Rerank = 2  # a cross-encoder scoring (query, document) pairs; since v4
 
 
 class ModelState(enum.IntEnum):
@@ -185,6 +188,12 @@ class ModelInfo:
     worker_pid: Optional[u32]
     last_error: Optional[str]
     sched: SchedStats
+    #: Embedding models: the named prompts ``embed(prompt=...)`` may choose, sorted, and
+    #: the one used when a request names none (since v4).
+    prompts: list[str]
+    default_prompt: Optional[str]
+    #: Bytes the daemon's memory budget counts for the model when loaded (since v4).
+    estimated_bytes: u64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,9 +282,26 @@ class ReleaseRequest(Variant):
 
 @dataclasses.dataclass(frozen=True)
 class EmbedRequest(Variant):
+    """``prompt`` (since v4): None = the model's default prompt (none if it has none),
+    ``""`` = no prompt, a name = that one of the model's ``prompts`` (another: BadRequest)."""
+
     model: ModelRef
     texts: list[str]
     normalize: bool = True
+    priority: Priority = Priority.Interactive
+    deadline_ms: Optional[u64] = None
+    prompt: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankRequest(Variant):
+    """Scores each document's relevance to ``query`` with a reranking model; ``top_n``:
+    only the best that many (None: all). Since v4."""
+
+    model: ModelRef
+    query: str
+    documents: list[str]
+    top_n: Optional[u32] = None
     priority: Priority = Priority.Interactive
     deadline_ms: Optional[u64] = None
 
@@ -338,6 +364,7 @@ RequestBody = Union[
     UnloadRequest,
     WeightsRequest,
     MetricsRequest,
+    RerankRequest,
 ]
 variants(
     "Request",
@@ -354,6 +381,7 @@ variants(
     ("Unload", UnloadRequest),
     ("Weights", WeightsRequest),
     ("Metrics", MetricsRequest),
+    ("Rerank", RerankRequest),
 )
 
 
@@ -493,6 +521,26 @@ class Metrics(Variant):
     text: str
 
 
+@dataclasses.dataclass(frozen=True)
+class RerankResult:
+    """One document's relevance: ``index`` is its position in the request, ``score`` the
+    sigmoid of the model's logit, in [0, 1]."""
+
+    index: u32
+    score: f32
+
+
+@dataclasses.dataclass(frozen=True)
+class Reranked(Variant):
+    """The answer to a rerank: ``results`` best first (equal scores in document order),
+    at most ``top_n`` of them; ``prompt_tokens`` counts every (query, document) pair's
+    tokens. Since v4."""
+
+    model: str
+    results: list[RerankResult]
+    prompt_tokens: u64
+
+
 ResponseBody = Union[
     Pong,
     DaemonStatus,
@@ -507,6 +555,7 @@ ResponseBody = Union[
     Unloaded,
     Weights,
     Metrics,
+    Reranked,
 ]
 variants(
     "Response",
@@ -523,6 +572,7 @@ variants(
     ("Unloaded", Unloaded),
     ("Weights", Weights),
     ("Metrics", Metrics),
+    ("Reranked", Reranked),
 )
 
 

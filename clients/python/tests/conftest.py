@@ -9,13 +9,13 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import mlxd
-from harness import Daemon, fixtures_dir
+from harness import Daemon, fixture, fixture_model_args
 
 
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[Daemon]:
-    """One daemon for every test that can share it."""
-    started = Daemon()
+    """One daemon for every test that can share it, serving the fixture models too."""
+    started = Daemon(*fixture_model_args())
     try:
         yield started
     finally:
@@ -65,6 +65,6 @@ def one_stream() -> Iterator[Callable[[], Daemon]]:
 
 @pytest.fixture(scope="session")
 def minilm_reference() -> List[Dict[str, Any]]:
-    path = fixtures_dir() / "minilm_reference.json"
+    path = fixture("minilm_reference.json")
     items: List[Dict[str, Any]] = json.loads(path.read_text())["items"]
     return items

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -43,8 +43,44 @@ def mlxctl_bin() -> Path:
     return Path(os.environ.get("MLXCTL_BIN") or mlxd_bin().parent / "mlxctl")
 
 
-def fixtures_dir() -> Path:
-    return Path(os.environ.get("MLXD_FIXTURES") or REPO.parent / "shared" / "fixtures")
+def fixtures_dirs() -> List[Path]:
+    """Where fixtures are looked for, in order: ``$MLXD_FIXTURES`` (if set), then
+    ``../shared/fixtures`` beside the checkout."""
+    default = REPO.parent / "shared" / "fixtures"
+    given = os.environ.get("MLXD_FIXTURES")
+    return [Path(given), default] if given else [default]
+
+
+def fixture(name: str) -> Path:
+    """The first fixture file or directory ``name`` in :func:`fixtures_dirs` (the first
+    place's path if there is none, so that errors name it)."""
+    places = [place / name for place in fixtures_dirs()]
+    return next((path for path in places if path.exists()), places[0])
+
+
+#: Fixture models (directories in :func:`fixtures_dirs`) the shared daemon serves besides its
+#: own, as ``--model NAME=DIR``: a sentence-transformers model with named prompts
+#: ("query: " for "query") and a reranker (a cross-encoder).
+FIXTURE_MODELS = ("st-bert-mean", "rerank-bert")
+
+
+def fixture_model_args() -> List[str]:
+    """``--model NAME=DIR`` for each fixture model there is (the tests of one that is
+    missing fail, naming it: see :func:`fixture_model`)."""
+    args: List[str] = []
+    for name in FIXTURE_MODELS:
+        if fixture(name).is_dir():
+            args += ["--model", f"{name}={fixture(name)}"]
+    return args
+
+
+def fixture_model(client: mlxd.Client, name: str) -> mlxd.ModelInfo:
+    """The daemon's entry for fixture model ``name``; fails the test if it is not served."""
+    for model in client.models():
+        if model.name == name:
+            return model
+    looked = ", ".join(str(place) for place in fixtures_dirs())
+    pytest.fail(f"fixture model {name} is not served: no directory {name} in {looked} (set MLXD_FIXTURES)")
 
 
 def child_env(**extra: str) -> Dict[str, str]:

@@ -1,5 +1,6 @@
 """The asyncio client against the shared daemon: the same requests, streams, credit and
-errors as the blocking client, from many tasks on one connection."""
+errors as the blocking client, from many tasks on one connection; rerank and embedding
+prompts on the fixture models."""
 
 from __future__ import annotations
 
@@ -37,6 +38,35 @@ def test_leases_embeddings_and_errors(daemon: Daemon, minilm_reference: Any) -> 
             with pytest.raises(mlxd.NotFoundError):
                 await client.tokenize("no-such-model", "x")
             assert (await client.status()).protocol_version == mlxd.PROTOCOL_VERSION
+
+    run(scenario())
+
+
+def test_rerank_and_embedding_prompts(daemon: Daemon) -> None:
+    text = "How long do giant pandas live?"
+
+    async def scenario() -> None:
+        async with mlxd.AsyncClient(daemon.socket, fallback=False, retry=mlxd.NO_RETRIES) as client:
+            names = {model.name for model in await client.models()}
+            assert {"st-bert-mean", "rerank-bert"} <= names, f"fixture models not served: {sorted(names)}"
+            documents = ["In China.", "On the moon.", "Pandas."]
+            async with client.lease("rerank-bert") as reranker:
+                answer = await reranker.rerank("Where do pandas live?", documents, top_n=2)
+            assert len(answer.results) == 2 and answer.prompt_tokens > 0
+            assert all(0.0 <= result.score <= 1.0 for result in answer.results)
+            assert answer.results[0].score >= answer.results[1].score
+            async with client.lease("st-bert-mean") as st:
+                ((query,), (spelled_out,), (plain,)) = await asyncio.gather(
+                    st.embed([text], prompt="query"),
+                    st.embed(["query: " + text], prompt=""),
+                    client.embed("st-bert-mean", [text], prompt=""),
+                )
+            assert max(abs(x - y) for x, y in zip(query, spelled_out)) <= 1e-5
+            assert max(abs(x - y) for x, y in zip(query, plain)) > 1e-3
+            with pytest.raises(mlxd.BadRequestError, match="query"):
+                await client.embed("st-bert-mean", [text], prompt="no-such-prompt")
+            with pytest.raises(mlxd.BadRequestError):
+                await client.rerank("st-bert-mean", "q", ["a"])
 
     run(scenario())
 

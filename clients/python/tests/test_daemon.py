@@ -1,6 +1,7 @@
 """The blocking client against the real daemon (one shared by the session unless a test
-needs other settings): embeddings against sentence-transformers, greedy generation
-against mlxctl, cancel, credit, leases, Busy, typed errors, the README and the benchmark."""
+needs other settings): embeddings against sentence-transformers, named embedding prompts
+and reranking on the fixture models, greedy generation against mlxctl, cancel, credit,
+leases, Busy, typed errors, the README and the benchmark."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -22,6 +23,7 @@ from harness import (
     child_env,
     cosine,
     eventually,
+    fixture_model,
     interrupted_after,
     mlxctl_bin,
     model_named,
@@ -48,6 +50,75 @@ def test_minilm_matches_sentence_transformers(client: mlxd.Client, minilm_refere
     # By name, without a lease, the same vector.
     (single,) = client.embed("minilm", [texts[0]])
     assert cosine(single, minilm_reference[0]["embedding"]) >= 0.999
+
+
+def max_difference(a: Sequence[float], b: Sequence[float]) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def test_named_embedding_prompts(client: mlxd.Client) -> None:
+    info = fixture_model(client, "st-bert-mean")
+    assert info.kind == mlxd.ModelKind.Embedding
+    assert "query" in info.prompts and info.prompts == sorted(info.prompts)
+    assert info.estimated_bytes > 0
+    text = "How long do giant pandas live?"
+    with client.lease("st-bert-mean") as st:
+        assert st.info.prompts == info.prompts and st.info.default_prompt == info.default_prompt
+        (plain,) = st.embed([text], prompt="")
+        (query,) = st.embed([text], prompt="query")
+        (spelled_out,) = st.embed(["query: " + text], prompt="")
+        (default,) = st.embed(text)
+        (named_default,) = st.embed(text, prompt=info.default_prompt or "")
+    # "query" puts "query: " before the text: the same vector as that text without a prompt.
+    assert max_difference(query, spelled_out) <= 1e-5
+    assert max_difference(query, plain) > 1e-3, "the prompt changed nothing"
+    # No prompt named: the model's default (none if it has none).
+    assert max_difference(default, named_default) <= 1e-5
+    # By name too; an unknown prompt is refused, naming the model's prompts.
+    (by_name,) = client.embed("st-bert-mean", [text], prompt="query")
+    assert max_difference(by_name, query) <= 1e-5
+    with pytest.raises(mlxd.BadRequestError) as refused:
+        client.embed("st-bert-mean", [text], prompt="no-such-prompt")
+    for name in info.prompts:
+        assert f'"{name}"' in refused.value.message, refused.value.message
+
+
+def test_rerank_scores_every_document_best_first(client: mlxd.Client) -> None:
+    info = fixture_model(client, "rerank-bert")
+    assert info.kind == mlxd.ModelKind.Rerank
+    query = "What is the capital of France?"
+    documents = [
+        "Paris is the capital and largest city of France.",
+        "The giant panda is a bear species endemic to China.",
+        "Berlin is the capital of Germany.",
+        "France is a country in Western Europe.",
+        "bananas",
+    ]
+    whole = client.rerank("rerank-bert", query, documents)
+    assert whole.model == "rerank-bert" and whole.prompt_tokens > 0
+    assert sorted(result.index for result in whole.results) == list(range(len(documents)))
+    scores = [result.score for result in whole.results]
+    assert all(0.0 <= score <= 1.0 for score in scores), scores
+    assert scores == sorted(scores, reverse=True), "not best first"
+
+    # top_n cuts to the best (by lease here); each document keeps its score.
+    by_index = {result.index: result.score for result in whole.results}
+    with client.lease("rerank-bert") as reranker:
+        assert reranker.info.kind == mlxd.ModelKind.Rerank
+        top = reranker.rerank(query, documents, top_n=2)
+    assert len(top.results) == 2 and top.model == "rerank-bert"
+    for result in top.results:
+        assert abs(result.score - by_index[result.index]) <= 1e-5
+    assert min(result.score for result in top.results) >= scores[2] - 1e-5
+
+    # Each kind of model serves only its own requests.
+    with pytest.raises(mlxd.BadRequestError):
+        client.rerank("st-bert-mean", query, documents)
+    with pytest.raises(mlxd.BadRequestError):
+        client.rerank("minilm", query, documents)
+    with pytest.raises(mlxd.BadRequestError):
+        client.embed("rerank-bert", documents)
 
 
 def mlxctl_generate(daemon: Daemon, prompt: str, *extra: str) -> List[Dict[str, Any]]:

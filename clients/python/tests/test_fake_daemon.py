@@ -1,7 +1,8 @@
 """Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
 cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
 sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
-Hello; and the blocking client's reading of frames split anywhere (on a socketpair)."""
+Hello, the exact requests rerank and embedding prompts send (and a Busy rerank retried);
+and the blocking client's reading of frames split anywhere (on a socketpair)."""
 
 from __future__ import annotations
 
@@ -212,3 +213,101 @@ def test_frames_of_any_size_in_any_pieces_come_out_whole() -> None:
             assert [connection.read_message() for _ in messages] == messages
         finally:
             sender.join(10)
+
+
+def model_info(name: str, kind: protocol.ModelKind, prompts: List[str], default: Optional[str]) -> protocol.ModelInfo:
+    return protocol.ModelInfo(
+        name=name,
+        kind=kind,
+        state=protocol.ModelState.Ready,
+        source="/models/" + name,
+        leases=1,
+        in_flight=0,
+        queue_depth=0,
+        queue_capacity=64,
+        resident_bytes=1 << 20,
+        dim=0,
+        max_seq_len=512,
+        idle_ms=None,
+        keep_alive_left_ms=None,
+        backend="cpu",
+        worker_pid=4242,
+        last_error=None,
+        sched=protocol.SchedStats(0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        prompts=prompts,
+        default_prompt=default,
+        estimated_bytes=3 << 20,
+    )
+
+
+RERANK = protocol.RerankRequest(protocol.ByName("r"), "q", ["a", "b", "c"], 2, protocol.Priority.Batch, 500)
+RERANKED = protocol.Reranked("r", [protocol.RerankResult(2, 0.75), protocol.RerankResult(0, 0.25)], 12)
+
+
+def rerank_and_prompts(session: FakeSession) -> None:
+    """What both clients must send for rerank (by name, then by lease) and embed with a
+    prompt, answered as the daemon would; the first rerank is refused Busy once."""
+    assert session.receive() == protocol.Request(1, RERANK)
+    session.send(protocol.Error(1, BUSY))
+    assert session.receive() == protocol.Request(2, RERANK), "a Busy rerank is retried as is"
+    session.send(protocol.Response(2, RERANKED))
+
+    assert session.receive() == protocol.Request(3, protocol.LeaseRequest("r"))
+    session.send(protocol.Response(3, protocol.LeaseInfo(7, model_info("r", protocol.ModelKind.Rerank, [], None))))
+    leased = protocol.RerankRequest(protocol.ByLease(7), "q", ["only"])
+    assert session.receive() == protocol.Request(4, leased)
+    session.send(protocol.Response(4, protocol.Reranked("r", [protocol.RerankResult(0, 0.5)], 3)))
+    assert session.receive() == protocol.Request(5, protocol.ReleaseRequest(7))
+    session.send(protocol.Response(5, protocol.Released()))
+
+    vector = protocol.Embeddings("e", 1, 2, protocol.f32_array([1.0, 0.0]), 3)
+    for request_id, prompt in [(6, "query"), (7, ""), (8, None)]:
+        expected = protocol.EmbedRequest(protocol.ByName("e"), ["x"], prompt=prompt)
+        assert session.receive() == protocol.Request(request_id, expected)
+        session.send(protocol.Response(request_id, vector))
+    assert session.receive() == protocol.Request(9, protocol.LeaseRequest("e"))
+    info = model_info("e", protocol.ModelKind.Embedding, ["document", "query"], "query")
+    session.send(protocol.Response(9, protocol.LeaseInfo(8, info)))
+    by_lease = protocol.EmbedRequest(protocol.ByLease(8), ["x"], False, prompt="document")
+    assert session.receive() == protocol.Request(10, by_lease)
+    session.send(protocol.Response(10, vector))
+    session.wait_for_the_end()
+
+
+def test_rerank_and_embedding_prompts_are_sent_and_answered(fakes: List[FakeDaemon]) -> None:
+    fake = fake_daemon(fakes, rerank_and_prompts)
+    retry = counting_retry()
+    with mlxd.Client(fake.socket, fallback=False, retry=retry) as client:
+        answer = client.rerank("r", "q", ["a", "b", "c"], 2, priority=mlxd.Priority.Batch, deadline_ms=500)
+        assert answer == RERANKED and isinstance(answer, mlxd.Reranked)
+        assert [(r.index, r.score) for r in answer.results] == [(2, 0.75), (0, 0.25)]
+        assert answer.prompt_tokens == 12 and answer.model == "r"
+        assert retry.waits == [1.0]
+        with client.lease("r") as reranker:
+            assert reranker.info.kind == mlxd.ModelKind.Rerank
+            assert reranker.rerank("q", ["only"]).results == [mlxd.RerankResult(0, 0.5)]
+        assert client.embed("e", ["x"], prompt="query") == [[1.0, 0.0]]
+        assert client.embeddings("e", ["x"], prompt="").prompt_tokens == 3
+        assert client.embed("e", ["x"]) == [[1.0, 0.0]]
+        embedder = client.lease("e")
+        assert (embedder.info.prompts, embedder.info.default_prompt) == (["document", "query"], "query")
+        assert embedder.info.estimated_bytes == 3 << 20
+        assert embedder.embed("x", normalize=False, prompt="document") == [[1.0, 0.0]]
+
+    fake = fake_daemon(fakes, rerank_and_prompts)
+    retry = counting_retry()
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False, retry=retry) as client:
+            answer = await client.rerank("r", "q", ["a", "b", "c"], 2, priority=mlxd.Priority.Batch, deadline_ms=500)
+            assert answer == RERANKED
+            async with client.lease("r") as reranker:
+                assert (await reranker.rerank("q", ["only"])).results == [mlxd.RerankResult(0, 0.5)]
+            assert await client.embed("e", ["x"], prompt="query") == [[1.0, 0.0]]
+            assert (await client.embeddings("e", ["x"], prompt="")).prompt_tokens == 3
+            assert await client.embed("e", ["x"]) == [[1.0, 0.0]]
+            embedder = await client.lease("e")
+            assert await embedder.embed("x", normalize=False, prompt="document") == [[1.0, 0.0]]
+
+    asyncio.run(asyncio.wait_for(over_async(), 30))
+    assert retry.waits == [1.0]
