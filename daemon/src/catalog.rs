@@ -52,6 +52,7 @@ impl Catalog {
             model.adaptive_keep_alive = defaults.adaptive_keep_alive;
             let entry = config.model_settings.get(&model.name);
             model.max_streams = entry.and_then(|e| e.max_streams).unwrap_or(defaults.max_streams).max(1);
+            model.max_context = entry.and_then(|e| e.max_context).unwrap_or(defaults.max_context).max(16);
             model.prompt_cache_bytes = match entry.and_then(|e| e.prompt_cache.as_deref()) {
                 Some(text) => parse_size(text).with_context(|| format!("models.{}.prompt_cache", model.name))?,
                 None => defaults.prompt_cache_bytes,

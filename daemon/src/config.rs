@@ -70,6 +70,8 @@ pub struct ModelDefaults {
     /// Requests admitted per model [default: a few batches' worth].
     pub queue_capacity: Option<usize>,
     pub prompt_cache_bytes: u64,
+    /// Tokens of context per generation stream (at most the model's own).
+    pub max_context: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +258,7 @@ pub struct ModelSettings {
     pub max_streams: Option<usize>,
     pub queue_capacity: Option<usize>,
     pub prompt_cache: Option<String>,
+    pub max_context: Option<u32>,
 }
 
 impl DaemonConfig {
@@ -299,6 +302,7 @@ impl DaemonConfig {
                 max_streams: DEFAULT_MAX_STREAMS,
                 queue_capacity: None,
                 prompt_cache_bytes: 0,
+                max_context: crate::spec::DEFAULT_MAX_CONTEXT,
             },
             model_settings: BTreeMap::new(),
             extra_models: Vec::new(),
@@ -352,6 +356,7 @@ impl DaemonConfig {
                 max_streams: s.max_streams.max(1),
                 queue_capacity: s.queue_capacity.map(|n| n.max(1)),
                 prompt_cache_bytes: parse_size(&s.prompt_cache).context("prompt_cache")?,
+                max_context: s.max_context.max(16),
             },
             model_settings,
             extra_models,

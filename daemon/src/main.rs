@@ -179,6 +179,9 @@ enum Command {
         /// Bytes of KV cache kept for recent prompts (0: none).
         #[arg(long, default_value_t = mlxd::spec::DEFAULT_PROMPT_CACHE_BYTES)]
         prompt_cache_bytes: u64,
+        /// Tokens of context per generation stream (at most the model's own).
+        #[arg(long, default_value_t = mlxd::spec::DEFAULT_MAX_CONTEXT)]
+        max_context: u32,
         /// The store of the daemon that started this worker: how a later daemon on the same
         /// store recognises a worker left behind.
         #[arg(long)]
@@ -267,11 +270,27 @@ fn main() {
             );
             Ok(())
         }
-        Command::Worker { name, kind, path, spare: _, python, max_streams, prompt_cache_bytes, store: _ } => {
+        Command::Worker {
+            name,
+            kind,
+            path,
+            spare: _,
+            python,
+            max_streams,
+            prompt_cache_bytes,
+            max_context,
+            store: _,
+        } => {
             let model = match (name, kind, path) {
-                (Some(name), Some(kind), Some(path)) => {
-                    Some(WorkerArgs { name, kind, path, python: python.clone(), max_streams, prompt_cache_bytes })
-                }
+                (Some(name), Some(kind), Some(path)) => Some(WorkerArgs {
+                    name,
+                    kind,
+                    path,
+                    python: python.clone(),
+                    max_streams,
+                    prompt_cache_bytes,
+                    max_context,
+                }),
                 _ => None, // --spare (clap requires the three otherwise)
             };
             worker::main(model, python)

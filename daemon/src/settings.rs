@@ -52,6 +52,10 @@ pub struct Settings {
     /// KV cache kept per generation model for recent prompts ("0": off)
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     pub prompt_cache: String,
+    /// Tokens of context per generation stream (prompt and output), at most the model's own;
+    /// the memory budget counts the KV cache of max-streams streams this long
+    #[arg(long, value_name = "TOKENS", default_value_t = crate::spec::DEFAULT_MAX_CONTEXT)]
+    pub max_context: u32,
     /// Niceness of worker processes (0-19), so the daemon answers promptly while they compute
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub worker_nice: i32,

@@ -42,8 +42,16 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// Human description of where it came from, shown in `mlxctl models`.
     pub source: String,
-    /// Bytes of weights on disk: the budget's estimate of what loading it costs.
+    /// Bytes of weights as the worker holds them: the weight files' size, or for the
+    /// encoders mlxd runs itself (which compute in float32) their elements x 4.
     pub size_bytes: u64,
+    /// Generation models: KV cache bytes per token of one stream (layers x KV heads x head
+    /// size x keys and values x the weights' float size), and the model's own context.
+    pub kv_bytes_per_token: u64,
+    pub model_context: u32,
+    /// Tokens of context per generation stream: `max_context` as configured; the worker
+    /// uses the smaller of this and the model's own.
+    pub max_context: u32,
     pub keep_alive: KeepAlive,
     /// Lengthen the keep-alive of a model that is wanted back soon after its keep-alive
     /// unloaded it (opt-in, `adaptive_keep_alive`).
@@ -64,14 +72,17 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
-        let size_bytes = weights_size(&path);
+        let memory = MemoryFacts::of(&path, kind);
         let (prompts, default_prompt) = if kind == ModelKind::Embedding { prompts(&path) } else { (Vec::new(), None) };
         ModelSpec {
             name,
             kind,
             path,
             source,
-            size_bytes,
+            size_bytes: memory.weights_bytes,
+            kv_bytes_per_token: memory.kv_bytes_per_token,
+            model_context: memory.context,
+            max_context: DEFAULT_MAX_CONTEXT,
             keep_alive: DEFAULT_KEEP_ALIVE,
             adaptive_keep_alive: false,
             pinned: false,
@@ -81,6 +92,30 @@ impl ModelSpec {
             prompts,
             default_prompt,
         }
+    }
+
+    /// Tokens of context each generation stream may use.
+    pub fn context(&self) -> u32 {
+        if self.model_context == 0 {
+            self.max_context
+        } else {
+            self.model_context.min(self.max_context)
+        }
+    }
+
+    /// The KV cache of `max_streams` streams of [`ModelSpec::context`] tokens, and the
+    /// prompt cache (generation models; 0 for the rest).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        if self.kind != ModelKind::Generation {
+            return 0;
+        }
+        self.kv_bytes_per_token * u64::from(self.context()) * self.max_streams as u64 + self.prompt_cache_bytes
+    }
+
+    /// What the memory budget counts for the model when it is loaded: its weights as
+    /// served and its KV caches at their largest.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.size_bytes + self.kv_cache_bytes()
     }
 
     /// Which named prompt an embedding request gets: its own (`""`: none), else the
@@ -124,25 +159,106 @@ fn prompts(dir: &Path) -> (Vec<String>, Option<String>) {
     (names, default)
 }
 
-/// Bytes of weight files (safetensors, GGUF, npz) in a model directory.
-fn weights_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".npz")
-        })
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| m.len())
-        .sum()
+/// What a model directory says about the memory its model takes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MemoryFacts {
+    weights_bytes: u64,
+    kv_bytes_per_token: u64,
+    context: u32,
+}
+
+impl MemoryFacts {
+    /// Read from the weight files (sizes, safetensors headers) and config.json; what cannot
+    /// be read counts as 0 (the worker refuses such a model when it loads it).
+    fn of(dir: &Path, kind: ModelKind) -> MemoryFacts {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".npz")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let file_bytes: u64 = files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let headers: Vec<Vec<(String, u64)>> = files.iter().filter_map(|p| safetensors_tensors(p)).collect();
+        let (mut float32, mut float16) = (0u64, 0u64);
+        for (dtype, elements) in headers.iter().flatten() {
+            match dtype.as_str() {
+                "F32" => float32 += elements,
+                "F16" | "BF16" => float16 += elements,
+                _ => {}
+            }
+        }
+        let config = config_json(dir).unwrap_or_default();
+        let encoder = config.get("model_type").and_then(|t| t.as_str()).is_some_and(|t| ENCODERS.contains(&t));
+        // mlxd's own encoders compute in float32 whatever the files hold.
+        let weights_bytes = if encoder && kind != ModelKind::Generation && !headers.is_empty() {
+            (float32 + float16) * 4
+        } else {
+            file_bytes
+        };
+        if kind != ModelKind::Generation {
+            return MemoryFacts { weights_bytes, kv_bytes_per_token: 0, context: 0 };
+        }
+        // Multimodal configs keep the language model's numbers in `text_config`.
+        let text = config.get("text_config").filter(|t| t.is_object()).unwrap_or(&config);
+        let number = |keys: &[&str]| -> Option<u64> {
+            keys.iter().find_map(|k| text.get(*k).or_else(|| config.get(*k)).and_then(serde_json::Value::as_u64))
+        };
+        let layers = number(&["num_hidden_layers", "n_layer", "num_layers"]).unwrap_or(0);
+        let heads = number(&["num_attention_heads", "n_head"]).unwrap_or(0);
+        let kv_heads = number(&["num_key_value_heads", "num_kv_heads"]).unwrap_or(heads);
+        let hidden = number(&["hidden_size", "n_embd", "d_model"]).unwrap_or(0);
+        let head_dim = number(&["head_dim"]).unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        // The cache holds activations in the weights' float type (MLX-quantized weights
+        // keep float16 scales: 2 bytes).
+        let float_size = if float32 > float16 { 4 } else { 2 };
+        let context = number(&["max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx"])
+            .map_or(0, |c| c.min(u64::from(u32::MAX)) as u32);
+        MemoryFacts { weights_bytes, kv_bytes_per_token: layers * kv_heads * head_dim * 2 * float_size, context }
+    }
+}
+
+/// Each tensor's dtype and element count, from a safetensors file's header (`None` for a
+/// file that is not one or whose header cannot be read).
+fn safetensors_tensors(path: &Path) -> Option<Vec<(String, u64)>> {
+    use std::io::Read;
+    if path.extension().is_none_or(|e| e != "safetensors") {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).ok()?;
+    let len = u64::from_le_bytes(prefix);
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    Some(
+        header
+            .iter()
+            .filter(|(name, _)| *name != "__metadata__")
+            .filter_map(|(_, tensor)| {
+                let dtype = tensor.get("dtype")?.as_str()?.to_owned();
+                let shape = tensor.get("shape")?.as_array()?;
+                Some((dtype, shape.iter().map(|d| d.as_u64().unwrap_or(0)).product()))
+            })
+            .collect(),
+    )
 }
 
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::After(Duration::from_secs(300));
 
 /// Generation streams per model decoded together, unless configured.
 pub const DEFAULT_MAX_STREAMS: usize = 8;
+/// Tokens of context per generation stream, unless configured (at most the model's own).
+pub const DEFAULT_MAX_CONTEXT: u32 = 8192;
 /// KV cache kept per generation model for recent prompts: 256 MiB.
 pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 /// A model's default queue capacity is this many batches.
@@ -318,6 +434,65 @@ mod tests {
         let refused = model("no_such_arch").unwrap_err().to_string();
         assert!(refused.contains("\"no_such_arch\" is not supported"), "{refused}");
         assert!(model("../utils").unwrap_err().to_string().contains("not an architecture name"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A safetensors file with these (name, dtype, shape) tensors, zero-filled.
+    fn safetensors(path: &Path, tensors: &[(&str, &str, &[u64])]) {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0u64;
+        for (name, dtype, shape) in tensors {
+            let size = if *dtype == "F32" || *dtype == "U32" { 4 } else { 2 };
+            let bytes = shape.iter().product::<u64>() * size;
+            header.insert(
+                (*name).to_owned(),
+                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes] }),
+            );
+            offset += bytes;
+        }
+        let header = serde_json::Value::Object(header).to_string();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.resize(file.len() + offset as usize, 0);
+        std::fs::write(path, file).unwrap();
+    }
+
+    #[test]
+    fn the_budget_counts_weights_as_served_and_the_kv_cache_at_the_allowed_context() {
+        let root = std::env::temp_dir().join(format!("mlxd-spec-memory-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // A causal LM in float16: 4 layers, 8 heads of 16 (2 KV heads), context 4096.
+        let lm = root.join("lm");
+        std::fs::create_dir_all(&lm).unwrap();
+        std::fs::write(
+            lm.join("config.json"),
+            r#"{"model_type": "llama", "num_hidden_layers": 4, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "hidden_size": 128, "max_position_embeddings": 4096}"#,
+        )
+        .unwrap();
+        safetensors(&lm.join("model.safetensors"), &[("w", "F16", &[128, 128]), ("e", "F16", &[100, 128])]);
+        let mut spec = ModelSpec::new("lm".into(), ModelKind::Generation, lm.clone(), "test".into());
+        let file = std::fs::metadata(lm.join("model.safetensors")).unwrap().len();
+        assert_eq!(spec.size_bytes, file, "an mlx-lm model is held as its files are");
+        // keys and values: 4 layers x 2 KV heads x 16 x 2 x 2 bytes
+        assert_eq!(spec.kv_bytes_per_token, 4 * 2 * 16 * 2 * 2);
+        assert_eq!(spec.model_context, 4096);
+        spec.max_streams = 3;
+        spec.prompt_cache_bytes = 1000;
+        assert_eq!(spec.context(), 4096, "the default max_context (8192) is above the model's own");
+        assert_eq!(spec.estimated_bytes(), file + 512 * 4096 * 3 + 1000);
+        spec.max_context = 1024;
+        assert_eq!(spec.estimated_bytes(), file + 512 * 1024 * 3 + 1000);
+
+        // An encoder stored in float16 is computed in float32: twice its files' tensors.
+        let encoder = root.join("enc");
+        std::fs::create_dir_all(&encoder).unwrap();
+        std::fs::write(encoder.join("config.json"), r#"{"model_type": "bert", "max_position_embeddings": 512}"#)
+            .unwrap();
+        safetensors(&encoder.join("model.safetensors"), &[("w", "F16", &[64, 32]), ("b", "F32", &[32])]);
+        let spec = ModelSpec::new("enc".into(), ModelKind::Embedding, encoder, "test".into());
+        assert_eq!(spec.size_bytes, (64 * 32 + 32) * 4);
+        assert_eq!(spec.estimated_bytes(), spec.size_bytes, "no KV cache for an encoder");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -420,8 +420,10 @@ pub struct ModelInfo {
     /// sorted, and the one used when a request names none. Since v4.
     pub prompts: Vec<String>,
     pub default_prompt: Option<String>,
-    /// Bytes the memory budget counts for the model when loaded (today the size of its
-    /// weight files; the KV cache of its streams is not counted yet). Since v4.
+    /// Bytes the memory budget counts for the model when loaded: its weights as served
+    /// (after any conversion; float32 for the encoders mlxd runs itself) plus, for
+    /// generation models, the KV cache of `max_streams` streams at the context the daemon
+    /// allows each (`max_context`, at most the model's own) and the prompt cache. Since v4.
     pub estimated_bytes: u64,
 }
 

@@ -55,6 +55,8 @@ pub struct ModelToLoad {
     pub path: Vec<u8>,
     pub max_streams: u32,
     pub prompt_cache_bytes: u64,
+    /// Tokens of context per generation stream (prompt and output; at most the model's own).
+    pub max_context: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -260,6 +260,7 @@ class BatchEngine:
         """Adds stream `job`; it joins the batch at the next step unless `active` is false
         (no credit yet), in which case it waits for :meth:`resume`."""
         prompt = self.generator.checked_prompt(raw, messages)
+        params = self.generator.within_context(prompt, params)
         sequence = _Sequence(job, prompt, params, self.tokenizer.detokenizer)
         self.sequences[job] = sequence
         if active:
@@ -418,9 +419,13 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
+        # What sets max_seq_len, for errors.
+        self.context_limit = "this model's context"
 
     @classmethod
-    def from_dir(cls, path: str, **_options) -> "Generator":
+    def from_dir(cls, path: str, max_context: int | None = None, **_options) -> "Generator":
+        """`max_context`: tokens of context per stream (prompt and output) the daemon
+        allows, at most the model's own; the memory budget counted the KV cache for it."""
         from mlx_lm import load
 
         # lazy: the weights are materialised below in chunks, reporting load progress.
@@ -428,7 +433,11 @@ class Generator:
         eval_with_progress(model.parameters())
         config = json.loads((Path(path) / "config.json").read_text())
         max_seq_len = int(config.get("max_position_embeddings", 2048))
-        return cls(model, tokenizer, max_seq_len)
+        generator = cls(model, tokenizer, max_seq_len)
+        if max_context and int(max_context) < max_seq_len:
+            generator.max_seq_len = int(max_context)
+            generator.context_limit = f"the daemon's max_context for it ({max_seq_len} for the model itself)"
+        return generator
 
     def info(self) -> dict:
         from . import backend
@@ -461,13 +470,22 @@ class Generator:
             raise BadRequest("the prompt is empty")
         if len(prompt) + 1 > self.max_seq_len:
             raise BadRequest(
-                f"the prompt is {len(prompt)} tokens; this model's context is {self.max_seq_len} tokens"
+                f"the prompt is {len(prompt)} tokens; {self.context_limit} is {self.max_seq_len} tokens"
             )
         return prompt
 
+    def within_context(self, prompt: list[int], params: dict) -> dict:
+        """`params` with max_tokens cut so that prompt and output fit the context: a
+        stream that reaches the end of its context finishes with "length"."""
+        room = self.max_seq_len - len(prompt)
+        if int(params["max_tokens"]) <= room:
+            return params
+        return {**params, "max_tokens": room}
+
     def start(self, raw: str | None, messages: list[tuple[str, str]] | None, params: dict) -> Stream:
         """A stream on the single-stream path."""
-        return Stream(self, self.checked_prompt(raw, messages), params)
+        prompt = self.checked_prompt(raw, messages)
+        return Stream(self, prompt, self.within_context(prompt, params))
 
     def batch_engine(self, max_streams: int, prompt_cache_bytes: int = 0) -> "BatchEngine | str":
         """The continuous-batching engine, or why this model cannot use it (its caches must

@@ -324,6 +324,34 @@ async fn bad_generation_requests_get_typed_errors_and_disturb_nothing() {
     assert_eq!(client.detokenize(ModelRef::Name("smollm2".into()), tokens).await.unwrap(), "Hello world");
 }
 
+/// `max_context` bounds each stream (prompt and output), as the memory budget counted it:
+/// a longer prompt is refused naming the setting, and a stream that reaches the end of its
+/// context finishes with Length however many tokens it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_context_bounds_prompt_and_output() {
+    let daemon = Daemon::start(&["--max-context", "48"]);
+    let client = daemon.client().await;
+    let prompt = PromptInput::Raw("one two three four five six seven eight nine ten".into());
+    let prompt_tokens = client
+        .tokenize(ModelRef::Name("smollm2".into()), "one two three four five six seven eight nine ten")
+        .await
+        .unwrap()
+        .len() as u32;
+    let out = collect(&client, request(prompt, greedy(200))).await.unwrap();
+    assert_eq!(out.summary.finish_reason, mlxd_client::proto::FinishReason::Length);
+    assert_eq!(out.summary.prompt_tokens, prompt_tokens);
+    assert_eq!(out.summary.prompt_tokens + out.summary.completion_tokens, 48, "the stream filled its context");
+    match collect(&client, request(PromptInput::Raw("word ".repeat(60)), greedy(4))).await {
+        Err(ClientError::Wire(err)) => {
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(err.message.contains("max_context") && err.message.contains("48 tokens"), "{err}");
+        }
+        other => panic!("a prompt longer than max_context must be refused: {:?}", other.map(|o| o.text)),
+    }
+    let info = mlxd_tests::model_named(&client.models().await.unwrap(), "smollm2").clone();
+    assert_eq!(info.max_seq_len, 48, "the worker reports the context it allows");
+}
+
 #[test]
 fn mlxd_import_converts_gguf_and_refuses_unsupported_tensor_types() {
     let store = TempDir::new();

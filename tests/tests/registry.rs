@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mlxd_client::proto::{ErrorCode, LeaseRequest, ModelInfo, ModelState, Request, Response};
 use mlxd_client::{Client, ClientError};
-use mlxd_tests::{model_named, Daemon};
+use mlxd_tests::{model_named, store_model_dir, Daemon};
 
 async fn info(client: &Client, name: &str) -> ModelInfo {
     model_named(&client.models().await.unwrap(), name).clone()
@@ -135,9 +135,26 @@ async fn eight_cold_leases_share_one_load_and_all_see_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_for_one_model_evicts_the_idle_one_and_refuses_when_the_other_is_leased() {
-    // minilm is ~90 MB of weights and smollm2 ~540 MB (float32): 600 MB fits either, not both.
-    let daemon = Daemon::start(&["--memory-budget", "600MB"]);
+    // minilm is ~90 MB of weights and smollm2 ~540 MB (float32) plus the KV cache of one
+    // stream of 512 tokens (~24 MB): 600 MB fits either, not both.
+    let daemon = Daemon::start(&[
+        "--memory-budget",
+        "600MB",
+        "--max-streams",
+        "1",
+        "--max-context",
+        "512",
+        "--prompt-cache",
+        "0",
+    ]);
     let client = daemon.client().await;
+    let models = client.models().await.unwrap();
+    let (minilm, smollm2) = (model_named(&models, "minilm"), model_named(&models, "smollm2"));
+    let kv_per_token = 30 * 3 * 64 * 2 * 4; // layers x KV heads x head size x (K, V) x float32
+    let weights = std::fs::metadata(store_model_dir("smollm2").join("model.safetensors")).unwrap().len();
+    assert_eq!(smollm2.estimated_bytes, weights + kv_per_token * 512, "weights as served + KV cache of 1 x 512 tokens");
+    assert!(smollm2.estimated_bytes < 600_000_000 && minilm.estimated_bytes < 600_000_000);
+    assert!(smollm2.estimated_bytes + minilm.estimated_bytes > 600_000_000, "the premise: not both");
     let minilm = client.lease("minilm").await.unwrap();
     minilm.embed(vec!["a".into()]).await.unwrap();
     minilm.release().await.unwrap();

@@ -77,8 +77,8 @@ pub fn render_models(models: &[ModelInfo], rates: Option<&Rates>) -> String {
     let rate_head = if rates.is_some() { format!(" {:>7}", "REQ/S") } else { String::new() };
     let _ = writeln!(
         out,
-        "{:<14} {:<10} {:<9} {:>6} {:>6} {:>9}{rate_head} {:>9} {:>10}  BACKEND",
-        "MODEL", "KIND", "STATE", "LEASES", "IN-FL", "QUEUE", "MEMORY", "KEEP-ALIVE"
+        "{:<14} {:<10} {:<9} {:>6} {:>6} {:>9}{rate_head} {:>9} {:>9} {:>10}  BACKEND",
+        "MODEL", "KIND", "STATE", "LEASES", "IN-FL", "QUEUE", "MEMORY", "BUDGET", "KEEP-ALIVE"
     );
     for m in models {
         let kind = match m.kind {
@@ -97,7 +97,7 @@ pub fn render_models(models: &[ModelInfo], rates: Option<&Rates>) -> String {
         let backend = if m.backend.is_empty() { "-" } else { &m.backend };
         let _ = writeln!(
             out,
-            "{:<14} {:<10} {:<9} {:>6} {:>6} {:>9}{rate} {:>9} {:>10}  {backend}",
+            "{:<14} {:<10} {:<9} {:>6} {:>6} {:>9}{rate} {:>9} {:>9} {:>10}  {backend}",
             m.name,
             kind,
             state_name(m.state),
@@ -105,8 +105,13 @@ pub fn render_models(models: &[ModelInfo], rates: Option<&Rates>) -> String {
             m.in_flight,
             queue,
             bytes(m.resident_bytes),
+            bytes(m.estimated_bytes),
             keep_alive,
         );
+        if !m.prompts.is_empty() {
+            let default = m.default_prompt.as_deref().map_or_else(String::new, |d| format!(" (default {d})"));
+            let _ = writeln!(out, "{:<14} prompts: {}{default}", "", m.prompts.join(", "));
+        }
         let q = &m.sched;
         if q.admitted > 0 {
             let mut line = format!("{:<14} {} admitted, {} busy", "", q.admitted, q.busy);

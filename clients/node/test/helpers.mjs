@@ -180,10 +180,13 @@ export function run(program, args, { env = process.env, timeoutMs = 60_000, inpu
   });
 }
 
-/** Where fixtures are looked for, in order: `$MLXD_FIXTURES` (if set), then ../shared/fixtures beside the checkout. */
+/**
+ * Where fixtures are looked for, in order: `$MLXD_FIXTURES` (if set), the checkout's tiny
+ * sentence-transformers models (python/tests/fixtures/st), then ../shared/fixtures beside the checkout.
+ */
 export function fixturesDirs() {
-  const fallback = `${repoRoot}/../shared/fixtures`;
-  return process.env.MLXD_FIXTURES ? [process.env.MLXD_FIXTURES, fallback] : [fallback];
+  const defaults = [`${repoRoot}/python/tests/fixtures/st`, `${repoRoot}/../shared/fixtures`];
+  return process.env.MLXD_FIXTURES ? [process.env.MLXD_FIXTURES, ...defaults] : defaults;
 }
 
 /** The first fixture file or directory `name` in {@link fixturesDirs} (the first place's path if none, so errors name it). */

@@ -44,11 +44,12 @@ def mlxctl_bin() -> Path:
 
 
 def fixtures_dirs() -> List[Path]:
-    """Where fixtures are looked for, in order: ``$MLXD_FIXTURES`` (if set), then
+    """Where fixtures are looked for, in order: ``$MLXD_FIXTURES`` (if set), the
+    checkout's tiny sentence-transformers models (``python/tests/fixtures/st``), then
     ``../shared/fixtures`` beside the checkout."""
-    default = REPO.parent / "shared" / "fixtures"
+    defaults = [REPO / "python" / "tests" / "fixtures" / "st", REPO.parent / "shared" / "fixtures"]
     given = os.environ.get("MLXD_FIXTURES")
-    return [Path(given), default] if given else [default]
+    return [Path(given), *defaults] if given else defaults
 
 
 def fixture(name: str) -> Path:

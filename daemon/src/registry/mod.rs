@@ -198,8 +198,9 @@ impl Inner {
         loop {
             let others: Vec<&Arc<Model>> =
                 self.models.values().filter(|m| !Arc::ptr_eq(m, target) && m.occupies_memory()).collect();
-            let used: u64 = others.iter().map(|m| m.spec.size_bytes).sum();
-            let fits_memory = used + target.spec.size_bytes <= config.memory_budget;
+            let used: u64 = others.iter().map(|m| m.spec.estimated_bytes()).sum();
+            let needed = target.spec.estimated_bytes();
+            let fits_memory = used + needed <= config.memory_budget;
             let fits_count = others.len() < config.max_loaded_models;
             if fits_memory && fits_count {
                 return Ok(());
@@ -219,9 +220,23 @@ impl Inner {
                     let limit = if fits_memory {
                         format!("the limit of {} loaded models", config.max_loaded_models)
                     } else {
+                        let spec = &target.spec;
+                        let kv = spec.kv_cache_bytes();
+                        let parts = if kv > 0 {
+                            format!(
+                                " (weights {} MB, KV cache {} MB for {} streams of {} tokens and the prompt cache: \
+                                 lower max_streams, max_context or prompt_cache for it to need less)",
+                                spec.size_bytes / 1_000_000,
+                                kv / 1_000_000,
+                                spec.max_streams,
+                                spec.context()
+                            )
+                        } else {
+                            String::new()
+                        };
                         format!(
-                            "the memory budget: {} MB needed, {} MB of {} MB in use",
-                            target.spec.size_bytes / 1_000_000,
+                            "the memory budget: {} MB needed{parts}, {} MB of {} MB in use",
+                            needed / 1_000_000,
                             used / 1_000_000,
                             config.memory_budget / 1_000_000
                         )

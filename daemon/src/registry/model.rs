@@ -606,7 +606,7 @@ impl Model {
         format!(
             "{} ({} MB, {} lease(s), {} request(s) in flight{})",
             self.spec.name,
-            self.spec.size_bytes / 1_000_000,
+            self.spec.estimated_bytes() / 1_000_000,
             state.leases,
             state.in_flight,
             if self.spec.pinned { ", pinned" } else { "" }
@@ -660,7 +660,7 @@ impl Model {
             sched: self.admission.stats(),
             prompts: self.spec.prompts.clone(),
             default_prompt: self.spec.default_prompt.clone(),
-            estimated_bytes: self.spec.size_bytes,
+            estimated_bytes: self.spec.estimated_bytes(),
         }
     }
 

@@ -150,6 +150,7 @@ impl WorkerHandle {
             path: std::os::unix::ffi::OsStrExt::as_bytes(spec.path.as_os_str()).to_vec(),
             max_streams: spec.max_streams as u32,
             prompt_cache_bytes: spec.prompt_cache_bytes,
+            max_context: spec.max_context,
         });
         if let Err(err) = link.send(load).await {
             let _ = KillOnDrop(Some(child)).wait_briefly().await;

@@ -78,7 +78,9 @@ pub(super) fn spawn_child(config: &DaemonConfig, spec: &ModelSpec, link: OwnedFd
         .arg("--max-streams")
         .arg(spec.max_streams.to_string())
         .arg("--prompt-cache-bytes")
-        .arg(spec.prompt_cache_bytes.to_string());
+        .arg(spec.prompt_cache_bytes.to_string())
+        .arg("--max-context")
+        .arg(spec.max_context.to_string());
     if let Some(blas) = &config.blas_preload {
         tracing::info!(model = %spec.name, blas = %blas.display(), "preloading optimized BLAS into the worker");
     }

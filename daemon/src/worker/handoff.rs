@@ -67,6 +67,7 @@ pub struct WorkerArgs {
     pub python: PathBuf,
     pub max_streams: usize,
     pub prompt_cache_bytes: u64,
+    pub max_context: u32,
 }
 
 impl WorkerArgs {
@@ -79,6 +80,7 @@ impl WorkerArgs {
             python,
             max_streams: model.max_streams as usize,
             prompt_cache_bytes: model.prompt_cache_bytes,
+            max_context: model.max_context,
         }
     }
 }

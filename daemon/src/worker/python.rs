@@ -167,8 +167,12 @@ fn load(
         .map_err(|err| python_error(py, "installing the progress hook", err))?;
     let kind = mlxd_proto::worker::kind_name(args.kind);
     let path = args.path.to_string_lossy().into_owned();
+    let options = pyo3::types::PyDict::new(py);
+    if args.kind == ModelKind::Generation {
+        options.set_item("max_context", args.max_context).map_err(|err| python_error(py, "load options", err))?;
+    }
     let adapter = runtime
-        .call_method1("load", (kind, path))
+        .call_method1("load", (kind, path, options))
         .map_err(|err| python_error(py, &format!("loading {}", args.path.display()), err))?;
     let info = adapter.call_method0("info").map_err(|err| python_error(py, "reading model info", err))?;
     let get_u32 = |key: &str| -> u32 { info.get_item(key).ok().and_then(|v| v.extract::<u32>().ok()).unwrap_or(0) };
