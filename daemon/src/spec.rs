@@ -213,7 +213,7 @@ impl MemoryFacts {
         let heads = number(&["num_attention_heads", "n_head"]).unwrap_or(0);
         let kv_heads = number(&["num_key_value_heads", "num_kv_heads"]).unwrap_or(heads);
         let hidden = number(&["hidden_size", "n_embd", "d_model"]).unwrap_or(0);
-        let head_dim = number(&["head_dim"]).unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = number(&["head_dim"]).unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         // The cache holds activations in the weights' float type (MLX-quantized weights
         // keep float16 scales: 2 bytes).
         let float_size = if float32 > float16 { 4 } else { 2 };
