@@ -258,7 +258,9 @@ fn a_non_loopback_http_address_needs_allow_remote_and_a_token() {
 /// configuration blocks are parsed.
 #[test]
 fn the_readmes_http_snippets_work_as_written() {
-    let daemon = Daemon::start(&["--http", "127.0.0.1:0"]);
+    // The reranking snippet's "reranker": the checked-in tiny cross-encoder.
+    let reranker = format!("reranker={}", repo_root().join("python/tests/fixtures/st/rerank-bert").display());
+    let daemon = Daemon::start(&["--http", "127.0.0.1:0", "--model", &reranker]);
     let addr = http_addr(&daemon);
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let section = readme.split("## Use mlxd from an OpenAI or Ollama client").nth(1).unwrap();
@@ -320,5 +322,8 @@ fn the_readmes_http_snippets_work_as_written() {
         let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(120));
         assert!(status.success(), "the README's {language} snippet failed:\n{code}\n{stdout}\n{stderr}");
         assert!(!stdout.trim().is_empty(), "the {language} snippet printed nothing:\n{code}");
+        if code.contains("/v1/rerank") {
+            assert!(stdout.contains("\"relevance_score\""), "the rerank snippet did not rerank:\n{stdout}");
+        }
     }
 }

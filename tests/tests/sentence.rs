@@ -160,6 +160,48 @@ async fn embeddings_and_scores_equal_sentence_transformers_and_prompts_are_chose
             assert_eq!(top.results, reranked.results[..2].to_vec(), "{name}: top_n keeps the best");
         }
     }
+    // mlxctl, as a person would use it: the same order and scores.
+    let reference = reference("rerank-bert");
+    let query = reference["queries"][0].as_str().unwrap();
+    let documents: Vec<&str> = reference["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let expected = client
+        .rerank("rerank-bert", query, documents.iter().map(|d| (*d).to_owned()).collect(), Some(3))
+        .await
+        .unwrap();
+    let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxctl"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["--no-fallback", "--json", "rerank", "--model", "rerank-bert", "--top-n", "3", query])
+            .args(&documents),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).unwrap();
+    let printed = printed["results"].as_array().unwrap();
+    assert_eq!(printed.len(), 3, "{stdout}");
+    for (line, want) in printed.iter().zip(&expected.results) {
+        assert_eq!(line["index"].as_u64().unwrap(), u64::from(want.index), "{stdout}");
+        assert_eq!(line["document"].as_str().unwrap(), documents[want.index as usize]);
+    }
+    let (status, stdout, stderr) = mlxd_tests::run_with_timeout(
+        std::process::Command::new(mlxd_tests::bin("mlxctl")).arg("--socket").arg(&daemon.socket).args([
+            "--no-fallback",
+            "--json",
+            "embed",
+            "--model",
+            "st-bert-mean",
+            "--prompt",
+            "query",
+            "where is Paris",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).unwrap();
+    let with_prompt = embed(&client, "st-bert-mean", vec!["where is Paris".into()], Some("query")).await.unwrap();
+    assert_close("st-bert-mean", "mlxctl embed --prompt query", &floats(&printed["embeddings"][0]), &with_prompt[0]);
+
     match client.rerank("st-bert-mean", "q", vec!["d".into()], None).await {
         Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::BadRequest, "{err}"),
         other => panic!("rerank on an embedding model must be refused: {other:?}"),
