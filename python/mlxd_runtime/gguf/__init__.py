@@ -7,9 +7,10 @@ into model.safetensors, so memory holds one converted tensor (in row chunks), no
 - architectures (architectures.py): llama (Llama 1-3, Mistral), qwen2, qwen3, gemma2,
   gemma3 (text), phi3, written as mlx-lm's llama, qwen2, qwen3, gemma2, gemma3_text, phi3;
 - tensor types (quants.py): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q5_K are repacked exactly
-  into MLX's affine quantization (group size 32, 4/5/8 bits, float16 scales and biases);
-  Q2_K, Q3_K and Q6_K (sub-blocks of 16, which MLX cannot group) are dequantized to float16;
-  F32, F16 and BF16 are kept as they are. Bits can differ per tensor: config.json's
+  into MLX's affine quantization (group size 32, 4/5/8 bits, float16 scales and biases;
+  float32 for the token embedding, see _plan); Q2_K, Q3_K and Q6_K (sub-blocks of 16, which
+  MLX cannot group) are dequantized to float16 (a Gemma 3 embedding to bfloat16); F32, F16
+  and BF16 are kept as they are. Bits can differ per tensor: config.json's
   `quantization` names the modules that differ from the most common width.
   `dtype` float16/float32/bfloat16 dequantizes everything to that type instead.
 - tokenizer (tokenizer.py): tokenizer.json/tokenizer_config.json rebuilt from the metadata,
@@ -91,9 +92,17 @@ class _Output:
 _FLOAT_NAMES = {"float16": "F16", "float32": "F32", "bfloat16": "BF16"}
 
 
-def _plan(entry: Entry, dtype: str | None) -> tuple[int, str]:
-    """(bits, float dtype) for one tensor: bits > 0 means MLX-quantized."""
+def _plan(entry: Entry, dtype: str | None, model_type: str) -> tuple[int, str]:
+    """(bits, dtype) for one tensor: bits > 0 means MLX-quantized with scales and biases of
+    that dtype; bits 0 means a float tensor of that dtype.
+
+    The token embedding decides the dtype of the residual stream in mlx-lm's models (the
+    rest follows from it and the float32 norms), and mlx-lm's Gemma 3 keeps a float16
+    residual stream clipped to float16's range, which Gemma's large activations do not
+    survive. So a quantized embedding gets float32 scales (llama.cpp too computes
+    activations in float32), and Gemma 3's embedding is never float16: bfloat16 instead."""
     type_name = entry.info.type_name
+    embedding = entry.module == "model.embed_tokens"
     if dtype is not None:
         return 0, _FLOAT_NAMES[dtype]
     if (
@@ -102,10 +111,13 @@ def _plan(entry: Entry, dtype: str | None) -> tuple[int, str]:
         and len(entry.info.shape) == 2
         and entry.add == 0
     ):
-        return quants.KEPT_QUANTIZED[type_name], ""
+        return quants.KEPT_QUANTIZED[type_name], "F32" if embedding else "F16"
     if entry.add != 0:
         return 0, "F32"
-    return 0, type_name if type_name in quants.FLOATS else "F16"
+    float_type = type_name if type_name in quants.FLOATS else "F16"
+    if embedding and model_type == "gemma3_text" and float_type == "F16":
+        float_type = "BF16"
+    return 0, float_type
 
 
 def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -127,7 +139,8 @@ def _write_tensor(handle, data_start: int, gguf: GGUFFile, entry: Entry, bits: i
         raw = source[entry.row_order[start:stop]] if entry.row_order is not None else source[start:stop]
         if bits:
             q, scales, biases = quants.unpack(info.type_name, raw)
-            scales, biases = scales.astype("<f2"), biases.astype("<f2")
+            scale_type = "<f2" if outputs[1].dtype == "F16" else "<f4"
+            scales, biases = scales.astype(scale_type), biases.astype(scale_type)
             if not (np.isfinite(scales).all() and np.isfinite(biases).all()):
                 raise UnsupportedModel(f"tensor {info.name!r} has scales beyond float16's range")
             parts = (quants.pack(q, bits), scales, biases)
@@ -209,14 +222,14 @@ def convert(gguf_path: str, out_dir: str, dtype: str | None = None) -> dict:
         work = []
         bits_of: dict[str, int] = {}
         for entry in entries:
-            bits, float_type = _plan(entry, dtype)
+            bits, float_type = _plan(entry, dtype, config["model_type"])
             shape = entry.info.shape
             if bits:
                 bits_of[entry.module] = bits
                 outputs = [
                     _Output(f"{entry.module}.weight", "U32", (shape[0], shape[1] * bits // 32)),
-                    _Output(f"{entry.module}.scales", "F16", (shape[0], shape[1] // GROUP_SIZE)),
-                    _Output(f"{entry.module}.biases", "F16", (shape[0], shape[1] // GROUP_SIZE)),
+                    _Output(f"{entry.module}.scales", float_type, (shape[0], shape[1] // GROUP_SIZE)),
+                    _Output(f"{entry.module}.biases", float_type, (shape[0], shape[1] // GROUP_SIZE)),
                 ]
             else:
                 outputs = [_Output(entry.name, float_type, shape)]

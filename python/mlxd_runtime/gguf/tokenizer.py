@@ -261,12 +261,26 @@ def tokenizer_files(meta: dict, context_length: int) -> tuple[dict, dict]:
     return tokenizer, config
 
 
+# Control tokens llama.cpp ends generation at even when the metadata names only EOS
+# (llama-vocab.cpp's end-of-generation list), e.g. Gemma's <end_of_turn>.
+_END_OF_GENERATION = (
+    "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<EOT>", "_<EOT>", "<|return|>", "<|call|>", "<end_of_utterance>",
+)
+
+
 def stop_token_ids(meta: dict) -> list[int]:
-    """EOS, then end-of-turn / end-of-message when the file names different ones
-    (Llama 3's <|eot_id|>, Gemma's <end_of_turn>): generation stops at any of them."""
+    """EOS first, then the end-of-turn / end-of-message tokens the file names, then the
+    control tokens llama.cpp treats as end of generation: mlx-lm stops at any of them."""
     ids = []
     for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
         value = meta.get(key)
         if isinstance(value, int) and value >= 0 and value not in ids:
             ids.append(value)
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    types = meta.get("tokenizer.ggml.token_type") or []
+    if len(types) == len(tokens):
+        wanted = set(_END_OF_GENERATION)
+        found = {tok: i for i, tok in enumerate(tokens) if tok in wanted and types[i] in (CONTROL, USER_DEFINED)}
+        ids += [found[text] for text in _END_OF_GENERATION if text in found and found[text] not in ids]
     return ids
