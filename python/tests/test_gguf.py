@@ -39,6 +39,7 @@ def test_bundled_gguf_keeps_mixed_quantization(smollm2):
     config = json.loads((smollm2 / "config.json").read_text())
     assert config["model_type"] == "llama" and not config.get("rope_traditional")  # q/k un-permuted
     assert config["tie_word_embeddings"] is True
+    assert config["eos_token_id"] == [2, 0]  # <|im_end|>, and <|endoftext|> as llama.cpp stops there too
     # 4-bit layers with 8-bit embeddings: the per-layer override is what makes it loadable
     assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
     assert config["quantization"]["model.embed_tokens"] == {"group_size": 32, "bits": 8}

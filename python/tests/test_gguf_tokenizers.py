@@ -19,7 +19,7 @@ import gguf_tokenizers
 from gguf_tokenizers import BPE_KINDS, CHAT_TEMPLATE, SAMPLES, SPM_KINDS
 from mlxd_runtime.gguf import UnsupportedModel
 from mlxd_runtime.gguf.reader import GGUFFile
-from mlxd_runtime.gguf.tokenizer import tokenizer_files
+from mlxd_runtime.gguf.tokenizer import stop_token_ids, tokenizer_files
 
 KINDS = list(BPE_KINDS) + list(SPM_KINDS)
 
@@ -90,3 +90,14 @@ def test_refuses_unknown_tokenizers():
     meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.token_type": [1]}
     with pytest.raises(UnsupportedModel, match="token_type has 1 entries for 2 tokens"):
         tokenizer_files(meta, 2048)
+
+
+def test_stop_tokens_include_llama_cpp_end_of_generation_tokens():
+    """Files often name only EOS; llama.cpp also ends generation at known control tokens
+    (Gemma's <end_of_turn> when no EOT id is given), and so does the import."""
+    tokens = ["<pad>", "<eos>", "<bos>", "<end_of_turn>", "<|im_end|>", "hello"]
+    meta = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [3, 3, 3, 3, 1, 1],
+            "tokenizer.ggml.eos_token_id": 1}
+    assert stop_token_ids(meta) == [1, 3]  # <|im_end|> here is a normal token: not a stop
+    meta["tokenizer.ggml.eot_token_id"] = 4
+    assert stop_token_ids(meta) == [1, 4, 3]
