@@ -1,12 +1,13 @@
-"""A minimal GGUF v3 writer, so tests can make small files with chosen tensor types."""
+"""A raw GGUF v3 writer for malformed or unusual files (any type id, chosen offsets, wrong
+version), which the gguf package's GGUFWriter will not write. Well-formed test models are
+written with GGUFWriter (gguf_models.py)."""
 
 from __future__ import annotations
 
 import struct
 
-GGUF_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q2_K": 10, "Q4_K": 12}
-# bytes per block and elements per block, for the data sizes
-_BLOCK = {0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 8: (34, 32), 10: (84, 256), 12: (144, 256)}
+# bytes and elements per block of the type ids used here
+BLOCK = {0: (4, 1), 1: (2, 1), 2: (18, 32), 6: (22, 32), 16: (66, 256), 20: (18, 32), 23: (136, 256), 99: (1, 1)}
 
 
 def _string(value: str) -> bytes:
@@ -14,9 +15,15 @@ def _string(value: str) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def write_gguf(path, metadata: dict[str, object], tensors: list[tuple[str, list[int], str]]) -> None:
-    """Writes `tensors` (name, shape, type name) filled with zero bytes, plus string/uint32
-    metadata."""
+def write_gguf(
+    path,
+    metadata: dict[str, object],
+    tensors: list[tuple[str, list[int], int]],
+    offsets: list[int] | None = None,
+    version: int = 3,
+) -> None:
+    """Writes `tensors` (name, numpy-order shape, GGML type id) filled with zero bytes, at
+    `offsets` (default: one after the other), plus string/uint32 metadata."""
     kv = b""
     for key, value in metadata.items():
         kv += _string(key)
@@ -27,19 +34,19 @@ def write_gguf(path, metadata: dict[str, object], tensors: list[tuple[str, list[
     infos = b""
     blobs = []
     offset = 0
-    for name, shape, type_name in tensors:
-        ggml_type = GGUF_TYPES[type_name]
+    for index, (name, shape, ggml_type) in enumerate(tensors):
         count = 1
         for dim in shape:
             count *= dim
-        block_bytes, block_elems = _BLOCK[ggml_type]
+        block_bytes, block_elems = BLOCK[ggml_type]
         size = count // block_elems * block_bytes
+        at = offsets[index] if offsets else offset
         infos += _string(name) + struct.pack("<I", len(shape))
         infos += b"".join(struct.pack("<Q", d) for d in reversed(shape))  # GGUF lists ne[0] first
-        infos += struct.pack("<IQ", ggml_type, offset)
+        infos += struct.pack("<IQ", ggml_type, at)
         blobs.append(bytes(size))
         offset += (size + 31) // 32 * 32
-    header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata)) + kv + infos
+    header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata)) + kv + infos
     header += bytes((32 - len(header) % 32) % 32)
     data = b"".join(blob + bytes((32 - len(blob) % 32) % 32) for blob in blobs)
     with open(path, "wb") as handle:
