@@ -386,10 +386,10 @@ fn mlxd_import_converts_gguf_and_refuses_unsupported_tensor_types() {
 
     // A GGUF with a tensor type MLX cannot read, written here.
     let odd = store.join("odd.gguf");
-    std::fs::write(&odd, tiny_gguf(6 /* Q5_0 */, 22)).unwrap();
+    std::fs::write(&odd, tiny_gguf(20 /* IQ4_NL */, 18)).unwrap();
     let (status, _, stderr) = import(&odd, "odd");
     assert!(!status.success());
-    assert!(stderr.contains("Q5_0") && stderr.contains("supported"), "clear refusal: {stderr}");
+    assert!(stderr.contains("IQ4_NL") && stderr.contains("supported"), "clear refusal: {stderr}");
     assert!(!store.join("models/odd").exists(), "nothing half-imported");
     let leftovers: Vec<_> = std::fs::read_dir(store.join("models")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only smol-q in the store: {leftovers:?}");

@@ -137,3 +137,79 @@ fn a_quantized_mlx_lm_model_in_the_hf_cache_is_served_by_name_as_mlx_lm_answers(
     assert_eq!(greedy_completion(&socket, "tiny4", prompt), expected, "{}", daemon.log_text());
     assert_eq!(greedy_completion(&socket, "tinyhf", prompt), expected, "{}", daemon.log_text());
 }
+
+/// Every GGUF architecture mlxd imports, each file carrying K-quants beside the other
+/// common types (written by `tests/tools/tiny_gguf.py` as llama.cpp writes them, random
+/// weights): `mlxd import` takes it into the store, and the daemon serves it, encoding the
+/// prompt as the original tokenizer does and generating mlx-lm's greedy tokens on the same
+/// weights in HF layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gguf_of_each_architecture_with_k_quants_imports_and_generates_as_mlx_lm_does() {
+    const VARIANTS: &[&str] = &["llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
+    const PROMPT: &str = "Hello world, it's 12345 café";
+    let dir = TempDir::new();
+    let mut command = Command::new(venv_python());
+    command.arg(repo_root().join("tests/tools/tiny_gguf.py")).arg(dir.join("built")).args(VARIANTS);
+    command.args(["--prompt", PROMPT, "--max-tokens", "6"]);
+    if let Some(blas) = blas_preload() {
+        command.env("LD_PRELOAD", blas);
+    }
+    let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
+    assert!(status.success(), "building the GGUFs failed: {stderr}");
+    let built: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(built.len(), VARIANTS.len());
+    let store = dir.join("store");
+    for model in &built {
+        let name = model["variant"].as_str().unwrap();
+        let types: Vec<&str> = model["types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert!(types.iter().any(|t| t.ends_with("_K")), "{name}: no K-quant in {types:?}");
+        let (status, stdout, stderr) = run_with_timeout(
+            Command::new(bin("mlxd"))
+                .arg("import")
+                .arg(model["gguf"].as_str().unwrap())
+                .args(["--name", name, "--store"])
+                .arg(&store),
+            Duration::from_secs(300),
+        );
+        assert!(status.success(), "{name}: import failed: {stdout}{stderr}");
+    }
+    let daemon = Daemon::start(&["--store", store.to_str().unwrap(), "--max-loaded-models", "2"]);
+    let client = daemon.client().await;
+    for model in &built {
+        let name = model["variant"].as_str().unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            model[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let (prompt, greedy, eos) = (ids("prompt_ids"), ids("greedy"), ids("eos"));
+        let request = mlxd_client::proto::GenerateRequest {
+            model: mlxd_client::proto::ModelRef::Name(name.into()),
+            input: mlxd_client::proto::PromptInput::Raw(PROMPT.into()),
+            params: mlxd_client::proto::GenerateParams { max_tokens: 6, temperature: 0.0, ..Default::default() },
+            initial_credit: 0,
+            priority: mlxd_client::proto::Priority::Interactive,
+            deadline_ms: None,
+        };
+        let mut stream = client.generate(request).await.unwrap();
+        let mut tokens = Vec::new();
+        let summary = loop {
+            match stream.next().await.unwrap() {
+                Some(mlxd_client::StreamItem::Token { token, .. }) => tokens.extend(token),
+                Some(mlxd_client::StreamItem::Done(summary)) => break summary,
+                None => panic!("{name}: the stream ended without a summary"),
+            }
+        };
+        assert_eq!(
+            summary.prompt_tokens as usize,
+            prompt.len(),
+            "{name}: the prompt encodes as the original tokenizer"
+        );
+        // mlx-lm's greedy tokens, up to the end-of-sequence token if the model chose one.
+        let until_eos = greedy.iter().position(|t| eos.contains(t)).unwrap_or(greedy.len());
+        assert_eq!(
+            tokens[..until_eos.min(tokens.len())],
+            greedy[..until_eos.min(tokens.len())],
+            "{name}: {tokens:?} vs {greedy:?}"
+        );
+        assert!(tokens.len() >= until_eos.min(6), "{name}: stopped early: {tokens:?} vs {greedy:?}");
+    }
+}
