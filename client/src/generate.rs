@@ -16,8 +16,9 @@ pub const STREAM_WINDOW: u32 = 32;
 /// One thing a generation stream yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// A piece of text and the token that completed it.
-    Token { text: String, token: Option<u32> },
+    /// A piece of text, the token that completed it, and its log probabilities when the
+    /// request asked for them (`GenerateParams::logprobs`).
+    Token { text: String, token: Option<u32>, logprobs: Option<mlxd_proto::TokenLogprobs> },
     /// The end: why it stopped and how fast it went.
     Done(GenerationSummary),
 }
@@ -55,13 +56,13 @@ impl GenerationStream {
                 return Err(ClientError::Closed);
             };
             match message {
-                ServerMessage::Event { event: Event::Token { text, token }, .. } => {
+                ServerMessage::Event { event: Event::Token { text, token, logprobs }, .. } => {
                     self.read_since_grant += 1;
                     if self.read_since_grant >= STREAM_WINDOW / 2 {
                         let events = std::mem::take(&mut self.read_since_grant);
                         self.client.send_control(ClientMessage::Credit { id: self.id, events }).await;
                     }
-                    return Ok(Some(StreamItem::Token { text, token }));
+                    return Ok(Some(StreamItem::Token { text, token, logprobs }));
                 }
                 ServerMessage::Event { event: Event::LoadProgress(_), .. } => continue,
                 ServerMessage::Response { body: Response::Generated(summary), .. } => {

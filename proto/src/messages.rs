@@ -1,4 +1,4 @@
-//! Client ↔ daemon messages, protocol version 4 ([`crate::PROTOCOL_VERSION`]; history in
+//! Client ↔ daemon messages, protocol version 5 ([`crate::PROTOCOL_VERSION`]; history in
 //! PROTOCOL.md §7).
 //!
 //! Rules that keep old peers working: enum variants are only ever appended (bincode
@@ -188,7 +188,13 @@ pub struct GenerateParams {
     /// [`crate::bounds::MAX_STOP_STRINGS`].
     #[serde(deserialize_with = "crate::bounds::stop_strings")]
     pub stop: Vec<Vec<u8>>,
+    /// Log probabilities with each token: `None` = off (no cost); `Some(k)` = the chosen
+    /// token's and the `k` most likely tokens' (0 to [`MAX_TOP_LOGPROBS`]). Since v5.
+    pub logprobs: Option<u32>,
 }
+
+/// Most alternatives a token's [`TokenLogprobs`] may list.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 impl Default for GenerateParams {
     fn default() -> Self {
@@ -201,6 +207,7 @@ impl Default for GenerateParams {
             repetition_penalty: 1.0,
             seed: None,
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -306,10 +313,30 @@ pub struct MappedWeights {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// One generated piece of text and the token that completed it (`None` for text
-    /// released at the end of the stream without a new token, e.g. a final flush).
-    Token { text: String, token: Option<u32> },
+    /// released at the end of the stream without a new token, e.g. a final flush), with the
+    /// token's log probabilities when the request asked for them (since v5).
+    Token { text: String, token: Option<u32>, logprobs: Option<TokenLogprobs> },
     /// Load progress of the model a Lease or Load is waiting for.
     LoadProgress(LoadProgress),
+}
+
+/// A generated token's log probability and the most likely alternatives at its step: the
+/// log-softmax of the model's logits after the repetition penalty (if any), before
+/// temperature, top-p, top-k and min-p. Since v5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    /// The token as text on its own (a piece of a multi-byte character decodes to U+FFFD).
+    pub text: String,
+    pub logprob: f32,
+    /// Most likely first (as many as asked, fewer only if the vocabulary is smaller).
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: u32,
+    pub text: String,
+    pub logprob: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,6 +100,7 @@ fn params() -> GenerateParams {
         repetition_penalty: 1.1,
         seed: Some(1234),
         stop: vec![b"\n\n".to_vec(), "Ende ü".as_bytes().to_vec()],
+        logprobs: Some(5),
     }
 }
 
@@ -428,15 +429,48 @@ fn messages() -> Vec<Value> {
         ),
         server(
             "event_token",
-            ServerMessage::Event { id: 11, event: Event::Token { text: " upon".into(), token: Some(5_289) } },
+            ServerMessage::Event { id: 11, event: Event::Token { text: " upon".into(), token: Some(5_289), logprobs: None } },
         ),
         server(
             "event_token_held_back_text",
-            ServerMessage::Event { id: 11, event: Event::Token { text: String::new(), token: Some(49_151) } },
+            ServerMessage::Event {
+                id: 11,
+                event: Event::Token { text: String::new(), token: Some(49_151), logprobs: None },
+            },
         ),
         server(
             "event_token_flush",
-            ServerMessage::Event { id: 11, event: Event::Token { text: "é".into(), token: None } },
+            ServerMessage::Event { id: 11, event: Event::Token { text: "é".into(), token: None, logprobs: None } },
+        ),
+        server(
+            "event_token_with_logprobs",
+            ServerMessage::Event {
+                id: 11,
+                event: Event::Token {
+                    text: " Paris".into(),
+                    token: Some(7_042),
+                    logprobs: Some(TokenLogprobs {
+                        text: " Paris".into(),
+                        logprob: -0.015_625,
+                        top: vec![
+                            TopLogprob { token: 7_042, text: " Paris".into(), logprob: -0.015_625 },
+                            TopLogprob { token: 17, text: "\u{fffd}".into(), logprob: -4.5 },
+                            TopLogprob { token: 0, text: String::new(), logprob: f32::MIN },
+                        ],
+                    }),
+                },
+            },
+        ),
+        server(
+            "event_token_with_logprobs_no_alternatives",
+            ServerMessage::Event {
+                id: 12,
+                event: Event::Token {
+                    text: "東".into(),
+                    token: Some(1),
+                    logprobs: Some(TokenLogprobs { text: "東".into(), logprob: 0.0, top: Vec::new() }),
+                },
+            },
         ),
     ]);
     for (stage, done, total) in

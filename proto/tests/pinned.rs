@@ -129,13 +129,14 @@ fn generate_request() {
                     repetition_penalty: 1.0,
                     seed: Some(42),
                     stop: vec![b"\n".to_vec()],
+                    logprobs: Some(5),
                 },
                 initial_credit: 32,
                 priority: Priority::Interactive,
                 deadline_ms: Some(1000),
             }),
         },
-        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 20 00 01 fb e8 03",
+        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 01 05 20 00 01 fb e8 03",
     );
 }
 
@@ -175,8 +176,9 @@ fn responses_events_and_errors() {
         "01 03 06 01 05 02 00 00 00 00 00 00 00 00 04",
     );
     pinned(
-        &ServerMessage::Event { id: 9, event: Event::Token { text: "a".into(), token: Some(300) } },
-        "02 09 00 01 61 01 fb 2c 01",
+        &ServerMessage::Event { id: 9, event: Event::Token { text: "a".into(), token: Some(300), logprobs: None } },
+        // ... logprobs None (since v5)
+        "02 09 00 01 61 01 fb 2c 01 00",
     );
     pinned(
         &ServerMessage::Event {

@@ -108,6 +108,24 @@ class _Stops:
         return text, finish
 
 
+def token_logprobs(tokenizer, logprobs: mx.array, token: int, top: int | None):
+    """`(token text, its logprob, [(id, text, logprob)] of the `top` most likely, best
+    first)` from a step's log-softmax vector (mlx-lm's: after the repetition penalty, before
+    temperature and truncation), or None when the request did not ask (`top` None)."""
+    if top is None or token < 0:
+        return None
+    row = logprobs.reshape(-1)
+    alternatives = []
+    if top > 0:
+        k = min(top, row.shape[0])
+        ids = mx.argpartition(-row, kth=k - 1)[:k]
+        values = row[ids]
+        order = mx.argsort(-values)
+        ids, values = ids[order].tolist(), values[order].tolist()
+        alternatives = [(int(i), tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, values)]
+    return tokenizer.decode([token]), float(row[token].item()), alternatives
+
+
 class Stream:
     """One generation decoded on its own (the single-stream path): call :meth:`step` until
     it returns a finish reason. Used for models whose caches cannot be batched."""
@@ -116,6 +134,8 @@ class Stream:
         from mlx_lm import stream_generate
 
         self._stops = _Stops(params.get("stop", []))
+        self._tokenizer = generator.tokenizer
+        self._logprobs = params.get("logprobs")
         self.completion_tokens = 0
         self.prompt_tokens = len(prompt_ids)
         self.prompt_tps = 0.0
@@ -131,8 +151,9 @@ class Stream:
             prompt_progress_callback=lambda *_: progress(),
         )
 
-    def step(self) -> tuple[str, int, str | None]:
-        """Decodes one token: (text delta, token id or -1, finish reason or None).
+    def step(self) -> tuple[str, int, str | None, tuple | None]:
+        """Decodes one token: (text delta, token id or -1, finish reason or None, the
+        token's log probabilities if asked, see :func:`token_logprobs`).
 
         The text may be empty while a possible stop string is being held back. Finish
         reasons: "stop" (end of sequence or a stop string), "length".
@@ -142,7 +163,7 @@ class Stream:
             response = next(self._responses)
         except StopIteration:  # mlx-lm always ends with a final response; be safe anyway
             self.finished = True
-            return self._stops.apply("", "stop")[0], -1, "stop"
+            return self._stops.apply("", "stop")[0], -1, "stop", None
         self.prompt_tps = response.prompt_tps
         self.generation_tps = response.generation_tps
         finish = response.finish_reason
@@ -156,7 +177,7 @@ class Stream:
             if response.finish_reason is None:
                 self.close()
             self.finished = True
-        return text, token, finish
+        return text, token, finish, token_logprobs(self._tokenizer, response.logprobs, token, self._logprobs)
 
     def summary(self) -> dict:
         return {
@@ -180,6 +201,7 @@ class _Sequence:
         self.sampler = _make_sampler(params)
         self.processors = _make_processors(params)
         self.stops = _Stops(params.get("stop", []))
+        self.logprobs = params.get("logprobs")  # None, or how many alternatives per token
         # The prompt cache is partitioned (by the client's uid): a prefix cached for one
         # partition is never reused by another, so time to first token reveals nothing.
         self.cache_key = f"{_CACHE_KEY}:{int(params.get('cache_partition', 0))}"
@@ -313,9 +335,10 @@ class BatchEngine:
         """Streams in the batch (decoding or waiting for their prefill)."""
         return len(self.by_uid)
 
-    def step(self) -> list[tuple[int, str, int, str | None]]:
+    def step(self) -> list[tuple[int, str, int, str | None, tuple | None]]:
         """One batched decoding step (and any prefill due): (job, text delta, token or -1,
-        finish reason or None) for every stream that produced a token."""
+        finish reason or None, log probabilities if the stream asked) for every stream that
+        produced a token."""
         if not self.by_uid:
             return []
         faults.maybe_fail("step")
@@ -349,7 +372,8 @@ class BatchEngine:
                     cache, tokens = response.prompt_cache, response.all_tokens
                 self._keep(sequence, tokens, cache)
                 self._forget(sequence)
-            events.append((sequence.job, text, token, finish))
+            logprobs = token_logprobs(self.tokenizer, response.logprobs, token, sequence.logprobs)
+            events.append((sequence.job, text, token, finish, logprobs))
         return events
 
     def pause(self, job: int) -> None:

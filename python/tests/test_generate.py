@@ -36,7 +36,7 @@ def generator(tmp_path_factory):
 def _run(stream):
     text, tokens = "", []
     while True:
-        piece, token, finish = stream.step()
+        piece, token, finish, _ = stream.step()
         text += piece
         if token >= 0:
             tokens.append(token)
@@ -67,10 +67,10 @@ def test_seeded_streams_repeat_even_interleaved(generator):
     done_a = done_b = None
     while not (done_a and done_b):
         if not done_a:
-            piece, token, done_a = a.step()
+            piece, token, done_a, _ = a.step()
             out_a = (out_a[0] + piece, out_a[1] + ([token] if token >= 0 else []))
         if not done_b:
-            piece, token, done_b = b.step()
+            piece, token, done_b, _ = b.step()
             out_b = (out_b[0] + piece, out_b[1] + ([token] if token >= 0 else []))
     assert out_a[1] == alone[1], "interleaving changed a seeded stream"
     assert out_b[1] != alone[1], "a different seed gave the same tokens"
@@ -115,7 +115,7 @@ def _drain(engine, until=None):
     """Steps the engine until it is idle (or `until()` holds): job -> (text, tokens, finish)."""
     out: dict = {}
     while engine.active() and not (until and until(out)):
-        for job, piece, token, finish in engine.step():
+        for job, piece, token, finish, _ in engine.step():
             text, tokens, _ = out.get(job, ("", [], None))
             out[job] = (text + piece, tokens + ([token] if token >= 0 else []), finish)
     return out
@@ -159,7 +159,7 @@ def test_paused_and_resumed_seeded_stream_gives_the_same_tokens(generator):
     engine.start(1, None, PROMPTS[1], {"max_tokens": 40, "temperature": 0.0})
     tokens = []
     while 0 in engine.sequences:
-        for job, _, token, _ in engine.step():
+        for job, _, token, _, _ in engine.step():
             if job == 0 and token >= 0:
                 tokens.append(token)
                 if len(tokens) in (2, 7) and 0 in engine.sequences:
@@ -243,3 +243,58 @@ def test_a_chat_prompt_without_a_chat_template_is_unsupported_not_bad(generator,
     monkeypatch.setattr(generator, "tokenizer", types.SimpleNamespace(chat_template=None))
     with pytest.raises(Unsupported, match="no chat template"):
         generator.prompt_ids(None, [("user", "hi")])
+
+
+def _reference_logprobs(generator, prompt: list[int], tokens: list[int]):
+    """log-softmax of the model's logits at each generated position, from one forward pass
+    over prompt + tokens (no cache, no batching): what each token's logprob must be."""
+    import mlx.core as mx
+
+    logits = generator.model(mx.array([prompt + tokens]))[0].astype(mx.float32)
+    start = len(prompt) - 1
+    rows = logits[start : start + len(tokens)]
+    return rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("path", ["single", "batched"])
+def test_logprobs_are_the_log_softmax_of_a_forward_pass_on_the_same_prefix(generator, path):
+    import mlx.core as mx
+
+    params = {"max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": [], "logprobs": 5}
+    prompt = generator.checked_prompt(None, QUESTION)
+    steps = []
+    if path == "single":
+        stream = generator.start(None, QUESTION, params)
+        while True:
+            _, token, finish, logprobs = stream.step()
+            if token >= 0:
+                steps.append((token, logprobs))
+            if finish:
+                break
+    else:
+        engine = generator.batch_engine(4)
+        engine.start(1, None, QUESTION, params)
+        engine.start(2, None, [("user", "Say hello.")], {**params, "logprobs": None})
+        done = set()
+        while len(done) < 2:
+            for job, _, token, finish, logprobs in engine.step():
+                if job == 2:
+                    assert logprobs is None, "a stream that did not ask gets none"
+                elif token >= 0:
+                    steps.append((token, logprobs))
+                if finish:
+                    done.add(job)
+    tokens = [token for token, _ in steps]
+    reference = _reference_logprobs(generator, prompt, tokens)
+    for position, (token, (text, logprob, top)) in enumerate(steps):
+        row = reference[position]
+        assert text == generator.tokenizer.decode([token])
+        assert abs(logprob - row[token].item()) < 2e-3, (position, logprob, row[token].item())
+        assert len(top) == 5
+        assert [value for _, _, value in top] == sorted((value for _, _, value in top), reverse=True)
+        # greedy: the chosen token is the most likely one
+        assert top[0][0] == token and abs(top[0][2] - logprob) < 1e-6
+        want = mx.argsort(-row)[:5].tolist()
+        assert [i for i, _, _ in top][:3] == want[:3], (position, top, want)
+        for i, piece, value in top:
+            assert piece == generator.tokenizer.decode([i]) and abs(value - row[i].item()) < 2e-3

@@ -132,6 +132,116 @@ print(json.dumps(out))
     }
 }
 
+/// Log probabilities, on request only: each generated token's logprob and its top
+/// alternatives equal the log-softmax of the logits of one in-process mlx-lm forward pass
+/// over the same prefix; and the OpenAI and Ollama SDKs get them in their own shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_equal_an_in_process_forward_pass_and_reach_every_front_end() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client().await;
+    let params = GenerateParams { logprobs: Some(5), ..greedy(8) };
+    let mut stream = client.generate(request(chat(QUESTION), params)).await.unwrap();
+    let mut steps = Vec::new();
+    while let Some(item) = stream.next().await.unwrap() {
+        if let StreamItem::Token { token: Some(token), logprobs, .. } = item {
+            steps.push((token, logprobs.expect("asked for logprobs")));
+        }
+    }
+    assert_eq!(steps.len(), 8);
+    let tokens: Vec<u32> = steps.iter().map(|(t, _)| *t).collect();
+    let script = r#"
+import json, sys
+import mlx.core as mx
+from mlx_lm import load
+model, tok = load(sys.argv[1])
+messages, tokens = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+prompt = tok.apply_chat_template([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
+logits = model(mx.array([prompt + tokens]))[0].astype(mx.float32)
+rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
+rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+print(json.dumps([{"chosen": rows[i, t].item(), "top": mx.argsort(-rows[i])[:5].tolist(), "row": rows[i].tolist()}
+                  for i, t in enumerate(tokens)]))
+"#;
+    let messages = serde_json::json!([["user", QUESTION]]);
+    let mut command = Command::new(venv_python());
+    command.arg("-c").arg(script).arg(store_model_dir("smollm2")).arg(messages.to_string()).arg(serde_json::json!(tokens).to_string());
+    if let Some(blas) = blas_preload() {
+        command.env("LD_PRELOAD", blas);
+    }
+    let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
+    assert!(status.success(), "{stderr}");
+    let reference: Vec<serde_json::Value> = serde_json::from_str(stdout.trim()).unwrap();
+    for (i, ((token, logprobs), want)) in steps.iter().zip(&reference).enumerate() {
+        let chosen = want["chosen"].as_f64().unwrap() as f32;
+        assert!((logprobs.logprob - chosen).abs() < 2e-3, "token {i}: {} vs {chosen}", logprobs.logprob);
+        assert!(logprobs.logprob <= 0.0);
+        assert_eq!(logprobs.top.len(), 5);
+        assert_eq!(logprobs.top[0].token, *token, "greedy: the chosen token is the most likely");
+        let row = want["row"].as_array().unwrap();
+        for alternative in &logprobs.top {
+            let expected = row[alternative.token as usize].as_f64().unwrap() as f32;
+            assert!((alternative.logprob - expected).abs() < 2e-3, "token {i} alternative {alternative:?}: {expected}");
+        }
+        let want_top: Vec<u32> = want["top"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(logprobs.top[..2].iter().map(|a| a.token).collect::<Vec<_>>(), want_top[..2].to_vec(), "token {i}");
+    }
+    // Without asking, none.
+    let mut stream = client.generate(request(chat(QUESTION), greedy(2))).await.unwrap();
+    while let Some(item) = stream.next().await.unwrap() {
+        if let StreamItem::Token { logprobs, .. } = item {
+            assert!(logprobs.is_none());
+        }
+    }
+    let too_many = GenerateParams { logprobs: Some(21), ..greedy(2) };
+    match collect(&client, request(chat(QUESTION), too_many)).await {
+        Err(ClientError::Wire(err)) => assert_eq!(err.code, ErrorCode::BadRequest, "{err}"),
+        other => panic!("21 alternatives must be refused: {:?}", other.map(|o| o.text)),
+    }
+
+    // The SDKs, over the socket: the same numbers in OpenAI's and Ollama's shapes.
+    let expected: Vec<f32> = steps.iter().map(|(_, l)| l.logprob).collect();
+    let sdk = r#"
+import json, sys, httpx, openai, ollama
+socket, question, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import httpx2
+oa = openai.OpenAI(base_url="http://localhost/v1", api_key="unused",
+                   http_client=openai.DefaultHttpx2Client(transport=httpx2.HTTPTransport(uds=socket)))
+msgs = [{"role": "user", "content": question}]
+chat = oa.chat.completions.create(model="smollm2", messages=msgs, max_tokens=n, temperature=0, logprobs=True, top_logprobs=3)
+content = chat.choices[0].logprobs.content
+assert len(content) == n and all(len(c.top_logprobs) == 3 for c in content), chat
+assert "".join(c.token for c in content) == chat.choices[0].message.content
+assert all(bytes(c.bytes) == c.token.encode() for c in content)
+streamed = []
+for chunk in oa.chat.completions.create(model="smollm2", messages=msgs, max_tokens=n, temperature=0, logprobs=True, stream=True):
+    if chunk.choices and chunk.choices[0].logprobs:
+        streamed += [c.logprob for c in chunk.choices[0].logprobs.content]
+plain = oa.chat.completions.create(model="smollm2", messages=msgs, max_tokens=n, temperature=0)
+assert plain.choices[0].logprobs is None
+legacy = oa.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
+lp = legacy.choices[0].logprobs
+assert len(lp.tokens) == 4 and len(lp.token_logprobs) == 4 and all(len(t) <= 2 for t in lp.top_logprobs), lp
+assert lp.text_offset[0] == 0 and "".join(lp.tokens) == legacy.choices[0].text
+ol = ollama.Client(host="http://localhost", transport=httpx.HTTPTransport(uds=socket))
+reply = ol.chat(model="smollm2", messages=msgs, options={"num_predict": n, "temperature": 0, "repeat_penalty": 1.0}, logprobs=True, top_logprobs=2, stream=False)
+print(json.dumps({"openai": [c.logprob for c in content], "stream": streamed, "ollama": [l.logprob for l in reply.logprobs],
+                  "ollama_top": [len(l.top_logprobs) for l in reply.logprobs]}))
+"#;
+    let mut command = Command::new(venv_python());
+    command.arg("-c").arg(sdk).arg(&daemon.socket).arg(QUESTION).arg("8");
+    let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
+    assert!(status.success(), "{stderr}");
+    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for front in ["openai", "stream", "ollama"] {
+        let values: Vec<f32> = got[front].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(values.len(), expected.len(), "{front}: {got}");
+        for (a, b) in values.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "{front}: {values:?} vs {expected:?}");
+        }
+    }
+    assert!(got["ollama_top"].as_array().unwrap().iter().all(|n| n == 2), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_makes_sampling_repeatable() {
     let daemon = Daemon::start(&[]);

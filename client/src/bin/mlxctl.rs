@@ -127,6 +127,9 @@ enum Command {
         /// Send the prompt as is, without the chat template.
         #[arg(long)]
         raw: bool,
+        /// With --json: each token's log probability and the N most likely tokens (0-20).
+        #[arg(long, value_name = "N")]
+        logprobs: Option<u32>,
         prompt: String,
     },
     /// Load a model (showing progress) without leasing it.
@@ -340,6 +343,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             stop,
             system,
             raw,
+            logprobs,
             prompt,
         } => {
             let params = GenerateParams {
@@ -351,6 +355,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 repetition_penalty: *repetition_penalty,
                 seed: *seed,
                 stop: stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
+                logprobs: *logprobs,
             };
             let chat = {
                 let mut messages = Vec::new();
@@ -487,9 +492,16 @@ async fn stream_generation(
     let mut stdout = std::io::stdout();
     while let Some(item) = stream.next().await? {
         match item {
-            StreamItem::Token { text, token } => {
+            StreamItem::Token { text, token, logprobs } => {
                 if json {
-                    print_json(&json!({ "text": text, "token": token }));
+                    let mut line = json!({ "text": text, "token": token });
+                    if let Some(l) = logprobs {
+                        let top: Vec<_> =
+                            l.top.iter().map(|a| json!({ "token": a.token, "text": a.text, "logprob": a.logprob })).collect();
+                        line["logprob"] = json!(l.logprob);
+                        line["top_logprobs"] = json!(top);
+                    }
+                    print_json(&line);
                 } else {
                     let _ = write!(stdout, "{text}");
                     let _ = stdout.flush();

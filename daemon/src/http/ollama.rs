@@ -179,6 +179,11 @@ struct Common {
     keep_alive: Option<Value>,
     #[serde(default)]
     format: Option<Value>,
+    /// Each token's log probability (with `top_logprobs` alternatives), as Ollama 0.12 takes it.
+    #[serde(default)]
+    logprobs: bool,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -208,6 +213,11 @@ impl Common {
             repetition_penalty: o.and_then(|o| o.repeat_penalty).unwrap_or(1.1),
             seed: o.and_then(|o| o.seed).and_then(|s| u64::try_from(s).ok()),
             stop: o.and_then(|o| o.stop.clone()).unwrap_or_default().into_iter().map(String::into_bytes).collect(),
+            logprobs: match (self.logprobs, self.top_logprobs) {
+                (true, top) => Some(top.unwrap_or(0)),
+                (false, Some(k)) if k > 0 => return Err(ApiError::bad_request("top_logprobs needs logprobs: true")),
+                (false, _) => None,
+            },
         };
         let initial_credit = if self.stream { call::STREAM_WINDOW } else { max_tokens };
         Ok(Request::Generate(GenerateRequest {
@@ -303,6 +313,18 @@ enum Kind {
     Generate,
 }
 
+/// Ollama's `logprobs` list for these tokens.
+fn logprobs(tokens: &[mlxd_proto::TokenLogprobs]) -> Value {
+    let entries: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let top: Vec<Value> = t.top.iter().map(|a| json!({ "token": a.text, "logprob": a.logprob })).collect();
+            json!({ "token": t.text, "logprob": t.logprob, "top_logprobs": top })
+        })
+        .collect();
+    Value::Array(entries)
+}
+
 fn piece(kind: Kind, model: &str, text: &str, done: bool) -> Value {
     let mut object = json!({ "model": model, "created_at": created_at(), "done": done });
     match kind {
@@ -377,11 +399,13 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
     let lease = keep_alive_lease(&conn, &common).await?;
     if !common.stream {
         let mut text = String::new();
+        let mut tokens = Vec::new();
         let mut load = LoadClock::default();
         let answer = call::run(&conn, request, |event| match event {
-            Event::Token { text: t, .. } => {
+            Event::Token { text: t, logprobs: token_logprobs, .. } => {
                 load.token();
                 text.push_str(&t);
+                tokens.extend(token_logprobs);
             }
             Event::LoadProgress(progress) => load.saw(&progress),
         })
@@ -390,7 +414,11 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         let CoreResponse::Generated(summary) = answer? else {
             return Err(ApiError(WireError::internal("a generation answered something else")));
         };
-        return Ok(Json(finish(piece(kind, &model, &text, true), &summary, started, load)).into_response());
+        let mut last = finish(piece(kind, &model, &text, true), &summary, started, load);
+        if common.logprobs {
+            last["logprobs"] = logprobs(&tokens);
+        }
+        return Ok(Json(last).into_response());
     }
     let begin = async {
         let mut running = call::start(&conn, request)?;
@@ -410,9 +438,13 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         async move {
             let (mut running, conn, lease, mut load) = state?;
             match running.next().await {
-                Some(Item::Event(Event::Token { text, .. })) => {
+                Some(Item::Event(Event::Token { text, logprobs: token_logprobs, .. })) => {
                     load.token();
-                    let line = format!("{}\n", piece(kind, &model, &text, false));
+                    let mut line = piece(kind, &model, &text, false);
+                    if let Some(token_logprobs) = token_logprobs {
+                        line["logprobs"] = logprobs(std::slice::from_ref(&token_logprobs));
+                    }
+                    let line = format!("{line}\n");
                     Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))))
                 }
                 Some(Item::Event(Event::LoadProgress(progress))) => {

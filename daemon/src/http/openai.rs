@@ -16,7 +16,7 @@ use futures_util::stream::{self, Stream};
 use futures_util::StreamExt;
 use mlxd_proto::{
     ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, ModelRef,
-    Priority, PromptInput, Request, Response as CoreResponse, WireError,
+    Priority, PromptInput, Request, Response as CoreResponse, TokenLogprobs, WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -159,6 +159,12 @@ struct Sampling {
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    /// Chat: `true` for each token's logprob (with `top_logprobs` alternatives);
+    /// completions: the number of alternatives (OpenAI's legacy form).
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
 }
 
 fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -172,7 +178,24 @@ struct StreamOptions {
 }
 
 impl Sampling {
-    fn params(&self, max_tokens_limit: u32) -> Result<GenerateParams, ApiError> {
+    /// What `logprobs`/`top_logprobs` ask for, as the protocol's alternatives count.
+    fn logprobs(&self, shape: Shape) -> Result<Option<u32>, ApiError> {
+        match (shape, &self.logprobs) {
+            (Shape::Chat, None | Some(Value::Null) | Some(Value::Bool(false))) => match self.top_logprobs {
+                Some(k) if k > 0 => Err(ApiError::bad_request("top_logprobs needs logprobs: true")),
+                _ => Ok(None),
+            },
+            (Shape::Chat, Some(Value::Bool(true))) => Ok(Some(self.top_logprobs.unwrap_or(0))),
+            (Shape::Chat, Some(_)) => Err(ApiError::bad_request("logprobs must be true or false")),
+            (Shape::Text, None | Some(Value::Null)) => Ok(None),
+            (Shape::Text, Some(value)) => match value.as_u64().and_then(|k| u32::try_from(k).ok()) {
+                Some(k) => Ok(Some(k)),
+                None => Err(ApiError::bad_request("logprobs must be a number of alternatives (0 to 20)")),
+            },
+        }
+    }
+
+    fn params(&self, max_tokens_limit: u32, shape: Shape) -> Result<GenerateParams, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request("n must be 1: one choice per request"));
         }
@@ -204,11 +227,12 @@ impl Sampling {
             top_k: self.top_k.map_or(0, |k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            logprobs: self.logprobs(shape)?,
         })
     }
 
-    fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
-        let params = self.params(conn.caller.daemon.config.limits.max_tokens)?;
+    fn request(&self, conn: &Conn, input: PromptInput, shape: Shape) -> Result<Request, ApiError> {
+        let params = self.params(conn.caller.daemon.config.limits.max_tokens, shape)?;
         let initial_credit = if self.stream { call::STREAM_WINDOW } else { params.max_tokens };
         Ok(Request::Generate(GenerateRequest {
             model: ModelRef::Name(self.model.clone()),
@@ -264,7 +288,7 @@ fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
 
 async fn chat_completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = call::parse(&body)?;
-    let request = body.sampling.request(&conn, chat_input(&body.messages)?)?;
+    let request = body.sampling.request(&conn, chat_input(&body.messages)?, Shape::Chat)?;
     complete(conn, body.sampling, request, Shape::Chat).await
 }
 
@@ -285,7 +309,7 @@ async fn completions(State(conn): State<Conn>, body: Bytes) -> Result<Response, 
         Value::Array(_) => return Err(ApiError::bad_request("prompt: one string per request")),
         _ => return Err(ApiError::bad_request("prompt must be a string")),
     };
-    let request = body.sampling.request(&conn, PromptInput::Raw(prompt))?;
+    let request = body.sampling.request(&conn, PromptInput::Raw(prompt), Shape::Text)?;
     complete(conn, body.sampling, request, Shape::Text).await
 }
 
@@ -305,15 +329,62 @@ impl Shape {
         }
     }
 
-    fn choice(self, text: &str, finish: Option<&str>, chunk: bool) -> Value {
+    /// One choice; `offset`: characters of output before `text` (completions' text_offset).
+    fn choice(self, text: &str, finish: Option<&str>, chunk: bool, logprobs: &[TokenLogprobs], offset: usize) -> Value {
+        let logprobs = if logprobs.is_empty() { Value::Null } else { self.logprobs(logprobs, offset) };
         match (self, chunk) {
             (Shape::Chat, false) => {
-                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": logprobs })
             }
             (Shape::Chat, true) => {
-                json!({ "index": 0, "delta": { "content": text }, "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "delta": { "content": text }, "finish_reason": finish, "logprobs": logprobs })
             }
-            (Shape::Text, _) => json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }),
+            (Shape::Text, _) => json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs }),
+        }
+    }
+
+    /// OpenAI's logprobs object for these tokens: chat's `content` list (each token with
+    /// its UTF-8 bytes and alternatives), or completions' parallel lists (`text_offset`
+    /// counted from `offset`, the characters of text before the first of them).
+    fn logprobs(self, tokens: &[TokenLogprobs], offset: usize) -> Value {
+        let bytes = |text: &str| text.as_bytes().to_vec();
+        match self {
+            Shape::Chat => {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<Value> = t
+                            .top
+                            .iter()
+                            .map(|a| json!({ "token": a.text, "logprob": a.logprob, "bytes": bytes(&a.text) }))
+                            .collect();
+                        json!({ "token": t.text, "logprob": t.logprob, "bytes": bytes(&t.text), "top_logprobs": top })
+                    })
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Shape::Text => {
+                let mut text_offset = Vec::with_capacity(tokens.len());
+                let mut at = offset;
+                for t in tokens {
+                    text_offset.push(at);
+                    at += t.text.chars().count();
+                }
+                let top: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let map: serde_json::Map<String, Value> =
+                            t.top.iter().map(|a| (a.text.clone(), json!(a.logprob))).collect();
+                        Value::Object(map)
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| t.text.clone()).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": text_offset,
+                })
+            }
         }
     }
 }
@@ -339,9 +410,11 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
     let (model, created) = (sampling.model.clone(), now());
     if !sampling.stream {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         let answer = call::run(&conn, request, |event| {
-            if let Event::Token { text: piece, .. } = event {
+            if let Event::Token { text: piece, logprobs: token_logprobs, .. } = event {
                 text.push_str(&piece);
+                logprobs.extend(token_logprobs);
             }
         })
         .await?;
@@ -353,7 +426,7 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
             "object": shape.object(false),
             "created": created,
             "model": model,
-            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false)],
+            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false, &logprobs, 0)],
             "usage": usage(&summary),
         }))
         .into_response());
@@ -388,28 +461,31 @@ fn sse_stream(
         Tokens,
         Done,
     }
-    stream::unfold((running, Step::Start, chunk), move |(mut running, step, chunk)| async move {
+    // The state: the request, where the stream is, the chunk maker, characters sent so far.
+    stream::unfold((running, Step::Start, chunk, 0usize), move |(mut running, step, chunk, sent)| async move {
         match step {
             Step::Start if matches!(shape, Shape::Chat) => {
                 let role = json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]);
                 let event = chunk(role, None);
-                Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
+                Some((vec![Ok(event)], (running, Step::Tokens, chunk, sent)))
             }
             Step::Start | Step::Tokens => match running.next().await {
-                Some(Item::Event(Event::Token { text, .. })) => {
-                    let event = chunk(json!([shape.choice(&text, None, true)]), None);
-                    Some((vec![Ok(event)], (running, Step::Tokens, chunk)))
+                Some(Item::Event(Event::Token { text, logprobs, .. })) => {
+                    let logprobs: Vec<TokenLogprobs> = logprobs.into_iter().collect();
+                    let event = chunk(json!([shape.choice(&text, None, true, &logprobs, sent)]), None);
+                    let sent = sent + text.chars().count();
+                    Some((vec![Ok(event)], (running, Step::Tokens, chunk, sent)))
                 }
                 // A cold model loading: SSE comments (clients ignore them, and the stream
                 // does not look stalled to a proxy or a timeout).
                 Some(Item::Event(Event::LoadProgress(p))) => {
                     let comment = format!("loading {}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
-                    Some((vec![Ok(SseEvent::default().comment(comment))], (running, Step::Tokens, chunk)))
+                    Some((vec![Ok(SseEvent::default().comment(comment))], (running, Step::Tokens, chunk, sent)))
                 }
                 Some(Item::Done(answer)) => {
                     let events = match *answer {
                         Ok(CoreResponse::Generated(summary)) => {
-                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true)]);
+                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true, &[], sent)]);
                             let mut events = vec![Ok(chunk(finish, None))];
                             if include_usage {
                                 events.push(Ok(chunk(json!([]), Some(usage(&summary)))));
@@ -426,7 +502,7 @@ fn sse_stream(
                             vec![Ok(SseEvent::default().data(body.to_string())), Ok(SseEvent::default().data("[DONE]"))]
                         }
                     };
-                    Some((events, (running, Step::Done, chunk)))
+                    Some((events, (running, Step::Done, chunk, sent)))
                 }
                 None => None,
             },

@@ -43,8 +43,8 @@ use watchdog::{watchdog, Beat};
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
 
-/// A generated piece: text and the token that completed it.
-pub type TokenEvent = (String, Option<u32>);
+/// A generated piece: text, the token that completed it, and its log probabilities if asked.
+pub type TokenEvent = (String, Option<u32>, Option<mlxd_proto::TokenLogprobs>);
 
 /// Who waits for a job: its final answer, and for a stream, its token events.
 #[derive(Debug)]
@@ -461,12 +461,12 @@ async fn read_link(mut stream: LinkStream, link: Link, model: String, pid: u32) 
                     }
                 }
             }
-            Some(Ok(FromWorker::Token { id, text, token })) => {
+            Some(Ok(FromWorker::Token { id, text, token, logprobs })) => {
                 let tokens = lock(&pending).jobs.get(&id).and_then(|w| w.tokens.clone());
                 if let Some(tokens) = tokens {
                     // Cannot be full: the worker sends no more than the credit it was given,
                     // and the buffer is as large as the most credit a stream may have.
-                    if let Err(mpsc::error::TrySendError::Full(_)) = tokens.try_send((text, token)) {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tokens.try_send((text, token, logprobs)) {
                         tracing::error!(%model, job = id, "worker exceeded a stream's credit; token dropped");
                     }
                 }

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use mlxd_proto::worker::{FromWorker, GenerateJob, Job, JobId, JobOutput};
-use mlxd_proto::{ErrorCode, FinishReason, GenerationSummary, PromptInput, WireError, MAX_STREAM_CREDIT};
+use mlxd_proto::{
+    ErrorCode, FinishReason, GenerationSummary, PromptInput, TokenLogprobs, TopLogprob, WireError, MAX_STREAM_CREDIT,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::mpsc;
@@ -137,7 +139,7 @@ impl Streams {
 
     fn step_batch(&mut self, out: &mpsc::Sender<FromWorker>) {
         let Some(engine) = self.engine.as_ref().map(|e| Python::attach(|py| e.clone_ref(py))) else { return };
-        type Event = (JobId, String, i64, Option<String>);
+        type Event = (JobId, String, i64, Option<String>, Option<PyLogprobs>);
         let stepped = Python::attach(|py| {
             engine
                 .bind(py)
@@ -149,12 +151,13 @@ impl Streams {
             Ok(events) => events,
             Err(message) => return self.fail_batch(message, out),
         };
-        for (id, text, token, finish) in events {
+        for (id, text, token, finish, logprobs) in events {
             let Some(credit) = self.batched.get_mut(&id) else { continue };
             let token = u32::try_from(token).ok();
             if !text.is_empty() || token.is_some() {
                 *credit = credit.saturating_sub(1);
-                let _ = out.blocking_send(FromWorker::Token { id, text, token });
+                let logprobs = logprobs.map(token_logprobs);
+                let _ = out.blocking_send(FromWorker::Token { id, text, token, logprobs });
             }
             match finish {
                 Some(finish) => {
@@ -243,6 +246,7 @@ fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArgument
     params.set_item("seed", p.seed)?;
     params.set_item("stop", stop)?;
     params.set_item("cache_partition", job.cache_partition)?;
+    params.set_item("logprobs", p.logprobs)?;
     Ok((raw, messages, params))
 }
 
@@ -257,9 +261,12 @@ fn start_stream(py: Python<'_>, adapter: &Py<PyAny>, job: GenerateJob) -> Result
 
 /// Decodes one token of `stream`; true when the stream has finished (and `Done` was sent).
 fn step(py: Python<'_>, stream: &mut SingleStream, out: &mpsc::Sender<FromWorker>) -> bool {
-    let stepped =
-        stream.stream.bind(py).call_method0("step").and_then(|r| r.extract::<(String, i64, Option<String>)>());
-    let (text, token, finish) = match stepped {
+    let stepped = stream
+        .stream
+        .bind(py)
+        .call_method0("step")
+        .and_then(|r| r.extract::<(String, i64, Option<String>, Option<PyLogprobs>)>());
+    let (text, token, finish, logprobs) = match stepped {
         Ok(step) => step,
         Err(err) => {
             let error = WireError::new(
@@ -274,7 +281,8 @@ fn step(py: Python<'_>, stream: &mut SingleStream, out: &mpsc::Sender<FromWorker
     let token = u32::try_from(token).ok();
     if !text.is_empty() || token.is_some() {
         stream.credit -= 1;
-        let _ = out.blocking_send(FromWorker::Token { id: stream.id, text, token });
+        let logprobs = logprobs.map(token_logprobs);
+        let _ = out.blocking_send(FromWorker::Token { id: stream.id, text, token, logprobs });
     }
     let Some(finish) = finish else { return false };
     let reason = if finish == "length" { FinishReason::Length } else { FinishReason::Stop };
@@ -323,4 +331,13 @@ fn request_error(py: Python<'_>, err: PyErr) -> WireError {
     } else {
         WireError::internal(format!("model error: {}", python_error(py, "starting generation", err)))
     }
+}
+
+/// A token's log probabilities as the adapters give them: (its text, its logprob, the
+/// alternatives as (token, text, logprob), most likely first).
+type PyLogprobs = (String, f32, Vec<(u32, String, f32)>);
+
+fn token_logprobs((text, logprob, top): PyLogprobs) -> TokenLogprobs {
+    let top = top.into_iter().map(|(token, text, logprob)| TopLogprob { token, text, logprob }).collect();
+    TokenLogprobs { text, logprob, top }
 }

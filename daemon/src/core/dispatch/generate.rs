@@ -122,7 +122,7 @@ pub async fn generate(
                     break done.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream")));
                 }
                 token = stream.tokens.recv() => {
-                    let Some((text, token)) = token else {
+                    let Some((text, token, logprobs)) = token else {
                         // Only after the final answer was routed: take it.
                         break (&mut stream.done).await.unwrap_or_else(|_| {
                             Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream"))
@@ -134,7 +134,7 @@ pub async fn generate(
                     }
                     delivered += 1;
                     if !cancelled {
-                        match deliver(events, Event::Token { text, token }, control, pause_limit).await {
+                        match deliver(events, Event::Token { text, token, logprobs }, control, pause_limit).await {
                             Delivery::Sent | Delivery::Cancelled => {}
                             Delivery::Gone => control.cancel.cancel(),
                             Delivery::Stalled => {
@@ -166,12 +166,12 @@ pub async fn generate(
         // Tokens sent before the final answer are already in the buffer: deliver them first
         // — within the pause limit like any token, so a client that stops reading now
         // cannot keep the stream's slot.
-        while let Ok((text, token)) = stream.tokens.try_recv() {
+        while let Ok((text, token, logprobs)) = stream.tokens.try_recv() {
             delivered += 1;
             if cancelled {
                 continue;
             }
-            match deliver(events, Event::Token { text, token }, control, pause_limit).await {
+            match deliver(events, Event::Token { text, token, logprobs }, control, pause_limit).await {
                 Delivery::Sent => {}
                 Delivery::Gone | Delivery::Cancelled => cancelled = true,
                 Delivery::Stalled => {
@@ -300,6 +300,12 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
         return Err(WireError::bad_request(format!(
             "repetition_penalty must be a finite number > 0, not {}",
             p.repetition_penalty
+        )));
+    }
+    if let Some(k) = p.logprobs.filter(|&k| k > mlxd_proto::MAX_TOP_LOGPROBS) {
+        return Err(WireError::bad_request(format!(
+            "logprobs asks for {k} alternatives per token; at most {} are given",
+            mlxd_proto::MAX_TOP_LOGPROBS
         )));
     }
     if p.stop.len() > MAX_STOP_STRINGS {
