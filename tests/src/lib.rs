@@ -430,3 +430,23 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// One HTTP POST of a JSON body to the daemon's socket (`Connection: close`): the status
+/// and the body as JSON (`Null` if it is not JSON).
+pub fn http_post_json(socket: &Path, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect to the daemon's socket");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("set a read timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}

@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mlxd_tests::{bin, blas_preload, repo_root, run_with_timeout, store_model_dir, venv_python, Daemon, TempDir};
+use mlxd_tests::{
+    bin, blas_preload, http_post_json, repo_root, run_with_timeout, store_model_dir, venv_python, Daemon, TempDir,
+};
 
 /// Lays `files` (name → bytes) out as `huggingface_hub` caches a repository: content in
 /// `blobs/`, the snapshot's files as relative symbolic links to them, and `refs/main`.
@@ -64,20 +64,9 @@ fn mlxd(args: &[&str], cache: &Path) -> (bool, String, String) {
 }
 
 fn greedy_completion(socket: &Path, model: &str, prompt: &str) -> String {
-    let body = serde_json::json!({ "model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0 }).to_string();
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
-    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    let body = serde_json::json!({ "model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0 });
+    let (status, answer) = http_post_json(socket, "/v1/completions", &body);
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["usage"]["completion_tokens"], 8, "{answer}");
     answer["choices"][0]["text"].as_str().unwrap().to_owned()
 }

@@ -8,14 +8,12 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mlxd_client::proto::{EmbedRequest, ErrorCode, ModelKind, ModelRef, Priority};
 use mlxd_client::{Client, ClientError};
-use mlxd_tests::{cosine, model_named, repo_root, Daemon};
+use mlxd_tests::{cosine, http_post_json, model_named, repo_root, Daemon};
 use serde_json::Value;
 
 const EMBEDDERS: &[&str] =
@@ -208,23 +206,6 @@ async fn embeddings_and_scores_equal_sentence_transformers_and_prompts_are_chose
     }
 }
 
-fn http_post(socket: &std::path::Path, path: &str, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (_, json) = response.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_reranks_in_the_jina_and_cohere_shape_and_maps_input_type_to_a_prompt() {
     let daemon = daemon();
@@ -248,7 +229,7 @@ async fn http_reranks_in_the_jina_and_cohere_shape_and_maps_input_type_to_a_prom
         "model": "rerank-xlmr", "query": query, "documents": mixed, "top_n": 3, "return_documents": true,
     });
     for path in ["/v1/rerank", "/rerank", "/v2/rerank"] {
-        let (status, answer) = http_post(&daemon.socket, path, &body);
+        let (status, answer) = http_post_json(&daemon.socket, path, &body);
         assert_eq!(status, 200, "{path}: {answer}");
         let results = answer["results"].as_array().unwrap();
         assert_eq!(results.len(), 3, "{answer}");
@@ -261,14 +242,14 @@ async fn http_reranks_in_the_jina_and_cohere_shape_and_maps_input_type_to_a_prom
         }
         assert!(answer["usage"]["total_tokens"].as_u64().unwrap() > 0, "{answer}");
     }
-    let (status, answer) = http_post(
+    let (status, answer) = http_post_json(
         &daemon.socket,
         "/v1/rerank",
         &serde_json::json!({ "model": "rerank-xlmr", "query": "q", "documents": [1] }),
     );
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("documents[0]"), "{answer}");
-    let (status, answer) = http_post(
+    let (status, answer) = http_post_json(
         &daemon.socket,
         "/v1/rerank",
         &serde_json::json!({ "model": "st-bert-mean", "query": "q", "documents": ["d"] }),
@@ -277,7 +258,7 @@ async fn http_reranks_in_the_jina_and_cohere_shape_and_maps_input_type_to_a_prom
 
     // input_type as Cohere and Voyage send it picks the model's matching prompt.
     let embedding = |body: Value| {
-        let (status, answer) = http_post(&daemon.socket, "/v1/embeddings", &body);
+        let (status, answer) = http_post_json(&daemon.socket, "/v1/embeddings", &body);
         assert_eq!(status, 200, "{answer}");
         floats(&answer["data"][0]["embedding"])
     };
@@ -294,13 +275,13 @@ async fn http_reranks_in_the_jina_and_cohere_shape_and_maps_input_type_to_a_prom
     let normalized: Vec<f32> = document[0].iter().map(|x| x / norm(&document[0])).collect();
     assert_close("st-bert-mean", "input_type passage = prompt document", &passage, &normalized);
     // A model without prompts ignores input_type (clients send it to every model).
-    let (status, _) = http_post(
+    let (status, _) = http_post_json(
         &daemon.socket,
         "/v1/embeddings",
         &serde_json::json!({ "model": "st-bert-cls-dense", "input": "x", "input_type": "query" }),
     );
     assert_eq!(status, 200);
-    let (status, answer) = http_post(
+    let (status, answer) = http_post_json(
         &daemon.socket,
         "/v1/embeddings",
         &serde_json::json!({ "model": "st-bert-mean", "input": "x", "input_type": "classification" }),
