@@ -429,7 +429,10 @@ fn messages() -> Vec<Value> {
         ),
         server(
             "event_token",
-            ServerMessage::Event { id: 11, event: Event::Token { text: " upon".into(), token: Some(5_289), logprobs: None } },
+            ServerMessage::Event {
+                id: 11,
+                event: Event::Token { text: " upon".into(), token: Some(5_289), logprobs: None },
+            },
         ),
         server(
             "event_token_held_back_text",

@@ -496,8 +496,11 @@ async fn stream_generation(
                 if json {
                     let mut line = json!({ "text": text, "token": token });
                     if let Some(l) = logprobs {
-                        let top: Vec<_> =
-                            l.top.iter().map(|a| json!({ "token": a.token, "text": a.text, "logprob": a.logprob })).collect();
+                        let top: Vec<_> = l
+                            .top
+                            .iter()
+                            .map(|a| json!({ "token": a.token, "text": a.text, "logprob": a.logprob }))
+                            .collect();
                         line["logprob"] = json!(l.logprob);
                         line["top_logprobs"] = json!(top);
                     }

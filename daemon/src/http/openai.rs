@@ -329,9 +329,10 @@ impl Shape {
         }
     }
 
-    /// One choice; `offset`: characters of output before `text` (completions' text_offset).
-    fn choice(self, text: &str, finish: Option<&str>, chunk: bool, logprobs: &[TokenLogprobs], offset: usize) -> Value {
-        let logprobs = if logprobs.is_empty() { Value::Null } else { self.logprobs(logprobs, offset) };
+    /// One choice; `logprobs`: each token's, with the characters of output sent before its
+    /// text (completions' `text_offset`).
+    fn choice(self, text: &str, finish: Option<&str>, chunk: bool, logprobs: &[(usize, TokenLogprobs)]) -> Value {
+        let logprobs = if logprobs.is_empty() { Value::Null } else { self.logprobs(logprobs) };
         match (self, chunk) {
             (Shape::Chat, false) => {
                 json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": logprobs })
@@ -344,15 +345,16 @@ impl Shape {
     }
 
     /// OpenAI's logprobs object for these tokens: chat's `content` list (each token with
-    /// its UTF-8 bytes and alternatives), or completions' parallel lists (`text_offset`
-    /// counted from `offset`, the characters of text before the first of them).
-    fn logprobs(self, tokens: &[TokenLogprobs], offset: usize) -> Value {
+    /// its UTF-8 bytes and alternatives), or completions' parallel lists (`text_offset`:
+    /// where the output text stood when the token came; the detokenizer may hold text back
+    /// or, at the start, drop a leading space, so tokens need not concatenate to the text).
+    fn logprobs(self, tokens: &[(usize, TokenLogprobs)]) -> Value {
         let bytes = |text: &str| text.as_bytes().to_vec();
         match self {
             Shape::Chat => {
                 let content: Vec<Value> = tokens
                     .iter()
-                    .map(|t| {
+                    .map(|(_, t)| {
                         let top: Vec<Value> = t
                             .top
                             .iter()
@@ -364,23 +366,18 @@ impl Shape {
                 json!({ "content": content, "refusal": null })
             }
             Shape::Text => {
-                let mut text_offset = Vec::with_capacity(tokens.len());
-                let mut at = offset;
-                for t in tokens {
-                    text_offset.push(at);
-                    at += t.text.chars().count();
-                }
+                let text_offset: Vec<usize> = tokens.iter().map(|(at, _)| *at).collect();
                 let top: Vec<Value> = tokens
                     .iter()
-                    .map(|t| {
+                    .map(|(_, t)| {
                         let map: serde_json::Map<String, Value> =
                             t.top.iter().map(|a| (a.text.clone(), json!(a.logprob))).collect();
                         Value::Object(map)
                     })
                     .collect();
                 json!({
-                    "tokens": tokens.iter().map(|t| t.text.clone()).collect::<Vec<_>>(),
-                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "tokens": tokens.iter().map(|(_, t)| t.text.clone()).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|(_, t)| t.logprob).collect::<Vec<_>>(),
                     "top_logprobs": top,
                     "text_offset": text_offset,
                 })
@@ -413,8 +410,10 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
         let mut logprobs = Vec::new();
         let answer = call::run(&conn, request, |event| {
             if let Event::Token { text: piece, logprobs: token_logprobs, .. } = event {
+                if let Some(token_logprobs) = token_logprobs {
+                    logprobs.push((text.chars().count(), token_logprobs));
+                }
                 text.push_str(&piece);
-                logprobs.extend(token_logprobs);
             }
         })
         .await?;
@@ -426,7 +425,7 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
             "object": shape.object(false),
             "created": created,
             "model": model,
-            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false, &logprobs, 0)],
+            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false, &logprobs)],
             "usage": usage(&summary),
         }))
         .into_response());
@@ -471,8 +470,8 @@ fn sse_stream(
             }
             Step::Start | Step::Tokens => match running.next().await {
                 Some(Item::Event(Event::Token { text, logprobs, .. })) => {
-                    let logprobs: Vec<TokenLogprobs> = logprobs.into_iter().collect();
-                    let event = chunk(json!([shape.choice(&text, None, true, &logprobs, sent)]), None);
+                    let logprobs: Vec<(usize, TokenLogprobs)> = logprobs.into_iter().map(|l| (sent, l)).collect();
+                    let event = chunk(json!([shape.choice(&text, None, true, &logprobs)]), None);
                     let sent = sent + text.chars().count();
                     Some((vec![Ok(event)], (running, Step::Tokens, chunk, sent)))
                 }
@@ -485,7 +484,7 @@ fn sse_stream(
                 Some(Item::Done(answer)) => {
                     let events = match *answer {
                         Ok(CoreResponse::Generated(summary)) => {
-                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true, &[], sent)]);
+                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true, &[])]);
                             let mut events = vec![Ok(chunk(finish, None))];
                             if include_usage {
                                 events.push(Ok(chunk(json!([]), Some(usage(&summary)))));
