@@ -1,5 +1,5 @@
 /**
- * Encoders and decoders for every message of protocol v4, both directions (the client
+ * Encoders and decoders for every message of protocol v5, both directions (the client
  * only sends `ClientMessage` and reads `ServerMessage`; the other two halves let the
  * conformance tests check every vector both ways). Fields are written in the order of
  * PROTOCOL.md §5; a variant's wire tag is its index in the lists of `types.ts`.
@@ -45,6 +45,7 @@ import {
   type Response,
   type SchedStats,
   type ServerMessage,
+  type TokenLogprobs,
   type Welcome,
   type WireError,
 } from "./types.js";
@@ -363,6 +364,7 @@ function writeGenerateParams(w: Writer, params: GenerateParams): void {
     if (!(stop instanceof Uint8Array)) throw new InvalidArgumentError("stop[]: expected a Uint8Array");
     w.byteString(stop);
   });
+  w.option(params.logprobs, (k) => w.u32(k, "logprobs"));
 }
 
 function readGenerateParams(r: Reader): GenerateParams {
@@ -375,6 +377,7 @@ function readGenerateParams(r: Reader): GenerateParams {
     repetition_penalty: r.f32("repetition_penalty"),
     seed: r.option("seed", () => r.u64("seed")),
     stop: r.seq("stop", () => r.byteString("stop[]")),
+    logprobs: r.option("logprobs", () => r.u32("logprobs")),
   };
 }
 
@@ -571,7 +574,12 @@ function writeMappedWeights(w: Writer, weights: MappedWeights): void {
 function readEvent(r: Reader): Event {
   const type = r.tag(EVENT_TYPES, "Event");
   if (type === "Token") {
-    return { type, text: r.string("Token.text"), token: r.option("Token.token", () => r.u32("Token.token")) };
+    return {
+      type,
+      text: r.string("Token.text"),
+      token: r.option("Token.token", () => r.u32("Token.token")),
+      logprobs: r.option("Token.logprobs", () => readTokenLogprobs(r)),
+    };
   }
   return { type, ...readLoadProgress(r) };
 }
@@ -581,12 +589,36 @@ function writeEvent(w: Writer, event: Event): void {
   if (event.type === "Token") {
     w.string(event.text, "Token.text");
     w.option(event.token, (token) => w.u32(token, "Token.token"));
+    w.option(event.logprobs, (logprobs) => writeTokenLogprobs(w, logprobs));
   } else {
     w.string(event.model, "LoadProgress.model");
     w.tag(tagOf(LOAD_STAGES, event.stage, "LoadProgress.stage"));
     w.u64(event.done, "LoadProgress.done");
     w.u64(event.total, "LoadProgress.total");
   }
+}
+
+function readTokenLogprobs(r: Reader): TokenLogprobs {
+  return {
+    text: r.string("TokenLogprobs.text"),
+    logprob: r.f32("TokenLogprobs.logprob"),
+    top: r.seq("TokenLogprobs.top", () => ({
+      token: r.u32("TopLogprob.token"),
+      text: r.string("TopLogprob.text"),
+      logprob: r.f32("TopLogprob.logprob"),
+    })),
+  };
+}
+
+function writeTokenLogprobs(w: Writer, logprobs: TokenLogprobs): void {
+  if (logprobs === null || typeof logprobs !== "object") throw new InvalidArgumentError("Token.logprobs: expected an object");
+  w.string(logprobs.text, "logprobs.text");
+  w.f32(logprobs.logprob, "logprobs.logprob");
+  w.seq(logprobs.top, "logprobs.top", (top) => {
+    w.u32(top.token, "top[].token");
+    w.string(top.text, "top[].text");
+    w.f32(top.logprob, "top[].logprob");
+  });
 }
 
 function readLoadProgress(r: Reader): LoadProgress {

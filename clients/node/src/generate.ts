@@ -17,6 +17,7 @@ import type {
   Priority,
   PromptInput,
   Response,
+  TokenLogprobs,
   U64,
 } from "./types.js";
 
@@ -46,6 +47,11 @@ export interface GenerateParamsInput {
   seed?: U64 | null;
   /** Up to 16 stop strings (text or UTF-8 bytes); the stop string itself is not sent. */
   stop?: Array<string | Uint8Array>;
+  /**
+   * Each token's log probability and the `logprobs` most likely alternatives, 0..=20
+   * (more: `BadRequestError`); see {@link Token.logprobs} [default: null, none, no cost].
+   */
+  logprobs?: number | null;
 }
 
 export const DEFAULT_PARAMS: Readonly<Omit<GenerateParams, "stop">> = Object.freeze({
@@ -56,6 +62,7 @@ export const DEFAULT_PARAMS: Readonly<Omit<GenerateParams, "stop">> = Object.fre
   min_p: 0,
   repetition_penalty: 1,
   seed: null,
+  logprobs: null,
 });
 
 export interface GenerateOptions {
@@ -75,6 +82,11 @@ export interface GenerateOptions {
 export interface Token {
   text: string;
   token: number | null;
+  /**
+   * With `logprobs: k` in the params: the token's log probability and the k most likely
+   * tokens at its step, best first; else null (and always null when `token` is null).
+   */
+  logprobs: TokenLogprobs | null;
 }
 
 const utf8 = new TextEncoder();
@@ -85,6 +97,8 @@ export interface Completion {
   text: string;
   /** Their token ids (the end-of-stream flush, which has none, left out). */
   tokens: number[];
+  /** With `logprobs: k` in the params, each token's log probabilities (one per id in `tokens`); else empty. */
+  logprobs: TokenLogprobs[];
   summary: GenerationSummary;
 }
 
@@ -161,7 +175,7 @@ export class Generation implements AsyncIterable<Token> {
           event: (event) => {
             if (event.type === "Token") {
               if (!this.#stopped) {
-                this.#queue.push({ text: event.text, token: event.token });
+                this.#queue.push({ text: event.text, token: event.token, logprobs: event.logprobs ?? null });
                 if (this.#unbounded) this.#credit(1);
               }
               this.#notify();
@@ -223,17 +237,19 @@ export class Generation implements AsyncIterable<Token> {
   }
 
   /**
-   * Reads the rest of the stream: its text, token ids and summary (as Python's
-   * `Generation.complete()`). Rejects with the stream's error.
+   * Reads the rest of the stream: its text, token ids, log probabilities (if asked for)
+   * and summary (as Python's `Generation.complete()`). Rejects with the stream's error.
    */
   async complete(): Promise<Completion> {
     let text = "";
     const tokens: number[] = [];
+    const logprobs: TokenLogprobs[] = [];
     for await (const token of this) {
       text += token.text;
       if (token.token !== null) tokens.push(token.token);
+      if (token.logprobs !== null) logprobs.push(token.logprobs);
     }
-    return { text, tokens, summary: await this.#summary };
+    return { text, tokens, logprobs, summary: await this.#summary };
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Token> {
@@ -341,5 +357,6 @@ function generateParams(params: GenerateParamsInput): GenerateParams {
     repetition_penalty: params.repetition_penalty ?? DEFAULT_PARAMS.repetition_penalty,
     seed: params.seed ?? null,
     stop,
+    logprobs: params.logprobs ?? null,
   };
 }

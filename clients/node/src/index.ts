@@ -1,5 +1,5 @@
 /**
- * mlxd-client: the Node client of mlxd (protocol v4, `proto/PROTOCOL.md`).
+ * mlxd-client: the Node client of mlxd (protocol v5, `proto/PROTOCOL.md`).
  *
  * # Layout
  *

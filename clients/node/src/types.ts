@@ -1,5 +1,5 @@
 /**
- * The wire types of mlxd protocol version 4, one for every message in
+ * The wire types of mlxd protocol version 5, one for every message in
  * `proto/src/messages.rs` and `proto/src/error.rs` (see `proto/PROTOCOL.md`, §5).
  *
  * How the Rust types map to TypeScript:
@@ -25,7 +25,10 @@ export type U64 = number | bigint;
 export type I64 = number | bigint;
 
 /** The protocol version this package speaks. */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
+
+/** Most alternatives `GenerateParams.logprobs` may ask for with each token (since v5). */
+export const MAX_TOP_LOGPROBS = 20;
 
 // ---------------------------------------------------------------------------------------
 // Client → daemon
@@ -128,6 +131,11 @@ export interface GenerateParams {
   seed: U64 | null;
   /** Stop strings as bytes (UTF-8). */
   stop: Uint8Array[];
+  /**
+   * Log probabilities with each token (since v5): null = off (no cost); k = each token's
+   * and the k most likely tokens' (0..=20; more: `BadRequestError`).
+   */
+  logprobs: number | null;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -202,8 +210,28 @@ export interface MappedWeights {
 
 /** Non-final stream events. */
 export type Event =
-  | { type: "Token"; text: string; token: number | null }
+  // logprobs (since v5): when the request asked for them; never on a `token: null` event.
+  | { type: "Token"; text: string; token: number | null; logprobs: TokenLogprobs | null }
   | ({ type: "LoadProgress" } & LoadProgress);
+
+/**
+ * A generated token's log probability and the most likely tokens at its step (since v5):
+ * the log-softmax of the model's logits after the repetition penalty, before temperature,
+ * top-p, top-k and min-p (so a sampled token has one too).
+ */
+export interface TokenLogprobs {
+  /** The token decoded on its own (a piece of a multi-byte character is U+FFFD). */
+  text: string;
+  logprob: number;
+  /** The most likely tokens, best first (as many as asked; the chosen one among them if it is). */
+  top: TopLogprob[];
+}
+
+export interface TopLogprob {
+  token: number;
+  text: string;
+  logprob: number;
+}
 
 export interface LoadProgress {
   model: string;

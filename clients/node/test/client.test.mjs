@@ -1,7 +1,7 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
 // its validation, a fatal Busy, a Generation's summary without a reader, concurrent
-// next(), complete(), the error classes' names, and the exact requests rerank and
-// embedding prompts send.
+// next(), complete(), the error classes' names, the exact requests rerank, embedding
+// prompts and logprobs send, and tokens with and without logprobs.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -228,6 +228,72 @@ test("rerank and embedding prompts send what they say; a Busy rerank is retried 
         { type: "Lease", model: "e", keep_alive_ms: null },
         embed({ type: "Lease", value: 8 }, "document", false),
         { type: "Release", lease: 8 },
+      ],
+    );
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("logprobs are sent as asked, and each token surfaces its own or null", { timeout: TEST_TIMEOUT }, async () => {
+  const paris = {
+    text: " Paris",
+    logprob: -0.015625,
+    top: [
+      { token: 7042, text: " Paris", logprob: -0.015625 },
+      { token: 17, text: "\ufffd", logprob: -4.5 },
+    ],
+  };
+  const alone = { text: "!", logprob: 0, top: [] };
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    const { id, body } = message;
+    const respond = (answer) => send({ type: "Response", id, body: answer });
+    if (body.type === "Generate") {
+      const token = (text, tokenId, logprobs) => send({ type: "Event", id, event: { type: "Token", text, token: tokenId, logprobs } });
+      if (body.params.logprobs === 3) {
+        token(" Paris", 7042, paris);
+        token("é", null, null); // the end-of-stream flush: never any
+      } else if (body.params.logprobs === 0) {
+        token("!", 0, alone);
+      } else {
+        token("Hello", 5, null);
+      }
+      respond({ type: "Generated", finish_reason: "Length", prompt_tokens: 3, completion_tokens: 2, prompt_tokens_per_s: 10, generation_tokens_per_s: 20, cached_prompt_tokens: 0 });
+    } else if (body.type === "Lease") {
+      respond({ type: "Leased", lease: 9, model: modelInfo("g", "Generation") });
+    } else if (body.type === "Release") {
+      respond({ type: "Released" });
+    }
+  });
+  const client = await connect({ socket: daemon.path, fallback: false });
+  try {
+    const tokens = [];
+    for await (const token of client.generate("g", "Hi", { max_tokens: 2, temperature: 0, logprobs: 3 })) tokens.push(token);
+    assert.deepEqual(tokens, [
+      { text: " Paris", token: 7042, logprobs: paris },
+      { text: "é", token: null, logprobs: null },
+    ]);
+    const plain = await client.chat("g", [{ role: "user", content: "Hi" }], { max_tokens: 2, temperature: 0 }).complete();
+    assert.deepEqual([plain.text, plain.tokens, plain.logprobs], ["Hello", [5], []]);
+    const lease = await client.lease("g");
+    const leased = await lease.generate("Hi", { max_tokens: 1, temperature: 0, logprobs: 0 }).complete();
+    assert.deepEqual([leased.text, leased.tokens, leased.logprobs], ["!", [0], [alone]]);
+    await lease.close();
+    // A negative count cannot be encoded: refused before anything is sent.
+    await assert.rejects(client.generate("g", "Hi", { logprobs: -1 }).complete(), InvalidArgumentError);
+
+    const params = (logprobs, max_tokens) => ({ max_tokens, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs });
+    const generate = (model, input, p) => ({ type: "Generate", model, input, params: p, initial_credit: 32, priority: "Interactive", deadline_ms: null });
+    assert.deepEqual(
+      daemon.received.map((m) => m.body),
+      [
+        generate({ type: "Name", value: "g" }, { type: "Raw", value: "Hi" }, params(3, 2)),
+        generate({ type: "Name", value: "g" }, { type: "Chat", value: [{ role: "user", content: "Hi" }] }, params(null, 2)),
+        { type: "Lease", model: "g", keep_alive_ms: null },
+        generate({ type: "Lease", value: 9 }, { type: "Raw", value: "Hi" }, params(0, 1)),
+        { type: "Release", lease: 9 },
       ],
     );
   } finally {

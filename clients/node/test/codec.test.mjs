@@ -25,8 +25,8 @@ import { tempDir } from "./helpers.mjs";
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 
 test("PROTOCOL.md §8: the Hello and Ping frames, byte for byte", () => {
-  const hello = { type: "Hello", protocol_version: 4, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
-  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0004026162fb2c01fc00000001");
+  const hello = { type: "Hello", protocol_version: 5, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
+  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0005026162fb2c01fc00000001");
   assert.equal(hex(encodeFrame({ type: "Request", id: 5, body: { type: "Ping" } }, 1024)), "00000003010500");
   assert.deepEqual(decodeServerMessage(Uint8Array.from([0x01, 0x05, 0x00])), {
     type: "Response",

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
+  EVENT_TYPES,
   PROTOCOL_VERSION,
   ProtocolError,
   REQUEST_TYPES,
@@ -34,6 +35,7 @@ const F32_KEYS = new Set([
   "prompt_tokens_per_s",
   "generation_tokens_per_s",
   "score",
+  "logprob",
 ]);
 
 /**
@@ -104,6 +106,15 @@ test("every message vector decodes to its JSON form and re-encodes byte for byte
   for (const type of RESPONSE_TYPES) {
     assert.ok(seen.has(`server:Response:${type}`), `no vector for Response ${type}`);
   }
+  for (const type of EVENT_TYPES) {
+    assert.ok(seen.has(`server:Event:${type}`), `no vector for Event ${type}`);
+  }
+  // A Token event with logprobs (since v5), with and without alternatives.
+  const tops = vectors.messages
+    .map((vector) => vector.message.Event?.event?.Token?.logprobs?.top)
+    .filter((top) => Array.isArray(top))
+    .map((top) => top.length);
+  assert.ok(tops.some((n) => n > 0) && tops.includes(0), `Token logprobs vectors: ${tops}`);
 });
 
 test("every varint vector decodes to its value (number when safe, bigint beyond) and back", () => {

@@ -214,6 +214,43 @@ test("greedy generation equals `mlxctl generate` for the same prompt (raw and ch
   }
 });
 
+test("greedy logprobs: each token's logprob <= 0, k alternatives best first, the first the chosen token", { timeout: TEST_TIMEOUT }, async () => {
+  const messages = [{ role: "user", content: "Name three colours of the rainbow." }];
+  const withLogprobs = [];
+  for await (const token of client.chat("smollm2", messages, { max_tokens: 4, temperature: 0, logprobs: 3 })) withLogprobs.push(token);
+  const without = [];
+  for await (const token of client.chat("smollm2", messages, { max_tokens: 4, temperature: 0 })) without.push(token);
+
+  const chosen = withLogprobs.filter((t) => t.token !== null);
+  assert.equal(chosen.length, 4);
+  for (const token of chosen) {
+    const { logprobs } = token;
+    assert.ok(logprobs !== null, `no logprobs on ${JSON.stringify(token)}`);
+    assert.ok(logprobs.logprob <= 0, `logprob ${logprobs.logprob}`);
+    assert.equal(logprobs.top.length, 3);
+    const values = logprobs.top.map((t) => t.logprob);
+    assert.deepEqual(values, [...values].sort((a, b) => b - a), "best first");
+    assert.ok(values.every((v) => v <= 0));
+    assert.equal(logprobs.top[0].token, token.token);
+    assert.equal(logprobs.top[0].logprob, logprobs.logprob);
+    assert.equal(logprobs.top[0].text, logprobs.text);
+  }
+  assert.ok(withLogprobs.filter((t) => t.token === null).every((t) => t.logprobs === null));
+  // The same tokens without logprobs, which then have none.
+  assert.deepEqual(without.filter((t) => t.token !== null).map((t) => t.token), chosen.map((t) => t.token));
+  assert.ok(without.every((t) => t.logprobs === null));
+
+  // complete() keeps them, one per token id; more than 20 alternatives is the daemon's BadRequest.
+  const smollm2 = await client.lease("smollm2");
+  try {
+    const whole = await smollm2.chat(messages, { max_tokens: 4, temperature: 0, logprobs: 3 }).complete();
+    assert.deepEqual(whole.logprobs.map((l) => l.top[0].token), whole.tokens);
+    await assert.rejects(smollm2.chat(messages, { max_tokens: 4, logprobs: 21 }).text(), BadRequestError);
+  } finally {
+    await smollm2.close();
+  }
+});
+
 test("an AbortSignal cancels a stream mid-way; so do cancel() and leaving the loop", { timeout: TEST_TIMEOUT }, async () => {
   const controller = new AbortController();
   const aborted = client.generate("smollm2", "Once upon a time", { max_tokens: 200, temperature: 0 }, { signal: controller.signal });

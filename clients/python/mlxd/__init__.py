@@ -70,6 +70,8 @@ from .protocol import (
     Reranked,
     RerankResult,
     Token,
+    TokenLogprobs,
+    TopLogprob,
 )
 
 __version__ = "0.1.0"
@@ -122,7 +124,9 @@ __all__ = [
     "RetryPolicy",
     "ShutdownError",
     "Token",
+    "TokenLogprobs",
     "TooLargeError",
+    "TopLogprob",
     "UnauthorizedError",
     "UnsupportedError",
     "UntrustedServerError",

@@ -585,6 +585,7 @@ class AsyncClient:
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
+        logprobs: Optional[int] = None,
     ) -> "AsyncGenerationStream":
         """Starts a generation: ``async for token in await client.generate(...)``. See
         :meth:`mlxd.Client.generate` for the parameters."""
@@ -602,14 +603,17 @@ class AsyncClient:
             priority=priority,
             deadline_ms=deadline_ms,
             window=window,
+            logprobs=logprobs,
         )
         connection = await self._connected()
         request_id = await connection.start(request)
         return AsyncGenerationStream(connection, request_id, window)
 
-    async def chat(self, model: ModelLike, messages: PromptLike, **params: Any) -> Completion:
+    async def chat(
+        self, model: ModelLike, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+    ) -> Completion:
         """The whole answer to ``messages``; see :meth:`mlxd.Client.chat`."""
-        async with await self.generate(model, messages, **params) as stream:
+        async with await self.generate(model, messages, logprobs=logprobs, **params) as stream:
             return await stream.complete()
 
 
@@ -735,11 +739,13 @@ class AsyncModel(HasLease):
     async def detokenize(self, tokens: Sequence[int]) -> str:
         return await self.client.detokenize(self, tokens)
 
-    async def generate(self, prompt: PromptLike, **params: Any) -> "AsyncGenerationStream":
-        return await self.client.generate(self, prompt, **params)
+    async def generate(
+        self, prompt: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+    ) -> "AsyncGenerationStream":
+        return await self.client.generate(self, prompt, logprobs=logprobs, **params)
 
-    async def chat(self, messages: PromptLike, **params: Any) -> Completion:
-        return await self.client.chat(self, messages, **params)
+    async def chat(self, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> Completion:
+        return await self.client.chat(self, messages, logprobs=logprobs, **params)
 
 
 class AsyncGenerationStream(AsyncIterator[Token]):
@@ -834,15 +840,10 @@ class AsyncGenerationStream(AsyncIterator[Token]):
         await self.aclose()
 
     async def complete(self) -> Completion:
-        """Reads the rest of the stream: its text, token ids and summary."""
-        pieces: List[str] = []
-        tokens: List[int] = []
-        async for token in self:
-            pieces.append(token.text)
-            if token.token is not None:
-                tokens.append(token.token)
-        assert self.summary is not None
-        return Completion("".join(pieces), tokens, self.summary)
+        """Reads the rest of the stream: its text, token ids, log probabilities (if asked
+        for) and summary."""
+        pieces = [token async for token in self]
+        return _base.completion_of(pieces, self.summary)
 
     async def text(self) -> str:
         return (await self.complete()).text

@@ -48,7 +48,9 @@ from .protocol import (
     ResponseBody,
     ServerMessage,
     StatusRequest,
+    Token,
     TokenizeRequest,
+    TokenLogprobs,
     Welcome,
     encode_client,
 )
@@ -153,6 +155,7 @@ def generate_request(
     priority: Priority,
     deadline_ms: Optional[int],
     window: int,
+    logprobs: Optional[int] = None,
 ) -> GenerateRequest:
     if window < 1:
         raise ValueError("window must be at least 1: a stream without credit never produces a token")
@@ -167,6 +170,7 @@ def generate_request(
         repetition_penalty=repetition_penalty,
         seed=seed,
         stop=[s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop],
+        logprobs=logprobs,
     )
     return GenerateRequest(model_ref(model), prompt_input(prompt), params, window, Priority(priority), deadline_ms)
 
@@ -259,11 +263,22 @@ def embeddings_result(embeddings: Embeddings, numpy: bool) -> Any:
 
 @dataclasses.dataclass
 class Completion:
-    """A whole generation: its text, its token ids, and how it ended."""
+    """A whole generation: its text, its token ids, and how it ended; with ``logprobs=k``
+    also each token's :class:`TokenLogprobs` (one per id in ``tokens``; empty without)."""
 
     text: str
     tokens: List[int]
     summary: GenerationSummary
+    logprobs: List[TokenLogprobs] = dataclasses.field(default_factory=list)
+
+
+def completion_of(pieces: Sequence[Token], summary: Optional[GenerationSummary]) -> Completion:
+    """The :class:`Completion` of a stream's tokens and its summary."""
+    if summary is None:
+        raise ProtocolError("the stream ended without a summary")
+    tokens = [piece.token for piece in pieces if piece.token is not None]
+    logprobs = [piece.logprobs for piece in pieces if piece.logprobs is not None]
+    return Completion("".join(piece.text for piece in pieces), tokens, summary, logprobs)
 
 
 class CreditWindow:

@@ -728,11 +728,14 @@ class Client:
         priority: Priority = Priority.Interactive,
         deadline_ms: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
+        logprobs: Optional[int] = None,
     ) -> "GenerationStream":
         """Starts a generation and returns its stream of :class:`Token` s. ``prompt`` is a
         raw prompt (str, used as is) or chat messages (rendered with the model's chat
         template). ``temperature=0`` is greedy. ``window``: events the daemon may send
-        ahead of the reader (credit is granted back as tokens are read)."""
+        ahead of the reader (credit is granted back as tokens are read). ``logprobs=k``
+        (0 to 20): each token comes with its log probability and the ``k`` most likely
+        alternatives (:attr:`Token.logprobs`); None (the default): none, at no cost."""
         request = _base.generate_request(
             model,
             prompt,
@@ -747,14 +750,18 @@ class Client:
             priority=priority,
             deadline_ms=deadline_ms,
             window=window,
+            logprobs=logprobs,
         )
         request_id = self._connection.start(request)
         return GenerationStream(self._connection, request_id, window)
 
-    def chat(self, model: ModelLike, messages: PromptLike, **params: Any) -> Completion:
+    def chat(
+        self, model: ModelLike, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+    ) -> Completion:
         """Generates a whole answer to ``messages`` (chat messages, or a raw prompt) and
-        returns it with its summary. Takes the parameters of :meth:`generate`."""
-        with self.generate(model, messages, **params) as stream:
+        returns it with its summary (and with ``logprobs=k``, each token's log
+        probabilities). Takes the parameters of :meth:`generate`."""
+        with self.generate(model, messages, logprobs=logprobs, **params) as stream:
             return stream.complete()
 
 
@@ -866,13 +873,13 @@ class Model(HasLease):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.client.detokenize(self, tokens)
 
-    def generate(self, prompt: PromptLike, **params: Any) -> "GenerationStream":
+    def generate(self, prompt: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> "GenerationStream":
         """See :meth:`Client.generate`."""
-        return self.client.generate(self, prompt, **params)
+        return self.client.generate(self, prompt, logprobs=logprobs, **params)
 
-    def chat(self, messages: PromptLike, **params: Any) -> Completion:
+    def chat(self, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> Completion:
         """See :meth:`Client.chat`."""
-        return self.client.chat(self, messages, **params)
+        return self.client.chat(self, messages, logprobs=logprobs, **params)
 
 
 class GenerationStream(Iterator[Token]):
@@ -966,15 +973,10 @@ class GenerationStream(Iterator[Token]):
         self.close()
 
     def complete(self) -> Completion:
-        """Reads the rest of the stream: its text, token ids and summary."""
-        pieces: List[str] = []
-        tokens: List[int] = []
-        for token in self:
-            pieces.append(token.text)
-            if token.token is not None:
-                tokens.append(token.token)
-        assert self.summary is not None
-        return Completion("".join(pieces), tokens, self.summary)
+        """Reads the rest of the stream: its text, token ids, log probabilities (if asked
+        for) and summary."""
+        pieces = list(self)
+        return _base.completion_of(pieces, self.summary)
 
     def text(self) -> str:
         """Reads the rest of the stream and returns its text."""

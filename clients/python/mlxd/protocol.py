@@ -1,4 +1,4 @@
-"""The wire types of the mlxd protocol (version 4), as in ``proto/PROTOCOL.md``.
+"""The wire types of the mlxd protocol (version 5), as in ``proto/PROTOCOL.md``.
 
 Structs are frozen dataclasses whose fields are in wire order; enums whose variants carry
 nothing are :class:`enum.IntEnum` (value = wire tag, name = the Rust variant's name);
@@ -38,10 +38,13 @@ from . import _codec
 from ._codec import Variant, f32, f32s, i64, u32, u64, variants
 
 #: The protocol version this package speaks.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: Most stream events the daemon holds for one stream at a time.
 MAX_STREAM_CREDIT = 4096
+
+#: Most alternatives ``logprobs=`` may ask for with each token (since v5).
+MAX_TOP_LOGPROBS = 20
 
 
 
@@ -128,7 +131,9 @@ class ChatMessage:
 class GenerateParams:
     """Sampling parameters. Neutral values: ``top_p`` 1.0, ``top_k`` 0, ``min_p`` 0.0,
     ``repetition_penalty`` 1.0, no seed, no stop strings; ``temperature`` 0 is greedy
-    (and then the sampling filters and the seed do nothing)."""
+    (and then the sampling filters and the seed do nothing). ``logprobs`` (since v5): None
+    = off (no cost); k = each token's log probability and the k most likely alternatives
+    (0 to :data:`MAX_TOP_LOGPROBS`; more is a BadRequest)."""
 
     max_tokens: u32 = 256
     temperature: f32 = 0.7
@@ -138,6 +143,7 @@ class GenerateParams:
     repetition_penalty: f32 = 1.0
     seed: Optional[u64] = None
     stop: list[bytes] = dataclasses.field(default_factory=list)
+    logprobs: Optional[u32] = None  # since v5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -580,13 +586,40 @@ variants(
 
 
 @dataclasses.dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a step: its id, its text on its own, its log
+    probability. Since v5."""
+
+    token: u32
+    text: str
+    logprob: f32
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log probability and the most likely tokens at its step, best
+    first (as many as asked; the chosen token is among them if it is one of the best).
+    ``logprob`` is the log-softmax of the model's logits after the repetition penalty,
+    before temperature, top-p, top-k and min-p, so a sampled token has one too; ``text``
+    is the token decoded on its own (a piece of a multi-byte character is U+FFFD).
+    Since v5."""
+
+    text: str
+    logprob: f32
+    top: list[TopLogprob]
+
+
+@dataclasses.dataclass(frozen=True)
 class Token(Variant):
     """One piece of generated text and the token that completed it. ``text`` may be empty
     (held back while it could be the start of a stop string); ``token`` is None for text
-    released at the end of the stream without a new token."""
+    released at the end of the stream without a new token. ``logprobs`` (since v5): the
+    token's :class:`TokenLogprobs` when the generation asked for them (``logprobs=k``),
+    else None; never on a ``token`` None event."""
 
     text: str
     token: Optional[u32]
+    logprobs: Optional[TokenLogprobs] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -179,6 +179,26 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def check_greedy_logprobs(with_logprobs: Sequence[mlxd.Token], without: Sequence[mlxd.Token], k: int) -> None:
+    """Greedy tokens asked with ``logprobs=k``: each token with an id has its log
+    probability (<= 0) and ``k`` alternatives best first, the first of them the token
+    chosen; the same tokens as without logprobs, which have none."""
+    chosen = [token for token in with_logprobs if token.token is not None]
+    assert len(chosen) == 4
+    for token in chosen:
+        logprobs = token.logprobs
+        assert isinstance(logprobs, mlxd.TokenLogprobs), token
+        assert logprobs.logprob <= 0
+        assert len(logprobs.top) == k
+        assert all(isinstance(top, mlxd.TopLogprob) and top.logprob <= 0 for top in logprobs.top)
+        assert [top.logprob for top in logprobs.top] == sorted((top.logprob for top in logprobs.top), reverse=True)
+        assert logprobs.top[0].token == token.token
+        assert logprobs.top[0].logprob == logprobs.logprob and logprobs.top[0].text == logprobs.text
+    assert all(token.logprobs is None for token in with_logprobs if token.token is None)
+    assert [token.token for token in without if token.token is not None] == [token.token for token in chosen]
+    assert all(token.logprobs is None for token in without)
+
+
 def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
     deadline = time.monotonic() + within
     while True:

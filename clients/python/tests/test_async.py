@@ -1,6 +1,6 @@
 """The asyncio client against the shared daemon: the same requests, streams, credit and
-errors as the blocking client, from many tasks on one connection; rerank and embedding
-prompts on the fixture models."""
+errors as the blocking client, from many tasks on one connection; logprobs; rerank and
+embedding prompts on the fixture models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Coroutine, TypeVar
 import pytest
 
 import mlxd
-from harness import Daemon, cosine, model_named
+from harness import Daemon, check_greedy_logprobs, cosine, model_named
 
 T = TypeVar("T")
 
@@ -81,6 +81,16 @@ def test_generation_stream_credit_and_cancel(daemon: Daemon) -> None:
                 expected = blocking.chat("smollm2", [("user", "Say hi")], temperature=0, max_tokens=8)
             answer = await smollm2.chat([("user", "Say hi")], temperature=0, max_tokens=8)
             assert (answer.text, answer.tokens) == (expected.text, expected.tokens)
+
+            # Greedy tokens with logprobs=3, as the blocking client checks them.
+            prompt = [("user", "Name three colours of the rainbow.")]
+            stream = await smollm2.generate(prompt, temperature=0, max_tokens=4, logprobs=3)
+            with_logprobs = [token async for token in stream]
+            stream = await client.generate("smollm2", prompt, temperature=0, max_tokens=4)
+            without = [token async for token in stream]
+            check_greedy_logprobs(with_logprobs, without, 3)
+            answer = await client.chat("smollm2", prompt, temperature=0, max_tokens=4, logprobs=3)
+            assert [logprobs.top[0].token for logprobs in answer.logprobs] == answer.tokens
 
             # A reader that stops holds exactly its window.
             stream = await smollm2.generate("One, two, three,", temperature=0, max_tokens=12, window=3)

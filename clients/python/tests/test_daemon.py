@@ -1,6 +1,6 @@
 """The blocking client against the real daemon (one shared by the session unless a test
 needs other settings): embeddings against sentence-transformers, named embedding prompts
-and reranking on the fixture models, greedy generation against mlxctl, cancel, credit,
+and reranking on the fixture models, greedy generation against mlxctl, logprobs, cancel, credit,
 leases, Busy, typed errors, the README and the benchmark."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import mlxd
 from harness import (
     PACKAGE_DIR,
     Daemon,
+    check_greedy_logprobs,
     child_env,
     cosine,
     eventually,
@@ -141,6 +142,25 @@ def test_greedy_generation_equals_mlxctl(daemon: Daemon, client: mlxd.Client, ra
     assert answer.text == expected_text
     assert answer.summary.completion_tokens == len(expected_tokens)
     assert answer.summary.finish_reason.name.lower() == lines[-1]["finish_reason"]
+
+
+def test_greedy_logprobs(client: mlxd.Client) -> None:
+    prompt = [("user", "Name three colours of the rainbow.")]
+    with client.generate("smollm2", prompt, temperature=0, max_tokens=4, logprobs=3) as stream:
+        with_logprobs = list(stream)
+    with client.generate("smollm2", prompt, temperature=0, max_tokens=4) as stream:
+        without = list(stream)
+    check_greedy_logprobs(with_logprobs, without, 3)
+
+    # The whole-answer helpers keep them, one per token id.
+    with client.lease("smollm2") as smollm2:
+        answer = smollm2.chat(prompt, temperature=0, max_tokens=4, logprobs=3)
+    assert answer.tokens == [token.token for token in with_logprobs if token.token is not None]
+    assert [logprobs.top[0].token for logprobs in answer.logprobs] == answer.tokens
+    assert client.chat("smollm2", prompt, temperature=0, max_tokens=4).logprobs == []
+
+    with pytest.raises(mlxd.BadRequestError):
+        client.chat("smollm2", prompt, max_tokens=4, logprobs=21)  # more than 20 alternatives
 
 
 def test_cancel_mid_stream(daemon: Daemon, client: mlxd.Client) -> None:

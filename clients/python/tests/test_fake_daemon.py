@@ -1,8 +1,9 @@
 """Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
 cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
 sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
-Hello, the exact requests rerank and embedding prompts send (and a Busy rerank retried);
-and the blocking client's reading of frames split anywhere (on a socketpair)."""
+Hello, the exact requests rerank, embedding prompts and logprobs= send (and a Busy rerank
+retried), Token events with and without logprobs surfaced; and the blocking client's
+reading of frames split anywhere (on a socketpair)."""
 
 from __future__ import annotations
 
@@ -311,3 +312,76 @@ def test_rerank_and_embedding_prompts_are_sent_and_answered(fakes: List[FakeDaem
 
     asyncio.run(asyncio.wait_for(over_async(), 30))
     assert retry.waits == [1.0]
+
+
+PARIS = protocol.TokenLogprobs(
+    " Paris",
+    -0.015625,
+    [protocol.TopLogprob(7042, " Paris", -0.015625), protocol.TopLogprob(17, "\ufffd", -4.5)],
+)
+ALONE = protocol.TokenLogprobs("!", 0.0, [])
+SUMMARY = protocol.GenerationSummary(protocol.FinishReason.Length, 3, 2, 10.0, 20.0, 0)
+
+
+def logprobs_session(session: FakeSession) -> None:
+    """What both clients must send for ``logprobs=`` (by name, by lease, and left out), and
+    the Token events with and without logprobs they must surface."""
+    asked = protocol.GenerateParams(max_tokens=2, temperature=0.0, logprobs=3)
+    expected = protocol.GenerateRequest(protocol.ByName("g"), protocol.Raw("Hi"), asked, 32)
+    assert session.receive() == protocol.Request(1, expected)
+    session.send(protocol.Event(1, protocol.Token(" Paris", 7042, PARIS)))
+    session.send(protocol.Event(1, protocol.Token("é", None)))  # the end-of-stream flush: none
+    session.send(protocol.Response(1, SUMMARY))
+
+    plain = protocol.GenerateParams(max_tokens=2, temperature=0.0)
+    chat = protocol.Chat([protocol.ChatMessage("user", "Hi")])
+    expected = protocol.GenerateRequest(protocol.ByName("g"), chat, plain, 32)
+    assert session.receive() == protocol.Request(2, expected)
+    session.send(protocol.Event(2, protocol.Token("Hello", 5)))
+    session.send(protocol.Response(2, SUMMARY))
+
+    assert session.receive() == protocol.Request(3, protocol.LeaseRequest("g"))
+    info = model_info("g", protocol.ModelKind.Generation, [], None)
+    session.send(protocol.Response(3, protocol.LeaseInfo(9, info)))
+    alternatives_off = protocol.GenerateParams(max_tokens=1, temperature=0.0, logprobs=0)
+    expected = protocol.GenerateRequest(protocol.ByLease(9), protocol.Raw("Hi"), alternatives_off, 32)
+    assert session.receive() == protocol.Request(4, expected)
+    session.send(protocol.Event(4, protocol.Token("!", 0, ALONE)))
+    session.send(protocol.Response(4, SUMMARY))
+    assert session.receive() == protocol.Request(5, protocol.ReleaseRequest(9))
+    session.send(protocol.Response(5, protocol.Released()))
+    session.wait_for_the_end()
+
+
+def test_logprobs_are_asked_for_and_surfaced(fakes: List[FakeDaemon]) -> None:
+    fake = fake_daemon(fakes, logprobs_session)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        tokens = list(client.generate("g", "Hi", max_tokens=2, temperature=0, logprobs=3))
+        assert [token.text for token in tokens] == [" Paris", "é"]
+        first = tokens[0].logprobs
+        assert isinstance(first, mlxd.TokenLogprobs) and first == PARIS
+        assert (first.text, first.logprob) == (" Paris", -0.015625)
+        alternatives = [(top.token, top.text, top.logprob) for top in first.top]
+        assert alternatives == [(7042, " Paris", -0.015625), (17, "\ufffd", -4.5)]
+        assert isinstance(first.top[0], mlxd.TopLogprob)
+        assert tokens[1].logprobs is None
+        answer = client.chat("g", [("user", "Hi")], max_tokens=2, temperature=0)
+        assert answer.text == "Hello" and answer.tokens == [5] and answer.logprobs == []
+        with client.lease("g") as model:
+            answer = model.chat("Hi", max_tokens=1, temperature=0, logprobs=0)
+            assert answer.text == "!" and answer.logprobs == [ALONE] and answer.summary == SUMMARY
+
+    fake = fake_daemon(fakes, logprobs_session)
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False) as client:
+            stream = await client.generate("g", "Hi", max_tokens=2, temperature=0, logprobs=3)
+            tokens = [token async for token in stream]
+            assert [token.logprobs for token in tokens] == [PARIS, None]
+            answer = await client.chat("g", [("user", "Hi")], max_tokens=2, temperature=0)
+            assert answer.text == "Hello" and answer.logprobs == []
+            async with client.lease("g") as model:
+                first = [token async for token in await model.generate("Hi", max_tokens=1, temperature=0, logprobs=0)]
+                assert [token.logprobs for token in first] == [ALONE]
+
+    asyncio.run(asyncio.wait_for(over_async(), 30))
