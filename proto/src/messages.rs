@@ -1,4 +1,4 @@
-//! Client ↔ daemon messages, protocol version 5 ([`crate::PROTOCOL_VERSION`]; history in
+//! Client ↔ daemon messages, protocol version 6 ([`crate::PROTOCOL_VERSION`]; history in
 //! PROTOCOL.md §7).
 //!
 //! Rules that keep old peers working: enum variants are only ever appended (bincode
@@ -191,6 +191,23 @@ pub struct GenerateParams {
     /// Log probabilities with each token: `None` = off (no cost); `Some(k)` = the chosen
     /// token's and the `k` most likely tokens' (0 to [`MAX_TOP_LOGPROBS`]). Since v5.
     pub logprobs: Option<u32>,
+    /// What the output must be (the stream's tokens are masked to those that keep it
+    /// possible); `None` = free text. Since v6.
+    pub constraint: Option<Constraint>,
+}
+
+/// A constraint on a generation's output, enforced token by token (llguidance). The text
+/// of each is at most `limits.max_text_bytes`. Since v6.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Constraint {
+    /// One JSON value valid against this JSON schema (the schema as JSON text).
+    JsonSchema(String),
+    /// Any JSON object.
+    JsonObject,
+    /// Text the regular expression matches as a whole.
+    Regex(String),
+    /// Text the grammar derives (Lark syntax, as llguidance takes it; `start` is the rule).
+    Lark(String),
 }
 
 /// Most alternatives a token's [`TokenLogprobs`] may list.
@@ -208,6 +225,7 @@ impl Default for GenerateParams {
             seed: None,
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         }
     }
 }

@@ -90,6 +90,17 @@ fn model_info(name: &str, kind: ModelKind, state: ModelState) -> ModelInfo {
     }
 }
 
+fn generate_raw() -> GenerateRequest {
+    GenerateRequest {
+        model: ModelRef::Name("smollm2".into()),
+        input: PromptInput::Raw("Answer:".into()),
+        params: params(),
+        initial_credit: 16,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+    }
+}
+
 fn params() -> GenerateParams {
     GenerateParams {
         max_tokens: 64,
@@ -101,6 +112,7 @@ fn params() -> GenerateParams {
         seed: Some(1234),
         stop: vec![b"\n\n".to_vec(), "Ende ü".as_bytes().to_vec()],
         logprobs: Some(5),
+        constraint: Some(Constraint::JsonSchema(r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#.into())),
     }
 }
 
@@ -242,6 +254,18 @@ fn messages() -> Vec<Value> {
                     deadline_ms: Some(30_000),
                 }),
             ),
+        ),
+        client(
+            "request_generate_constraint_json_object",
+            request(22, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::JsonObject), ..params() }, ..generate_raw() })),
+        ),
+        client(
+            "request_generate_constraint_regex",
+            request(23, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::Regex(r"\d{3}-\d{4}".into())), ..params() }, ..generate_raw() })),
+        ),
+        client(
+            "request_generate_constraint_lark",
+            request(24, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::Lark("start: \"yes\" | \"no\"".into())), ..params() }, ..generate_raw() })),
         ),
         client(
             "request_tokenize",

@@ -130,13 +130,14 @@ fn generate_request() {
                     seed: Some(42),
                     stop: vec![b"\n".to_vec()],
                     logprobs: Some(5),
+                    constraint: Some(Constraint::Regex("y|n".into())),
                 },
                 initial_credit: 32,
                 priority: Priority::Interactive,
                 deadline_ms: Some(1000),
             }),
         },
-        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 01 05 20 00 01 fb e8 03",
+        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 01 05 01 02 03 79 7c 6e 20 00 01 fb e8 03",
     );
 }
 

@@ -136,6 +136,8 @@ class Stream:
         self._stops = _Stops(params.get("stop", []))
         self._tokenizer = generator.tokenizer
         self._logprobs = params.get("logprobs")
+        self._grammar = generator.constraint(params, len(prompt_ids))
+        processors = ([self._grammar] if self._grammar else []) + _make_processors(params)
         self.completion_tokens = 0
         self.prompt_tokens = len(prompt_ids)
         self.prompt_tps = 0.0
@@ -147,7 +149,7 @@ class Stream:
             mx.array(prompt_ids),
             max_tokens=int(params["max_tokens"]),
             sampler=_make_sampler(params),
-            logits_processors=_make_processors(params) or None,
+            logits_processors=processors or None,
             prompt_progress_callback=lambda *_: progress(),
         )
 
@@ -172,6 +174,8 @@ class Stream:
             token = -1  # the end-of-sequence token is not part of the output
         else:
             self.completion_tokens += 1
+            if finish is None and self._grammar and self._grammar.done_after(self.completion_tokens, token):
+                finish = "stop"  # the constrained output is complete
         text, finish = self._stops.apply(response.text, finish)
         if finish is not None:
             if response.finish_reason is None:
@@ -202,6 +206,7 @@ class _Sequence:
         self.processors = _make_processors(params)
         self.stops = _Stops(params.get("stop", []))
         self.logprobs = params.get("logprobs")  # None, or how many alternatives per token
+        self.grammar = None  # a constrain.Grammar, first of the processors, when constrained
         # The prompt cache is partitioned (by the client's uid): a prefix cached for one
         # partition is never reused by another, so time to first token reveals nothing.
         self.cache_key = f"{_CACHE_KEY}:{int(params.get('cache_partition', 0))}"
@@ -283,7 +288,11 @@ class BatchEngine:
         (no credit yet), in which case it waits for :meth:`resume`."""
         prompt = self.generator.checked_prompt(raw, messages)
         params = self.generator.within_context(prompt, params)
+        grammar = self.generator.constraint(params, len(prompt))
         sequence = _Sequence(job, prompt, params, self.tokenizer.detokenizer)
+        if grammar is not None:
+            sequence.grammar = grammar
+            sequence.processors = [grammar, *sequence.processors]
         self.sequences[job] = sequence
         if active:
             self._insert(sequence)
@@ -361,6 +370,9 @@ class BatchEngine:
                 sequence.last_token_at = now
                 sequence.last_token = token
                 detokenizer.add_token(token)
+                grammar = sequence.grammar
+                if finish is None and grammar and grammar.done_after(sequence.completion_tokens, token):
+                    finish = "stop"  # the constrained output is complete: leave the batch now
                 if finish is not None:
                     detokenizer.finalize()
             text, finish = sequence.stops.apply(detokenizer.last_segment, finish)
@@ -445,6 +457,7 @@ class Generator:
         self.max_seq_len = max_seq_len
         # What sets max_seq_len, for errors.
         self.context_limit = "this model's context"
+        self._grammars = None  # compiled constraints, made on the first constrained stream
 
     @classmethod
     def from_dir(cls, path: str, max_context: int | None = None, **_options) -> "Generator":
@@ -497,6 +510,21 @@ class Generator:
                 f"the prompt is {len(prompt)} tokens; {self.context_limit} is {self.max_seq_len} tokens"
             )
         return prompt
+
+    def constraint(self, params: dict, prompt_len: int):
+        """The stream's :class:`~.constrain.Grammar` if `params` carry a constraint
+        ((kind, text)), or None; BadRequest if it cannot be compiled."""
+        constraint = params.get("constraint")
+        if not constraint:
+            return None
+        if self._grammars is None:
+            from .constrain import Grammars
+
+            self._grammars = Grammars(self.tokenizer)
+        kind, text = constraint
+        grammar = self._grammars.matcher(kind, text)
+        grammar.start(prompt_len)
+        return grammar
 
     def within_context(self, prompt: list[int], params: dict) -> dict:
         """`params` with max_tokens cut so that prompt and output fit the context: a

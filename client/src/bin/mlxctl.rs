@@ -130,6 +130,18 @@ enum Command {
         /// With --json: each token's log probability and the N most likely tokens (0-20).
         #[arg(long, value_name = "N")]
         logprobs: Option<u32>,
+        /// The output is one JSON value valid against the JSON schema in FILE.
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        json_schema: Option<std::path::PathBuf>,
+        /// The output is a JSON object.
+        #[arg(long, group = "constraint")]
+        json_object: bool,
+        /// The output matches this regular expression as a whole.
+        #[arg(long, value_name = "REGEX", group = "constraint")]
+        regex: Option<String>,
+        /// The output is derived by the Lark grammar in FILE (rule `start`).
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        grammar: Option<std::path::PathBuf>,
         prompt: String,
     },
     /// Load a model (showing progress) without leasing it.
@@ -344,8 +356,24 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             system,
             raw,
             logprobs,
+            json_schema,
+            json_object,
+            regex,
+            grammar,
             prompt,
         } => {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path).map_err(|err| {
+                    ClientError::Io(std::io::Error::new(err.kind(), format!("reading {}: {err}", path.display())))
+                })
+            };
+            let constraint = match (json_schema, json_object, regex, grammar) {
+                (Some(path), ..) => Some(mlxd_client::proto::Constraint::JsonSchema(read(path)?)),
+                (_, true, ..) => Some(mlxd_client::proto::Constraint::JsonObject),
+                (_, _, Some(regex), _) => Some(mlxd_client::proto::Constraint::Regex(regex.clone())),
+                (.., Some(path)) => Some(mlxd_client::proto::Constraint::Lark(read(path)?)),
+                _ => None,
+            };
             let params = GenerateParams {
                 max_tokens: *max_tokens,
                 temperature: *temperature,
@@ -356,6 +384,7 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 seed: *seed,
                 stop: stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 logprobs: *logprobs,
+                constraint,
             };
             let chat = {
                 let mut messages = Vec::new();

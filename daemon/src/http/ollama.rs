@@ -192,9 +192,13 @@ fn yes() -> bool {
 
 impl Common {
     fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
-        if self.format.as_ref().is_some_and(|f| !f.is_null()) {
-            return Err(ApiError::bad_request("format (structured output) is not supported yet"));
-        }
+        let constraint = match &self.format {
+            None | Some(Value::Null) => None,
+            Some(Value::String(format)) if format == "json" => Some(mlxd_proto::Constraint::JsonObject),
+            Some(Value::String(format)) if format.is_empty() => None,
+            Some(schema @ Value::Object(_)) => Some(mlxd_proto::Constraint::JsonSchema(schema.to_string())),
+            Some(_) => return Err(ApiError::bad_request("format must be \"json\" or a JSON schema object")),
+        };
         let o = self.options.as_ref();
         let max = conn.caller.daemon.config.limits.max_tokens;
         let max_tokens = match o.and_then(|o| o.num_predict) {
@@ -218,6 +222,7 @@ impl Common {
                 (false, Some(k)) if k > 0 => return Err(ApiError::bad_request("top_logprobs needs logprobs: true")),
                 (false, _) => None,
             },
+            constraint,
         };
         let initial_credit = if self.stream { call::STREAM_WINDOW } else { max_tokens };
         Ok(Request::Generate(GenerateRequest {

@@ -15,8 +15,8 @@ use base64::Engine as _;
 use futures_util::stream::{self, Stream};
 use futures_util::StreamExt;
 use mlxd_proto::{
-    ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, ModelRef,
-    Priority, PromptInput, Request, Response as CoreResponse, TokenLogprobs, WireError,
+    ChatMessage, Constraint, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary,
+    ModelRef, Priority, PromptInput, Request, Response as CoreResponse, TokenLogprobs, WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -165,6 +165,14 @@ struct Sampling {
     logprobs: Option<Value>,
     #[serde(default)]
     top_logprobs: Option<u32>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}`.
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// vLLM's extensions: a regular expression, or a grammar (Lark), the output must match.
+    #[serde(default)]
+    guided_regex: Option<String>,
+    #[serde(default)]
+    guided_grammar: Option<String>,
 }
 
 fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -192,6 +200,38 @@ impl Sampling {
                 Some(k) => Ok(Some(k)),
                 None => Err(ApiError::bad_request("logprobs must be a number of alternatives (0 to 20)")),
             },
+        }
+    }
+
+    /// The constraint `response_format` (or vLLM's `guided_regex`/`guided_grammar`) asks for.
+    fn constraint(&self) -> Result<Option<Constraint>, ApiError> {
+        let format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(format) => match format.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(Constraint::JsonObject),
+                Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
+                    Some(schema) if schema.is_object() || schema.is_boolean() => {
+                        Some(Constraint::JsonSchema(schema.to_string()))
+                    }
+                    _ => return Err(ApiError::bad_request("response_format json_schema needs json_schema.schema")),
+                },
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+                    ))
+                }
+            },
+        };
+        let guided = match (&self.guided_regex, &self.guided_grammar) {
+            (Some(regex), None) => Some(Constraint::Regex(regex.clone())),
+            (None, Some(grammar)) => Some(Constraint::Lark(grammar.clone())),
+            (None, None) => None,
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("guided_regex and guided_grammar: one at a time")),
+        };
+        match (format, guided) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request("response_format and guided_*: one constraint at a time")),
+            (format, guided) => Ok(format.or(guided)),
         }
     }
 
@@ -228,6 +268,7 @@ impl Sampling {
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             logprobs: self.logprobs(shape)?,
+            constraint: self.constraint()?,
         })
     }
 

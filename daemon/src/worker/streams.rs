@@ -247,6 +247,14 @@ fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArgument
     params.set_item("stop", stop)?;
     params.set_item("cache_partition", job.cache_partition)?;
     params.set_item("logprobs", p.logprobs)?;
+    // (kind, text) as mlxd_runtime.constrain takes it.
+    let constraint = p.constraint.as_ref().map(|c| match c {
+        mlxd_proto::Constraint::JsonSchema(text) => ("json_schema", text.as_str()),
+        mlxd_proto::Constraint::JsonObject => ("json_object", ""),
+        mlxd_proto::Constraint::Regex(text) => ("regex", text.as_str()),
+        mlxd_proto::Constraint::Lark(text) => ("lark", text.as_str()),
+    });
+    params.set_item("constraint", constraint)?;
     Ok((raw, messages, params))
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use mlxd_proto::worker::{GenerateJob, Job, JobOutput};
 use mlxd_proto::{
-    ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
+    Constraint, ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
     Response, WireError, MAX_STREAM_CREDIT,
 };
 use tokio::sync::oneshot;
@@ -307,6 +307,25 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             "logprobs asks for {k} alternatives per token; at most {} are given",
             mlxd_proto::MAX_TOP_LOGPROBS
         )));
+    }
+    match &p.constraint {
+        Some(Constraint::JsonSchema(text) | Constraint::Regex(text) | Constraint::Lark(text))
+            if text.len() > limits.max_text_bytes as usize =>
+        {
+            return Err(WireError::new(
+                ErrorCode::TooLarge,
+                format!("the constraint is {} bytes; max_text_bytes is {}", text.len(), limits.max_text_bytes),
+            ));
+        }
+        Some(Constraint::JsonSchema(text)) => {
+            if let Err(err) = serde_json::from_str::<serde_json::Value>(text) {
+                return Err(WireError::bad_request(format!("the JSON schema is not JSON: {err}")));
+            }
+        }
+        Some(Constraint::Regex(text) | Constraint::Lark(text)) if text.is_empty() => {
+            return Err(WireError::bad_request("an empty regular expression or grammar constrains nothing"));
+        }
+        _ => {}
     }
     if p.stop.len() > MAX_STOP_STRINGS {
         return Err(WireError::new(
