@@ -257,15 +257,36 @@ fn messages() -> Vec<Value> {
         ),
         client(
             "request_generate_constraint_json_object",
-            request(22, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::JsonObject), ..params() }, ..generate_raw() })),
+            request(
+                22,
+                Request::Generate(GenerateRequest {
+                    params: GenerateParams { constraint: Some(Constraint::JsonObject), ..params() },
+                    ..generate_raw()
+                }),
+            ),
         ),
         client(
             "request_generate_constraint_regex",
-            request(23, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::Regex(r"\d{3}-\d{4}".into())), ..params() }, ..generate_raw() })),
+            request(
+                23,
+                Request::Generate(GenerateRequest {
+                    params: GenerateParams { constraint: Some(Constraint::Regex(r"\d{3}-\d{4}".into())), ..params() },
+                    ..generate_raw()
+                }),
+            ),
         ),
         client(
             "request_generate_constraint_lark",
-            request(24, Request::Generate(GenerateRequest { params: GenerateParams { constraint: Some(Constraint::Lark("start: \"yes\" | \"no\"".into())), ..params() }, ..generate_raw() })),
+            request(
+                24,
+                Request::Generate(GenerateRequest {
+                    params: GenerateParams {
+                        constraint: Some(Constraint::Lark("start: \"yes\" | \"no\"".into())),
+                        ..params()
+                    },
+                    ..generate_raw()
+                }),
+            ),
         ),
         client(
             "request_tokenize",

@@ -46,9 +46,9 @@ jsonschema.validate(json.loads(reply.message.content), schema)
 anything = ol.generate(model="smollm2", prompt="Any JSON object.", format="json", options={"temperature": 0, "num_predict": 60})
 assert isinstance(json.loads(anything.response), dict), anything.response
 regex = oa.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "A phone number?"}],
-                                   max_tokens=20, temperature=0, extra_body={"guided_regex": r"\d{3}-\d{4}"})
+                                   max_tokens=20, temperature=0, extra_body={"guided_regex": r"[0-9]{3}-[0-9]{4}"})
 import re
-assert re.fullmatch(r"\d{3}-\d{4}", regex.choices[0].message.content), regex
+assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", regex.choices[0].message.content), regex
 try:
     oa.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], max_tokens=4,
                                response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "frob"}}})
@@ -79,12 +79,12 @@ fn twenty_schemas_through_the_openai_sdk_validate_also_when_sharing_a_batch() {
 #[test]
 fn a_constraint_too_large_or_not_json_is_refused_before_any_work() {
     let daemon = Daemon::start(&[]);
-    let body = |format: serde_json::Value| {
-        serde_json::json!({ "model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "response_format": format })
-    };
-    let (status, answer) = http_post_json(&daemon.socket, "/v1/chat/completions", &body(serde_json::json!({ "type": "json_schema" })));
+    let body = |format: serde_json::Value| serde_json::json!({ "model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "response_format": format });
+    let (status, answer) =
+        http_post_json(&daemon.socket, "/v1/chat/completions", &body(serde_json::json!({ "type": "json_schema" })));
     assert_eq!(status, 400, "{answer}");
-    let (status, answer) = http_post_json(&daemon.socket, "/v1/chat/completions", &body(serde_json::json!({ "type": "xml" })));
+    let (status, answer) =
+        http_post_json(&daemon.socket, "/v1/chat/completions", &body(serde_json::json!({ "type": "xml" })));
     assert_eq!(status, 400, "{answer}");
     let huge = serde_json::json!({ "type": "object", "description": "x".repeat(70_000) });
     let (status, answer) = http_post_json(
@@ -99,4 +99,22 @@ fn a_constraint_too_large_or_not_json_is_refused_before_any_work() {
         &serde_json::json!({ "model": "smollm2", "messages": [{"role": "user", "content": "x"}], "format": 5, "stream": false }),
     );
     assert_eq!(status, 400, "{answer}");
+
+    // mlxctl, as a person would use it.
+    let mlxctl = |args: &[&str]| {
+        let (status, stdout, stderr) = run_with_timeout(
+            Command::new(mlxd_tests::bin("mlxctl"))
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["--no-fallback", "generate", "--model", "smollm2", "--temperature", "0", "--max-tokens", "60"])
+                .args(args),
+            Duration::from_secs(120),
+        );
+        assert!(status.success(), "{stderr}");
+        stdout.trim().to_owned()
+    };
+    let object: serde_json::Value = serde_json::from_str(&mlxctl(&["--json-object", "Describe Paris."])).unwrap();
+    assert!(object.is_object(), "{object}");
+    let answer = mlxctl(&["--regex", "(yes|no)", "Is Paris in France?"]);
+    assert!(answer == "yes" || answer == "no", "{answer:?}");
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use mlxd_proto::worker::{GenerateJob, Job, JobOutput};
 use mlxd_proto::{
-    Constraint, ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput, RequestId,
-    Response, WireError, MAX_STREAM_CREDIT,
+    Constraint, ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput,
+    RequestId, Response, WireError, MAX_STREAM_CREDIT,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
