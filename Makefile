@@ -66,6 +66,7 @@ bench: setup-bench
 	.venv/bin/python bench/overhead.py
 	.venv/bin/python bench/http_api.py
 	.venv/bin/python bench/clients.py
+	.venv/bin/python bench/constrained.py
 	.venv/bin/python bench/report.py
 
 # Release binaries, and matplotlib for the charts.

@@ -82,6 +82,12 @@ def goals() -> tuple[list[str], list[str]]:
             rows.append(f"| one short embedding, p50 through the {name.capitalize()} client / Rust client (17) | <= 1.3 |"
                         f" {r[name]:.3f} | {verdict(r[name] <= 1.3)} |")
         rows.append(f"| the same through the openai SDK over HTTP / Rust client (17) | (reported) | {r['openai']:.3f} | - |")
+    if constrained := need("constrained"):
+        u, c = constrained["unconstrained_loss"], constrained["constrained_loss"]
+        rows.append(f"| 8 streams, half JSON-schema constrained: unconstrained streams' decode rate lost (19) | < 5 % |"
+                    f" {u * 100:.1f} % | {verdict(u < 0.05)} |")
+        rows.append(f"| the same: constrained streams' rate lost vs unconstrained (19) | < 20 % | {c * 100:.1f} % |"
+                    f" {verdict(c < 0.20)} |")
     return rows, missing
 
 
@@ -130,7 +136,7 @@ def main() -> None:
         "## Summary: every goal and its measured figure",
         "",
         f"- Machine: {any_result['machine'] if any_result else 'unknown'}; results dated"
-        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead', 'http', 'clients') if (r := load_result(n))}))}.",
+        f" {', '.join(sorted({r['date'] for n in ('decode', 'load', 'embed_batching', 'generation', 'overload', 'memory', 'overhead', 'http', 'clients', 'constrained') if (r := load_result(n))}))}.",
         "- Command: `make bench` (every benchmark below, then `bench/report.py`). The issue each goal comes from is"
         " in parentheses; sections below give the method, the raw numbers and, where a goal is missed, why.",
         "",
