@@ -255,10 +255,13 @@ class FakeSession:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.settimeout(10)
+        #: The body of the last frame :meth:`receive` read, as it came.
+        self.last_body = b""
 
     def receive(self) -> protocol.ClientMessage:
         length = _codec.body_length(self._exactly(4), 1 << 30)
-        return protocol.decode_client(self._exactly(length))
+        self.last_body = self._exactly(length)
+        return protocol.decode_client(self.last_body)
 
     def _exactly(self, count: int) -> bytes:
         data = b""
