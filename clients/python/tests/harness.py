@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -197,6 +199,38 @@ def check_greedy_logprobs(with_logprobs: Sequence[mlxd.Token], without: Sequence
     assert all(token.logprobs is None for token in with_logprobs if token.token is None)
     assert [token.token for token in without if token.token is not None] == [token.token for token in chosen]
     assert all(token.logprobs is None for token in without)
+
+
+#: Structured output against smollm2 (greedy, 60 tokens at most): a JSON schema, a regex,
+#: and a schema the daemon cannot compile.
+SKY_PROMPT = [("user", "Is the sky blue? Answer in JSON.")]
+SKY_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "boolean"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+PHONE_PROMPT = [("user", "A phone number?")]
+PHONE_PATTERN = r"\d{3}-\d{4}"
+ASCII_PHONE_PATTERN = "[0-9]{3}-[0-9]{4}"
+BAD_SCHEMA = {"type": "frob"}
+
+
+def check_sky_answer(answer: mlxd.Completion) -> None:
+    """The answer to :data:`SKY_PROMPT` under :data:`SKY_SCHEMA`: one JSON object with a
+    boolean ``answer`` and nothing else, complete (Stop)."""
+    value = json.loads(answer.text)
+    assert isinstance(value, dict) and list(value) == ["answer"], answer.text
+    assert isinstance(value["answer"], bool), answer.text
+    assert answer.summary.finish_reason == mlxd.FinishReason.Stop, answer.summary
+
+
+def check_phone_answer(answer: mlxd.Completion, pattern: str = PHONE_PATTERN) -> None:
+    """The answer to :data:`PHONE_PROMPT` under ``pattern``: matched as a whole, complete
+    (Stop: nothing may follow). ``\\d`` is any Unicode digit both here and in the daemon's
+    (Rust) regexes: greedy smollm2 writes U+1FBF8 SEGMENTED DIGIT EIGHT for it."""
+    assert re.fullmatch(pattern, answer.text), answer.text
+    assert answer.summary.finish_reason == mlxd.FinishReason.Stop, answer.summary
 
 
 def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
