@@ -1,5 +1,5 @@
 /**
- * Encoders and decoders for every message of protocol v5, both directions (the client
+ * Encoders and decoders for every message of protocol v6, both directions (the client
  * only sends `ClientMessage` and reads `ServerMessage`; the other two halves let the
  * conformance tests check every vector both ways). Fields are written in the order of
  * PROTOCOL.md §5; a variant's wire tag is its index in the lists of `types.ts`.
@@ -11,6 +11,7 @@ import { InvalidArgumentError } from "./errors.js";
 import { Reader, Writer } from "./wire.js";
 import {
   CLIENT_MESSAGE_TYPES,
+  CONSTRAINT_TYPES,
   ERROR_CODES,
   EVENT_TYPES,
   FINISH_REASONS,
@@ -23,6 +24,7 @@ import {
   SERVER_MESSAGE_TYPES,
   type ChatMessage,
   type ClientMessage,
+  type Constraint,
   type DaemonStatus,
   type EmbedRequest,
   type Embeddings,
@@ -365,6 +367,7 @@ function writeGenerateParams(w: Writer, params: GenerateParams): void {
     w.byteString(stop);
   });
   w.option(params.logprobs, (k) => w.u32(k, "logprobs"));
+  w.option(params.constraint, (constraint) => writeConstraint(w, constraint));
 }
 
 function readGenerateParams(r: Reader): GenerateParams {
@@ -378,7 +381,19 @@ function readGenerateParams(r: Reader): GenerateParams {
     seed: r.option("seed", () => r.u64("seed")),
     stop: r.seq("stop", () => r.byteString("stop[]")),
     logprobs: r.option("logprobs", () => r.u32("logprobs")),
+    constraint: r.option("constraint", () => readConstraint(r)),
   };
+}
+
+function writeConstraint(w: Writer, constraint: Constraint): void {
+  if (constraint === null || typeof constraint !== "object") throw new InvalidArgumentError("Constraint: expected an object");
+  w.tag(tagOf(CONSTRAINT_TYPES, constraint.type, "Constraint"));
+  if (constraint.type !== "JsonObject") w.string(constraint.value, `Constraint.${constraint.type}`);
+}
+
+function readConstraint(r: Reader): Constraint {
+  const type = r.tag(CONSTRAINT_TYPES, "Constraint");
+  return type === "JsonObject" ? { type } : { type, value: r.string(`Constraint.${type}`) };
 }
 
 // ---------------------------------------------------------------------------------------

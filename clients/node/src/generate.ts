@@ -10,6 +10,7 @@ import type { Client } from "./client.js";
 import { InvalidArgumentError, ProtocolError } from "./errors.js";
 import type {
   ChatMessage,
+  Constraint,
   GenerateParams,
   GenerationSummary,
   LoadProgress,
@@ -52,7 +53,29 @@ export interface GenerateParamsInput {
    * (more: `BadRequestError`); see {@link Token.logprobs} [default: null, none, no cost].
    */
   logprobs?: number | null;
+  /**
+   * What the output must be (structured output), enforced token by token: see
+   * {@link ConstraintInput} [default: null, free text].
+   */
+  constraint?: ConstraintInput | null;
 }
+
+/**
+ * A constraint on a generation's output (protocol v6), one key of:
+ * - `jsonSchema`: one JSON value valid against this JSON schema — an object (sent as
+ *   `JSON.stringify` writes it) or the schema's JSON text (sent as is);
+ * - `jsonObject: true`: any JSON object;
+ * - `regex`: text the regular expression matches as a whole;
+ * - `lark`: text a Lark grammar derives from its `start` rule.
+ *
+ * The stream ends "Stop" once the output is complete, "Length" if `max_tokens` comes first.
+ * A constraint the daemon cannot compile is a `BadRequestError` naming the problem.
+ */
+export type ConstraintInput =
+  | { jsonSchema: object | string }
+  | { jsonObject: true }
+  | { regex: string }
+  | { lark: string };
 
 export const DEFAULT_PARAMS: Readonly<Omit<GenerateParams, "stop">> = Object.freeze({
   max_tokens: 256,
@@ -63,6 +86,7 @@ export const DEFAULT_PARAMS: Readonly<Omit<GenerateParams, "stop">> = Object.fre
   repetition_penalty: 1,
   seed: null,
   logprobs: null,
+  constraint: null,
 });
 
 export interface GenerateOptions {
@@ -358,5 +382,37 @@ function generateParams(params: GenerateParamsInput): GenerateParams {
     seed: params.seed ?? null,
     stop,
     logprobs: params.logprobs ?? null,
+    constraint: constraintOf(params.constraint),
   };
+}
+
+const CONSTRAINT_KEYS: readonly string[] = ["jsonSchema", "jsonObject", "regex", "lark"];
+
+/** The wire `Constraint` of a {@link ConstraintInput}, checked: one key, of the right type. */
+function constraintOf(input: ConstraintInput | null | undefined): Constraint | null {
+  if (input === null || input === undefined) return null;
+  const fields: Record<string, unknown> = typeof input === "object" ? { ...input } : {};
+  const keys = Object.keys(fields).filter((key) => fields[key] !== undefined);
+  const [key] = keys;
+  if (keys.length !== 1 || !CONSTRAINT_KEYS.includes(key)) {
+    const got = typeof input === "object" ? `{ ${keys.join(", ")} }` : JSON.stringify(input);
+    throw new InvalidArgumentError(`generate: a constraint has exactly one of ${CONSTRAINT_KEYS.join(", ")}, not ${got}`);
+  }
+  const value = fields[key];
+  if (key === "jsonObject") {
+    if (value !== true) throw new InvalidArgumentError("generate: constraint.jsonObject must be true");
+    return { type: "JsonObject" };
+  }
+  if (key === "jsonSchema" && value !== null && typeof value === "object") {
+    try {
+      return { type: "JsonSchema", value: JSON.stringify(value) };
+    } catch (error) {
+      throw new InvalidArgumentError(`generate: constraint.jsonSchema cannot be written as JSON: ${String(error)}`);
+    }
+  }
+  if (typeof value !== "string") {
+    const expected = key === "jsonSchema" ? "an object or its JSON text" : "a string";
+    throw new InvalidArgumentError(`generate: constraint.${key} must be ${expected}`);
+  }
+  return { type: key === "jsonSchema" ? "JsonSchema" : key === "regex" ? "Regex" : "Lark", value };
 }

@@ -1,5 +1,5 @@
 /**
- * The wire types of mlxd protocol version 5, one for every message in
+ * The wire types of mlxd protocol version 6, one for every message in
  * `proto/src/messages.rs` and `proto/src/error.rs` (see `proto/PROTOCOL.md`, §5).
  *
  * How the Rust types map to TypeScript:
@@ -25,7 +25,7 @@ export type U64 = number | bigint;
 export type I64 = number | bigint;
 
 /** The protocol version this package speaks. */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 /** Most alternatives `GenerateParams.logprobs` may ask for with each token (since v5). */
 export const MAX_TOP_LOGPROBS = 20;
@@ -136,7 +136,19 @@ export interface GenerateParams {
    * and the k most likely tokens' (0..=20; more: `BadRequestError`).
    */
   logprobs: number | null;
+  /** What the output must be (since v6): null = free text. */
+  constraint: Constraint | null;
 }
+
+/**
+ * A constraint on a generation's output, enforced token by token (since v6). Each text is
+ * at most `limits.max_text_bytes`; one the daemon cannot compile is a `BadRequestError`.
+ */
+export type Constraint =
+  | { type: "JsonSchema"; value: string } // one JSON value valid against this schema (its JSON text)
+  | { type: "JsonObject" } // any JSON object
+  | { type: "Regex"; value: string } // text the regular expression matches as a whole
+  | { type: "Lark"; value: string }; // text the Lark grammar derives from its `start` rule
 
 // ---------------------------------------------------------------------------------------
 // Daemon → client
@@ -410,3 +422,4 @@ export const RESPONSE_TYPES: readonly Response["type"][] = [
   "Reranked",
 ];
 export const EVENT_TYPES: readonly Event["type"][] = ["Token", "LoadProgress"];
+export const CONSTRAINT_TYPES: readonly Constraint["type"][] = ["JsonSchema", "JsonObject", "Regex", "Lark"];

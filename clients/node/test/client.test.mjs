@@ -1,7 +1,7 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
 // its validation, a fatal Busy, a Generation's summary without a reader, concurrent
 // next(), complete(), the error classes' names, the exact requests rerank, embedding
-// prompts and logprobs send, and tokens with and without logprobs.
+// prompts, logprobs and constraints send, and tokens with and without logprobs.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -284,7 +284,7 @@ test("logprobs are sent as asked, and each token surfaces its own or null", { ti
     // A negative count cannot be encoded: refused before anything is sent.
     await assert.rejects(client.generate("g", "Hi", { logprobs: -1 }).complete(), InvalidArgumentError);
 
-    const params = (logprobs, max_tokens) => ({ max_tokens, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs });
+    const params = (logprobs, max_tokens) => ({ max_tokens, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs, constraint: null });
     const generate = (model, input, p) => ({ type: "Generate", model, input, params: p, initial_credit: 32, priority: "Interactive", deadline_ms: null });
     assert.deepEqual(
       daemon.received.map((m) => m.body),
@@ -296,6 +296,72 @@ test("logprobs are sent as asked, and each token surfaces its own or null", { ti
         { type: "Release", lease: 9 },
       ],
     );
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("each kind of constraint reaches the wire; an object schema as its JSON text, a string as is", { timeout: TEST_TIMEOUT }, async () => {
+  const schema = { type: "object", properties: { answer: { type: "boolean" } }, required: ["answer"] };
+  const schemaText = '{"type":"object","properties":{"answer":{"type":"boolean"}},"required":["answer"]}';
+  const asGiven = '{ "type": "array",  "items": {"type": "integer"} }';
+  const answers = { JsonSchema: '{"answer":true}', JsonObject: "{}", Regex: "555-0199", Lark: "yes" };
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    const { id, body } = message;
+    const respond = (answer) => send({ type: "Response", id, body: answer });
+    if (body.type === "Generate") {
+      const text = body.params.constraint?.value === asGiven ? "[1]" : answers[body.params.constraint?.type] ?? "free";
+      send({ type: "Event", id, event: { type: "Token", text, token: 42, logprobs: null } });
+      respond({ type: "Generated", finish_reason: "Stop", prompt_tokens: 3, completion_tokens: 1, prompt_tokens_per_s: 10, generation_tokens_per_s: 20, cached_prompt_tokens: 0 });
+    } else if (body.type === "Lease") {
+      respond({ type: "Leased", lease: 9, model: modelInfo("g", "Generation") });
+    } else if (body.type === "Release") {
+      respond({ type: "Released" });
+    }
+  });
+  const client = await connect({ socket: daemon.path, fallback: false });
+  const chat = [{ role: "user", content: "Hi" }];
+  try {
+    const sky = await client.generate("g", "Hi", { max_tokens: 8, temperature: 0, constraint: { jsonSchema: schema } }).complete();
+    assert.deepEqual(JSON.parse(sky.text), { answer: true });
+    assert.equal(sky.summary.finish_reason, "Stop");
+    assert.equal(await client.chat("g", chat, { max_tokens: 8, temperature: 0, constraint: { jsonSchema: asGiven } }).text(), "[1]");
+    assert.equal(await client.generate("g", "Hi", { max_tokens: 8, temperature: 0, constraint: { jsonObject: true } }).text(), "{}");
+    const lease = await client.lease("g");
+    assert.equal(await lease.generate("Hi", { max_tokens: 8, temperature: 0, constraint: { regex: "\\d{3}-\\d{4}" } }).text(), "555-0199");
+    assert.equal(await lease.chat(chat, { max_tokens: 8, temperature: 0, constraint: { lark: 'start: "yes" | "no"' } }).text(), "yes");
+    await lease.close();
+    // null and undefined are no constraint.
+    assert.equal(await client.generate("g", "Hi", { max_tokens: 8, temperature: 0, constraint: null }).text(), "free");
+    // Refused before anything is sent: no key, two keys, a key of the wrong type, an unknown key.
+    for (const bad of [{}, { regex: "a", lark: "b" }, { regex: 5 }, { jsonObject: false }, { jsonSchema: 3 }, { jsonSchema: null }, { grammar: "x" }, "json"]) {
+      await assert.rejects(client.generate("g", "Hi", { constraint: bad }).complete(), InvalidArgumentError, JSON.stringify(bad));
+    }
+
+    const params = (constraint) => ({ max_tokens: 8, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs: null, constraint });
+    const generate = (model, input, constraint) => ({ type: "Generate", model, input, params: params(constraint), initial_credit: 32, priority: "Interactive", deadline_ms: null });
+    const [byName, byLease, raw, chatInput] = [{ type: "Name", value: "g" }, { type: "Lease", value: 9 }, { type: "Raw", value: "Hi" }, { type: "Chat", value: chat }];
+    assert.deepEqual(
+      daemon.received.map((m) => m.body),
+      [
+        generate(byName, raw, { type: "JsonSchema", value: schemaText }),
+        generate(byName, chatInput, { type: "JsonSchema", value: asGiven }),
+        generate(byName, raw, { type: "JsonObject" }),
+        { type: "Lease", model: "g", keep_alive_ms: null },
+        generate(byLease, raw, { type: "Regex", value: "\\d{3}-\\d{4}" }),
+        generate(byLease, chatInput, { type: "Lark", value: 'start: "yes" | "no"' }),
+        { type: "Release", lease: 9 },
+        generate(byName, raw, null),
+      ],
+    );
+    // On the wire: Some (1), JsonSchema (tag 0), the text's length, the JSON text itself.
+    const text = Buffer.from(schemaText);
+    assert.ok(Buffer.from(daemon.bodies[0]).includes(Buffer.concat([Buffer.from([1, 0, text.length]), text])));
+    assert.deepEqual(JSON.parse(schemaText), schema);
+    // JsonObject: Some (1), tag 1 and nothing more; then credit 32, Interactive, no deadline.
+    assert.ok(Buffer.from(daemon.bodies[2]).subarray(-5).equals(Buffer.from([1, 1, 32, 0, 0])));
   } finally {
     await client.close();
     await daemon.close();

@@ -25,8 +25,8 @@ import { tempDir } from "./helpers.mjs";
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 
 test("PROTOCOL.md §8: the Hello and Ping frames, byte for byte", () => {
-  const hello = { type: "Hello", protocol_version: 5, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
-  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0005026162fb2c01fc00000001");
+  const hello = { type: "Hello", protocol_version: 6, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
+  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0006026162fb2c01fc00000001");
   assert.equal(hex(encodeFrame({ type: "Request", id: 5, body: { type: "Ping" } }, 1024)), "00000003010500");
   assert.deepEqual(decodeServerMessage(Uint8Array.from([0x01, 0x05, 0x00])), {
     type: "Response",
@@ -108,6 +108,17 @@ test("values that cannot be encoded are InvalidArgumentErrors", () => {
     assert.throws(() => encodeClientMessage(generate(temperature)), InvalidArgumentError, String(temperature));
   }
   encodeClientMessage(generate(3.4028234663852886e38));
+  // Constraints (since v6): a known variant, with a string where it carries one.
+  const constrained = (constraint) => {
+    const message = generate(0);
+    message.body.params.constraint = constraint;
+    return message;
+  };
+  for (const constraint of [{ type: "Xml" }, { type: "Regex" }, { type: "Lark", value: 5 }, { type: "JsonSchema", value: { type: "object" } }, "JsonObject"]) {
+    assert.throws(() => encodeClientMessage(constrained(constraint)), InvalidArgumentError, JSON.stringify(constraint));
+  }
+  // ... logprobs None, constraint Some(Regex("y|n")) (1, tag 2, 3 bytes), credit 1, Interactive, no deadline.
+  assert.ok(hex(encodeClientMessage(constrained({ type: "Regex", value: "y|n" }))).endsWith("00" + "010203797c6e" + "010000"));
   const f32 = new Writer();
   assert.throws(() => f32.f32(1e39, "v"), /not a finite f32/);
   f32.f32(-0.5, "v");

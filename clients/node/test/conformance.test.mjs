@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
+  CONSTRAINT_TYPES,
   EVENT_TYPES,
   PROTOCOL_VERSION,
   ProtocolError,
@@ -41,8 +42,8 @@ const F32_KEYS = new Set([
 /**
  * serde's externally tagged JSON → this package's shapes (see src/types.ts): a variant is
  * `{ type, ...fields }` when it wraps a struct (or is a struct variant), else
- * `{ type, value }`; a unit variant of a mixed enum (a request or response body) is
- * `{ type }`; all-unit enums stay strings; stop strings are Uint8Arrays and embedding
+ * `{ type, value }`; a unit variant of a mixed enum (a request or response body, a
+ * constraint) is `{ type }`; all-unit enums stay strings; stop strings are Uint8Arrays and embedding
  * vectors a Float32Array.
  */
 function fromSerde(value, key) {
@@ -63,7 +64,7 @@ function fromSerde(value, key) {
     }
     return fields(value);
   }
-  if (typeof value === "string" && key === "body") return { type: value };
+  if (typeof value === "string" && (key === "body" || key === "constraint")) return { type: value };
   if (typeof value === "number") {
     if (F32_KEYS.has(key)) return Math.fround(value);
     // JSON.parse rounds integers beyond 2^53; such a vector needs a lossless parser here.
@@ -115,6 +116,12 @@ test("every message vector decodes to its JSON form and re-encodes byte for byte
     .filter((top) => Array.isArray(top))
     .map((top) => top.length);
   assert.ok(tops.some((n) => n > 0) && tops.includes(0), `Token logprobs vectors: ${tops}`);
+  // Every kind of constraint (since v6).
+  const constraints = vectors.messages
+    .map((vector) => vector.message.Request?.body?.Generate?.params?.constraint)
+    .filter((constraint) => constraint !== undefined && constraint !== null)
+    .map((constraint) => (typeof constraint === "string" ? constraint : Object.keys(constraint)[0]));
+  assert.deepEqual([...new Set(constraints)].sort(), [...CONSTRAINT_TYPES].sort(), `constraint vectors: ${constraints}`);
 });
 
 test("every varint vector decodes to its value (number when safe, bigint beyond) and back", () => {

@@ -1,6 +1,6 @@
 // End to end against the real daemon and MLX workers: one `mlxd serve` shared by every
 // test in this file (each test cleans up the leases it takes), serving the fixture models
-// for named embedding prompts and reranking too.
+// for named embedding prompts and reranking too; structured output on smollm2.
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { after, before, test } from "node:test";
@@ -246,6 +246,39 @@ test("greedy logprobs: each token's logprob <= 0, k alternatives best first, the
     const whole = await smollm2.chat(messages, { max_tokens: 4, temperature: 0, logprobs: 3 }).complete();
     assert.deepEqual(whole.logprobs.map((l) => l.top[0].token), whole.tokens);
     await assert.rejects(smollm2.chat(messages, { max_tokens: 4, logprobs: 21 }).text(), BadRequestError);
+  } finally {
+    await smollm2.close();
+  }
+});
+
+test("structured output: a JSON schema and a regex hold and end Stop; a schema that cannot compile is BadRequest", { timeout: TEST_TIMEOUT }, async () => {
+  const schema = { type: "object", properties: { answer: { type: "boolean" } }, required: ["answer"], additionalProperties: false };
+  const sky = await client
+    .chat("smollm2", [{ role: "user", content: "Is the sky blue? Answer in JSON." }], { max_tokens: 60, temperature: 0, constraint: { jsonSchema: schema } })
+    .complete();
+  const value = JSON.parse(sky.text);
+  assert.deepEqual(Object.keys(value), ["answer"], sky.text);
+  assert.equal(typeof value.answer, "boolean", sky.text);
+  assert.equal(sky.summary.finish_reason, "Stop");
+
+  const smollm2 = await client.lease("smollm2");
+  try {
+    const phone = await smollm2
+      .chat([{ role: "user", content: "A phone number?" }], { max_tokens: 60, temperature: 0, constraint: { regex: "\\d{3}-\\d{4}" } })
+      .complete();
+    // The daemon's regexes are Rust's (llguidance): `\d` is any Unicode decimal digit (greedy
+    // smollm2 writes U+1FBF8, SEGMENTED DIGIT EIGHT), JavaScript's only ASCII ones.
+    assert.match(phone.text, /^\p{Nd}{3}-\p{Nd}{4}$/u);
+    assert.equal(phone.summary.finish_reason, "Stop");
+    const ascii = await smollm2
+      .chat([{ role: "user", content: "A phone number?" }], { max_tokens: 60, temperature: 0, constraint: { regex: "[0-9]{3}-[0-9]{4}" } })
+      .complete();
+    assert.match(ascii.text, /^[0-9]{3}-[0-9]{4}$/);
+    assert.equal(ascii.summary.finish_reason, "Stop");
+    await assert.rejects(
+      smollm2.generate("x", { max_tokens: 4, constraint: { jsonSchema: { type: "frob" } } }).text(),
+      (error) => error instanceof BadRequestError && /frob/.test(error.message),
+    );
   } finally {
     await smollm2.close();
   }

@@ -22,6 +22,8 @@ export async function fakeDaemon(onMessage) {
   const path = `${dir}/fake.sock`;
   /** Every client message received after the Hello, in order. */
   const received = [];
+  /** Their frame bodies, as they came. */
+  const bodies = [];
   const sockets = new Set();
   const server = createServer((socket) => {
     sockets.add(socket);
@@ -44,6 +46,7 @@ export async function fakeDaemon(onMessage) {
           send({ type: "Welcome", protocol_version: PROTOCOL_VERSION, daemon_version: "fake", session_id: 1, limits: LIMITS });
         } else {
           received.push(message);
+          bodies.push(Uint8Array.from(body));
           onMessage(message, send);
         }
       }
@@ -53,6 +56,7 @@ export async function fakeDaemon(onMessage) {
   return {
     path,
     received,
+    bodies,
     async close() {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));

@@ -7,7 +7,9 @@ streams and model leases over the daemon's Unix socket (or a private ``mlxd stdi
 - :mod:`mlxd._async`: :class:`AsyncClient`, :class:`AsyncModel`, :class:`AsyncGenerationStream`.
 - :mod:`mlxd._base`: what both share: request building, answers, credit bookkeeping.
 - :mod:`mlxd._connect`: socket path, server credentials check, stdio fallback, retries.
-- :mod:`mlxd.protocol`: the wire types (dataclasses), encode/decode of frame bodies.
+- :mod:`mlxd.protocol`: the wire types (dataclasses), encode/decode of frame bodies;
+  also the generation constraints :class:`JsonSchema`, :class:`JsonObject`,
+  :class:`Regex` and :class:`Lark` (structured output, ``constraint=``).
 - :mod:`mlxd._codec`: bincode (standard configuration) and framing, by hand.
 - :mod:`mlxd.errors`: the exceptions, one per daemon ErrorCode.
 
@@ -56,17 +58,22 @@ from .errors import (
 from .protocol import (
     PROTOCOL_VERSION,
     ChatMessage,
+    Constraint,
     DaemonStatus,
     Embeddings,
     ErrorCode,
     FinishReason,
     GenerationSummary,
+    JsonObject,
+    JsonSchema,
+    Lark,
     LoadProgress,
     LoadStage,
     ModelInfo,
     ModelKind,
     ModelState,
     Priority,
+    Regex,
     Reranked,
     RerankResult,
     Token,
@@ -89,6 +96,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeoutError",
     "ConnectionClosedError",
+    "Constraint",
     "DaemonError",
     "DaemonStatus",
     "DecodeError",
@@ -102,6 +110,9 @@ __all__ = [
     "GenerationSummary",
     "InternalError",
     "InvalidLeaseError",
+    "JsonObject",
+    "JsonSchema",
+    "Lark",
     "LoadProgress",
     "LoadStage",
     "LoadingError",
@@ -117,6 +128,7 @@ __all__ = [
     "OutOfMemoryError",
     "Priority",
     "ProtocolError",
+    "Regex",
     "RequestCancelledError",
     "RequestTimeoutError",
     "RerankResult",

@@ -49,6 +49,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     Cancel,
     ClientMessage,
+    Constraint,
     Credit,
     DaemonStatus,
     DetokenizeRequest,
@@ -586,6 +587,7 @@ class AsyncClient:
         deadline_ms: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
         logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
     ) -> "AsyncGenerationStream":
         """Starts a generation: ``async for token in await client.generate(...)``. See
         :meth:`mlxd.Client.generate` for the parameters."""
@@ -604,16 +606,23 @@ class AsyncClient:
             deadline_ms=deadline_ms,
             window=window,
             logprobs=logprobs,
+            constraint=constraint,
         )
         connection = await self._connected()
         request_id = await connection.start(request)
         return AsyncGenerationStream(connection, request_id, window)
 
     async def chat(
-        self, model: ModelLike, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+        self,
+        model: ModelLike,
+        messages: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
     ) -> Completion:
         """The whole answer to ``messages``; see :meth:`mlxd.Client.chat`."""
-        async with await self.generate(model, messages, logprobs=logprobs, **params) as stream:
+        async with await self.generate(model, messages, logprobs=logprobs, constraint=constraint, **params) as stream:
             return await stream.complete()
 
 
@@ -740,12 +749,24 @@ class AsyncModel(HasLease):
         return await self.client.detokenize(self, tokens)
 
     async def generate(
-        self, prompt: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
     ) -> "AsyncGenerationStream":
-        return await self.client.generate(self, prompt, logprobs=logprobs, **params)
+        return await self.client.generate(self, prompt, logprobs=logprobs, constraint=constraint, **params)
 
-    async def chat(self, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> Completion:
-        return await self.client.chat(self, messages, logprobs=logprobs, **params)
+    async def chat(
+        self,
+        messages: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
+    ) -> Completion:
+        return await self.client.chat(self, messages, logprobs=logprobs, constraint=constraint, **params)
 
 
 class AsyncGenerationStream(AsyncIterator[Token]):

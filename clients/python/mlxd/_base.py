@@ -29,6 +29,7 @@ from .protocol import (
     ByName,
     Chat,
     ChatMessage,
+    Constraint,
     DetokenizeRequest,
     EmbedRequest,
     Embeddings,
@@ -36,6 +37,9 @@ from .protocol import (
     GenerateRequest,
     GenerationSummary,
     Hello,
+    JsonObject,
+    JsonSchema,
+    Lark,
     ListModelsRequest,
     LoadProgress,
     ModelRef,
@@ -43,6 +47,7 @@ from .protocol import (
     Priority,
     PromptInput,
     Raw,
+    Regex,
     RequestBody,
     RerankRequest,
     ResponseBody,
@@ -140,6 +145,10 @@ def rerank_request(
     return RerankRequest(model_ref(model), query, texts_list(documents), top_n, Priority(priority), deadline_ms)
 
 
+#: The classes of :data:`Constraint` (the codec writes these exactly, not subclasses).
+CONSTRAINTS = (JsonSchema, JsonObject, Regex, Lark)
+
+
 def generate_request(
     model: ModelLike,
     prompt: PromptLike,
@@ -156,9 +165,15 @@ def generate_request(
     deadline_ms: Optional[int],
     window: int,
     logprobs: Optional[int] = None,
+    constraint: Optional[Constraint] = None,
 ) -> GenerateRequest:
     if window < 1:
         raise ValueError("window must be at least 1: a stream without credit never produces a token")
+    if constraint is not None and type(constraint) not in CONSTRAINTS:
+        raise TypeError(
+            "a constraint is mlxd.JsonSchema(schema), mlxd.JsonObject(), mlxd.Regex(pattern) or "
+            f"mlxd.Lark(grammar), not {constraint!r}"
+        )
     if isinstance(stop, (str, bytes)):
         stop = [stop]
     params = GenerateParams(
@@ -171,6 +186,7 @@ def generate_request(
         seed=seed,
         stop=[s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop],
         logprobs=logprobs,
+        constraint=constraint,
     )
     return GenerateRequest(model_ref(model), prompt_input(prompt), params, window, Priority(priority), deadline_ms)
 

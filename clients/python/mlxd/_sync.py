@@ -53,6 +53,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     Cancel,
     ClientMessage,
+    Constraint,
     Credit,
     DaemonStatus,
     DetokenizeRequest,
@@ -729,13 +730,18 @@ class Client:
         deadline_ms: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
         logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
     ) -> "GenerationStream":
         """Starts a generation and returns its stream of :class:`Token` s. ``prompt`` is a
         raw prompt (str, used as is) or chat messages (rendered with the model's chat
         template). ``temperature=0`` is greedy. ``window``: events the daemon may send
         ahead of the reader (credit is granted back as tokens are read). ``logprobs=k``
         (0 to 20): each token comes with its log probability and the ``k`` most likely
-        alternatives (:attr:`Token.logprobs`); None (the default): none, at no cost."""
+        alternatives (:attr:`Token.logprobs`); None (the default): none, at no cost.
+        ``constraint``: what the output must be (structured output): ``JsonSchema(schema)``
+        (a dict, or its JSON text), ``JsonObject()``, ``Regex(pattern)`` (matched as a
+        whole) or ``Lark(grammar)``; the stream ends Stop once the output is complete. One
+        the daemon cannot compile is a :class:`BadRequestError`."""
         request = _base.generate_request(
             model,
             prompt,
@@ -751,17 +757,24 @@ class Client:
             deadline_ms=deadline_ms,
             window=window,
             logprobs=logprobs,
+            constraint=constraint,
         )
         request_id = self._connection.start(request)
         return GenerationStream(self._connection, request_id, window)
 
     def chat(
-        self, model: ModelLike, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any
+        self,
+        model: ModelLike,
+        messages: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
     ) -> Completion:
         """Generates a whole answer to ``messages`` (chat messages, or a raw prompt) and
         returns it with its summary (and with ``logprobs=k``, each token's log
-        probabilities). Takes the parameters of :meth:`generate`."""
-        with self.generate(model, messages, logprobs=logprobs, **params) as stream:
+        probabilities). Takes the parameters of :meth:`generate` (``constraint=`` too)."""
+        with self.generate(model, messages, logprobs=logprobs, constraint=constraint, **params) as stream:
             return stream.complete()
 
 
@@ -873,13 +886,27 @@ class Model(HasLease):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.client.detokenize(self, tokens)
 
-    def generate(self, prompt: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> "GenerationStream":
+    def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
+    ) -> "GenerationStream":
         """See :meth:`Client.generate`."""
-        return self.client.generate(self, prompt, logprobs=logprobs, **params)
+        return self.client.generate(self, prompt, logprobs=logprobs, constraint=constraint, **params)
 
-    def chat(self, messages: PromptLike, *, logprobs: Optional[int] = None, **params: Any) -> Completion:
+    def chat(
+        self,
+        messages: PromptLike,
+        *,
+        logprobs: Optional[int] = None,
+        constraint: Optional[Constraint] = None,
+        **params: Any,
+    ) -> Completion:
         """See :meth:`Client.chat`."""
-        return self.client.chat(self, messages, logprobs=logprobs, **params)
+        return self.client.chat(self, messages, logprobs=logprobs, constraint=constraint, **params)
 
 
 class GenerationStream(Iterator[Token]):

@@ -1,4 +1,4 @@
-"""The wire types of the mlxd protocol (version 5), as in ``proto/PROTOCOL.md``.
+"""The wire types of the mlxd protocol (version 6), as in ``proto/PROTOCOL.md``.
 
 Structs are frozen dataclasses whose fields are in wire order; enums whose variants carry
 nothing are :class:`enum.IntEnum` (value = wire tag, name = the Rust variant's name);
@@ -18,6 +18,8 @@ one that wraps any other value is a small class with one field (``Response::Toke
   :class:`RerankRequest`
 - ``ModelRef``: ``Name`` → :class:`ByName`, ``Lease`` → :class:`ByLease`
 - ``PromptInput``: :class:`Raw` · :class:`Chat`
+- ``Constraint`` (since v6): :class:`JsonSchema` · :class:`JsonObject` · :class:`Regex` ·
+  :class:`Lark`
 - ``ServerMessage``: ``Welcome`` · ``Response`` · ``Event`` · ``Error`` · ``Fatal``
 - ``Response`` (:data:`ResponseBody`): :class:`Pong`, ``Status`` → :class:`DaemonStatus`,
   :class:`Models`, ``Leased`` → :class:`LeaseInfo`, :class:`Released`,
@@ -32,13 +34,14 @@ from __future__ import annotations
 import array
 import dataclasses
 import enum
-from typing import Optional, Sequence, Union
+import json
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from . import _codec
 from ._codec import Variant, f32, f32s, i64, u32, u64, variants
 
 #: The protocol version this package speaks.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: Most stream events the daemon holds for one stream at a time.
 MAX_STREAM_CREDIT = 4096
@@ -127,13 +130,66 @@ class ChatMessage:
     content: str
 
 
+# -- Constraint (since v6) -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class JsonSchema(Variant):
+    """``Constraint::JsonSchema``: the output is one JSON value valid against this JSON
+    schema. ``schema`` is the schema's JSON text; a mapping is written as JSON here
+    (``json.dumps``), a str is sent as is (the daemon refuses one that is not JSON)."""
+
+    NEWTYPE = True
+    schema: str
+
+    def __init__(self, schema: Union[str, Mapping[str, Any]]) -> None:
+        if isinstance(schema, Mapping):
+            text = json.dumps(dict(schema), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        elif isinstance(schema, str):
+            text = schema
+        else:
+            raise TypeError(f"a JSON schema is a mapping or its JSON text, not {schema!r}")
+        object.__setattr__(self, "schema", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonObject(Variant):
+    """``Constraint::JsonObject``: the output is one JSON object (any)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Regex(Variant):
+    """``Constraint::Regex``: the output is text this regular expression matches as a
+    whole (llguidance's syntax, close to Rust's ``regex``; no anchors needed)."""
+
+    NEWTYPE = True
+    pattern: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Lark(Variant):
+    """``Constraint::Lark``: the output is text this grammar derives from its ``start``
+    rule (Lark syntax, as llguidance takes it)."""
+
+    NEWTYPE = True
+    grammar: str
+
+
+#: What a generation's output must be (``GenerateParams.constraint``, since v6). The daemon
+#: masks each step's tokens to those that keep the output possible; a constraint it cannot
+#: compile (a schema that is not JSON, a bad regex) is a BadRequest.
+Constraint = Union[JsonSchema, JsonObject, Regex, Lark]
+variants("Constraint", ("JsonSchema", JsonSchema), ("JsonObject", JsonObject), ("Regex", Regex), ("Lark", Lark))
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateParams:
     """Sampling parameters. Neutral values: ``top_p`` 1.0, ``top_k`` 0, ``min_p`` 0.0,
     ``repetition_penalty`` 1.0, no seed, no stop strings; ``temperature`` 0 is greedy
     (and then the sampling filters and the seed do nothing). ``logprobs`` (since v5): None
     = off (no cost); k = each token's log probability and the k most likely alternatives
-    (0 to :data:`MAX_TOP_LOGPROBS`; more is a BadRequest)."""
+    (0 to :data:`MAX_TOP_LOGPROBS`; more is a BadRequest). ``constraint`` (since v6): None
+    = free text; else what the output must be (:data:`Constraint`)."""
 
     max_tokens: u32 = 256
     temperature: f32 = 0.7
@@ -144,6 +200,7 @@ class GenerateParams:
     seed: Optional[u64] = None
     stop: list[bytes] = dataclasses.field(default_factory=list)
     logprobs: Optional[u32] = None  # since v5
+    constraint: Optional[Constraint] = None  # since v6
 
 
 @dataclasses.dataclass(frozen=True)

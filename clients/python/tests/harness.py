@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,6 +201,38 @@ def check_greedy_logprobs(with_logprobs: Sequence[mlxd.Token], without: Sequence
     assert all(token.logprobs is None for token in without)
 
 
+#: Structured output against smollm2 (greedy, 60 tokens at most): a JSON schema, a regex,
+#: and a schema the daemon cannot compile.
+SKY_PROMPT = [("user", "Is the sky blue? Answer in JSON.")]
+SKY_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "boolean"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+PHONE_PROMPT = [("user", "A phone number?")]
+PHONE_PATTERN = r"\d{3}-\d{4}"
+ASCII_PHONE_PATTERN = "[0-9]{3}-[0-9]{4}"
+BAD_SCHEMA = {"type": "frob"}
+
+
+def check_sky_answer(answer: mlxd.Completion) -> None:
+    """The answer to :data:`SKY_PROMPT` under :data:`SKY_SCHEMA`: one JSON object with a
+    boolean ``answer`` and nothing else, complete (Stop)."""
+    value = json.loads(answer.text)
+    assert isinstance(value, dict) and list(value) == ["answer"], answer.text
+    assert isinstance(value["answer"], bool), answer.text
+    assert answer.summary.finish_reason == mlxd.FinishReason.Stop, answer.summary
+
+
+def check_phone_answer(answer: mlxd.Completion, pattern: str = PHONE_PATTERN) -> None:
+    """The answer to :data:`PHONE_PROMPT` under ``pattern``: matched as a whole, complete
+    (Stop: nothing may follow). ``\\d`` is any Unicode digit both here and in the daemon's
+    (Rust) regexes: greedy smollm2 writes U+1FBF8 SEGMENTED DIGIT EIGHT for it."""
+    assert re.fullmatch(pattern, answer.text), answer.text
+    assert answer.summary.finish_reason == mlxd.FinishReason.Stop, answer.summary
+
+
 def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
     deadline = time.monotonic() + within
     while True:
@@ -255,10 +289,13 @@ class FakeSession:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.settimeout(10)
+        #: The body of the last frame :meth:`receive` read, as it came.
+        self.last_body = b""
 
     def receive(self) -> protocol.ClientMessage:
         length = _codec.body_length(self._exactly(4), 1 << 30)
-        return protocol.decode_client(self._exactly(length))
+        self.last_body = self._exactly(length)
+        return protocol.decode_client(self.last_body)
 
     def _exactly(self, count: int) -> bytes:
         data = b""

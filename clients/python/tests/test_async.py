@@ -1,6 +1,6 @@
 """The asyncio client against the shared daemon: the same requests, streams, credit and
-errors as the blocking client, from many tasks on one connection; logprobs; rerank and
-embedding prompts on the fixture models."""
+errors as the blocking client, from many tasks on one connection; logprobs; structured
+output; rerank and embedding prompts on the fixture models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,19 @@ from typing import Any, Coroutine, TypeVar
 import pytest
 
 import mlxd
-from harness import Daemon, check_greedy_logprobs, cosine, model_named
+from harness import (
+    BAD_SCHEMA,
+    PHONE_PATTERN,
+    PHONE_PROMPT,
+    SKY_PROMPT,
+    SKY_SCHEMA,
+    Daemon,
+    check_greedy_logprobs,
+    check_phone_answer,
+    check_sky_answer,
+    cosine,
+    model_named,
+)
 
 T = TypeVar("T")
 
@@ -91,6 +103,18 @@ def test_generation_stream_credit_and_cancel(daemon: Daemon) -> None:
             check_greedy_logprobs(with_logprobs, without, 3)
             answer = await client.chat("smollm2", prompt, temperature=0, max_tokens=4, logprobs=3)
             assert [logprobs.top[0].token for logprobs in answer.logprobs] == answer.tokens
+
+            # Structured output, as the blocking client checks it: a JSON schema and a
+            # regex (by lease and by name, at once), a schema that cannot compile.
+            schema, pattern = mlxd.JsonSchema(SKY_SCHEMA), mlxd.Regex(PHONE_PATTERN)
+            sky, phone = await asyncio.gather(
+                smollm2.chat(SKY_PROMPT, temperature=0, max_tokens=60, constraint=schema),
+                client.chat("smollm2", PHONE_PROMPT, temperature=0, max_tokens=60, constraint=pattern),
+            )
+            check_sky_answer(sky)
+            check_phone_answer(phone)
+            with pytest.raises(mlxd.BadRequestError, match="frob"):
+                await smollm2.chat("x", max_tokens=4, constraint=mlxd.JsonSchema(BAD_SCHEMA))
 
             # A reader that stops holds exactly its window.
             stream = await smollm2.generate("One, two, three,", temperature=0, max_tokens=12, window=3)

@@ -75,7 +75,16 @@ def test_every_message_type_has_a_vector() -> None:
 
     for vector in DATA["messages"]:
         walk(vector["message"])
-    for enum_name in ("ClientMessage", "Request", "ServerMessage", "Response", "Event", "ModelRef", "PromptInput"):
+    for enum_name in (
+        "ClientMessage",
+        "Request",
+        "ServerMessage",
+        "Response",
+        "Event",
+        "ModelRef",
+        "PromptInput",
+        "Constraint",
+    ):
         for cls in _codec._ENUMS[enum_name]:
             assert cls.NAME in seen, f"{enum_name}::{cls.NAME} has no vector"
     for code in protocol.ErrorCode:

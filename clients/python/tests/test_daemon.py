@@ -1,7 +1,7 @@
 """The blocking client against the real daemon (one shared by the session unless a test
 needs other settings): embeddings against sentence-transformers, named embedding prompts
-and reranking on the fixture models, greedy generation against mlxctl, logprobs, cancel, credit,
-leases, Busy, typed errors, the README and the benchmark."""
+and reranking on the fixture models, greedy generation against mlxctl, logprobs, structured
+output, cancel, credit, leases, Busy, typed errors, the README and the benchmark."""
 
 from __future__ import annotations
 
@@ -18,9 +18,17 @@ import pytest
 
 import mlxd
 from harness import (
+    ASCII_PHONE_PATTERN,
+    BAD_SCHEMA,
     PACKAGE_DIR,
+    PHONE_PATTERN,
+    PHONE_PROMPT,
+    SKY_PROMPT,
+    SKY_SCHEMA,
     Daemon,
     check_greedy_logprobs,
+    check_phone_answer,
+    check_sky_answer,
     child_env,
     cosine,
     eventually,
@@ -161,6 +169,21 @@ def test_greedy_logprobs(client: mlxd.Client) -> None:
 
     with pytest.raises(mlxd.BadRequestError):
         client.chat("smollm2", prompt, max_tokens=4, logprobs=21)  # more than 20 alternatives
+
+
+def test_structured_output(client: mlxd.Client) -> None:
+    schema = mlxd.JsonSchema(SKY_SCHEMA)
+    check_sky_answer(client.chat("smollm2", SKY_PROMPT, temperature=0, max_tokens=60, constraint=schema))
+    with client.lease("smollm2") as smollm2:
+        phone = mlxd.Regex(PHONE_PATTERN)
+        with smollm2.generate(PHONE_PROMPT, temperature=0, max_tokens=60, constraint=phone) as stream:
+            check_phone_answer(stream.complete())
+        ascii_digits = mlxd.Regex(ASCII_PHONE_PATTERN)
+        answer = smollm2.chat(PHONE_PROMPT, temperature=0, max_tokens=60, constraint=ascii_digits)
+        check_phone_answer(answer, ASCII_PHONE_PATTERN)
+        assert answer.text.isascii(), answer.text
+    with pytest.raises(mlxd.BadRequestError, match="frob"):
+        client.chat("smollm2", "x", max_tokens=4, constraint=mlxd.JsonSchema(BAD_SCHEMA))
 
 
 def test_cancel_mid_stream(daemon: Daemon, client: mlxd.Client) -> None:

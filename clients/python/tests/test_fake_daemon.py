@@ -1,13 +1,14 @@
 """Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
 cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
 sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
-Hello, the exact requests rerank, embedding prompts and logprobs= send (and a Busy rerank
-retried), Token events with and without logprobs surfaced; and the blocking client's
-reading of frames split anywhere (on a socketpair)."""
+Hello, the exact requests rerank, embedding prompts, logprobs= and constraint= send (and a
+Busy rerank retried), Token events with and without logprobs surfaced; and the blocking
+client's reading of frames split anywhere (on a socketpair)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import tempfile
@@ -383,5 +384,97 @@ def test_logprobs_are_asked_for_and_surfaced(fakes: List[FakeDaemon]) -> None:
             async with client.lease("g") as model:
                 first = [token async for token in await model.generate("Hi", max_tokens=1, temperature=0, logprobs=0)]
                 assert [token.logprobs for token in first] == [ALONE]
+
+    asyncio.run(asyncio.wait_for(over_async(), 30))
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"]}
+SCHEMA_TEXT = '{"type":"object","properties":{"answer":{"type":"boolean"}},"required":["answer"]}'
+SCHEMA_AS_GIVEN = '{ "type": "array",  "items": {"type": "integer"} }'
+YES_NO = 'start: "yes" | "no"'
+STOPPED = protocol.GenerationSummary(protocol.FinishReason.Stop, 3, 4, 10.0, 20.0, 0)
+
+
+def constrained(
+    session: FakeSession,
+    request_id: int,
+    model: protocol.ModelRef,
+    prompt: protocol.PromptInput,
+    constraint: protocol.Constraint,
+    answer: str,
+) -> bytes:
+    """Receives the generation ``constraint=`` must send, answers ``answer``; the body as sent."""
+    params = protocol.GenerateParams(max_tokens=8, temperature=0.0, constraint=constraint)
+    expected = protocol.GenerateRequest(model, prompt, params, 32)
+    assert session.receive() == protocol.Request(request_id, expected)
+    session.send(protocol.Event(request_id, protocol.Token(answer, 42)))
+    session.send(protocol.Response(request_id, STOPPED))
+    return session.last_body
+
+
+def constraint_session(session: FakeSession) -> None:
+    """What both clients must send for each kind of ``constraint=`` (by name and by lease,
+    generate and chat): each variant reaches the wire, a dict schema as its JSON text and a
+    str schema as is."""
+    by_name, raw, chat = protocol.ByName("g"), protocol.Raw("Hi"), protocol.Chat([protocol.ChatMessage("user", "Hi")])
+    body = constrained(session, 1, by_name, raw, protocol.JsonSchema(SCHEMA_TEXT), '{"answer":true}')
+    # Option Some, Constraint tag 0 (JsonSchema), the text's length, the text.
+    text = SCHEMA_TEXT.encode()
+    assert bytes([1, 0, len(text)]) + text in body
+    assert json.loads(text) == SCHEMA
+    body = constrained(session, 2, by_name, chat, protocol.JsonSchema(SCHEMA_AS_GIVEN), "[1]")
+    assert SCHEMA_AS_GIVEN.encode() in body
+    body = constrained(session, 3, by_name, raw, protocol.JsonObject(), "{}")
+    # The params end with Some(JsonObject) (tag 1, nothing more); then credit 32,
+    # Interactive, no deadline.
+    assert body.endswith(b"\x01\x01\x20\x00\x00")
+    assert session.receive() == protocol.Request(4, protocol.LeaseRequest("g"))
+    info = model_info("g", protocol.ModelKind.Generation, [], None)
+    session.send(protocol.Response(4, protocol.LeaseInfo(9, info)))
+    by_lease = protocol.ByLease(9)
+    constrained(session, 5, by_lease, raw, protocol.Regex(r"\d{3}-\d{4}"), "555-0199")
+    constrained(session, 6, by_lease, chat, protocol.Lark(YES_NO), "yes")
+    assert session.receive() == protocol.Request(7, protocol.ReleaseRequest(9))
+    session.send(protocol.Response(7, protocol.Released()))
+    session.wait_for_the_end()
+
+
+def test_constraints_reach_the_wire(fakes: List[FakeDaemon]) -> None:
+    assert mlxd.JsonSchema(SCHEMA) == mlxd.JsonSchema(SCHEMA_TEXT), "a dict is sent as its JSON text"
+    assert mlxd.JsonSchema(SCHEMA_AS_GIVEN).schema == SCHEMA_AS_GIVEN
+    with pytest.raises(TypeError):
+        mlxd.JsonSchema(42)  # type: ignore[arg-type]
+    as_given, phone, yes_no = mlxd.JsonSchema(SCHEMA_AS_GIVEN), mlxd.Regex(r"\d{3}-\d{4}"), mlxd.Lark(YES_NO)
+    fake = fake_daemon(fakes, constraint_session)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        stream = client.generate("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonSchema(SCHEMA))
+        assert json.loads(stream.text()) == {"answer": True}
+        assert stream.summary == STOPPED
+        with pytest.raises(TypeError, match="constraint"):
+            client.generate("g", "Hi", max_tokens=8, temperature=0, constraint="json")  # type: ignore[arg-type]
+        assert client.chat("g", [("user", "Hi")], max_tokens=8, temperature=0, constraint=as_given).text == "[1]"
+        assert client.chat("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonObject()).text == "{}"
+        with client.lease("g") as model:
+            assert model.generate("Hi", max_tokens=8, temperature=0, constraint=phone).text() == "555-0199"
+            answer = model.chat([("user", "Hi")], max_tokens=8, temperature=0, constraint=yes_no)
+            assert answer.text == "yes" and answer.summary.finish_reason == mlxd.FinishReason.Stop
+
+    fake = fake_daemon(fakes, constraint_session)
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False) as client:
+            stream = await client.generate("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonSchema(SCHEMA))
+            assert json.loads(await stream.text()) == {"answer": True}
+            with pytest.raises(TypeError, match="constraint"):
+                await client.generate("g", "Hi", constraint=mlxd.Regex)  # type: ignore[arg-type]
+            answer = await client.chat("g", [("user", "Hi")], max_tokens=8, temperature=0, constraint=as_given)
+            assert answer.text == "[1]"
+            answer = await client.chat("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonObject())
+            assert answer.text == "{}"
+            async with client.lease("g") as model:
+                stream = await model.generate("Hi", max_tokens=8, temperature=0, constraint=phone)
+                assert await stream.text() == "555-0199"
+                answer = await model.chat([("user", "Hi")], max_tokens=8, temperature=0, constraint=yes_no)
+                assert answer.text == "yes"
 
     asyncio.run(asyncio.wait_for(over_async(), 30))
