@@ -16,9 +16,7 @@ Usage: .venv/bin/python bench/constrained.py [--rounds R] [--max-tokens T] [--bi
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import socket as socketlib
 import statistics
 import sys
 import threading
@@ -27,17 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import ROOT, machine, private_daemon, save_result, write_section  # noqa: E402
+from http_api import PROMPTS, UnixHTTPConnection  # noqa: E402
 
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how a bicycle stays upright.",
-    "Describe the water cycle to a child.",
-    "What makes a good cup of tea?",
-    "Tell me about the history of the printing press.",
-    "Why is the sky blue?",
-    "Give advice to someone learning to cook.",
-    "Describe a walk through a forest in autumn.",
-]
 # Long enough for max_tokens: a title and a free text field.
 SCHEMA = {
     "type": "object",
@@ -45,16 +34,6 @@ SCHEMA = {
     "required": ["title", "text"],
     "additionalProperties": False,
 }
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=600)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-        self.sock.connect(self.path)
 
 
 def stream(socket: Path, prompt: str, max_tokens: int, constrained: bool) -> tuple[int, float]:
