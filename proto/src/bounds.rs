@@ -20,12 +20,15 @@ use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::frame::FrameError;
-use crate::messages::{ChatMessage, Limits};
+use crate::messages::{ChatMessage, Limits, Tool, ToolCall};
 
 /// Most messages in one chat prompt.
 pub const MAX_CHAT_MESSAGES: u32 = 1024;
 /// Most token ids in one `Detokenize` (as many as the longest text has bytes by default).
 pub const MAX_DETOKENIZE_TOKENS: u32 = 65_536;
+/// Most tools in one generation request, and most tool calls in one chat message
+/// (OpenAI's limit on tools).
+pub const MAX_TOOLS: u32 = 128;
 /// Most stop strings in one generation request.
 pub const MAX_STOP_STRINGS: u32 = 16;
 /// Longest stop string, in bytes.
@@ -36,8 +39,9 @@ pub const MAX_TEXTS_CEILING: u32 = 65_536;
 pub const MAX_DECODED_ELEMENTS: u32 = 1 << 17;
 /// A decoded client message costs at most this many times its frame's bytes ...
 pub const MAX_DECODE_AMPLIFICATION: usize = 8;
-/// ... plus this many bytes (the element overhead the counts above allow).
-pub const MAX_DECODE_OVERHEAD: usize = 8 << 20;
+/// ... plus this many bytes (the element overhead the counts above allow: at most
+/// `MAX_DECODED_ELEMENTS` elements of at most 128 bytes, a chat message being the largest).
+pub const MAX_DECODE_OVERHEAD: usize = 16 << 20;
 
 /// The counts one decode may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,8 @@ enum Kind {
     Messages,
     Tokens,
     StopStrings,
+    Tools,
+    ToolCalls,
 }
 
 impl Kind {
@@ -84,6 +90,8 @@ impl Kind {
             Kind::Messages => (limits.max_messages, "chat messages in one prompt"),
             Kind::Tokens => (limits.max_tokens, "tokens in one Detokenize"),
             Kind::StopStrings => (limits.max_stop_strings, "stop strings"),
+            Kind::Tools => (MAX_TOOLS, "tools in one request"),
+            Kind::ToolCalls => (MAX_TOOLS, "tool calls in one chat message"),
         }
     }
 }
@@ -188,6 +196,14 @@ pub(crate) fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Err
     bounded(d, Kind::Tokens)
 }
 
+pub(crate) fn tools<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Tool>, D::Error> {
+    bounded(d, Kind::Tools)
+}
+
+pub(crate) fn tool_calls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ToolCall>, D::Error> {
+    bounded(d, Kind::ToolCalls)
+}
+
 pub(crate) fn stop_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
     bounded(d, Kind::StopStrings)
 }
@@ -199,7 +215,7 @@ mod tests {
     use crate::messages::*;
 
     fn chat(messages: usize) -> ClientMessage {
-        let message = ChatMessage { role: String::new(), content: String::new() };
+        let message = ChatMessage::new("", "");
         ClientMessage::Request {
             id: 7,
             body: Request::Generate(GenerateRequest {
@@ -228,6 +244,32 @@ mod tests {
         forged.push(253);
         forged.extend_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(matches!(decode_body::<ClientMessage>(&forged), Err(FrameError::OverLimit(_))));
+    }
+
+    #[test]
+    fn tools_and_tool_calls_over_their_cap_are_refused() {
+        let tool = Tool { name: String::new(), description: String::new(), parameters: String::new() };
+        let call = ToolCall { id: String::new(), name: String::new(), arguments: String::new() };
+        let generate = |tools: usize, calls: usize| {
+            let message = ChatMessage { tool_calls: vec![call.clone(); calls], ..ChatMessage::new("assistant", "") };
+            ClientMessage::Request {
+                id: 7,
+                body: Request::Generate(GenerateRequest {
+                    model: ModelRef::Name("m".into()),
+                    input: PromptInput::Chat(vec![message]),
+                    params: GenerateParams { tools: vec![tool.clone(); tools], ..GenerateParams::default() },
+                    initial_credit: 1,
+                    priority: Priority::Interactive,
+                    deadline_ms: None,
+                }),
+            }
+        };
+        let max = MAX_TOOLS as usize;
+        assert!(decode_body::<ClientMessage>(&encode_body(&generate(max, max)).unwrap()).is_ok());
+        let err = decode_body::<ClientMessage>(&encode_body(&generate(max + 1, 0)).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("129 tools in one request"), "{err}");
+        let err = decode_body::<ClientMessage>(&encode_body(&generate(0, max + 1)).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("129 tool calls in one chat message"), "{err}");
     }
 
     #[test]

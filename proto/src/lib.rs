@@ -31,7 +31,7 @@ pub use messages::*;
 
 /// The protocol version this build speaks. Hello and Welcome never change shape, so a peer
 /// of any version can always read the version and answer a mismatch with an error.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Most stream events the daemon holds for one stream at a time (granted credit not yet
 /// delivered). Credit granted beyond it is passed on as events are delivered.

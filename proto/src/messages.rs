@@ -1,4 +1,4 @@
-//! Client ↔ daemon messages, protocol version 6 ([`crate::PROTOCOL_VERSION`]; history in
+//! Client ↔ daemon messages, protocol version 7 ([`crate::PROTOCOL_VERSION`]; history in
 //! PROTOCOL.md §7).
 //!
 //! Rules that keep old peers working: enum variants are only ever appended (bincode
@@ -169,6 +169,64 @@ pub enum PromptInput {
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The calls an assistant message made (empty otherwise), as the model's chat template
+    /// renders them. At most [`crate::bounds::MAX_TOOLS`]. Since v7.
+    #[serde(deserialize_with = "crate::bounds::tool_calls")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the id of the call it answers. Since v7.
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the name of the function that answered (Ollama's `tool_name`).
+    /// Since v7.
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of `role` with text `content` only.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+/// A function call the model made (parsed from its output), or one sent back in an
+/// assistant message of the conversation. Since v7.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Unique within the conversation ("call_" and 24 characters; 9 letters and digits for
+    /// a model whose template requires Mistral's ids).
+    pub id: String,
+    pub name: String,
+    /// The arguments: a JSON object, as text.
+    pub arguments: String,
+}
+
+/// A function the model may call. Since v7.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tool {
+    /// 1 to 64 of `a-z A-Z 0-9 _ - .` (OpenAI's rule), unique among the request's tools.
+    pub name: String,
+    pub description: String,
+    /// The arguments' JSON schema, as text (an object schema).
+    pub parameters: String,
+}
+
+/// Whether the model may, must or must not call one of the request's tools. Since v7.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ToolChoice {
+    /// The model decides: its output is parsed for calls in its template's format.
+    #[default]
+    Auto,
+    /// No calls: the tools are not shown to the model, its output is text.
+    None,
+    /// At least one call (one, unless `parallel_tool_calls`), enforced by a constraint.
+    Required,
+    /// A call of this function, enforced by a constraint.
+    Function(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +252,15 @@ pub struct GenerateParams {
     /// What the output must be (the stream's tokens are masked to those that keep it
     /// possible); `None` = free text. Since v6.
     pub constraint: Option<Constraint>,
+    /// Functions the model may call (chat input only): shown to it through its chat
+    /// template, its output parsed for calls (`Event::ToolCall`). At most
+    /// [`crate::bounds::MAX_TOOLS`]. Since v7.
+    #[serde(deserialize_with = "crate::bounds::tools")]
+    pub tools: Vec<Tool>,
+    /// Since v7.
+    pub tool_choice: ToolChoice,
+    /// With `ToolChoice::Required`, whether more than one call may be made. Since v7.
+    pub parallel_tool_calls: bool,
 }
 
 /// A constraint on a generation's output, enforced token by token (llguidance). The text
@@ -226,6 +293,9 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: true,
         }
     }
 }
@@ -336,6 +406,10 @@ pub enum Event {
     Token { text: String, token: Option<u32>, logprobs: Option<TokenLogprobs> },
     /// Load progress of the model a Lease or Load is waiting for.
     LoadProgress(LoadProgress),
+    /// A call the model made, parsed from its output once complete (the tokens that
+    /// spelled it came as `Token` events with empty text). Counts against credit like a
+    /// token. Since v7 (appended).
+    ToolCall(ToolCall),
 }
 
 /// A generated token's log probability and the most likely alternatives at its step: the
@@ -398,6 +472,8 @@ pub enum FinishReason {
     Length,
     Cancelled,
     Error,
+    /// The model stopped after making tool calls. Since v7 (appended).
+    ToolCalls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -113,6 +113,25 @@ fn params() -> GenerateParams {
         stop: vec![b"\n\n".to_vec(), "Ende ü".as_bytes().to_vec()],
         logprobs: Some(5),
         constraint: Some(Constraint::JsonSchema(r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#.into())),
+        tools: Vec::new(),
+        tool_choice: ToolChoice::Auto,
+        parallel_tool_calls: true,
+    }
+}
+
+fn weather_tool() -> Tool {
+    Tool {
+        name: "get_weather".into(),
+        description: "The weather in a city now.".into(),
+        parameters: r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#.into(),
+    }
+}
+
+fn weather_call() -> ToolCall {
+    ToolCall {
+        id: "call_0123456789abcdef01234567".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Oslo"}"#.into(),
     }
 }
 
@@ -243,10 +262,10 @@ fn messages() -> Vec<Value> {
                 Request::Generate(GenerateRequest {
                     model: ModelRef::Lease(2),
                     input: PromptInput::Chat(vec![
-                        ChatMessage { role: "system".into(), content: "Be brief.".into() },
-                        ChatMessage { role: "user".into(), content: "What is 2+2?".into() },
-                        ChatMessage { role: "assistant".into(), content: "4".into() },
-                        ChatMessage { role: "user".into(), content: "And 3+3?".into() },
+                        ChatMessage::new("system", "Be brief."),
+                        ChatMessage::new("user", "What is 2+2?"),
+                        ChatMessage::new("assistant", "4"),
+                        ChatMessage::new("user", "And 3+3?"),
                     ]),
                     params: params(),
                     initial_credit: 0,
@@ -255,6 +274,62 @@ fn messages() -> Vec<Value> {
                 }),
             ),
         ),
+        client(
+            "request_generate_tools_round_trip",
+            request(
+                25,
+                Request::Generate(GenerateRequest {
+                    model: ModelRef::Name("qwen".into()),
+                    input: PromptInput::Chat(vec![
+                        ChatMessage::new("user", "Weather in Oslo?"),
+                        ChatMessage { tool_calls: vec![weather_call()], ..ChatMessage::new("assistant", "") },
+                        ChatMessage {
+                            tool_call_id: Some(weather_call().id),
+                            name: Some("get_weather".into()),
+                            ..ChatMessage::new("tool", r#"{"celsius":-3}"#)
+                        },
+                    ]),
+                    params: GenerateParams {
+                        constraint: None,
+                        tools: vec![weather_tool()],
+                        tool_choice: ToolChoice::Auto,
+                        ..params()
+                    },
+                    initial_credit: 64,
+                    priority: Priority::Interactive,
+                    deadline_ms: None,
+                }),
+            ),
+        ),
+    ];
+    for (i, (choice, parallel)) in
+        [(ToolChoice::None, true), (ToolChoice::Required, false), (ToolChoice::Function("get_weather".into()), true)]
+            .into_iter()
+            .enumerate()
+    {
+        let name = match &choice {
+            ToolChoice::Function(_) => "function".to_owned(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        v.push(client(
+            &format!("request_generate_tool_choice_{name}"),
+            request(
+                26 + i as u64,
+                Request::Generate(GenerateRequest {
+                    input: PromptInput::Chat(vec![ChatMessage::new("user", "Weather in Oslo?")]),
+                    params: GenerateParams {
+                        constraint: None,
+                        tools: vec![weather_tool()],
+                        tool_choice: choice,
+                        parallel_tool_calls: parallel,
+                        ..params()
+                    },
+                    ..generate_raw()
+                }),
+            ),
+        ));
+    }
+    v.extend([
         client(
             "request_generate_constraint_json_object",
             request(
@@ -412,8 +487,11 @@ fn messages() -> Vec<Value> {
                 }),
             ),
         ),
-    ];
-    for (i, reason) in [FinishReason::Length, FinishReason::Cancelled, FinishReason::Error].into_iter().enumerate() {
+    ]);
+    for (i, reason) in [FinishReason::Length, FinishReason::Cancelled, FinishReason::Error, FinishReason::ToolCalls]
+        .into_iter()
+        .enumerate()
+    {
         v.push(server(
             &format!("response_generated_{}", format!("{reason:?}").to_lowercase()),
             respond(
@@ -521,6 +599,7 @@ fn messages() -> Vec<Value> {
             },
         ),
     ]);
+    v.push(server("event_tool_call", ServerMessage::Event { id: 11, event: Event::ToolCall(weather_call()) }));
     for (stage, done, total) in
         [(LoadStage::Starting, 0, 0), (LoadStage::Weights, 16_777_216, 90_868_736), (LoadStage::Ready, 1, 1)]
     {

@@ -119,7 +119,7 @@ fn generate_request() {
             id: 1,
             body: Request::Generate(GenerateRequest {
                 model: ModelRef::Name("g".into()),
-                input: PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: "hi".into() }]),
+                input: PromptInput::Chat(vec![ChatMessage::new("user", "hi")]),
                 params: GenerateParams {
                     max_tokens: 8,
                     temperature: 0.0,
@@ -131,13 +131,19 @@ fn generate_request() {
                     stop: vec![b"\n".to_vec()],
                     logprobs: Some(5),
                     constraint: Some(Constraint::Regex("y|n".into())),
+                    tools: vec![Tool { name: "f".into(), description: String::new(), parameters: "{}".into() }],
+                    tool_choice: ToolChoice::Function("f".into()),
+                    parallel_tool_calls: false,
                 },
                 initial_credit: 32,
                 priority: Priority::Interactive,
                 deadline_ms: Some(1000),
             }),
         },
-        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 01 05 01 02 03 79 7c 6e 20 00 01 fb e8 03",
+        // v7: each chat message ends with tool_calls (00: none), tool_call_id and name
+        // (00 00: None); the params end with tools (01: one, "f", "", "{}"), tool_choice
+        // (03 = Function, "f") and parallel_tool_calls (00).
+        "01 01 06 00 01 67 01 01 04 75 73 65 72 02 68 69 00 00 00 08 00 00 00 00 00 00 80 3f 00 00 00 00 00 00 00 80 3f 01 2a 01 01 0a 01 05 01 02 03 79 7c 6e 01 01 66 00 02 7b 7d 03 01 66 00 20 00 01 fb e8 03",
     );
 }
 
@@ -180,6 +186,28 @@ fn responses_events_and_errors() {
         &ServerMessage::Event { id: 9, event: Event::Token { text: "a".into(), token: Some(300), logprobs: None } },
         // ... logprobs None (since v5)
         "02 09 00 01 61 01 fb 2c 01 00",
+    );
+    // v7: tool calls (Event 2) and FinishReason::ToolCalls (4).
+    pinned(
+        &ServerMessage::Event {
+            id: 9,
+            event: Event::ToolCall(ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() }),
+        },
+        "02 09 02 01 63 01 66 02 7b 7d",
+    );
+    pinned(
+        &ServerMessage::Response {
+            id: 3,
+            body: Response::Generated(GenerationSummary {
+                finish_reason: FinishReason::ToolCalls,
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                prompt_tokens_per_s: 0.0,
+                generation_tokens_per_s: 0.0,
+                cached_prompt_tokens: 0,
+            }),
+        },
+        "01 03 06 04 05 02 00 00 00 00 00 00 00 00 00",
     );
     pinned(
         &ServerMessage::Event {
