@@ -2,13 +2,16 @@
 architecture without downloading one.
 
     python tiny_mlx_lm.py OUT_DIR --tokenizer-from DIR [--model-type llama] [--quantize BITS]
-                          [--seed N] [--greedy PROMPT --max-tokens N]
+                          [--seed N] [--greedy PROMPT --max-tokens N] [--chat-template FILE]
 
 Writes OUT_DIR/config.json, OUT_DIR/model.safetensors and the tokenizer files copied from
 --tokenizer-from (a model directory with tokenizer.json and tokenizer_config.json). With
 --quantize, the weights are MLX-quantized (config.json gets `quantization`), as the
 mlx-community's models are. With --greedy, prints mlx-lm's own greedy continuation of
-PROMPT (what mlxd must answer for the same model) as one JSON line.
+PROMPT (what mlxd must answer for the same model) as one JSON line. With --chat-template,
+tokenizer_config.json's chat template is that file's text (e.g. a real tool-calling
+template from python/tests/fixtures/templates, on the SmolLM2 tokenizer, whose ChatML
+tokens <|im_start|>/<|im_end|> Qwen's templates use too).
 """
 
 import argparse
@@ -28,6 +31,7 @@ parser.add_argument("--quantize", type=int, default=0)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--greedy")
 parser.add_argument("--max-tokens", type=int, default=8)
+parser.add_argument("--chat-template")
 args = parser.parse_args()
 
 source = Path(args.tokenizer_from)
@@ -67,6 +71,10 @@ mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.para
 for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     if (source / name).exists():
         shutil.copyfile(source / name, out / name)
+if args.chat_template:
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = Path(args.chat_template).read_text()
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
 
 if args.greedy is not None:
     from mlx_lm import generate, load
