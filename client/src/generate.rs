@@ -19,6 +19,8 @@ pub enum StreamItem {
     /// A piece of text, the token that completed it, and its log probabilities when the
     /// request asked for them (`GenerateParams::logprobs`).
     Token { text: String, token: Option<u32>, logprobs: Option<mlxd_proto::TokenLogprobs> },
+    /// A tool call the model made (`GenerateParams::tools`), once complete. Since v7.
+    ToolCall(mlxd_proto::ToolCall),
     /// The end: why it stopped and how fast it went.
     Done(GenerationSummary),
 }
@@ -38,8 +40,9 @@ impl Client {
     /// request is replaced by the client's own window.
     pub async fn generate(&self, mut request: GenerateRequest) -> Result<GenerationStream, ClientError> {
         request.initial_credit = STREAM_WINDOW;
-        // Room for the whole window plus load-progress events, so nothing is ever dropped.
-        let (id, events) = self.start_request(Request::Generate(request), STREAM_WINDOW as usize + 32).await?;
+        // Room for the whole window, a tool call per token of it (they cost no credit) and
+        // load-progress events, so nothing is ever dropped.
+        let (id, events) = self.start_request(Request::Generate(request), 2 * STREAM_WINDOW as usize + 32).await?;
         Ok(GenerationStream { client: self.clone(), id, events, read_since_grant: 0, finished: false })
     }
 }
@@ -63,6 +66,9 @@ impl GenerationStream {
                         self.client.send_control(ClientMessage::Credit { id: self.id, events }).await;
                     }
                     return Ok(Some(StreamItem::Token { text, token, logprobs }));
+                }
+                ServerMessage::Event { event: Event::ToolCall(call), .. } => {
+                    return Ok(Some(StreamItem::ToolCall(call)))
                 }
                 ServerMessage::Event { event: Event::LoadProgress(_), .. } => continue,
                 ServerMessage::Response { body: Response::Generated(summary), .. } => {

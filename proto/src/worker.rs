@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::messages::{GenerateParams, GenerationSummary, LoadStage, ModelKind, PromptInput, TokenLogprobs};
+use crate::messages::{GenerateParams, GenerationSummary, LoadStage, ModelKind, PromptInput, TokenLogprobs, ToolCall};
 
 /// The worker's end of the socketpair is always this descriptor number.
 pub const WORKER_LINK_FD: i32 = 3;
@@ -109,8 +109,9 @@ pub enum FromWorker {
     LoadFailed { message: String },
     /// The answer to `ToWorker::Job { id, .. }`.
     Done { id: JobId, result: Result<JobOutput, WireError> },
-    /// One generated piece of a generation stream (never more than its credit).
-    Token { id: JobId, text: String, token: Option<u32>, logprobs: Option<TokenLogprobs> },
+    /// One generated piece of a generation stream (never more than its credit), and the
+    /// tool calls the model completed with it.
+    Token { id: JobId, text: String, token: Option<u32>, logprobs: Option<TokenLogprobs>, tool_calls: Vec<ToolCall> },
     /// Sent every second from the worker's I/O thread, whatever the MLX thread is doing:
     /// whether it has work, and how long since that work last made progress (a batch
     /// pass, a decoding step, a load stage). The supervisor's watchdog reads these.

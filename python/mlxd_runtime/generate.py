@@ -24,6 +24,7 @@ import mlx.core as mx
 
 from . import eval_with_progress, faults, progress
 from .errors import BadRequest, Unsupported  # noqa: F401 (raised here, imported from here by tests)
+from .tools import choice_grammar, family_of, stream_calls, takes_tools, template_messages, template_tools
 
 
 def _greedy(logprobs: mx.array) -> mx.array:
@@ -134,6 +135,7 @@ class Stream:
         from mlx_lm import stream_generate
 
         self._stops = _Stops(params.get("stop", []))
+        self._calls = generator.tool_calls(params)
         self._tokenizer = generator.tokenizer
         self._logprobs = params.get("logprobs")
         self._grammar = generator.constraint(params, len(prompt_ids))
@@ -153,19 +155,22 @@ class Stream:
             prompt_progress_callback=lambda *_: progress(),
         )
 
-    def step(self) -> tuple[str, int, str | None, tuple | None]:
+    def step(self) -> tuple[str, int, str | None, tuple | None, list]:
         """Decodes one token: (text delta, token id or -1, finish reason or None, the
-        token's log probabilities if asked, see :func:`token_logprobs`).
+        token's log probabilities if asked, see :func:`token_logprobs`, tool calls it
+        completed as (id, name, arguments JSON)).
 
-        The text may be empty while a possible stop string is being held back. Finish
-        reasons: "stop" (end of sequence or a stop string), "length".
+        The text may be empty while a possible stop string or tool call is being held
+        back. Finish reasons: "stop" (end of sequence or a stop string), "length",
+        "tool_calls" (stopped after making calls).
         """
         faults.maybe_fail("step")
         try:
             response = next(self._responses)
         except StopIteration:  # mlx-lm always ends with a final response; be safe anyway
             self.finished = True
-            return self._stops.apply("", "stop")[0], -1, "stop", None
+            text, calls, finish = _split_calls(self._calls, self._stops.apply("", "stop")[0], "stop")
+            return text, -1, finish, None, calls
         self.prompt_tps = response.prompt_tps
         self.generation_tps = response.generation_tps
         finish = response.finish_reason
@@ -181,7 +186,8 @@ class Stream:
             if response.finish_reason is None:
                 self.close()
             self.finished = True
-        return text, token, finish, token_logprobs(self._tokenizer, response.logprobs, token, self._logprobs)
+        text, calls, finish = _split_calls(self._calls, text, finish)
+        return text, token, finish, token_logprobs(self._tokenizer, response.logprobs, token, self._logprobs), calls
 
     def summary(self) -> dict:
         return {
@@ -205,6 +211,7 @@ class _Sequence:
         self.sampler = _make_sampler(params)
         self.processors = _make_processors(params)
         self.stops = _Stops(params.get("stop", []))
+        self.calls = None  # a tools.Calls when the stream has tools to call
         self.logprobs = params.get("logprobs")  # None, or how many alternatives per token
         self.grammar = None  # a constrain.Grammar, first of the processors, when constrained
         # The prompt cache is partitioned (by the client's uid): a prefix cached for one
@@ -286,10 +293,11 @@ class BatchEngine:
     def start(self, job: int, raw: str | None, messages, params: dict, active: bool = True) -> None:
         """Adds stream `job`; it joins the batch at the next step unless `active` is false
         (no credit yet), in which case it waits for :meth:`resume`."""
-        prompt = self.generator.checked_prompt(raw, messages)
+        prompt = self.generator.checked_prompt(raw, messages, params)
         params = self.generator.within_context(prompt, params)
         grammar = self.generator.constraint(params, len(prompt))
         sequence = _Sequence(job, prompt, params, self.tokenizer.detokenizer)
+        sequence.calls = self.generator.tool_calls(params)
         if grammar is not None:
             sequence.grammar = grammar
             sequence.processors = [grammar, *sequence.processors]
@@ -344,10 +352,10 @@ class BatchEngine:
         """Streams in the batch (decoding or waiting for their prefill)."""
         return len(self.by_uid)
 
-    def step(self) -> list[tuple[int, str, int, str | None, tuple | None]]:
+    def step(self) -> list[tuple[int, str, int, str | None, tuple | None, list]]:
         """One batched decoding step (and any prefill due): (job, text delta, token or -1,
-        finish reason or None, log probabilities if the stream asked) for every stream that
-        produced a token."""
+        finish reason or None, log probabilities if the stream asked, tool calls completed)
+        for every stream that produced a token."""
         if not self.by_uid:
             return []
         faults.maybe_fail("step")
@@ -376,6 +384,7 @@ class BatchEngine:
                 if finish is not None:
                     detokenizer.finalize()
             text, finish = sequence.stops.apply(detokenizer.last_segment, finish)
+            text, calls, finish = _split_calls(sequence.calls, text, finish)
             if finish is not None:
                 if response.finish_reason is None:  # a stop string: leave the batch now
                     saved = self.batch.remove([response.uid], return_prompt_caches=True)
@@ -385,7 +394,7 @@ class BatchEngine:
                 self._keep(sequence, tokens, cache)
                 self._forget(sequence)
             logprobs = token_logprobs(self.tokenizer, response.logprobs, token, sequence.logprobs)
-            events.append((sequence.job, text, token, finish, logprobs))
+            events.append((sequence.job, text, token, finish, logprobs, calls))
         return events
 
     def pause(self, job: int) -> None:
@@ -435,6 +444,14 @@ class BatchEngine:
         sequence.uid = None
         self.sequences.pop(sequence.job, None)
         self._finished[sequence.job] = sequence.summary()
+
+
+def _split_calls(calls, text: str, finish: str | None) -> tuple[str, list, str | None]:
+    """(text, tool calls, finish) of a piece of output: `calls` (a tools.Calls, or None
+    for a stream without tools) takes the calls out of the text."""
+    if calls is None:
+        return text, [], finish
+    return calls.apply(text, finish)
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -487,12 +504,30 @@ class Generator:
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
         }
 
-    def prompt_ids(self, raw: str | None, messages: list[tuple[str, str]] | None) -> list[int]:
+    def prompt_ids(self, raw: str | None, messages: list[dict] | None, params: dict | None = None) -> list[int]:
+        """The prompt's tokens: `raw` as is, or `messages` (dicts: role, content,
+        tool_calls, tool_call_id, name) through the chat template, with the request's
+        tools when it has any to call."""
         if messages is not None:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise Unsupported("this model has no chat template; send a raw prompt")
-            chat = [{"role": role, "content": content} for role, content in messages]
-            ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+            tools = template_tools(params or {})
+            family = family_of(self.tokenizer)
+            if tools is not None and not takes_tools(self.tokenizer):
+                raise BadRequest(
+                    "this model's chat template does not take tools (it has no tool-calling format); "
+                    "send the request without tools, or with tool_choice none"
+                )
+            if tools is not None and family is None:
+                raise BadRequest(
+                    "this model's chat template takes tools, but its tool-call format is not one mlxd "
+                    "can parse; send the request without tools"
+                )
+            chat = template_messages(messages, family)
+            try:
+                ids = self.tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True)
+            except Exception as err:  # the template's own checks (raise_exception) and errors
+                raise BadRequest(f"the chat template refused the conversation: {err}") from None
             if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
                 ids = ids["input_ids"]
             return list(ids)
@@ -501,8 +536,8 @@ class Generator:
         add_special = bos is None or not text.startswith(bos)
         return list(self.tokenizer.encode(text, add_special_tokens=add_special))
 
-    def checked_prompt(self, raw: str | None, messages: list[tuple[str, str]] | None) -> list[int]:
-        prompt = self.prompt_ids(raw, messages)
+    def checked_prompt(self, raw: str | None, messages: list[dict] | None, params: dict | None = None) -> list[int]:
+        prompt = self.prompt_ids(raw, messages, params)
         if not prompt:
             raise BadRequest("the prompt is empty")
         if len(prompt) + 1 > self.max_seq_len:
@@ -511,10 +546,18 @@ class Generator:
             )
         return prompt
 
+    def tool_calls(self, params: dict):
+        """The stream's :class:`~.tools.Calls` when it has tools to call, else None."""
+        return stream_calls(self.tokenizer, params)
+
     def constraint(self, params: dict, prompt_len: int):
         """The stream's :class:`~.constrain.Grammar` if `params` carry a constraint
-        ((kind, text)), or None; BadRequest if it cannot be compiled."""
+        ((kind, text)) or a tool_choice that needs one, or None; BadRequest if it cannot be
+        compiled."""
         constraint = params.get("constraint")
+        grammar = choice_grammar(family_of(self.tokenizer), params, self.tokenizer)
+        if grammar is not None:
+            constraint = ("lark", grammar)
         if not constraint:
             return None
         if self._grammars is None:
@@ -534,9 +577,9 @@ class Generator:
             return params
         return {**params, "max_tokens": room}
 
-    def start(self, raw: str | None, messages: list[tuple[str, str]] | None, params: dict) -> Stream:
+    def start(self, raw: str | None, messages: list[dict] | None, params: dict) -> Stream:
         """A stream on the single-stream path."""
-        prompt = self.checked_prompt(raw, messages)
+        prompt = self.checked_prompt(raw, messages, params)
         return Stream(self, prompt, self.within_context(prompt, params))
 
     def batch_engine(self, max_streams: int, prompt_cache_bytes: int = 0) -> "BatchEngine | str":

@@ -52,7 +52,7 @@ def run_batch(generator, streams: dict[int, tuple[list, dict]]) -> dict[int, tup
     out = {job: "" for job in streams}
     finished: dict[int, str] = {}
     while len(finished) < len(streams):
-        for job, piece, _, finish, _ in engine.step():
+        for job, piece, _, finish, _, _ in engine.step():
             out[job] += piece
             if finish:
                 finished[job] = finish
@@ -63,7 +63,7 @@ def run_single(generator, messages, p) -> tuple[str, str]:
     stream = generator.start(None, messages, p)
     text = ""
     while True:
-        piece, _, finish, _ = stream.step()
+        piece, _, finish, _, _ = stream.step()
         text += piece
         if finish:
             return text, finish

@@ -36,7 +36,7 @@ def generator(tmp_path_factory):
 def _run(stream):
     text, tokens = "", []
     while True:
-        piece, token, finish, _ = stream.step()
+        piece, token, finish, _, _ = stream.step()
         text += piece
         if token >= 0:
             tokens.append(token)
@@ -67,10 +67,10 @@ def test_seeded_streams_repeat_even_interleaved(generator):
     done_a = done_b = None
     while not (done_a and done_b):
         if not done_a:
-            piece, token, done_a, _ = a.step()
+            piece, token, done_a, _, _ = a.step()
             out_a = (out_a[0] + piece, out_a[1] + ([token] if token >= 0 else []))
         if not done_b:
-            piece, token, done_b, _ = b.step()
+            piece, token, done_b, _, _ = b.step()
             out_b = (out_b[0] + piece, out_b[1] + ([token] if token >= 0 else []))
     assert out_a[1] == alone[1], "interleaving changed a seeded stream"
     assert out_b[1] != alone[1], "a different seed gave the same tokens"
@@ -115,7 +115,7 @@ def _drain(engine, until=None):
     """Steps the engine until it is idle (or `until()` holds): job -> (text, tokens, finish)."""
     out: dict = {}
     while engine.active() and not (until and until(out)):
-        for job, piece, token, finish, _ in engine.step():
+        for job, piece, token, finish, _, _ in engine.step():
             text, tokens, _ = out.get(job, ("", [], None))
             out[job] = (text + piece, tokens + ([token] if token >= 0 else []), finish)
     return out
@@ -159,7 +159,7 @@ def test_paused_and_resumed_seeded_stream_gives_the_same_tokens(generator):
     engine.start(1, None, PROMPTS[1], {"max_tokens": 40, "temperature": 0.0})
     tokens = []
     while 0 in engine.sequences:
-        for job, _, token, _, _ in engine.step():
+        for job, _, token, _, _, _ in engine.step():
             if job == 0 and token >= 0:
                 tokens.append(token)
                 if len(tokens) in (2, 7) and 0 in engine.sequences:
@@ -266,7 +266,7 @@ def test_logprobs_are_the_log_softmax_of_a_forward_pass_on_the_same_prefix(gener
     if path == "single":
         stream = generator.start(None, QUESTION, params)
         while True:
-            _, token, finish, logprobs = stream.step()
+            _, token, finish, logprobs, _ = stream.step()
             if token >= 0:
                 steps.append((token, logprobs))
             if finish:
@@ -277,7 +277,7 @@ def test_logprobs_are_the_log_softmax_of_a_forward_pass_on_the_same_prefix(gener
         engine.start(2, None, [("user", "Say hello.")], {**params, "logprobs": None})
         done = set()
         while len(done) < 2:
-            for job, _, token, finish, logprobs in engine.step():
+            for job, _, token, finish, logprobs, _ in engine.step():
                 if job == 2:
                     assert logprobs is None, "a stream that did not ask gets none"
                 elif token >= 0:

@@ -28,7 +28,7 @@ fn request(input: PromptInput, params: GenerateParams) -> GenerateRequest {
 }
 
 fn chat(question: &str) -> PromptInput {
-    PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: question.into() }])
+    PromptInput::Chat(vec![ChatMessage::new("user", question)])
 }
 
 fn greedy(max_tokens: u32) -> GenerateParams {
@@ -51,6 +51,7 @@ async fn collect(client: &Client, request: GenerateRequest) -> Result<Output, Cl
                 tokens.extend(token);
             }
             Some(StreamItem::Done(summary)) => return Ok(Output { text, tokens, summary }),
+            Some(StreamItem::ToolCall(call)) => unreachable!("no tools were given, yet {call:?}"),
             None => unreachable!("stream ended without a summary"),
         }
     }
@@ -61,7 +62,7 @@ async fn cancel_and_finish(stream: &mut mlxd_client::GenerationStream) -> Genera
     stream.cancel().await;
     loop {
         match stream.next().await.unwrap() {
-            Some(StreamItem::Token { .. }) => {}
+            Some(StreamItem::Token { .. } | StreamItem::ToolCall(_)) => {}
             Some(StreamItem::Done(summary)) => return summary,
             None => unreachable!("stream ended without a summary"),
         }
@@ -332,7 +333,7 @@ async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
         match tokio::time::timeout(Duration::from_secs(120), stalled.next()).await.unwrap().unwrap() {
             Some(StreamItem::Token { token, .. }) => tokens += usize::from(token.is_some()),
             Some(StreamItem::Done(summary)) => break summary,
-            None => unreachable!(),
+            Some(StreamItem::ToolCall(_)) | None => unreachable!(),
         }
     };
     // Nothing was lost while it waited, and it went on well past its first window of credit.

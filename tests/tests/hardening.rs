@@ -134,10 +134,10 @@ fn paused_and_abandoned_streams_give_their_slots_back() {
     // everything, while the same user's repeat reuses the cached prefix.
     let prompt = Request::Generate(GenerateRequest {
         model: ModelRef::Name("smollm2".into()),
-        input: PromptInput::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "Tell me something about the sea and the sky, please.".into(),
-        }]),
+        input: PromptInput::Chat(vec![ChatMessage::new(
+            "user",
+            "Tell me something about the sea and the sky, please.",
+        )]),
         params: GenerateParams { max_tokens: 2, temperature: 0.0, ..GenerateParams::default() },
         initial_credit: 8,
         priority: Priority::Interactive,
@@ -178,7 +178,7 @@ fn amplifying_frame(id: u64, messages: u32) -> Vec<u8> {
             id,
             Request::Generate(GenerateRequest {
                 model: ModelRef::Name("smollm2".into()),
-                input: PromptInput::Chat(vec![ChatMessage { role: String::new(), content: String::new() }; n]),
+                input: PromptInput::Chat(vec![ChatMessage::new("", ""); n]),
                 params: GenerateParams::default(),
                 initial_credit: 0,
                 priority: Priority::Interactive,

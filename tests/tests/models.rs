@@ -184,6 +184,7 @@ async fn a_gguf_of_each_architecture_with_k_quants_imports_and_generates_as_mlx_
             match stream.next().await.unwrap() {
                 Some(mlxd_client::StreamItem::Token { token, .. }) => tokens.extend(token),
                 Some(mlxd_client::StreamItem::Done(summary)) => break summary,
+                Some(mlxd_client::StreamItem::ToolCall(call)) => panic!("{name}: no tools, yet {call:?}"),
                 None => panic!("{name}: the stream ended without a summary"),
             }
         };

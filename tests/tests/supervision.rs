@@ -226,7 +226,7 @@ async fn tokens_of(stream: &mut mlxd_client::GenerationStream) -> Result<Vec<u32
         match stream.next().await? {
             Some(StreamItem::Token { token, .. }) => tokens.extend(token),
             Some(StreamItem::Done(_)) => return Ok(tokens),
-            None => unreachable!("stream ended without a summary"),
+            Some(StreamItem::ToolCall(_)) | None => unreachable!("no tools; the stream ends with a summary"),
         }
     }
 }

@@ -189,7 +189,7 @@ async fn one_request(client: &Client, args: &BenchArgs, n: usize) -> Result<u64,
     if args.kind == "generate" {
         let request = GenerateRequest {
             model: ModelRef::Name(model),
-            input: PromptInput::Chat(vec![ChatMessage { role: "user".into(), content: "Tell me a story.".into() }]),
+            input: PromptInput::Chat(vec![ChatMessage::new("user", "Tell me a story.")]),
             params: GenerateParams { max_tokens: args.max_tokens, temperature: 0.0, ..Default::default() },
             initial_credit: 0,
             priority,

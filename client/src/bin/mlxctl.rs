@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxd_client::proto::{ChatMessage, ErrorCode, GenerateParams, GenerateRequest, ModelRef, PromptInput};
+use mlxd_client::proto::{
+    ChatMessage, ErrorCode, GenerateParams, GenerateRequest, ModelRef, PromptInput, Tool, ToolChoice,
+};
 use mlxd_client::{ClientError, ConnectOptions, StreamItem};
 use serde_json::json;
 
@@ -142,6 +144,13 @@ enum Command {
         /// The output is derived by the Lark grammar in FILE (rule `start`).
         #[arg(long, value_name = "FILE", group = "constraint")]
         grammar: Option<std::path::PathBuf>,
+        /// Functions the model may call: a JSON array in FILE, in OpenAI's shape
+        /// (`[{"type": "function", "function": {"name", "description", "parameters"}}]`).
+        #[arg(long, value_name = "FILE")]
+        tools: Option<std::path::PathBuf>,
+        /// With --tools: auto (the model decides), none, required, or a function's name.
+        #[arg(long, value_name = "CHOICE", default_value = "auto")]
+        tool_choice: String,
         prompt: String,
     },
     /// Load a model (showing progress) without leasing it.
@@ -360,6 +369,8 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
             json_object,
             regex,
             grammar,
+            tools,
+            tool_choice,
             prompt,
         } => {
             let read = |path: &std::path::Path| {
@@ -385,13 +396,24 @@ async fn run(cli: &Cli) -> Result<(), ClientError> {
                 stop: stop.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 logprobs: *logprobs,
                 constraint,
+                tools: match tools {
+                    Some(path) => tools_from(&read(path)?)?,
+                    None => Vec::new(),
+                },
+                tool_choice: match tool_choice.as_str() {
+                    "auto" => ToolChoice::Auto,
+                    "none" => ToolChoice::None,
+                    "required" => ToolChoice::Required,
+                    name => ToolChoice::Function(name.to_owned()),
+                },
+                parallel_tool_calls: true,
             };
             let chat = {
                 let mut messages = Vec::new();
                 if let Some(system) = system {
-                    messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+                    messages.push(ChatMessage::new("system", system.clone()));
                 }
-                messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+                messages.push(ChatMessage::new("user", prompt.clone()));
                 PromptInput::Chat(messages)
             };
             let input = if *raw { PromptInput::Raw(prompt.clone()) } else { chat };
@@ -511,6 +533,31 @@ async fn tenant(
     Ok(())
 }
 
+/// `--tools`: OpenAI's tool objects (`{"type": "function", "function": {...}}`), or the
+/// function objects alone.
+fn tools_from(text: &str) -> Result<Vec<Tool>, ClientError> {
+    let bad = |why: String| ClientError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|err| bad(format!("--tools: {err}")))?;
+    let items = value.as_array().ok_or_else(|| bad("--tools: a JSON array of tools".into()))?;
+    items
+        .iter()
+        .map(|item| {
+            let function = item.get("function").unwrap_or(item);
+            let name = function
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| bad("--tools: a tool without a name".into()))?;
+            Ok(Tool {
+                name: name.to_owned(),
+                description: function.get("description").and_then(|d| d.as_str()).unwrap_or_default().to_owned(),
+                parameters: function
+                    .get("parameters")
+                    .map_or_else(|| r#"{"type":"object","properties":{}}"#.to_owned(), |p| p.to_string()),
+            })
+        })
+        .collect()
+}
+
 /// Prints a generation as it streams: text to stdout (or one JSON object per event).
 async fn stream_generation(
     client: &mlxd_client::Client,
@@ -539,8 +586,19 @@ async fn stream_generation(
                     let _ = stdout.flush();
                 }
             }
+            StreamItem::ToolCall(call) => {
+                let line = json!({ "tool_call": { "id": call.id, "name": call.name, "arguments": call.arguments } });
+                if json {
+                    print_json(&line);
+                } else {
+                    let _ = writeln!(stdout, "{line}");
+                }
+            }
             StreamItem::Done(summary) => {
-                let reason = format!("{:?}", summary.finish_reason).to_lowercase();
+                let reason = match summary.finish_reason {
+                    mlxd_client::proto::FinishReason::ToolCalls => "tool_calls".to_owned(),
+                    other => format!("{other:?}").to_lowercase(),
+                };
                 if json {
                     print_json(&json!({
                         "finish_reason": reason,

@@ -13,6 +13,7 @@
 //! - [`ollama`]: `/api/version`, `tags`, `ps`, `show`, `chat`, `generate`, `embed`, `embeddings`.
 //! - [`error`]: core errors as HTTP statuses and OpenAI error objects.
 //! - [`call`]: running a request through the core, collecting or streaming its events.
+//! - [`tools`]: tool definitions, choices and calls in both APIs' JSON shapes.
 
 mod call;
 mod conn;
@@ -22,6 +23,7 @@ mod ollama;
 mod openai;
 mod rerank;
 pub mod tcp;
+mod tools;
 
 use conn::Conn;
 

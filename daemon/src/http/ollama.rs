@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use mlxd_proto::{
     ChatMessage, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary, LeaseRequest,
-    ModelInfo, ModelKind, ModelRef, ModelState, Priority, PromptInput, Request, Response as CoreResponse, WireError,
+    ModelInfo, ModelKind, ModelRef, ModelState, Priority, PromptInput, Request, Response as CoreResponse, ToolCall,
+    WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,6 +23,7 @@ use serde_json::{json, Value};
 use super::call::{self, Item};
 use super::conn::Conn;
 use super::error::OllamaError as ApiError;
+use super::tools;
 
 pub fn routes() -> Router<Conn> {
     Router::new()
@@ -191,7 +193,13 @@ fn yes() -> bool {
 }
 
 impl Common {
-    fn request(&self, conn: &Conn, input: PromptInput) -> Result<Request, ApiError> {
+    /// The generation request; `tools` (chat only) and the choice (Ollama's: auto).
+    fn request(
+        &self,
+        conn: &Conn,
+        input: PromptInput,
+        (tools, tool_choice): (Vec<mlxd_proto::Tool>, mlxd_proto::ToolChoice),
+    ) -> Result<Request, ApiError> {
         let constraint = match &self.format {
             None | Some(Value::Null) => None,
             Some(Value::String(format)) if format == "json" => Some(mlxd_proto::Constraint::JsonObject),
@@ -223,6 +231,9 @@ impl Common {
                 (false, _) => None,
             },
             constraint,
+            tools,
+            tool_choice,
+            parallel_tool_calls: true,
         };
         let initial_credit = if self.stream { call::STREAM_WINDOW } else { max_tokens };
         Ok(Request::Generate(GenerateRequest {
@@ -273,9 +284,61 @@ async fn release(conn: &Conn, lease: Option<u64>) {
 
 #[derive(Debug, Deserialize)]
 struct ChatBody {
-    messages: Vec<ChatMessage>,
+    messages: Vec<OllamaMessage>,
+    #[serde(default)]
+    tools: Option<Value>,
+    /// mlxd's extension (Ollama has none; the model decides): OpenAI's `tool_choice`.
+    #[serde(default)]
+    tool_choice: Option<Value>,
     #[serde(flatten)]
     common: Common,
+}
+
+/// A chat message as Ollama takes it: an assistant's `tool_calls` (arguments as objects,
+/// ids optional), a `tool` message's `tool_name`.
+#[derive(Debug, Deserialize)]
+struct OllamaMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    images: Option<Value>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_name: Option<String>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+/// The conversation as the protocol carries it. Ollama's messages have no call ids: a
+/// `tool` message without one answers the next unanswered call of the assistant message
+/// before it (in order), and gets that call's (made-up) id, which templates may need.
+fn chat_messages(messages: Vec<OllamaMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut unanswered: std::collections::VecDeque<String> = Default::default();
+    for (index, message) in messages.into_iter().enumerate() {
+        if message.images.as_ref().is_some_and(|i| i.as_array().is_some_and(|a| !a.is_empty())) {
+            return Err(ApiError::bad_request(format!("messages[{index}]: images are not supported (text models)")));
+        }
+        let tool_calls = tools::message_calls(message.tool_calls.as_ref(), index)?;
+        if !tool_calls.is_empty() {
+            unanswered = tool_calls.iter().map(|c| c.id.clone()).collect();
+        }
+        let tool_call_id = match message.tool_call_id {
+            Some(id) => Some(id),
+            None if message.role == "tool" => unanswered.pop_front(),
+            None => None,
+        };
+        out.push(ChatMessage {
+            role: message.role,
+            content: message.content.unwrap_or_default(),
+            tool_calls,
+            tool_call_id,
+            name: message.tool_name,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,7 +355,8 @@ struct GenerateBody {
 
 async fn chat(State(conn): State<Conn>, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = call::parse(&body)?;
-    let request = body.common.request(&conn, PromptInput::Chat(body.messages))?;
+    let tools = (tools::tools(body.tools.as_ref())?, tools::tool_choice(body.tool_choice.as_ref())?);
+    let request = body.common.request(&conn, PromptInput::Chat(chat_messages(body.messages)?), tools)?;
     reply(conn, body.common, request, Kind::Chat).await
 }
 
@@ -303,12 +367,12 @@ async fn generate(State(conn): State<Conn>, body: Bytes) -> Result<Response, Api
     } else {
         let mut messages = Vec::new();
         if let Some(system) = body.system {
-            messages.push(ChatMessage { role: "system".into(), content: system });
+            messages.push(ChatMessage::new("system", system));
         }
-        messages.push(ChatMessage { role: "user".into(), content: body.prompt });
+        messages.push(ChatMessage::new("user", body.prompt));
         PromptInput::Chat(messages)
     };
-    let request = body.common.request(&conn, input)?;
+    let request = body.common.request(&conn, input, (Vec::new(), mlxd_proto::ToolChoice::Auto))?;
     reply(conn, body.common, request, Kind::Generate).await
 }
 
@@ -335,6 +399,15 @@ fn piece(kind: Kind, model: &str, text: &str, done: bool) -> Value {
     match kind {
         Kind::Chat => object["message"] = json!({ "role": "assistant", "content": text }),
         Kind::Generate => object["response"] = json!(text),
+    }
+    object
+}
+
+/// A chat piece carrying tool calls (numbered from `first`).
+fn with_calls(mut object: Value, calls: &[ToolCall], first: usize) -> Value {
+    if !calls.is_empty() {
+        object["message"]["tool_calls"] =
+            calls.iter().enumerate().map(|(i, call)| tools::ollama_call(call, first + i)).collect();
     }
     object
 }
@@ -405,6 +478,7 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
     if !common.stream {
         let mut text = String::new();
         let mut tokens = Vec::new();
+        let mut calls = Vec::new();
         let mut load = LoadClock::default();
         let answer = call::run(&conn, request, |event| match event {
             Event::Token { text: t, logprobs: token_logprobs, .. } => {
@@ -412,6 +486,7 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
                 text.push_str(&t);
                 tokens.extend(token_logprobs);
             }
+            Event::ToolCall(call) => calls.push(call),
             Event::LoadProgress(progress) => load.saw(&progress),
         })
         .await;
@@ -419,7 +494,7 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         let CoreResponse::Generated(summary) = answer? else {
             return Err(ApiError(WireError::internal("a generation answered something else")));
         };
-        let mut last = finish(piece(kind, &model, &text, true), &summary, started, load);
+        let mut last = finish(with_calls(piece(kind, &model, &text, true), &calls, 0), &summary, started, load);
         if common.logprobs {
             last["logprobs"] = logprobs(&tokens);
         }
@@ -438,24 +513,33 @@ async fn reply(conn: Conn, common: Common, request: Request, kind: Kind) -> Resu
         }
     };
     // Each line is one JSON object; the lease (if any) is released when the body ends.
-    let lines = stream::unfold(Some((running, conn, lease, LoadClock::default())), move |state| {
+    // State: the request, the connection, the lease, the load clock, tool calls sent.
+    let lines = stream::unfold(Some((running, conn, lease, LoadClock::default(), 0usize)), move |state| {
         let model = model.clone();
         async move {
-            let (mut running, conn, lease, mut load) = state?;
+            let (mut running, conn, lease, mut load, calls) = state?;
             match running.next().await {
                 Some(Item::Event(Event::Token { text, logprobs: token_logprobs, .. })) => {
                     load.token();
+                    // The tokens that spelled a tool call have no text: no line for them.
+                    if text.is_empty() && token_logprobs.is_none() {
+                        return Some((Ok(String::new()), Some((running, conn, lease, load, calls))));
+                    }
                     let mut line = piece(kind, &model, &text, false);
                     if let Some(token_logprobs) = token_logprobs {
                         line["logprobs"] = logprobs(std::slice::from_ref(&token_logprobs));
                     }
                     let line = format!("{line}\n");
-                    Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load))))
+                    Some((Ok::<_, std::convert::Infallible>(line), Some((running, conn, lease, load, calls))))
+                }
+                Some(Item::Event(Event::ToolCall(call))) => {
+                    let line = with_calls(piece(kind, &model, "", false), std::slice::from_ref(&call), calls);
+                    Some((Ok(format!("{line}\n")), Some((running, conn, lease, load, calls + 1))))
                 }
                 Some(Item::Event(Event::LoadProgress(progress))) => {
                     load.saw(&progress);
                     let line = format!("{}\n", loading(kind, &model, &progress));
-                    Some((Ok(line), Some((running, conn, lease, load))))
+                    Some((Ok(line), Some((running, conn, lease, load, calls))))
                 }
                 Some(Item::Done(answer)) => {
                     release(&conn, lease).await;

@@ -16,7 +16,7 @@ use futures_util::stream::{self, Stream};
 use futures_util::StreamExt;
 use mlxd_proto::{
     ChatMessage, Constraint, EmbedRequest, Event, FinishReason, GenerateParams, GenerateRequest, GenerationSummary,
-    ModelRef, Priority, PromptInput, Request, Response as CoreResponse, TokenLogprobs, WireError,
+    ModelRef, Priority, PromptInput, Request, Response as CoreResponse, TokenLogprobs, ToolCall, WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use super::call::{self, Item};
 use super::conn::Conn;
 use super::error::ApiError;
+use super::tools;
 
 pub fn routes() -> Router<Conn> {
     Router::new()
@@ -173,6 +174,18 @@ struct Sampling {
     guided_regex: Option<String>,
     #[serde(default)]
     guided_grammar: Option<String>,
+    /// Chat: `[{"type": "function", "function": {...}}]`, `tool_choice`, `parallel_tool_calls`.
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    /// OpenAI's deprecated forms of tools: refused, naming the replacement.
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
 }
 
 fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -256,7 +269,17 @@ impl Sampling {
                 .ok_or_else(|| ApiError::bad_request("stop must be a string or an array of strings"))?,
             Some(_) => return Err(ApiError::bad_request("stop must be a string or an array of strings")),
         };
+        if self.functions.is_some() || self.function_call.is_some() {
+            return Err(ApiError::bad_request("functions and function_call are deprecated: use tools and tool_choice"));
+        }
+        let tools = tools::tools(self.tools.as_ref())?;
+        if matches!(shape, Shape::Text) && !tools.is_empty() {
+            return Err(ApiError::bad_request("tools need /v1/chat/completions (the chat template shows them)"));
+        }
         Ok(GenerateParams {
+            tools,
+            tool_choice: tools::tool_choice(self.tool_choice.as_ref())?,
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
             // Absent (as SDKs leave it): until the model stops, within the daemon's limit.
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(max_tokens_limit),
             // OpenAI's defaults.
@@ -298,6 +321,13 @@ struct ChatMessageBody {
     role: String,
     #[serde(default)]
     content: Value,
+    /// An assistant message's calls; a `tool` message's `tool_call_id` (and `name`).
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
@@ -322,7 +352,13 @@ fn chat_input(messages: &[ChatMessageBody]) -> Result<PromptInput, ApiError> {
             }
             _ => return Err(ApiError::bad_request(format!("messages[{index}].content must be a string or parts"))),
         };
-        out.push(ChatMessage { role: message.role.clone(), content });
+        out.push(ChatMessage {
+            role: message.role.clone(),
+            content,
+            tool_calls: tools::message_calls(message.tool_calls.as_ref(), index)?,
+            tool_call_id: message.tool_call_id.clone(),
+            name: message.name.clone(),
+        });
     }
     Ok(PromptInput::Chat(out))
 }
@@ -371,12 +407,27 @@ impl Shape {
     }
 
     /// One choice; `logprobs`: each token's, with the characters of output sent before its
-    /// text (completions' `text_offset`).
-    fn choice(self, text: &str, finish: Option<&str>, chunk: bool, logprobs: &[(usize, TokenLogprobs)]) -> Value {
+    /// text (completions' `text_offset`); `calls`: the tool calls of a whole chat message
+    /// (its content is then `null` when it has no text, as OpenAI sends it).
+    fn choice(
+        self,
+        text: &str,
+        finish: Option<&str>,
+        chunk: bool,
+        logprobs: &[(usize, TokenLogprobs)],
+        calls: &[ToolCall],
+    ) -> Value {
         let logprobs = if logprobs.is_empty() { Value::Null } else { self.logprobs(logprobs) };
         match (self, chunk) {
             (Shape::Chat, false) => {
-                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": logprobs })
+                let mut message = json!({ "role": "assistant", "content": text });
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(|c| tools::openai_call(c, None)).collect();
+                }
+                json!({ "index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs })
             }
             (Shape::Chat, true) => {
                 json!({ "index": 0, "delta": { "content": text }, "finish_reason": finish, "logprobs": logprobs })
@@ -430,8 +481,19 @@ impl Shape {
 fn finish_reason(summary: &GenerationSummary) -> &'static str {
     match summary.finish_reason {
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
         _ => "stop",
     }
+}
+
+/// A tool call as OpenAI streams it: a delta naming the call (its id, and `arguments: ""`)
+/// and a delta with the arguments.
+fn call_deltas(call: &ToolCall, index: usize) -> [Value; 2] {
+    let head = json!({ "index": index, "id": call.id, "type": "function", "function": { "name": call.name, "arguments": "" } });
+    let arguments = json!({ "index": index, "function": { "arguments": call.arguments } });
+    [head, arguments].map(
+        |delta| json!([{ "index": 0, "delta": { "tool_calls": [delta] }, "finish_reason": null, "logprobs": null }]),
+    )
 }
 
 fn usage(summary: &GenerationSummary) -> Value {
@@ -449,13 +511,16 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
     if !sampling.stream {
         let mut text = String::new();
         let mut logprobs = Vec::new();
-        let answer = call::run(&conn, request, |event| {
-            if let Event::Token { text: piece, logprobs: token_logprobs, .. } = event {
+        let mut calls = Vec::new();
+        let answer = call::run(&conn, request, |event| match event {
+            Event::Token { text: piece, logprobs: token_logprobs, .. } => {
                 if let Some(token_logprobs) = token_logprobs {
                     logprobs.push((text.chars().count(), token_logprobs));
                 }
                 text.push_str(&piece);
             }
+            Event::ToolCall(call) => calls.push(call),
+            Event::LoadProgress(_) => {}
         })
         .await?;
         let CoreResponse::Generated(summary) = answer else {
@@ -466,7 +531,7 @@ async fn complete(conn: Conn, sampling: Sampling, request: Request, shape: Shape
             "object": shape.object(false),
             "created": created,
             "model": model,
-            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false, &logprobs)],
+            "choices": [shape.choice(&text, Some(finish_reason(&summary)), false, &logprobs, &calls)],
             "usage": usage(&summary),
         }))
         .into_response());
@@ -501,31 +566,40 @@ fn sse_stream(
         Tokens,
         Done,
     }
-    // The state: the request, where the stream is, the chunk maker, characters sent so far.
-    stream::unfold((running, Step::Start, chunk, 0usize), move |(mut running, step, chunk, sent)| async move {
+    // The state: the request, where the stream is, the chunk maker, characters sent so far
+    // and tool calls sent so far.
+    stream::unfold((running, Step::Start, chunk, (0usize, 0usize)), move |(mut running, step, chunk, (sent, calls))| async move {
         match step {
             Step::Start if matches!(shape, Shape::Chat) => {
                 let role = json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]);
                 let event = chunk(role, None);
-                Some((vec![Ok(event)], (running, Step::Tokens, chunk, sent)))
+                Some((vec![Ok(event)], (running, Step::Tokens, chunk, (sent, calls))))
             }
             Step::Start | Step::Tokens => match running.next().await {
+                // The tokens that spelled a tool call have no text: nothing to send.
+                Some(Item::Event(Event::Token { text, logprobs: None, .. })) if text.is_empty() => {
+                    Some((Vec::new(), (running, Step::Tokens, chunk, (sent, calls))))
+                }
                 Some(Item::Event(Event::Token { text, logprobs, .. })) => {
                     let logprobs: Vec<(usize, TokenLogprobs)> = logprobs.into_iter().map(|l| (sent, l)).collect();
-                    let event = chunk(json!([shape.choice(&text, None, true, &logprobs)]), None);
+                    let event = chunk(json!([shape.choice(&text, None, true, &logprobs, &[])]), None);
                     let sent = sent + text.chars().count();
-                    Some((vec![Ok(event)], (running, Step::Tokens, chunk, sent)))
+                    Some((vec![Ok(event)], (running, Step::Tokens, chunk, (sent, calls))))
+                }
+                Some(Item::Event(Event::ToolCall(call))) => {
+                    let events = call_deltas(&call, calls).into_iter().map(|delta| Ok(chunk(delta, None))).collect();
+                    Some((events, (running, Step::Tokens, chunk, (sent, calls + 1))))
                 }
                 // A cold model loading: SSE comments (clients ignore them, and the stream
                 // does not look stalled to a proxy or a timeout).
                 Some(Item::Event(Event::LoadProgress(p))) => {
                     let comment = format!("loading {}: {:?} {}/{}", p.model, p.stage, p.done, p.total);
-                    Some((vec![Ok(SseEvent::default().comment(comment))], (running, Step::Tokens, chunk, sent)))
+                    Some((vec![Ok(SseEvent::default().comment(comment))], (running, Step::Tokens, chunk, (sent, calls))))
                 }
                 Some(Item::Done(answer)) => {
                     let events = match *answer {
                         Ok(CoreResponse::Generated(summary)) => {
-                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true, &[])]);
+                            let finish = json!([shape.choice("", Some(finish_reason(&summary)), true, &[], &[])]);
                             let mut events = vec![Ok(chunk(finish, None))];
                             if include_usage {
                                 events.push(Ok(chunk(json!([]), Some(usage(&summary)))));
@@ -542,7 +616,7 @@ fn sse_stream(
                             vec![Ok(SseEvent::default().data(body.to_string())), Ok(SseEvent::default().data("[DONE]"))]
                         }
                     };
-                    Some((events, (running, Step::Done, chunk, sent)))
+                    Some((events, (running, Step::Done, chunk, (sent, calls))))
                 }
                 None => None,
             },

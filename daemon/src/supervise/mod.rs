@@ -43,8 +43,23 @@ use watchdog::{watchdog, Beat};
 
 type Reply = oneshot::Sender<Result<JobOutput, WireError>>;
 
-/// A generated piece: text, the token that completed it, and its log probabilities if asked.
-pub type TokenEvent = (String, Option<u32>, Option<mlxd_proto::TokenLogprobs>);
+/// A generated piece: text, the token that completed it, its log probabilities if asked,
+/// and the tool calls it completed.
+#[derive(Debug)]
+pub struct TokenEvent {
+    pub text: String,
+    pub token: Option<u32>,
+    pub logprobs: Option<mlxd_proto::TokenLogprobs>,
+    pub tool_calls: Vec<mlxd_proto::ToolCall>,
+}
+
+impl TokenEvent {
+    /// The client's events for it: the token, then each call.
+    pub fn into_events(self) -> impl Iterator<Item = mlxd_proto::Event> {
+        let token = mlxd_proto::Event::Token { text: self.text, token: self.token, logprobs: self.logprobs };
+        std::iter::once(token).chain(self.tool_calls.into_iter().map(mlxd_proto::Event::ToolCall))
+    }
+}
 
 /// Who waits for a job: its final answer, and for a stream, its token events.
 #[derive(Debug)]
@@ -461,12 +476,14 @@ async fn read_link(mut stream: LinkStream, link: Link, model: String, pid: u32) 
                     }
                 }
             }
-            Some(Ok(FromWorker::Token { id, text, token, logprobs })) => {
+            Some(Ok(FromWorker::Token { id, text, token, logprobs, tool_calls })) => {
                 let tokens = lock(&pending).jobs.get(&id).and_then(|w| w.tokens.clone());
                 if let Some(tokens) = tokens {
                     // Cannot be full: the worker sends no more than the credit it was given,
                     // and the buffer is as large as the most credit a stream may have.
-                    if let Err(mpsc::error::TrySendError::Full(_)) = tokens.try_send((text, token, logprobs)) {
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        tokens.try_send(TokenEvent { text, token, logprobs, tool_calls })
+                    {
                         tracing::error!(%model, job = id, "worker exceeded a stream's credit; token dropped");
                     }
                 }

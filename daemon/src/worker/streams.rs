@@ -8,7 +8,7 @@ use mlxd_proto::{
     ErrorCode, FinishReason, GenerationSummary, PromptInput, TokenLogprobs, TopLogprob, WireError, MAX_STREAM_CREDIT,
 };
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use tokio::sync::mpsc;
 
 use super::handoff::WorkItem;
@@ -139,7 +139,7 @@ impl Streams {
 
     fn step_batch(&mut self, out: &mpsc::Sender<FromWorker>) {
         let Some(engine) = self.engine.as_ref().map(|e| Python::attach(|py| e.clone_ref(py))) else { return };
-        type Event = (JobId, String, i64, Option<String>, Option<PyLogprobs>);
+        type Event = (JobId, String, i64, Option<String>, Option<PyLogprobs>, Vec<PyToolCall>);
         let stepped = Python::attach(|py| {
             engine
                 .bind(py)
@@ -151,18 +151,19 @@ impl Streams {
             Ok(events) => events,
             Err(message) => return self.fail_batch(message, out),
         };
-        for (id, text, token, finish, logprobs) in events {
+        for (id, text, token, finish, logprobs, calls) in events {
             let Some(credit) = self.batched.get_mut(&id) else { continue };
             let token = u32::try_from(token).ok();
-            if !text.is_empty() || token.is_some() {
+            if !text.is_empty() || token.is_some() || !calls.is_empty() {
                 *credit = credit.saturating_sub(1);
                 let logprobs = logprobs.map(token_logprobs);
-                let _ = out.blocking_send(FromWorker::Token { id, text, token, logprobs });
+                let tool_calls = calls.into_iter().map(tool_call).collect();
+                let _ = out.blocking_send(FromWorker::Token { id, text, token, logprobs, tool_calls });
             }
             match finish {
                 Some(finish) => {
                     self.batched.remove(&id);
-                    let reason = if finish == "length" { FinishReason::Length } else { FinishReason::Stop };
+                    let reason = finish_reason(&finish);
                     let result = Python::attach(|py| match engine.bind(py).call_method1("summary", (id,)) {
                         Ok(summary) => summary_from(py, &summary, reason),
                         Err(err) => Err(WireError::internal(python_error(py, "reading the summary", err))),
@@ -225,13 +226,28 @@ fn start_batched(
         .map_err(|err| request_error(py, err))
 }
 
-type StreamArguments<'py> = (Option<String>, Option<Vec<(String, String)>>, Bound<'py, PyDict>);
+type StreamArguments<'py> = (Option<String>, Option<Bound<'py, PyList>>, Bound<'py, PyDict>);
 
-/// A generation job as the Python adapters take it: raw prompt, chat messages, params.
+/// A generation job as the Python adapters take it: raw prompt, chat messages (dicts:
+/// role, content, and tool_calls as (id, name, arguments), tool_call_id, name), params.
 fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArguments<'_>> {
-    let (raw, messages): (Option<String>, Option<Vec<(String, String)>>) = match job.input {
+    let (raw, messages) = match job.input {
         PromptInput::Raw(text) => (Some(text), None),
-        PromptInput::Chat(messages) => (None, Some(messages.into_iter().map(|m| (m.role, m.content)).collect())),
+        PromptInput::Chat(messages) => {
+            let list = PyList::empty(py);
+            for m in messages {
+                let message = PyDict::new(py);
+                message.set_item("role", m.role)?;
+                message.set_item("content", m.content)?;
+                let calls: Vec<(String, String, String)> =
+                    m.tool_calls.into_iter().map(|c| (c.id, c.name, c.arguments)).collect();
+                message.set_item("tool_calls", calls)?;
+                message.set_item("tool_call_id", m.tool_call_id)?;
+                message.set_item("name", m.name)?;
+                list.append(message)?;
+            }
+            (None, Some(list))
+        }
     };
     let params = PyDict::new(py);
     let p = &job.params;
@@ -255,6 +271,18 @@ fn stream_arguments(py: Python<'_>, job: GenerateJob) -> PyResult<StreamArgument
         mlxd_proto::Constraint::Lark(text) => ("lark", text.as_str()),
     });
     params.set_item("constraint", constraint)?;
+    // (name, description, parameters as JSON text), as mlxd_runtime.tools takes them.
+    let tools: Vec<(&str, &str, &str)> =
+        p.tools.iter().map(|t| (t.name.as_str(), t.description.as_str(), t.parameters.as_str())).collect();
+    params.set_item("tools", tools)?;
+    let choice = match &p.tool_choice {
+        mlxd_proto::ToolChoice::Auto => ("auto", None),
+        mlxd_proto::ToolChoice::None => ("none", None),
+        mlxd_proto::ToolChoice::Required => ("required", None),
+        mlxd_proto::ToolChoice::Function(name) => ("function", Some(name.as_str())),
+    };
+    params.set_item("tool_choice", choice)?;
+    params.set_item("parallel_tool_calls", p.parallel_tool_calls)?;
     Ok((raw, messages, params))
 }
 
@@ -273,8 +301,8 @@ fn step(py: Python<'_>, stream: &mut SingleStream, out: &mpsc::Sender<FromWorker
         .stream
         .bind(py)
         .call_method0("step")
-        .and_then(|r| r.extract::<(String, i64, Option<String>, Option<PyLogprobs>)>());
-    let (text, token, finish, logprobs) = match stepped {
+        .and_then(|r| r.extract::<(String, i64, Option<String>, Option<PyLogprobs>, Vec<PyToolCall>)>());
+    let (text, token, finish, logprobs, calls) = match stepped {
         Ok(step) => step,
         Err(err) => {
             let error = WireError::new(
@@ -287,13 +315,14 @@ fn step(py: Python<'_>, stream: &mut SingleStream, out: &mpsc::Sender<FromWorker
         }
     };
     let token = u32::try_from(token).ok();
-    if !text.is_empty() || token.is_some() {
+    if !text.is_empty() || token.is_some() || !calls.is_empty() {
         stream.credit -= 1;
         let logprobs = logprobs.map(token_logprobs);
-        let _ = out.blocking_send(FromWorker::Token { id: stream.id, text, token, logprobs });
+        let tool_calls = calls.into_iter().map(tool_call).collect();
+        let _ = out.blocking_send(FromWorker::Token { id: stream.id, text, token, logprobs, tool_calls });
     }
     let Some(finish) = finish else { return false };
-    let reason = if finish == "length" { FinishReason::Length } else { FinishReason::Stop };
+    let reason = finish_reason(&finish);
     let result = summary(py, &stream.stream, reason);
     let _ = out.blocking_send(FromWorker::Done { id: stream.id, result });
     true
@@ -344,6 +373,21 @@ fn request_error(py: Python<'_>, err: PyErr) -> WireError {
 /// A token's log probabilities as the adapters give them: (its text, its logprob, the
 /// alternatives as (token, text, logprob), most likely first).
 type PyLogprobs = (String, f32, Vec<(u32, String, f32)>);
+/// A tool call as the runtime reports it: (id, name, arguments as JSON text).
+type PyToolCall = (String, String, String);
+
+fn tool_call((id, name, arguments): PyToolCall) -> mlxd_proto::ToolCall {
+    mlxd_proto::ToolCall { id, name, arguments }
+}
+
+/// The runtime's finish reason ("stop", "length", "tool_calls") as the wire's.
+fn finish_reason(finish: &str) -> FinishReason {
+    match finish {
+        "length" => FinishReason::Length,
+        "tool_calls" => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    }
+}
 
 fn token_logprobs((text, logprob, top): PyLogprobs) -> TokenLogprobs {
     let top = top.into_iter().map(|(token, text, logprob)| TopLogprob { token, text, logprob }).collect();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use mlxd_proto::worker::{GenerateJob, Job, JobOutput};
 use mlxd_proto::{
     Constraint, ErrorCode, Event, FinishReason, GenerateRequest, GenerationSummary, Limits, ModelKind, PromptInput,
-    RequestId, Response, WireError, MAX_STREAM_CREDIT,
+    RequestId, Response, ToolChoice, WireError, MAX_STREAM_CREDIT,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -122,7 +122,7 @@ pub async fn generate(
                     break done.unwrap_or_else(|_| Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream")));
                 }
                 token = stream.tokens.recv() => {
-                    let Some((text, token, logprobs)) = token else {
+                    let Some(token) = token else {
                         // Only after the final answer was routed: take it.
                         break (&mut stream.done).await.unwrap_or_else(|_| {
                             Err(WireError::new(ErrorCode::WorkerFailed, "worker dropped the stream"))
@@ -134,7 +134,7 @@ pub async fn generate(
                     }
                     delivered += 1;
                     if !cancelled {
-                        match deliver(events, Event::Token { text, token, logprobs }, control, pause_limit).await {
+                        match deliver_all(events, token, control, pause_limit).await {
                             Delivery::Sent | Delivery::Cancelled => {}
                             Delivery::Gone => control.cancel.cancel(),
                             Delivery::Stalled => {
@@ -166,12 +166,12 @@ pub async fn generate(
         // Tokens sent before the final answer are already in the buffer: deliver them first
         // — within the pause limit like any token, so a client that stops reading now
         // cannot keep the stream's slot.
-        while let Ok((text, token, logprobs)) = stream.tokens.try_recv() {
+        while let Ok(token) = stream.tokens.try_recv() {
             delivered += 1;
             if cancelled {
                 continue;
             }
-            match deliver(events, Event::Token { text, token, logprobs }, control, pause_limit).await {
+            match deliver_all(events, token, control, pause_limit).await {
                 Delivery::Sent => {}
                 Delivery::Gone | Delivery::Cancelled => cancelled = true,
                 Delivery::Stalled => {
@@ -237,6 +237,23 @@ async fn deliver(events: &impl EventSink, event: Event, control: &Control, limit
     }
 }
 
+/// Hands a token's events (the token, then the tool calls it completed) to the client, as
+/// far as they go.
+async fn deliver_all(
+    events: &impl EventSink,
+    token: crate::supervise::TokenEvent,
+    control: &Control,
+    limit: std::time::Duration,
+) -> Delivery {
+    for event in token.into_events() {
+        match deliver(events, event, control, limit).await {
+            Delivery::Sent => {}
+            other => return other,
+        }
+    }
+    Delivery::Sent
+}
+
 /// Passes credit the client granted (`owed`) on to the worker, as far as the stream's
 /// outstanding events stay within `MAX_STREAM_CREDIT`.
 async fn pass_on_credit(worker: &WorkerHandle, id: mlxd_proto::worker::JobId, owed: &mut u32, outstanding: &mut u32) {
@@ -272,6 +289,75 @@ fn cancelled_before_start() -> GenerationSummary {
         generation_tokens_per_s: 0.0,
         cached_prompt_tokens: 0,
     }
+}
+
+fn is_json_object(text: &str) -> bool {
+    matches!(serde_json::from_str::<serde_json::Value>(text), Ok(serde_json::Value::Object(_)))
+}
+
+/// What a chat message adds to the prompt, in bytes (before the template's own text).
+fn message_bytes(m: &mlxd_proto::ChatMessage) -> usize {
+    let calls: usize = m.tool_calls.iter().map(|c| c.id.len() + c.name.len() + c.arguments.len()).sum();
+    m.role.len()
+        + m.content.len()
+        + calls
+        + m.tool_call_id.as_ref().map_or(0, String::len)
+        + m.name.as_ref().map_or(0, String::len)
+}
+
+/// Checks `tools` and `tool_choice`; returns the tools' bytes (they become prompt text).
+fn validate_tools(request: &GenerateRequest) -> Result<usize, WireError> {
+    let p = &request.params;
+    let max = mlxd_proto::bounds::MAX_TOOLS as usize;
+    if p.tools.len() > max {
+        return Err(WireError::new(ErrorCode::TooLarge, format!("{} tools; at most {max} are allowed", p.tools.len())));
+    }
+    if p.tools.is_empty() {
+        return match &p.tool_choice {
+            ToolChoice::Auto | ToolChoice::None => Ok(0),
+            ToolChoice::Required | ToolChoice::Function(_) => {
+                Err(WireError::bad_request("tool_choice required or a function needs tools"))
+            }
+        };
+    }
+    if matches!(request.input, PromptInput::Raw(_)) {
+        return Err(WireError::bad_request("tools need a chat prompt (the model's chat template shows them)"));
+    }
+    if p.constraint.is_some() && p.tool_choice != ToolChoice::None {
+        return Err(WireError::bad_request(
+            "tools and a constraint cannot be combined (one constraint at a time; tool_choice none drops the tools)",
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (index, tool) in p.tools.iter().enumerate() {
+        let valid = (1..=64).contains(&tool.name.len())
+            && tool.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !valid {
+            return Err(WireError::bad_request(format!(
+                "tools[{index}]: the name {:?} must be 1 to 64 of a-z, A-Z, 0-9, _, - and .",
+                tool.name
+            )));
+        }
+        if !names.insert(tool.name.as_str()) {
+            return Err(WireError::bad_request(format!("tools[{index}]: {:?} is named twice", tool.name)));
+        }
+        if !is_json_object(&tool.parameters) {
+            return Err(WireError::bad_request(format!(
+                "tools[{index}] ({}): parameters must be a JSON schema object",
+                tool.name
+            )));
+        }
+    }
+    if let ToolChoice::Function(name) = &p.tool_choice {
+        if !names.contains(name.as_str()) {
+            let known: Vec<&str> = p.tools.iter().map(|t| t.name.as_str()).collect();
+            return Err(WireError::bad_request(format!(
+                "tool_choice names {name:?}, which is not among the tools ({})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(p.tools.iter().map(|t| t.name.len() + t.description.len() + t.parameters.len()).sum())
 }
 
 /// Checks a request against the protocol's ranges and the session's limits.
@@ -344,22 +430,39 @@ pub fn validate(request: &GenerateRequest, limits: &Limits) -> Result<GenerateJo
             return Err(WireError::bad_request(format!("stop string {index} is not valid UTF-8: {err}")));
         }
     }
-    let prompt_bytes = match &request.input {
-        PromptInput::Raw(text) => text.len(),
-        PromptInput::Chat(messages) => {
-            if messages.is_empty() {
-                return Err(WireError::bad_request("a chat prompt needs at least one message"));
+    let tool_bytes = validate_tools(request)?;
+    let prompt_bytes = tool_bytes
+        + match &request.input {
+            PromptInput::Raw(text) => text.len(),
+            PromptInput::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(WireError::bad_request("a chat prompt needs at least one message"));
+                }
+                let max = mlxd_proto::bounds::MAX_CHAT_MESSAGES as usize;
+                if messages.len() > max {
+                    return Err(WireError::new(
+                        ErrorCode::TooLarge,
+                        format!("{} chat messages; at most {max} are allowed", messages.len()),
+                    ));
+                }
+                for (index, message) in messages.iter().enumerate() {
+                    for call in &message.tool_calls {
+                        if call.name.is_empty() {
+                            return Err(WireError::bad_request(format!(
+                                "messages[{index}]: a tool call without a name"
+                            )));
+                        }
+                        if !is_json_object(&call.arguments) {
+                            return Err(WireError::bad_request(format!(
+                                "messages[{index}]: the arguments of tool call {:?} are not a JSON object",
+                                call.name
+                            )));
+                        }
+                    }
+                }
+                messages.iter().map(message_bytes).sum()
             }
-            let max = mlxd_proto::bounds::MAX_CHAT_MESSAGES as usize;
-            if messages.len() > max {
-                return Err(WireError::new(
-                    ErrorCode::TooLarge,
-                    format!("{} chat messages; at most {max} are allowed", messages.len()),
-                ));
-            }
-            messages.iter().map(|m| m.role.len() + m.content.len()).sum()
-        }
-    };
+        };
     if prompt_bytes > limits.max_text_bytes as usize {
         return Err(WireError::new(
             ErrorCode::TooLarge,
