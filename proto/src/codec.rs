@@ -90,6 +90,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
 /// would cost decoded (its frame was consumed whole, so the session goes on and the
 /// refusal is answered under the request's id when it could be read).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // as ClientMessage: decoded once, moved once
 pub enum Incoming {
     Message(crate::ClientMessage),
     OverLimit { id: Option<crate::RequestId>, reason: String },

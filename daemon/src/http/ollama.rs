@@ -638,3 +638,35 @@ async fn embeddings(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>
     let e = embed_texts(&conn, &body.model, vec![body.prompt], None).await?;
     Ok(Json(json!({ "embedding": e.rows().next().unwrap_or_default() })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_messages_without_ids_answer_the_calls_before_them_in_order() {
+        let messages: Vec<OllamaMessage> = serde_json::from_value(json!([
+            { "role": "user", "content": "Weather in Oslo and Rome?" },
+            { "role": "assistant", "tool_calls": [
+                { "function": { "name": "get_weather", "arguments": { "city": "Oslo" } } },
+                { "function": { "name": "get_weather", "arguments": { "city": "Rome" } } },
+            ] },
+            { "role": "tool", "tool_name": "get_weather", "content": "-3" },
+            { "role": "tool", "tool_name": "get_weather", "content": "14" },
+        ]))
+        .unwrap();
+        let out = chat_messages(messages).unwrap();
+        let calls = &out[1].tool_calls;
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_ne!(calls[0].id, calls[1].id);
+        assert_eq!(out[2].tool_call_id.as_deref(), Some(calls[0].id.as_str()));
+        assert_eq!(out[3].tool_call_id.as_deref(), Some(calls[1].id.as_str()));
+        assert_eq!(out[3].name.as_deref(), Some("get_weather"));
+        assert_eq!(out[1].content, "");
+
+        let images: Vec<OllamaMessage> =
+            serde_json::from_value(json!([{ "role": "user", "content": "x", "images": ["aGk="] }])).unwrap();
+        assert!(chat_messages(images).unwrap_err().0.message.contains("images are not supported"));
+    }
+}

@@ -504,4 +504,50 @@ mod tests {
         let ok = validate(&request(GenerateParams { stop: vec![b"\n\n".to_vec()], ..Default::default() }), &limits);
         assert_eq!(ok.unwrap().params.stop, vec![b"\n\n".to_vec()]);
     }
+
+    #[test]
+    fn tools_are_checked_before_any_work() {
+        use mlxd_proto::{ChatMessage, Tool, ToolCall, ToolChoice};
+        let limits = crate::config::DaemonConfig::default_limits();
+        let tool = |name: &str, parameters: &str| Tool {
+            name: name.into(),
+            description: String::new(),
+            parameters: parameters.into(),
+        };
+        let chat = |params: GenerateParams, messages: Vec<ChatMessage>| GenerateRequest {
+            input: PromptInput::Chat(messages),
+            ..request(params)
+        };
+        let ask = || vec![ChatMessage::new("user", "hi")];
+        let refused = |request: GenerateRequest| validate(&request, &limits).unwrap_err().message;
+        let with =
+            |tools: Vec<Tool>, tool_choice: ToolChoice| GenerateParams { tools, tool_choice, ..Default::default() };
+        let weather = || tool("get_weather", r#"{"type":"object"}"#);
+
+        assert!(validate(&chat(with(vec![weather()], ToolChoice::Required), ask()), &limits).is_ok());
+        assert!(refused(request(with(vec![weather()], ToolChoice::Auto))).contains("need a chat prompt"));
+        assert!(refused(chat(with(vec![], ToolChoice::Required), ask())).contains("needs tools"));
+        assert!(refused(chat(with(vec![tool("a b", "{}")], ToolChoice::Auto), ask())).contains("must be 1 to 64"));
+        assert!(refused(chat(with(vec![tool("f", "[]")], ToolChoice::Auto), ask())).contains("JSON schema object"));
+        assert!(refused(chat(with(vec![weather(), weather()], ToolChoice::Auto), ask())).contains("named twice"));
+        let other = with(vec![weather()], ToolChoice::Function("get_time".into()));
+        assert!(refused(chat(other, ask())).contains("\"get_time\", which is not among the tools (get_weather)"));
+        let constrained =
+            GenerateParams { constraint: Some(Constraint::JsonObject), ..with(vec![weather()], ToolChoice::Auto) };
+        assert!(refused(chat(constrained, ask())).contains("cannot be combined"));
+        // tool_choice none drops the tools: a constraint is then fine.
+        let none =
+            GenerateParams { constraint: Some(Constraint::JsonObject), ..with(vec![weather()], ToolChoice::None) };
+        assert!(validate(&chat(none, ask()), &limits).is_ok());
+        // A call sent back must carry a JSON object of arguments.
+        let call = ToolCall { id: "c".into(), name: "get_weather".into(), arguments: "[1]".into() };
+        let history = vec![ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") }];
+        assert!(refused(chat(with(vec![weather()], ToolChoice::Auto), history)).contains("not a JSON object"));
+        // Tools count towards the prompt's bytes.
+        let big = tool("big", &format!(r#"{{"description":"{}"}}"#, "x".repeat(limits.max_text_bytes as usize)));
+        assert_eq!(
+            validate(&chat(with(vec![big], ToolChoice::Auto), ask()), &limits).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
+    }
 }
