@@ -410,8 +410,8 @@ pub enum Event {
     /// Load progress of the model a Lease or Load is waiting for.
     LoadProgress(LoadProgress),
     /// A call the model made, parsed from its output once complete (the tokens that
-    /// spelled it came as `Token` events with empty text). Counts against credit like a
-    /// token. Since v7 (appended).
+    /// spelled it came as `Token` events with empty text), right after the `Token` event
+    /// that completed it. Costs no credit (the token did). Since v7 (appended).
     ToolCall(ToolCall),
 }
 
