@@ -425,9 +425,9 @@ def constraint_session(session: FakeSession) -> None:
     body = constrained(session, 2, by_name, chat, protocol.JsonSchema(SCHEMA_AS_GIVEN), "[1]")
     assert SCHEMA_AS_GIVEN.encode() in body
     body = constrained(session, 3, by_name, raw, protocol.JsonObject(), "{}")
-    # The params end with Some(JsonObject) (tag 1, nothing more); then credit 32,
-    # Interactive, no deadline.
-    assert body.endswith(b"\x01\x01\x20\x00\x00")
+    # Some(JsonObject) (tag 1, nothing more); then no tools, ToolChoice Auto, parallel
+    # calls true (the params' v7 tail), credit 32, Interactive, no deadline.
+    assert body.endswith(b"\x01\x01" + b"\x00\x00\x01" + b"\x20\x00\x00")
     assert session.receive() == protocol.Request(4, protocol.LeaseRequest("g"))
     info = model_info("g", protocol.ModelKind.Generation, [], None)
     session.send(protocol.Response(4, protocol.LeaseInfo(9, info)))
