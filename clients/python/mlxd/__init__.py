@@ -9,7 +9,8 @@ streams and model leases over the daemon's Unix socket (or a private ``mlxd stdi
 - :mod:`mlxd._connect`: socket path, server credentials check, stdio fallback, retries.
 - :mod:`mlxd.protocol`: the wire types (dataclasses), encode/decode of frame bodies;
   also the generation constraints :class:`JsonSchema`, :class:`JsonObject`,
-  :class:`Regex` and :class:`Lark` (structured output, ``constraint=``).
+  :class:`Regex` and :class:`Lark` (structured output, ``constraint=``), and the tool
+  types :class:`Tool`, :class:`ToolCall` and the :data:`ToolChoice` variants (``tools=``).
 - :mod:`mlxd._codec`: bincode (standard configuration) and framing, by hand.
 - :mod:`mlxd.errors`: the exceptions, one per daemon ErrorCode.
 
@@ -22,7 +23,7 @@ streams and model leases over the daemon's Unix socket (or a private ``mlxd stdi
 """
 
 from ._async import AsyncClient, AsyncGenerationStream, AsyncModel
-from ._base import Completion
+from ._base import Completion, StreamItem
 from ._connect import NO_RETRIES, RetryPolicy
 from ._sync import Client, GenerationStream, Model
 from .errors import (
@@ -78,6 +79,13 @@ from .protocol import (
     RerankResult,
     Token,
     TokenLogprobs,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceAuto,
+    ToolChoiceFunction,
+    ToolChoiceNone,
+    ToolChoiceRequired,
     TopLogprob,
 )
 
@@ -135,8 +143,16 @@ __all__ = [
     "Reranked",
     "RetryPolicy",
     "ShutdownError",
+    "StreamItem",
     "Token",
     "TokenLogprobs",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolChoiceAuto",
+    "ToolChoiceFunction",
+    "ToolChoiceNone",
+    "ToolChoiceRequired",
     "TooLargeError",
     "TopLogprob",
     "UnauthorizedError",

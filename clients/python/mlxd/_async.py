@@ -29,11 +29,24 @@ from typing import (
     Type,
     TypeVar,
     Union,
+    cast,
     overload,
 )
 
 from . import _base, _codec, _connect
-from ._base import DEFAULT_WINDOW, Completion, HasLease, ModelLike, ProgressCallback, PromptLike, StopLike
+from ._base import (
+    DEFAULT_WINDOW,
+    Completion,
+    HasLease,
+    ItemT,
+    ModelLike,
+    ProgressCallback,
+    PromptLike,
+    StopLike,
+    StreamItem,
+    ToolChoiceLike,
+    ToolLike,
+)
 from ._codec import DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN, PREFIX_LEN
 from ._connect import RetryPolicy
 from ._exc import MlxdError, ProtocolError
@@ -87,6 +100,7 @@ from .protocol import (
     Token,
     TokenizeRequest,
     Tokens,
+    ToolCallEvent,
     Unloaded,
     UnloadRequest,
     Weights,
@@ -570,6 +584,54 @@ class AsyncClient:
     async def detokenize(self, model: ModelLike, tokens: Sequence[int]) -> str:
         return (await self._expect(DetokenizeRequest(_base.model_ref(model), list(tokens)), Text)).text
 
+    @overload
+    async def generate(
+        self,
+        model: ModelLike,
+        prompt: PromptLike,
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: Optional[int] = ...,
+        stop: Sequence[StopLike] = ...,
+        priority: Priority = ...,
+        deadline_ms: Optional[int] = ...,
+        window: int = ...,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: None = ...,
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+    ) -> "AsyncGenerationStream[Token]": ...
+
+    @overload
+    async def generate(
+        self,
+        model: ModelLike,
+        prompt: PromptLike,
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: Optional[int] = ...,
+        stop: Sequence[StopLike] = ...,
+        priority: Priority = ...,
+        deadline_ms: Optional[int] = ...,
+        window: int = ...,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: Optional[Sequence[ToolLike]],
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+    ) -> "AsyncGenerationStream[StreamItem]": ...
+
     async def generate(
         self,
         model: ModelLike,
@@ -588,7 +650,10 @@ class AsyncClient:
         window: int = DEFAULT_WINDOW,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
-    ) -> "AsyncGenerationStream":
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
+    ) -> "AsyncGenerationStream[StreamItem]":
         """Starts a generation: ``async for token in await client.generate(...)``. See
         :meth:`mlxd.Client.generate` for the parameters."""
         request = _base.generate_request(
@@ -607,6 +672,9 @@ class AsyncClient:
             window=window,
             logprobs=logprobs,
             constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         )
         connection = await self._connected()
         request_id = await connection.start(request)
@@ -619,10 +687,22 @@ class AsyncClient:
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
     ) -> Completion:
         """The whole answer to ``messages``; see :meth:`mlxd.Client.chat`."""
-        async with await self.generate(model, messages, logprobs=logprobs, constraint=constraint, **params) as stream:
+        async with await self.generate(
+            model,
+            messages,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        ) as stream:
             return await stream.complete()
 
 
@@ -748,15 +828,53 @@ class AsyncModel(HasLease):
     async def detokenize(self, tokens: Sequence[int]) -> str:
         return await self.client.detokenize(self, tokens)
 
+    @overload
+    async def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: None = ...,
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+        **params: Any,
+    ) -> "AsyncGenerationStream[Token]": ...
+
+    @overload
+    async def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: Optional[Sequence[ToolLike]],
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+        **params: Any,
+    ) -> "AsyncGenerationStream[StreamItem]": ...
+
     async def generate(
         self,
         prompt: PromptLike,
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
-    ) -> "AsyncGenerationStream":
-        return await self.client.generate(self, prompt, logprobs=logprobs, constraint=constraint, **params)
+    ) -> "AsyncGenerationStream[StreamItem]":
+        return await self.client.generate(
+            self,
+            prompt,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
 
     async def chat(
         self,
@@ -764,14 +882,27 @@ class AsyncModel(HasLease):
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
     ) -> Completion:
-        return await self.client.chat(self, messages, logprobs=logprobs, constraint=constraint, **params)
+        return await self.client.chat(
+            self,
+            messages,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
 
 
-class AsyncGenerationStream(AsyncIterator[Token]):
+class AsyncGenerationStream(AsyncIterator[ItemT]):
     """A running generation (see :class:`mlxd.GenerationStream`): ``async for`` its
-    tokens; credit is granted back as they are taken; :attr:`summary` after the end."""
+    tokens (and the :class:`ToolCall` s the model makes, in order); credit is granted back
+    as tokens are taken; :attr:`summary` after the end."""
 
     def __init__(self, connection: _AsyncConnection, request_id: int, window: int) -> None:
         self._connection = connection
@@ -781,10 +912,10 @@ class AsyncGenerationStream(AsyncIterator[Token]):
         self.finished = False
         self._cancelled = False
 
-    def __aiter__(self) -> "AsyncGenerationStream":
+    def __aiter__(self) -> "AsyncGenerationStream[ItemT]":
         return self
 
-    async def __anext__(self) -> Token:
+    async def __anext__(self) -> ItemT:
         if self.finished:
             raise StopAsyncIteration
         connection = self._connection
@@ -793,12 +924,14 @@ class AsyncGenerationStream(AsyncIterator[Token]):
                 message = await connection.next_for(self.request_id)
                 if isinstance(message, Event):
                     event = message.event
+                    if isinstance(event, ToolCallEvent):
+                        return cast(ItemT, event.call)  # costs no credit
                     if not isinstance(event, Token):
                         continue  # load progress
                     grant = self._credit.took_one()
                     if grant and not self._cancelled:
                         await connection.try_send(Credit(self.request_id, grant))
-                    return event
+                    return cast(ItemT, event)
                 if isinstance(message, Response):
                     self._end()
                     self.summary = _base.expect(message.body, GenerationSummary)
@@ -854,7 +987,7 @@ class AsyncGenerationStream(AsyncIterator[Token]):
         except MlxdError:
             pass
 
-    async def __aenter__(self) -> "AsyncGenerationStream":
+    async def __aenter__(self) -> "AsyncGenerationStream[ItemT]":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -862,8 +995,8 @@ class AsyncGenerationStream(AsyncIterator[Token]):
 
     async def complete(self) -> Completion:
         """Reads the rest of the stream: its text, token ids, log probabilities (if asked
-        for) and summary."""
-        pieces = [token async for token in self]
+        for), tool calls and summary."""
+        pieces = [piece async for piece in self]
         return _base.completion_of(pieces, self.summary)
 
     async def text(self) -> str:

@@ -37,7 +37,19 @@ from typing import (
 )
 
 from . import _base, _codec, _connect
-from ._base import DEFAULT_WINDOW, Completion, HasLease, ModelLike, ProgressCallback, PromptLike, StopLike
+from ._base import (
+    DEFAULT_WINDOW,
+    Completion,
+    HasLease,
+    ItemT,
+    ModelLike,
+    ProgressCallback,
+    PromptLike,
+    StopLike,
+    StreamItem,
+    ToolChoiceLike,
+    ToolLike,
+)
 from ._codec import DEFAULT_MAX_FRAME_LEN, HANDSHAKE_MAX_FRAME_LEN, PREFIX_LEN
 from ._connect import RetryPolicy
 from ._exc import MlxdError, ProtocolError
@@ -90,6 +102,7 @@ from .protocol import (
     Token,
     TokenizeRequest,
     Tokens,
+    ToolCallEvent,
     UnloadRequest,
     Unloaded,
     Weights,
@@ -713,6 +726,54 @@ class Client:
     def detokenize(self, model: ModelLike, tokens: Sequence[int]) -> str:
         return self._expect(DetokenizeRequest(_base.model_ref(model), list(tokens)), Text).text
 
+    @overload
+    def generate(
+        self,
+        model: ModelLike,
+        prompt: PromptLike,
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: Optional[int] = ...,
+        stop: Sequence[StopLike] = ...,
+        priority: Priority = ...,
+        deadline_ms: Optional[int] = ...,
+        window: int = ...,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: None = ...,
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+    ) -> "GenerationStream[Token]": ...
+
+    @overload
+    def generate(
+        self,
+        model: ModelLike,
+        prompt: PromptLike,
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        top_k: int = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: Optional[int] = ...,
+        stop: Sequence[StopLike] = ...,
+        priority: Priority = ...,
+        deadline_ms: Optional[int] = ...,
+        window: int = ...,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: Optional[Sequence[ToolLike]],
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+    ) -> "GenerationStream[StreamItem]": ...
+
     def generate(
         self,
         model: ModelLike,
@@ -731,7 +792,10 @@ class Client:
         window: int = DEFAULT_WINDOW,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
-    ) -> "GenerationStream":
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
+    ) -> "GenerationStream[StreamItem]":
         """Starts a generation and returns its stream of :class:`Token` s. ``prompt`` is a
         raw prompt (str, used as is) or chat messages (rendered with the model's chat
         template). ``temperature=0`` is greedy. ``window``: events the daemon may send
@@ -741,7 +805,15 @@ class Client:
         ``constraint``: what the output must be (structured output): ``JsonSchema(schema)``
         (a dict, or its JSON text), ``JsonObject()``, ``Regex(pattern)`` (matched as a
         whole) or ``Lark(grammar)``; the stream ends Stop once the output is complete. One
-        the daemon cannot compile is a :class:`BadRequestError`."""
+        the daemon cannot compile is a :class:`BadRequestError`. ``tools`` (chat messages
+        only): functions the model may call, each a :class:`Tool` or a mapping (OpenAI's
+        ``{"type": "function", "function": {...}}`` or flat ``{"name", "description",
+        "parameters"}``); the stream then yields a :class:`ToolCall` for each call the
+        model makes and ends ``ToolCalls`` after them. ``tool_choice``: ``"auto"`` (the
+        model decides), ``"none"``, ``"required"`` or a function (``{"type": "function",
+        "function": {"name": ...}}`` or ``{"name": ...}``), the last two enforced with a
+        constraint; ``parallel_tool_calls``: with ``"required"``, more than one call may
+        be made. A tool, call or choice of the wrong type is a TypeError, nothing sent."""
         request = _base.generate_request(
             model,
             prompt,
@@ -758,6 +830,9 @@ class Client:
             window=window,
             logprobs=logprobs,
             constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         )
         request_id = self._connection.start(request)
         return GenerationStream(self._connection, request_id, window)
@@ -769,12 +844,25 @@ class Client:
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
     ) -> Completion:
         """Generates a whole answer to ``messages`` (chat messages, or a raw prompt) and
         returns it with its summary (and with ``logprobs=k``, each token's log
-        probabilities). Takes the parameters of :meth:`generate` (``constraint=`` too)."""
-        with self.generate(model, messages, logprobs=logprobs, constraint=constraint, **params) as stream:
+        probabilities, and with ``tools=`` the calls the model made). Takes the
+        parameters of :meth:`generate` (``constraint=`` and ``tools=`` too)."""
+        with self.generate(
+            model,
+            messages,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        ) as stream:
             return stream.complete()
 
 
@@ -886,16 +974,54 @@ class Model(HasLease):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.client.detokenize(self, tokens)
 
+    @overload
+    def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: None = ...,
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+        **params: Any,
+    ) -> "GenerationStream[Token]": ...
+
+    @overload
+    def generate(
+        self,
+        prompt: PromptLike,
+        *,
+        logprobs: Optional[int] = ...,
+        constraint: Optional[Constraint] = ...,
+        tools: Optional[Sequence[ToolLike]],
+        tool_choice: ToolChoiceLike = ...,
+        parallel_tool_calls: bool = ...,
+        **params: Any,
+    ) -> "GenerationStream[StreamItem]": ...
+
     def generate(
         self,
         prompt: PromptLike,
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
-    ) -> "GenerationStream":
+    ) -> "GenerationStream[StreamItem]":
         """See :meth:`Client.generate`."""
-        return self.client.generate(self, prompt, logprobs=logprobs, constraint=constraint, **params)
+        return self.client.generate(
+            self,
+            prompt,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
 
     def chat(
         self,
@@ -903,16 +1029,30 @@ class Model(HasLease):
         *,
         logprobs: Optional[int] = None,
         constraint: Optional[Constraint] = None,
+        tools: Optional[Sequence[ToolLike]] = None,
+        tool_choice: ToolChoiceLike = "auto",
+        parallel_tool_calls: bool = True,
         **params: Any,
     ) -> Completion:
         """See :meth:`Client.chat`."""
-        return self.client.chat(self, messages, logprobs=logprobs, constraint=constraint, **params)
+        return self.client.chat(
+            self,
+            messages,
+            logprobs=logprobs,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
 
 
-class GenerationStream(Iterator[Token]):
-    """A running generation: iterate it for :class:`Token` s as they come. Credit is
-    granted back as tokens are taken, so a reader that stops also stops its stream (and
-    only its stream) at the daemon, with at most ``window`` tokens waiting.
+class GenerationStream(Iterator[ItemT]):
+    """A running generation: iterate it for :class:`Token` s as they come, and (with
+    ``tools=``) the :class:`ToolCall` s the model makes, each right after the token that
+    completed it. Credit is granted back as tokens are taken, so a reader that stops also
+    stops its stream (and only its stream) at the daemon, with at most ``window`` tokens
+    waiting (tool calls cost no credit).
 
     After the iteration, :attr:`summary` says how it ended. :meth:`cancel` stops it (the
     tokens already sent still come, then the summary with ``finish_reason`` Cancelled);
@@ -928,10 +1068,10 @@ class GenerationStream(Iterator[Token]):
         self.finished = False
         self._cancelled = False
 
-    def __iter__(self) -> "GenerationStream":
+    def __iter__(self) -> "GenerationStream[ItemT]":
         return self
 
-    def __next__(self) -> Token:
+    def __next__(self) -> ItemT:
         if self.finished:
             raise StopIteration
         connection = self._connection
@@ -940,12 +1080,14 @@ class GenerationStream(Iterator[Token]):
                 message = connection.next_for(self.request_id)
                 if isinstance(message, Event):
                     event = message.event
+                    if isinstance(event, ToolCallEvent):
+                        return cast(ItemT, event.call)  # costs no credit
                     if not isinstance(event, Token):
                         continue  # load progress
                     grant = self._credit.took_one()
                     if grant and not self._cancelled:
                         connection.try_send(Credit(self.request_id, grant))
-                    return event
+                    return cast(ItemT, event)
                 if isinstance(message, Response):
                     self._end()
                     self.summary = _base.expect(message.body, GenerationSummary)
@@ -993,7 +1135,7 @@ class GenerationStream(Iterator[Token]):
         except MlxdError:
             pass
 
-    def __enter__(self) -> "GenerationStream":
+    def __enter__(self) -> "GenerationStream[ItemT]":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1001,7 +1143,7 @@ class GenerationStream(Iterator[Token]):
 
     def complete(self) -> Completion:
         """Reads the rest of the stream: its text, token ids, log probabilities (if asked
-        for) and summary."""
+        for), tool calls and summary."""
         pieces = list(self)
         return _base.completion_of(pieces, self.summary)
 

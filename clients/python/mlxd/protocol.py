@@ -1,4 +1,4 @@
-"""The wire types of the mlxd protocol (version 6), as in ``proto/PROTOCOL.md``.
+"""The wire types of the mlxd protocol (version 7), as in ``proto/PROTOCOL.md``.
 
 Structs are frozen dataclasses whose fields are in wire order; enums whose variants carry
 nothing are :class:`enum.IntEnum` (value = wire tag, name = the Rust variant's name);
@@ -20,13 +20,17 @@ one that wraps any other value is a small class with one field (``Response::Toke
 - ``PromptInput``: :class:`Raw` · :class:`Chat`
 - ``Constraint`` (since v6): :class:`JsonSchema` · :class:`JsonObject` · :class:`Regex` ·
   :class:`Lark`
+- ``ToolChoice`` (since v7): ``Auto`` → :class:`ToolChoiceAuto`, ``None`` →
+  :class:`ToolChoiceNone`, ``Required`` → :class:`ToolChoiceRequired`, ``Function`` →
+  :class:`ToolChoiceFunction`
 - ``ServerMessage``: ``Welcome`` · ``Response`` · ``Event`` · ``Error`` · ``Fatal``
 - ``Response`` (:data:`ResponseBody`): :class:`Pong`, ``Status`` → :class:`DaemonStatus`,
   :class:`Models`, ``Leased`` → :class:`LeaseInfo`, :class:`Released`,
   :class:`Embeddings`, ``Generated`` → :class:`GenerationSummary`, :class:`Tokens`,
   :class:`Text`, :class:`Loaded`, :class:`Unloaded`, :class:`Weights`, :class:`Metrics`,
   :class:`Reranked`
-- ``Event`` (:data:`EventBody`): :class:`Token`, :class:`LoadProgress`
+- ``Event`` (:data:`EventBody`): :class:`Token`, :class:`LoadProgress`, ``ToolCall`` →
+  :class:`ToolCallEvent` (since v7; its one field is the :class:`ToolCall`)
 """
 
 from __future__ import annotations
@@ -35,19 +39,22 @@ import array
 import dataclasses
 import enum
 import json
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from . import _codec
 from ._codec import Variant, f32, f32s, i64, u32, u64, variants
 
 #: The protocol version this package speaks.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 #: Most stream events the daemon holds for one stream at a time.
 MAX_STREAM_CREDIT = 4096
 
 #: Most alternatives ``logprobs=`` may ask for with each token (since v5).
 MAX_TOP_LOGPROBS = 20
+
+#: Most tools in one generation, and most tool calls in one chat message (since v7).
+MAX_TOOLS = 128
 
 
 
@@ -72,6 +79,7 @@ class FinishReason(enum.IntEnum):
     Length = 1
     Cancelled = 2
     Error = 3
+    ToolCalls = 4  # the model stopped after making tool calls; since v7
 
 
 class ModelKind(enum.IntEnum):
@@ -121,13 +129,116 @@ class WireError:
     retry_after_ms: Optional[u64] = None
 
 
+def _json_text(value: Union[str, Mapping[str, Any]], what: str) -> str:
+    """A mapping as compact JSON text; a str as is."""
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{what} is a mapping or its JSON text, not {value!r}")
+
+
+# -- Tool calls (since v7) -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ToolCall:
+    """A function call: one the model made (a stream yields it, and
+    :attr:`mlxd.Completion.tool_calls` lists them), or one an assistant message of the
+    conversation made (``ChatMessage.tool_calls``). ``arguments`` is a JSON object as text;
+    a mapping is written as compact JSON here. :meth:`parse_arguments` reads it back.
+    Since v7."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def __init__(self, id: str, name: str, arguments: Union[str, Mapping[str, Any]]) -> None:
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "arguments", _json_text(arguments, "a tool call's arguments"))
+
+    def parse_arguments(self) -> Dict[str, Any]:
+        """The arguments as a dict (:func:`json.loads`); ValueError if they are not a JSON
+        object."""
+        value = json.loads(self.arguments)
+        if not isinstance(value, dict):
+            raise ValueError(f"the arguments of tool call {self.id} are not a JSON object: {self.arguments!r}")
+        return value
+
+
+#: The schema of a function that takes no arguments (``Tool``'s default ``parameters``).
+NO_PARAMETERS = '{"type":"object","properties":{}}'
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Tool:
+    """A function the model may call: ``name`` (1 to 64 of ``a-z A-Z 0-9 _ - .``, unique
+    among a request's tools), what it does, and the JSON schema of its arguments (an
+    object schema: a mapping, written as compact JSON here, or its JSON text as is).
+    Since v7."""
+
+    name: str
+    description: str
+    parameters: str
+
+    def __init__(
+        self, name: str, description: str = "", parameters: Union[str, Mapping[str, Any]] = NO_PARAMETERS
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "description", description)
+        object.__setattr__(self, "parameters", _json_text(parameters, "a tool's parameters (a JSON schema)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolChoiceAuto(Variant):
+    """``ToolChoice::Auto``: the model decides; its output is parsed for calls."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolChoiceNone(Variant):
+    """``ToolChoice::None``: no calls; the tools are not shown to the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolChoiceRequired(Variant):
+    """``ToolChoice::Required``: at least one call (one unless ``parallel_tool_calls``),
+    enforced with a constraint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolChoiceFunction(Variant):
+    """``ToolChoice::Function``: a call of this function (one of the request's tools),
+    enforced with a constraint."""
+
+    NEWTYPE = True
+    name: str
+
+
+#: Whether the model may, must or must not call one of the tools (since v7).
+ToolChoice = Union[ToolChoiceAuto, ToolChoiceNone, ToolChoiceRequired, ToolChoiceFunction]
+variants(
+    "ToolChoice",
+    ("Auto", ToolChoiceAuto),
+    ("None", ToolChoiceNone),
+    ("Required", ToolChoiceRequired),
+    ("Function", ToolChoiceFunction),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatMessage:
     """One message of a chat prompt. The daemon passes ``role`` to the model's chat
-    template as is; ``system``, ``user`` and ``assistant`` are what templates know."""
+    template as is; ``system``, ``user`` and ``assistant`` are what templates know, and
+    ``tool`` (an answer to a tool call) those that take tools. Since v7: ``tool_calls``,
+    the calls an assistant message made (at most 128); ``tool_call_id`` and ``name``, a
+    ``tool`` message's call and function."""
 
     role: str
     content: str
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)  # since v7
+    tool_call_id: Optional[str] = None  # since v7
+    name: Optional[str] = None  # since v7
 
 
 # -- Constraint (since v6) -------------------------------------------------------------------
@@ -143,13 +254,7 @@ class JsonSchema(Variant):
     schema: str
 
     def __init__(self, schema: Union[str, Mapping[str, Any]]) -> None:
-        if isinstance(schema, Mapping):
-            text = json.dumps(dict(schema), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        elif isinstance(schema, str):
-            text = schema
-        else:
-            raise TypeError(f"a JSON schema is a mapping or its JSON text, not {schema!r}")
-        object.__setattr__(self, "schema", text)
+        object.__setattr__(self, "schema", _json_text(schema, "a JSON schema"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +294,10 @@ class GenerateParams:
     (and then the sampling filters and the seed do nothing). ``logprobs`` (since v5): None
     = off (no cost); k = each token's log probability and the k most likely alternatives
     (0 to :data:`MAX_TOP_LOGPROBS`; more is a BadRequest). ``constraint`` (since v6): None
-    = free text; else what the output must be (:data:`Constraint`)."""
+    = free text; else what the output must be (:data:`Constraint`). ``tools`` (since v7,
+    chat input only, at most :data:`MAX_TOOLS`): functions the model may call, as
+    ``tool_choice`` says; ``parallel_tool_calls``: with :class:`ToolChoiceRequired`,
+    whether more than one call may be made."""
 
     max_tokens: u32 = 256
     temperature: f32 = 0.7
@@ -201,6 +309,9 @@ class GenerateParams:
     stop: list[bytes] = dataclasses.field(default_factory=list)
     logprobs: Optional[u32] = None  # since v5
     constraint: Optional[Constraint] = None  # since v6
+    tools: list[Tool] = dataclasses.field(default_factory=list)  # since v7
+    tool_choice: ToolChoice = ToolChoiceAuto()  # since v7
+    parallel_tool_calls: bool = True  # since v7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -687,8 +798,18 @@ class LoadProgress(Variant):
     total: u64
 
 
-EventBody = Union[Token, LoadProgress]
-variants("Event", ("Token", Token), ("LoadProgress", LoadProgress))
+@dataclasses.dataclass(frozen=True)
+class ToolCallEvent(Variant):
+    """``Event::ToolCall``: a call the model made, parsed from its output once complete,
+    right after the Token event that completed it (the tokens that spelled it come as
+    Token events with empty text). It costs no credit. Since v7."""
+
+    NEWTYPE = True
+    call: ToolCall
+
+
+EventBody = Union[Token, LoadProgress, ToolCallEvent]
+variants("Event", ("Token", Token), ("LoadProgress", LoadProgress), ("ToolCall", ToolCallEvent))
 
 
 # -- Server messages ---------------------------------------------------------------------------

@@ -9,17 +9,31 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import mlxd
-from harness import Daemon, fixture, fixture_model_args
+from harness import TOOLS_MODEL, Daemon, ToolsModel, fixture, fixture_model_args
 
 
 @pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
-    """One daemon for every test that can share it, serving the fixture models too."""
-    started = Daemon(*fixture_model_args())
+def tools_model_build(tmp_path_factory: pytest.TempPathFactory) -> ToolsModel:
+    return ToolsModel.build(tmp_path_factory.mktemp("tools-model"))
+
+
+@pytest.fixture(scope="session")
+def daemon(tools_model_build: ToolsModel) -> Iterator[Daemon]:
+    """One daemon for every test that can share it, serving the fixture models and the
+    tiny tool model too."""
+    started = Daemon(*fixture_model_args(), *tools_model_build.args)
     try:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def tools_model(daemon: Daemon, tools_model_build: ToolsModel) -> str:
+    """The name of the shared daemon's tiny tool model; fails the test if it was not built."""
+    if tools_model_build.problem is not None:
+        pytest.fail(tools_model_build.problem)
+    return TOOLS_MODEL
 
 
 @pytest.fixture

@@ -86,6 +86,53 @@ def fixture_model(client: mlxd.Client, name: str) -> mlxd.ModelInfo:
     pytest.fail(f"fixture model {name} is not served: no directory {name} in {looked} (set MLXD_FIXTURES)")
 
 
+#: A tiny tool-calling model the shared daemon serves, built once per session by
+#: ``tests/tools/tiny_mlx_lm.py`` (random weights, SmolLM2's tokenizer) with Qwen2.5's chat
+#: template (tool calls as ``<tool_call>`` JSON, in the ChatML that tokenizer has): only a
+#: call that ``tool_choice`` enforces means anything from it.
+TOOLS_MODEL = "tiny-qwen-tools"
+TOOLS_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"
+
+
+def tools_template() -> Path:
+    """The tool model's chat template: ``$MLXD_TOOL_TEMPLATE`` if set, else
+    :data:`TOOLS_TEMPLATE` in the checkout's ``python/tests/fixtures/templates``."""
+    given = os.environ.get("MLXD_TOOL_TEMPLATE")
+    return Path(given) if given else REPO / "python" / "tests" / "fixtures" / "templates" / TOOLS_TEMPLATE
+
+
+def store_model_dir(name: str) -> Path:
+    """Model ``name`` in the user's model store (where ``make setup`` imports smollm2):
+    ``$MLXD_STORE``, else ``$XDG_DATA_HOME/mlxd``, else ``~/.local/share/mlxd``."""
+    given = os.environ.get("MLXD_STORE")
+    root = Path(given) if given else Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mlxd"
+    return root / "models" / name
+
+
+class ToolsModel:
+    """The tiny tool model of a session: ``--model`` arguments that serve it, or (when it
+    could not be built) why not; its tests then fail saying so, the others run."""
+
+    def __init__(self, args: List[str], problem: Optional[str]) -> None:
+        self.args, self.problem = args, problem
+
+    @classmethod
+    def build(cls, out: Path) -> "ToolsModel":
+        template = tools_template()
+        if not template.is_file():
+            return cls([], f"no chat template {template} (set MLXD_TOOL_TEMPLATE)")
+        tokenizer = store_model_dir("smollm2")
+        argv = [sys.executable, str(REPO / "tests" / "tools" / "tiny_mlx_lm.py"), str(out)]
+        argv += ["--tokenizer-from", str(tokenizer), "--chat-template", str(template)]
+        try:
+            built = run(argv, timeout=300)
+        except subprocess.TimeoutExpired:
+            return cls([], "building the tiny tool model took over 300 s")
+        if built.returncode != 0:
+            return cls([], f"building the tiny tool model failed (smollm2 from {tokenizer}):\n{built.stderr}")
+        return cls(["--model", f"{TOOLS_MODEL}={out}"], None)
+
+
 def child_env(**extra: str) -> Dict[str, str]:
     """The environment of a child Python that must import this package (installed, or not)."""
     env = dict(os.environ)
@@ -231,6 +278,40 @@ def check_phone_answer(answer: mlxd.Completion, pattern: str = PHONE_PATTERN) ->
     (Rust) regexes: greedy smollm2 writes U+1FBF8 SEGMENTED DIGIT EIGHT for it."""
     assert re.fullmatch(pattern, answer.text), answer.text
     assert answer.summary.finish_reason == mlxd.FinishReason.Stop, answer.summary
+
+
+#: Tool calls against :data:`TOOLS_MODEL`: a function whose arguments the schema pins down.
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo"]},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = mlxd.Tool("get_weather", "The weather in a city now.", WEATHER_SCHEMA)
+WEATHER_QUESTION: List[Dict[str, Any]] = [{"role": "user", "content": "What is the weather in Oslo, in celsius?"}]
+
+
+def check_weather_call(answer: mlxd.Completion) -> mlxd.ToolCall:
+    """An answer whose ``tool_choice`` named get_weather: exactly one call of it, with
+    arguments valid against :data:`WEATHER_SCHEMA` (the constraint's doing, whatever the
+    weights), ending ToolCalls; the call."""
+    assert len(answer.tool_calls) == 1, answer
+    (call,) = answer.tool_calls
+    assert isinstance(call, mlxd.ToolCall) and call.name == "get_weather" and call.id, call
+    arguments = call.parse_arguments()
+    assert set(arguments) == {"city", "unit"}, call.arguments
+    assert arguments["city"] in ("Paris", "Oslo") and arguments["unit"] in ("celsius", "fahrenheit"), call.arguments
+    assert answer.summary.finish_reason == mlxd.FinishReason.ToolCalls, answer.summary
+    return call
+
+
+def weather_answered(call: mlxd.ToolCall) -> List[Dict[str, Any]]:
+    """:data:`WEATHER_QUESTION`, the assistant's ``call`` and the tool's answer to it."""
+    made = {"role": "assistant", "content": "", "tool_calls": [call]}
+    return [*WEATHER_QUESTION, made, {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": -3}'}]
 
 
 def eventually(check: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:

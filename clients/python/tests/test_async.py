@@ -1,6 +1,6 @@
 """The asyncio client against the shared daemon: the same requests, streams, credit and
 errors as the blocking client, from many tasks on one connection; logprobs; structured
-output; rerank and embedding prompts on the fixture models."""
+output; rerank and embedding prompts on the fixture models; tool calls, streamed."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from harness import (
     PHONE_PROMPT,
     SKY_PROMPT,
     SKY_SCHEMA,
+    WEATHER_QUESTION,
+    WEATHER_TOOL,
     Daemon,
     check_greedy_logprobs,
     check_phone_answer,
     check_sky_answer,
+    check_weather_call,
     cosine,
     model_named,
+    weather_answered,
 )
 
 T = TypeVar("T")
@@ -179,5 +183,31 @@ def test_a_task_cancelled_mid_stream_cancels_its_generation(daemon: Daemon) -> N
             assert await running(client) == 0, "the cancelled task's generation still holds its slot"
             await stream.aclose()
             assert await client.ping() >= 0
+
+    run(scenario())
+
+
+def test_tool_calls_streamed(daemon: Daemon, tools_model: str) -> None:
+    async def scenario() -> None:
+        async with mlxd.AsyncClient(daemon.socket, fallback=False, retry=mlxd.NO_RETRIES) as client:
+            # The call comes in the stream, after the token that completed it.
+            stream = await client.generate(
+                tools_model,
+                WEATHER_QUESTION,
+                tools=[WEATHER_TOOL],
+                tool_choice={"name": "get_weather"},
+                temperature=0,
+                max_tokens=64,
+            )
+            items = [item async for item in stream]
+            calls = [item for item in items if isinstance(item, mlxd.ToolCall)]
+            assert len(calls) == 1 and isinstance(items[items.index(calls[0]) - 1], mlxd.Token), items
+            assert stream.summary is not None
+            first = mlxd.Completion("", [], stream.summary, tool_calls=calls)
+            call = check_weather_call(first)
+            second = await client.chat(
+                tools_model, weather_answered(call), tools=[WEATHER_TOOL], temperature=0, max_tokens=4
+            )
+            assert second.summary.prompt_tokens > stream.summary.prompt_tokens
 
     run(scenario())

@@ -84,11 +84,14 @@ def test_every_message_type_has_a_vector() -> None:
         "ModelRef",
         "PromptInput",
         "Constraint",
+        "ToolChoice",
     ):
         for cls in _codec._ENUMS[enum_name]:
             assert cls.NAME in seen, f"{enum_name}::{cls.NAME} has no vector"
     for code in protocol.ErrorCode:
         assert code.name in seen
+    for reason in protocol.FinishReason:
+        assert reason.name in seen, f"FinishReason::{reason.name} has no vector"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The blocking client against the real daemon (one shared by the session unless a test
 needs other settings): embeddings against sentence-transformers, named embedding prompts
 and reranking on the fixture models, greedy generation against mlxctl, logprobs, structured
-output, cancel, credit, leases, Busy, typed errors, the README and the benchmark."""
+output, tool calls (on a tiny tool model), cancel, credit, leases, Busy, typed errors, the
+README and the benchmark."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ from harness import (
     PHONE_PROMPT,
     SKY_PROMPT,
     SKY_SCHEMA,
+    WEATHER_QUESTION,
+    WEATHER_TOOL,
     Daemon,
     check_greedy_logprobs,
     check_phone_answer,
     check_sky_answer,
+    check_weather_call,
     child_env,
     cosine,
     eventually,
@@ -37,6 +41,7 @@ from harness import (
     mlxctl_bin,
     model_named,
     run,
+    weather_answered,
 )
 
 
@@ -184,6 +189,19 @@ def test_structured_output(client: mlxd.Client) -> None:
         assert answer.text.isascii(), answer.text
     with pytest.raises(mlxd.BadRequestError, match="frob"):
         client.chat("smollm2", "x", max_tokens=4, constraint=mlxd.JsonSchema(BAD_SCHEMA))
+
+
+def test_tool_calls(client: mlxd.Client, tools_model: str) -> None:
+    # tool_choice naming the function: one call, its arguments valid against the schema.
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    first = client.chat(
+        tools_model, WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice=weather, temperature=0, max_tokens=64
+    )
+    call = check_weather_call(first)
+    # The call and the tool's answer sent back: a longer prompt, rendered and answered.
+    second = client.chat(tools_model, weather_answered(call), tools=[WEATHER_TOOL], temperature=0, max_tokens=4)
+    assert second.summary.completion_tokens >= 1
+    assert second.summary.prompt_tokens > first.summary.prompt_tokens, (first.summary, second.summary)
 
 
 def test_cancel_mid_stream(daemon: Daemon, client: mlxd.Client) -> None:

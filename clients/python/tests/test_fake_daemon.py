@@ -1,9 +1,11 @@
 """Both clients against a scripted fake daemon (harness.FakeDaemon), for what the real one
 cannot be made to do on cue: a Fatal in the middle of a session, the Hello's frame limit as
 sent, a frame that arrives in pieces around a Ctrl-C, a daemon that never answers the
-Hello, the exact requests rerank, embedding prompts, logprobs= and constraint= send (and a
-Busy rerank retried), Token events with and without logprobs surfaced; and the blocking
-client's reading of frames split anywhere (on a socketpair)."""
+Hello, the exact requests rerank, embedding prompts, logprobs=, constraint=, tools= and
+tool_choice= send (and a Busy rerank retried), chat messages with tool calls as sent, Token
+events with and without logprobs and ToolCall events (which cost no credit) surfaced, tool
+arguments of the wrong shape refused with nothing sent; and the blocking client's reading of
+frames split anywhere (on a socketpair)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import tempfile
 import threading
 import time
 from random import Random
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -425,9 +427,9 @@ def constraint_session(session: FakeSession) -> None:
     body = constrained(session, 2, by_name, chat, protocol.JsonSchema(SCHEMA_AS_GIVEN), "[1]")
     assert SCHEMA_AS_GIVEN.encode() in body
     body = constrained(session, 3, by_name, raw, protocol.JsonObject(), "{}")
-    # The params end with Some(JsonObject) (tag 1, nothing more); then credit 32,
-    # Interactive, no deadline.
-    assert body.endswith(b"\x01\x01\x20\x00\x00")
+    # Some(JsonObject) (tag 1, nothing more); then no tools, ToolChoice Auto, parallel
+    # calls true (the params' v7 tail), credit 32, Interactive, no deadline.
+    assert body.endswith(b"\x01\x01" + b"\x00\x00\x01" + b"\x20\x00\x00")
     assert session.receive() == protocol.Request(4, protocol.LeaseRequest("g"))
     info = model_info("g", protocol.ModelKind.Generation, [], None)
     session.send(protocol.Response(4, protocol.LeaseInfo(9, info)))
@@ -451,7 +453,7 @@ def test_constraints_reach_the_wire(fakes: List[FakeDaemon]) -> None:
         assert json.loads(stream.text()) == {"answer": True}
         assert stream.summary == STOPPED
         with pytest.raises(TypeError, match="constraint"):
-            client.generate("g", "Hi", max_tokens=8, temperature=0, constraint="json")  # type: ignore[arg-type]
+            client.generate("g", "Hi", max_tokens=8, temperature=0, constraint="json")  # type: ignore[call-overload]
         assert client.chat("g", [("user", "Hi")], max_tokens=8, temperature=0, constraint=as_given).text == "[1]"
         assert client.chat("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonObject()).text == "{}"
         with client.lease("g") as model:
@@ -466,7 +468,7 @@ def test_constraints_reach_the_wire(fakes: List[FakeDaemon]) -> None:
             stream = await client.generate("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonSchema(SCHEMA))
             assert json.loads(await stream.text()) == {"answer": True}
             with pytest.raises(TypeError, match="constraint"):
-                await client.generate("g", "Hi", constraint=mlxd.Regex)  # type: ignore[arg-type]
+                await client.generate("g", "Hi", constraint=mlxd.Regex)  # type: ignore[call-overload]
             answer = await client.chat("g", [("user", "Hi")], max_tokens=8, temperature=0, constraint=as_given)
             assert answer.text == "[1]"
             answer = await client.chat("g", "Hi", max_tokens=8, temperature=0, constraint=mlxd.JsonObject())
@@ -476,5 +478,263 @@ def test_constraints_reach_the_wire(fakes: List[FakeDaemon]) -> None:
                 assert await stream.text() == "555-0199"
                 answer = await model.chat([("user", "Hi")], max_tokens=8, temperature=0, constraint=yes_no)
                 assert answer.text == "yes"
+
+    asyncio.run(asyncio.wait_for(over_async(), 30))
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo"]},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER_TEXT = (
+    '{"type":"object","properties":{"city":{"type":"string","enum":["Paris","Oslo"]},'
+    '"unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["city","unit"],'
+    '"additionalProperties":false}'
+)
+OSLO = protocol.ToolCall("call_1", "get_weather", '{"city":"Oslo","unit":"celsius"}')
+PARIS_CALL = protocol.ToolCall("call_2", "get_weather", '{"city":"Paris","unit":"celsius"}')
+PARIS_F = protocol.ToolCall("call_3", "get_weather", '{"city":"Paris","unit":"fahrenheit"}')
+#: PARIS_F as given: the arguments as a dict.
+PARIS_F_GIVEN = [mlxd.ToolCall("call_3", "get_weather", {"city": "Paris", "unit": "fahrenheit"})]
+CALLED = protocol.GenerationSummary(protocol.FinishReason.ToolCalls, 30, 3, 10.0, 20.0, 0)
+#: A conversation with tool calls in each form chat messages may take (OpenAI's, with the
+#: arguments as a dict and with content None; flat; a ChatMessage) ...
+HISTORY: List[mlxd._base.MessageLike] = [
+    {"role": "system", "content": "Be brief."},
+    ("user", "Weather in Oslo and Paris?"),
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}},
+            },
+            {"id": "call_2", "name": "get_weather", "arguments": '{"city":"Paris","unit":"celsius"}'},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": '{"celsius": -3}'},
+    mlxd.ChatMessage("assistant", "", PARIS_F_GIVEN),
+    {"role": "tool", "tool_call_id": "call_3", "content": '{"fahrenheit": 50}'},
+]
+#: ... and what it must be on the wire.
+HISTORY_SENT = protocol.Chat(
+    [
+        protocol.ChatMessage("system", "Be brief."),
+        protocol.ChatMessage("user", "Weather in Oslo and Paris?"),
+        protocol.ChatMessage("assistant", "", [OSLO, PARIS_CALL]),
+        protocol.ChatMessage("tool", '{"celsius": -3}', [], "call_1", "get_weather"),
+        protocol.ChatMessage("assistant", "", [PARIS_F]),
+        protocol.ChatMessage("tool", '{"fahrenheit": 50}', [], "call_3", None),
+    ]
+)
+TOOLS: List[mlxd._base.ToolLike] = [
+    mlxd.Tool("get_weather", "The weather in a city now.", WEATHER),
+    {
+        "type": "function",
+        "function": {"name": "get_time", "description": "The time in a city.", "parameters": '{"type":"object"}'},
+    },
+]
+TOOLS_SENT = [
+    protocol.Tool("get_weather", "The weather in a city now.", WEATHER_TEXT),
+    protocol.Tool("get_time", "The time in a city.", '{"type":"object"}'),
+]
+WEATHER_ONLY: List[mlxd._base.ToolLike] = [{"name": "get_weather", "parameters": WEATHER}, {"name": "now"}]
+WEATHER_ONLY_SENT = [
+    protocol.Tool("get_weather", "", WEATHER_TEXT),
+    protocol.Tool("now", "", '{"type":"object","properties":{}}'),
+]
+HI = protocol.Chat([protocol.ChatMessage("user", "Hi")])
+
+
+def tools_session(session: FakeSession) -> None:
+    """What both clients must send for ``tools=``, ``tool_choice=`` (each variant, from each
+    form it may take) and chat messages with tool calls, by name and by lease; and the
+    ToolCall events they must surface, each costing no credit."""
+    params = protocol.GenerateParams(
+        max_tokens=64, temperature=0.0, tools=TOOLS_SENT, tool_choice=protocol.ToolChoiceFunction("get_weather")
+    )
+    expected = protocol.GenerateRequest(protocol.ByName("g"), HISTORY_SENT, params, 2)
+    assert session.receive() == protocol.Request(1, expected)
+    session.send(protocol.Event(1, protocol.Token("Checking.", 5)))
+    session.send(protocol.Event(1, protocol.Token("", 6)))
+    session.send(protocol.Event(1, protocol.ToolCallEvent(OSLO)))
+    session.send(protocol.Event(1, protocol.Token("", 7)))
+    session.send(protocol.Event(1, protocol.ToolCallEvent(PARIS_CALL)))
+    session.send(protocol.Response(1, CALLED))
+    # Window 2: one event of credit back per token read (three), none for the calls.
+    for _ in range(3):
+        assert session.receive() == protocol.Credit(1, 1)
+
+    params = protocol.GenerateParams(
+        max_tokens=64,
+        temperature=0.0,
+        tools=WEATHER_ONLY_SENT,
+        tool_choice=protocol.ToolChoiceRequired(),
+        parallel_tool_calls=False,
+    )
+    assert session.receive() == protocol.Request(2, protocol.GenerateRequest(protocol.ByName("g"), HI, params, 32))
+    # The schemas as JSON text (tool "now": no description, no parameters), ToolChoice
+    # Required (tag 2), parallel calls false; credit 32, Interactive, no deadline.
+    now = b"\x03now" + b"\x00" + b"\x21" + b'{"type":"object","properties":{}}'
+    assert session.last_body.endswith(WEATHER_TEXT.encode() + now + b"\x02\x00" + b"\x20\x00\x00")
+    session.send(protocol.Event(2, protocol.Token("", 8)))
+    session.send(protocol.Event(2, protocol.ToolCallEvent(OSLO)))
+    session.send(protocol.Response(2, CALLED))
+
+    assert session.receive() == protocol.Request(3, protocol.LeaseRequest("g"))
+    info = model_info("g", protocol.ModelKind.Generation, [], None)
+    session.send(protocol.Response(3, protocol.LeaseInfo(9, info)))
+    params = protocol.GenerateParams(max_tokens=8, temperature=0.0, tools=WEATHER_ONLY_SENT)  # Auto
+    assert session.receive() == protocol.Request(4, protocol.GenerateRequest(protocol.ByLease(9), HI, params, 32))
+    session.send(protocol.Event(4, protocol.Token("", 8)))
+    session.send(protocol.Event(4, protocol.ToolCallEvent(PARIS_F)))
+    session.send(protocol.Response(4, CALLED))
+    params = protocol.GenerateParams(
+        max_tokens=8, temperature=0.0, tools=WEATHER_ONLY_SENT, tool_choice=protocol.ToolChoiceNone()
+    )
+    assert session.receive() == protocol.Request(5, protocol.GenerateRequest(protocol.ByLease(9), HI, params, 32))
+    session.send(protocol.Event(5, protocol.Token("Mild.", 9)))
+    session.send(protocol.Response(5, STOPPED))
+    assert session.receive() == protocol.Request(6, protocol.ReleaseRequest(9))
+    session.send(protocol.Response(6, protocol.Released()))
+    session.wait_for_the_end()
+
+
+def check_first_stream(items: List[mlxd.StreamItem], summary: Optional[mlxd.GenerationSummary]) -> None:
+    """What the first generation of :func:`tools_session` yields: the tokens and the calls
+    in order, the calls as :class:`mlxd.ToolCall`, the stream ending ToolCalls."""
+    assert items == [protocol.Token("Checking.", 5), protocol.Token("", 6), OSLO, protocol.Token("", 7), PARIS_CALL]
+    call = items[2]
+    assert isinstance(call, mlxd.ToolCall) and (call.id, call.name) == ("call_1", "get_weather")
+    assert call.parse_arguments() == {"city": "Oslo", "unit": "celsius"}
+    assert summary is not None and summary.finish_reason == mlxd.FinishReason.ToolCalls
+
+
+def test_tools_and_tool_calls_reach_the_wire_and_come_back(fakes: List[FakeDaemon]) -> None:
+    weather_by_name = {"type": "function", "function": {"name": "get_weather"}}
+    fake = fake_daemon(fakes, tools_session)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        stream = client.generate(
+            "g", HISTORY, max_tokens=64, temperature=0, window=2, tools=TOOLS, tool_choice=weather_by_name
+        )
+        check_first_stream(list(stream), stream.summary)
+        answer = client.chat(
+            "g",
+            [("user", "Hi")],
+            max_tokens=64,
+            temperature=0,
+            tools=WEATHER_ONLY,
+            tool_choice="required",
+            parallel_tool_calls=False,
+        )
+        assert (answer.text, answer.tokens, answer.tool_calls, answer.summary) == ("", [8], [OSLO], CALLED)
+        with client.lease("g") as model:
+            items = list(model.generate([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY))
+            assert items == [protocol.Token("", 8), PARIS_F]
+            answer = model.chat([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY, tool_choice="none")
+            assert (answer.text, answer.tool_calls) == ("Mild.", [])
+            assert answer.summary.finish_reason == mlxd.FinishReason.Stop
+
+    fake = fake_daemon(fakes, tools_session)
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False) as client:
+            stream = await client.generate(
+                "g", HISTORY, max_tokens=64, temperature=0, window=2, tools=TOOLS, tool_choice=weather_by_name
+            )
+            check_first_stream([item async for item in stream], stream.summary)
+            answer = await client.chat(
+                "g",
+                [("user", "Hi")],
+                max_tokens=64,
+                temperature=0,
+                tools=WEATHER_ONLY,
+                tool_choice=mlxd.ToolChoiceRequired(),
+                parallel_tool_calls=False,
+            )
+            assert (answer.text, answer.tool_calls, answer.summary) == ("", [OSLO], CALLED)
+            async with client.lease("g") as model:
+                stream = await model.generate([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY)
+                assert [item async for item in stream] == [protocol.Token("", 8), PARIS_F]
+                answer = await model.chat(
+                    [("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY, tool_choice="none"
+                )
+                assert (answer.text, answer.tool_calls) == ("Mild.", [])
+
+    asyncio.run(asyncio.wait_for(over_async(), 30))
+
+
+def ping_only(session: FakeSession) -> None:
+    """Nothing but a Ping may come (request 1: no request was even given an id before)."""
+    assert session.receive() == protocol.Request(1, protocol.PingRequest())
+    session.send(protocol.Response(1, protocol.Pong()))
+    session.wait_for_the_end()
+
+
+def test_tool_arguments_of_the_wrong_shape_are_refused_with_nothing_sent(fakes: List[FakeDaemon]) -> None:
+    hi = [("user", "Hi")]
+    weather = [{"name": "get_weather", "parameters": WEATHER}]
+    wrong: List[Tuple[type, Dict[str, Any]]] = [
+        (TypeError, {"tools": "get_weather"}),  # a str, not a list
+        (TypeError, {"tools": {"name": "get_weather"}}),  # one tool, not a list
+        (TypeError, {"tools": [42]}),
+        (TypeError, {"tools": [{"description": "no name"}]}),
+        (ValueError, {"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+        (TypeError, {"tools": [{"name": "f", "parameters": 42}]}),
+        (ValueError, {"tools": weather, "tool_choice": "sometimes"}),
+        (TypeError, {"tools": weather, "tool_choice": 42}),
+        (TypeError, {"tools": weather, "tool_choice": {"type": "function", "function": {}}}),
+        (TypeError, {"tools": weather, "parallel_tool_calls": "yes"}),
+    ]
+    wrong_messages: List[Any] = [
+        [{"role": "assistant", "content": "", "tool_calls": "call_1"}],
+        [{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": 42}}]}],
+        [{"role": "assistant", "content": "", "tool_calls": [{"id": 7, "name": "f", "arguments": "{}"}]}],
+        [{"role": "tool", "content": "{}", "tool_call_id": 7}],
+        [{"role": "user"}],  # no content and no calls
+    ]
+    fake = fake_daemon(fakes, ping_only)
+    with mlxd.Client(fake.socket, fallback=False) as client:
+        for error, options in wrong:
+            with pytest.raises(error):
+                client.chat("g", hi, **options)
+        for messages in wrong_messages:
+            with pytest.raises(TypeError):
+                client.generate("g", messages, tools=weather)
+        client.ping()
+    with pytest.raises(TypeError):
+        mlxd.Tool("f", parameters=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mlxd.ToolCall("c", "f", ["Oslo"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        mlxd.ToolCall("c", "f", "[1]").parse_arguments()
+    assert mlxd.Tool("f").parameters == '{"type":"object","properties":{}}'
+    assert mlxd.ToolCall("c", "f", {"x": "é"}) == mlxd.ToolCall("c", "f", '{"x":"é"}')
+    # tool_choice as OpenAI writes a function, the short form, and the variants themselves.
+    choose = mlxd._base.tool_choice_of
+    openai_function = {"type": "function", "function": {"name": "f"}}
+    assert choose({"name": "f"}) == choose(openai_function) == mlxd.ToolChoiceFunction("f")
+    assert [choose(name) for name in ("auto", "none", "required")] == [
+        mlxd.ToolChoiceAuto(),
+        mlxd.ToolChoiceNone(),
+        mlxd.ToolChoiceRequired(),
+    ]
+    assert choose(mlxd.ToolChoiceNone()) == mlxd.ToolChoiceNone()
+
+    fake = fake_daemon(fakes, ping_only)
+
+    async def over_async() -> None:
+        async with mlxd.AsyncClient(fake.socket, fallback=False) as client:
+            for error, options in wrong:
+                with pytest.raises(error):
+                    await client.chat("g", hi, **options)
+            await client.ping()
 
     asyncio.run(asyncio.wait_for(over_async(), 30))
