@@ -25,14 +25,13 @@ import {
   fromWire,
 } from "./errors.js";
 import { ABSOLUTE_MAX_FRAME_LEN, DEFAULT_MAX_FRAME_LEN, FrameDecoder, HANDSHAKE_MAX_FRAME_LEN, encodeFrame } from "./frame.js";
-import { Generation, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
+import { Generation, type ChatMessageInput, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
 import { Lease, type LeaseOptions } from "./lease.js";
 import { checkServer, currentUid, resolveSocketPath, trustedUidsFromEnv, type TrustedSocket } from "./paths.js";
 import * as requests from "./requests.js";
 import { connectSocket, StdioTransport, type SocketTransport, type Transport } from "./transport.js";
 import {
   PROTOCOL_VERSION,
-  type ChatMessage,
   type ClientMessage,
   type DaemonStatus,
   type Event,
@@ -419,7 +418,7 @@ export class Client {
   }
 
   /** Generates an answer to `messages`, rendered with the model's chat template. */
-  chat(model: string, messages: ChatMessage[], params: GenerateParamsInput = {}, options: GenerateOptions = {}): Generation {
+  chat(model: string, messages: ChatMessageInput[], params: GenerateParamsInput = {}, options: GenerateOptions = {}): Generation {
     return this.generate(model, messages, params, options);
   }
 

@@ -1,5 +1,5 @@
 /**
- * Encoders and decoders for every message of protocol v6, both directions (the client
+ * Encoders and decoders for every message of protocol v7, both directions (the client
  * only sends `ClientMessage` and reads `ServerMessage`; the other two halves let the
  * conformance tests check every vector both ways). Fields are written in the order of
  * PROTOCOL.md §5; a variant's wire tag is its index in the lists of `types.ts`.
@@ -22,6 +22,7 @@ import {
   REQUEST_TYPES,
   RESPONSE_TYPES,
   SERVER_MESSAGE_TYPES,
+  TOOL_CHOICE_TYPES,
   type ChatMessage,
   type ClientMessage,
   type Constraint,
@@ -48,6 +49,9 @@ import {
   type SchedStats,
   type ServerMessage,
   type TokenLogprobs,
+  type Tool,
+  type ToolCall,
+  type ToolChoice,
   type Welcome,
   type WireError,
 } from "./types.js";
@@ -348,10 +352,52 @@ function writeChatMessage(w: Writer, message: ChatMessage): void {
   if (message === null || typeof message !== "object") throw new InvalidArgumentError("ChatMessage: expected an object");
   w.string(message.role, "ChatMessage.role");
   w.string(message.content, "ChatMessage.content");
+  w.seq(message.tool_calls, "ChatMessage.tool_calls", (call) => writeToolCall(w, call, "ChatMessage.tool_calls[]"));
+  w.option(message.tool_call_id, (id) => w.string(id, "ChatMessage.tool_call_id"));
+  w.option(message.name, (name) => w.string(name, "ChatMessage.name"));
 }
 
 function readChatMessage(r: Reader): ChatMessage {
-  return { role: r.string("ChatMessage.role"), content: r.string("ChatMessage.content") };
+  return {
+    role: r.string("ChatMessage.role"),
+    content: r.string("ChatMessage.content"),
+    tool_calls: r.seq("ChatMessage.tool_calls", () => readToolCall(r)),
+    tool_call_id: r.option("ChatMessage.tool_call_id", () => r.string("ChatMessage.tool_call_id")),
+    name: r.option("ChatMessage.name", () => r.string("ChatMessage.name")),
+  };
+}
+
+function writeToolCall(w: Writer, call: ToolCall, what: string): void {
+  if (call === null || typeof call !== "object") throw new InvalidArgumentError(`${what}: expected an object`);
+  w.string(call.id, `${what}.id`);
+  w.string(call.name, `${what}.name`);
+  w.string(call.arguments, `${what}.arguments`);
+}
+
+function readToolCall(r: Reader): ToolCall {
+  return { id: r.string("ToolCall.id"), name: r.string("ToolCall.name"), arguments: r.string("ToolCall.arguments") };
+}
+
+function writeTool(w: Writer, tool: Tool): void {
+  if (tool === null || typeof tool !== "object") throw new InvalidArgumentError("tools[]: expected an object");
+  w.string(tool.name, "tools[].name");
+  w.string(tool.description, "tools[].description");
+  w.string(tool.parameters, "tools[].parameters");
+}
+
+function readTool(r: Reader): Tool {
+  return { name: r.string("Tool.name"), description: r.string("Tool.description"), parameters: r.string("Tool.parameters") };
+}
+
+function writeToolChoice(w: Writer, choice: ToolChoice): void {
+  if (choice === null || typeof choice !== "object") throw new InvalidArgumentError("ToolChoice: expected an object");
+  w.tag(tagOf(TOOL_CHOICE_TYPES, choice.type, "ToolChoice"));
+  if (choice.type === "Function") w.string(choice.value, "ToolChoice.Function");
+}
+
+function readToolChoice(r: Reader): ToolChoice {
+  const type = r.tag(TOOL_CHOICE_TYPES, "ToolChoice");
+  return type === "Function" ? { type, value: r.string("ToolChoice.Function") } : { type };
 }
 
 function writeGenerateParams(w: Writer, params: GenerateParams): void {
@@ -368,6 +414,9 @@ function writeGenerateParams(w: Writer, params: GenerateParams): void {
   });
   w.option(params.logprobs, (k) => w.u32(k, "logprobs"));
   w.option(params.constraint, (constraint) => writeConstraint(w, constraint));
+  w.seq(params.tools, "tools", (tool) => writeTool(w, tool));
+  writeToolChoice(w, params.tool_choice);
+  w.bool(params.parallel_tool_calls, "parallel_tool_calls");
 }
 
 function readGenerateParams(r: Reader): GenerateParams {
@@ -382,6 +431,9 @@ function readGenerateParams(r: Reader): GenerateParams {
     stop: r.seq("stop", () => r.byteString("stop[]")),
     logprobs: r.option("logprobs", () => r.u32("logprobs")),
     constraint: r.option("constraint", () => readConstraint(r)),
+    tools: r.seq("tools", () => readTool(r)),
+    tool_choice: readToolChoice(r),
+    parallel_tool_calls: r.bool("parallel_tool_calls"),
   };
 }
 
@@ -596,6 +648,7 @@ function readEvent(r: Reader): Event {
       logprobs: r.option("Token.logprobs", () => readTokenLogprobs(r)),
     };
   }
+  if (type === "ToolCall") return { type, ...readToolCall(r) };
   return { type, ...readLoadProgress(r) };
 }
 
@@ -605,6 +658,8 @@ function writeEvent(w: Writer, event: Event): void {
     w.string(event.text, "Token.text");
     w.option(event.token, (token) => w.u32(token, "Token.token"));
     w.option(event.logprobs, (logprobs) => writeTokenLogprobs(w, logprobs));
+  } else if (event.type === "ToolCall") {
+    writeToolCall(w, event, "ToolCall");
   } else {
     w.string(event.model, "LoadProgress.model");
     w.tag(tagOf(LOAD_STAGES, event.stage, "LoadProgress.stage"));

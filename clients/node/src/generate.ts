@@ -19,6 +19,9 @@ import type {
   PromptInput,
   Response,
   TokenLogprobs,
+  Tool,
+  ToolCall,
+  ToolChoice,
   U64,
 } from "./types.js";
 
@@ -28,7 +31,58 @@ export const DEFAULT_WINDOW = 32;
 export const MAX_WINDOW = 4096;
 
 /** A raw prompt (used as is) or chat messages (rendered with the model's chat template). */
-export type GenerateInput = string | ChatMessage[];
+export type GenerateInput = string | ChatMessageInput[];
+
+/**
+ * A chat message. `role` goes to the model's chat template as is: "system", "user",
+ * "assistant", or "tool" for a tool's answer. OpenAI's spellings `tool_calls` and
+ * `tool_call_id` are taken too (one spelling per message).
+ */
+export interface ChatMessageInput {
+  role: string;
+  /** The text; an assistant message with `toolCalls` may leave it out (or null): "". */
+  content?: string | null;
+  /** An assistant message's tool calls, sent back as the model made them (since v7). */
+  toolCalls?: ToolCallInput[];
+  tool_calls?: ToolCallInput[];
+  /** A "tool" message: the id of the call it answers (since v7). */
+  toolCallId?: string | null;
+  tool_call_id?: string | null;
+  /** A "tool" message: the name of the function that answered (since v7). */
+  name?: string | null;
+}
+
+/**
+ * A tool call in a message (since v7): as {@link Completion.toolCalls} gives it (or the
+ * stream's {@link ToolCallItem}, as is), or in OpenAI's shape. `arguments` is a JSON object's text (sent as is) or an object (sent as
+ * `JSON.stringify` writes it).
+ */
+export type ToolCallInput =
+  | { id: string; name: string; arguments: string | object }
+  | { id: string; type?: "function"; function: { name: string; arguments: string | object } };
+
+/**
+ * A function the model may call (since v7): `parameters` is the JSON schema of its
+ * arguments (an object schema), an object (sent as `JSON.stringify` writes it) or its JSON
+ * text (sent as is). OpenAI's `{ type: "function", function: { ... } }` is taken too.
+ */
+export type ToolInput =
+  | { name: string; description?: string; parameters: object | string }
+  | { type?: "function"; function: { name: string; description?: string; parameters: object | string } };
+
+/**
+ * Whether the model may call a tool [default: "auto", the model decides]: "none" (the
+ * tools are not shown to it), "required" (at least one call; one unless
+ * `parallelToolCalls`) or `{ function: name }` (a call of that function). "required" and a
+ * function are enforced with a constraint, so the arguments are valid against the schema.
+ * OpenAI's `{ type: "function", function: { name } }` is taken too.
+ */
+export type ToolChoiceInput =
+  | "auto"
+  | "none"
+  | "required"
+  | { function: string }
+  | { type?: "function"; function: { name: string } };
 
 /** Sampling parameters; omitted ones take the protocol's defaults (those of the Rust client). */
 export interface GenerateParamsInput {
@@ -58,6 +112,18 @@ export interface GenerateParamsInput {
    * {@link ConstraintInput} [default: null, free text].
    */
   constraint?: ConstraintInput | null;
+  /**
+   * Functions the model may call (chat input only, at most 128): its calls come as
+   * {@link ToolCallItem}s in the stream and in {@link Completion.toolCalls}, and a stream
+   * that made calls ends "ToolCalls" [default: none]. Not with a `constraint`.
+   */
+  tools?: ToolInput[];
+  /** See {@link ToolChoiceInput} [default: "auto"]; also spelt `tool_choice`. */
+  toolChoice?: ToolChoiceInput | null;
+  tool_choice?: ToolChoiceInput | null;
+  /** With "required", whether more than one call may be made [default: true]; also spelt `parallel_tool_calls`. */
+  parallelToolCalls?: boolean | null;
+  parallel_tool_calls?: boolean | null;
 }
 
 /**
@@ -87,6 +153,9 @@ export const DEFAULT_PARAMS: Readonly<Omit<GenerateParams, "stop">> = Object.fre
   seed: null,
   logprobs: null,
   constraint: null,
+  tools: Object.freeze([]) as readonly Tool[] as Tool[],
+  tool_choice: Object.freeze({ type: "Auto" }) as ToolChoice,
+  parallel_tool_calls: true,
 });
 
 export interface GenerateOptions {
@@ -104,6 +173,8 @@ export interface GenerateOptions {
 
 /** One piece of generated text. `token` is null for text flushed at the end of the stream. */
 export interface Token {
+  type: "token";
+  /** Empty for the tokens that spell a tool call (the call follows them as a {@link ToolCallItem}). */
   text: string;
   token: number | null;
   /**
@@ -112,6 +183,17 @@ export interface Token {
    */
   logprobs: TokenLogprobs | null;
 }
+
+/**
+ * A call the model made of one of the request's tools (since v7), in the stream right after
+ * the token that completed it. `arguments` is a JSON object's text. Costs no credit.
+ */
+export interface ToolCallItem extends ToolCall {
+  type: "toolCall";
+}
+
+/** What a {@link Generation} yields: tokens and, with tools, tool calls, in order. */
+export type GenerationItem = Token | ToolCallItem;
 
 const utf8 = new TextEncoder();
 
@@ -123,12 +205,15 @@ export interface Completion {
   tokens: number[];
   /** With `logprobs: k` in the params, each token's log probabilities (one per id in `tokens`); else empty. */
   logprobs: TokenLogprobs[];
+  /** The tool calls among them, in order (`{ id, name, arguments }`); send them back in the assistant message. */
+  toolCalls: ToolCall[];
   summary: GenerationSummary;
 }
 
 /**
- * A running generation: an `AsyncIterable` of {@link Token}s, read once. Credit is granted
- * as tokens are read. `summary` resolves with the final {@link GenerationSummary} (also
+ * A running generation: an `AsyncIterable` of {@link Token}s (and, with tools,
+ * {@link ToolCallItem}s, told apart by `type`), read once. Credit is granted as tokens are
+ * read (tool calls cost none). `summary` resolves with the final {@link GenerationSummary} (also
  * after a cancel: `finish_reason` "Cancelled") or rejects with the stream's error.
  *
  * Reading `summary` lets the stream run to its end even if nobody reads the tokens: from
@@ -141,13 +226,13 @@ export interface Completion {
  * Breaking out of a `for await` loop cancels the stream; so does `cancel()` (the loop then
  * ends) and the `signal` (the loop then throws the signal's reason).
  */
-export class Generation implements AsyncIterable<Token> {
+export class Generation implements AsyncIterable<GenerationItem> {
   #summary: Promise<GenerationSummary>;
   #client: Client;
   #id = -1;
   #window: number;
   #grantAt: number;
-  #queue: Token[] = [];
+  #queue: GenerationItem[] = [];
   #readSinceGrant = 0;
   /** Credit follows arrival rather than reading (set once `summary` is read). */
   #unbounded = false;
@@ -199,9 +284,13 @@ export class Generation implements AsyncIterable<Token> {
           event: (event) => {
             if (event.type === "Token") {
               if (!this.#stopped) {
-                this.#queue.push({ text: event.text, token: event.token, logprobs: event.logprobs ?? null });
+                this.#queue.push({ type: "token", text: event.text, token: event.token, logprobs: event.logprobs ?? null });
                 if (this.#unbounded) this.#credit(1);
               }
+              this.#notify();
+            } else if (event.type === "ToolCall") {
+              // No credit: the daemon sends a call without spending any.
+              if (!this.#stopped) this.#queue.push({ type: "toolCall", id: event.id, name: event.name, arguments: event.arguments });
               this.#notify();
             } else {
               const { type: _, ...progress } = event;
@@ -227,7 +316,7 @@ export class Generation implements AsyncIterable<Token> {
     if (!this.#unbounded && this.#state === "running" && !this.#stopped) {
       this.#unbounded = true;
       // Tokens received but not read yet: grant their credit now.
-      this.#credit(this.#queue.length);
+      this.#credit(this.#queue.filter((item) => item.type === "token").length);
     }
     return this.#summary;
   }
@@ -237,7 +326,7 @@ export class Generation implements AsyncIterable<Token> {
     return this.#id;
   }
 
-  /** Tokens received and not read yet (at most the window, unless `summary` was read). */
+  /** Tokens (and tool calls) received and not read yet (tokens: at most the window, unless `summary` was read). */
   get buffered(): number {
     return this.#queue.length;
   }
@@ -261,22 +350,28 @@ export class Generation implements AsyncIterable<Token> {
   }
 
   /**
-   * Reads the rest of the stream: its text, token ids, log probabilities (if asked for)
-   * and summary (as Python's `Generation.complete()`). Rejects with the stream's error.
+   * Reads the rest of the stream: its text, token ids, log probabilities (if asked for),
+   * tool calls and summary (as Python's `Generation.complete()`). Rejects with the
+   * stream's error.
    */
   async complete(): Promise<Completion> {
     let text = "";
     const tokens: number[] = [];
     const logprobs: TokenLogprobs[] = [];
-    for await (const token of this) {
-      text += token.text;
-      if (token.token !== null) tokens.push(token.token);
-      if (token.logprobs !== null) logprobs.push(token.logprobs);
+    const toolCalls: ToolCall[] = [];
+    for await (const item of this) {
+      if (item.type === "toolCall") {
+        toolCalls.push({ id: item.id, name: item.name, arguments: item.arguments });
+        continue;
+      }
+      text += item.text;
+      if (item.token !== null) tokens.push(item.token);
+      if (item.logprobs !== null) logprobs.push(item.logprobs);
     }
-    return { text, tokens, logprobs, summary: await this.#summary };
+    return { text, tokens, logprobs, toolCalls, summary: await this.#summary };
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<Token> {
+  [Symbol.asyncIterator](): AsyncIterator<GenerationItem> {
     return {
       next: () => this.#next(),
       return: async () => {
@@ -287,17 +382,17 @@ export class Generation implements AsyncIterable<Token> {
     };
   }
 
-  async #next(): Promise<IteratorResult<Token>> {
+  async #next(): Promise<IteratorResult<GenerationItem>> {
     for (;;) {
       if (this.#abortPending) {
         this.#abortPending = false;
         throw this.#abortReason;
       }
       if (this.#stopped) return { done: true, value: undefined };
-      const token = this.#queue.shift();
-      if (token !== undefined) {
-        this.#read();
-        return { done: false, value: token };
+      const item = this.#queue.shift();
+      if (item !== undefined) {
+        if (item.type === "token") this.#read();
+        return { done: false, value: item };
       }
       if (this.#state === "done") return { done: true, value: undefined };
       if (this.#state === "failed") {
@@ -331,7 +426,7 @@ export class Generation implements AsyncIterable<Token> {
     this.cancel();
   }
 
-  /** Wakes every waiting next(), in call order; each takes a token or waits again. */
+  /** Wakes every waiting next(), in call order; each takes an item or waits again. */
   #notify(): void {
     const waiters = this.#waiters;
     this.#waiters = [];
@@ -361,8 +456,108 @@ export class Generation implements AsyncIterable<Token> {
 
 function promptInput(input: GenerateInput): PromptInput {
   if (typeof input === "string") return { type: "Raw", value: input };
-  if (Array.isArray(input)) return { type: "Chat", value: input };
+  if (Array.isArray(input)) return { type: "Chat", value: input.map((message, i) => chatMessageOf(message, `messages[${i}]`)) };
   throw new InvalidArgumentError("generate: the prompt must be a string or an array of chat messages");
+}
+
+/** A field spelt the client's way (camelCase) or the protocol's and OpenAI's (snake_case), not both. */
+function either<T>(object: object, camel: string, snake: string, where: string): T | undefined {
+  const fields = object as Record<string, unknown>;
+  const [a, b] = [fields[camel], fields[snake]];
+  if (a !== undefined && b !== undefined) throw new InvalidArgumentError(`generate: ${where} has both ${camel} and ${snake}`);
+  return (a ?? b) as T | undefined;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** `value` as JSON text: a string as is, an object as `JSON.stringify` writes it. */
+function jsonText(value: unknown, where: string, expected: string): string {
+  if (typeof value === "string") return value;
+  if (isObject(value)) {
+    try {
+      return JSON.stringify(value);
+    } catch (error) {
+      throw new InvalidArgumentError(`generate: ${where} cannot be written as JSON: ${String(error)}`);
+    }
+  }
+  throw new InvalidArgumentError(`generate: ${where} must be ${expected}`);
+}
+
+function optionalString(value: unknown, where: string): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== "string") throw new InvalidArgumentError(`generate: ${where} must be a string`);
+  return value;
+}
+
+/** The wire `ChatMessage` of a {@link ChatMessageInput}, checked. */
+function chatMessageOf(input: ChatMessageInput, where: string): ChatMessage {
+  if (!isObject(input)) throw new InvalidArgumentError(`generate: ${where} must be an object`);
+  if (typeof input.role !== "string") throw new InvalidArgumentError(`generate: ${where}.role must be a string`);
+  const calls = either<unknown>(input, "toolCalls", "tool_calls", where) ?? [];
+  if (!Array.isArray(calls)) throw new InvalidArgumentError(`generate: ${where}.toolCalls must be an array`);
+  const tool_calls = calls.map((call, i) => toolCallOf(call, `${where}.toolCalls[${i}]`));
+  let content = input.content;
+  if ((content === undefined || content === null) && tool_calls.length > 0) content = "";
+  if (typeof content !== "string") throw new InvalidArgumentError(`generate: ${where}.content must be a string`);
+  return {
+    role: input.role,
+    content,
+    tool_calls,
+    tool_call_id: optionalString(either(input, "toolCallId", "tool_call_id", where), `${where}.toolCallId`),
+    name: optionalString(input.name, `${where}.name`),
+  };
+}
+
+/** A {@link ToolCallInput}, flat or OpenAI's, as the wire `ToolCall`. */
+function toolCallOf(input: unknown, where: string): ToolCall {
+  if (!isObject(input)) throw new InvalidArgumentError(`generate: ${where} must be an object`);
+  const call = functionOf(input, where);
+  if (typeof input.id !== "string") throw new InvalidArgumentError(`generate: ${where}.id must be a string`);
+  if (typeof call.name !== "string") throw new InvalidArgumentError(`generate: ${where}.name must be a string`);
+  return { id: input.id, name: call.name, arguments: jsonText(call.arguments, `${where}.arguments`, "a JSON object or its text") };
+}
+
+/**
+ * The function of OpenAI's `{ type: "function", function }`, or the object itself (whose
+ * `type`, as a streamed call's "toolCall", is then not looked at).
+ */
+function functionOf(input: Record<string, unknown>, where: string): Record<string, unknown> {
+  if (input.function === undefined) return input;
+  if (input.type !== undefined && input.type !== "function") {
+    throw new InvalidArgumentError(`generate: ${where}.type must be "function", not ${JSON.stringify(input.type)}`);
+  }
+  if (!isObject(input.function)) throw new InvalidArgumentError(`generate: ${where}.function must be an object`);
+  return input.function;
+}
+
+/** The wire `Tool` of a {@link ToolInput}, checked. */
+function toolOf(input: unknown, where: string): Tool {
+  if (!isObject(input)) throw new InvalidArgumentError(`generate: ${where} must be an object`);
+  const tool = functionOf(input, where);
+  if (typeof tool.name !== "string") throw new InvalidArgumentError(`generate: ${where}.name must be a string`);
+  const description = optionalString(tool.description, `${where}.description`) ?? "";
+  const parameters = jsonText(tool.parameters, `${where}.parameters`, "a JSON schema (an object or its JSON text)");
+  return { name: tool.name, description, parameters };
+}
+
+const TOOL_CHOICES: Readonly<Record<string, ToolChoice>> = {
+  auto: { type: "Auto" },
+  none: { type: "None" },
+  required: { type: "Required" },
+};
+
+/** The wire `ToolChoice` of a {@link ToolChoiceInput}, checked. */
+function toolChoiceOf(input: unknown): ToolChoice {
+  if (input === undefined || input === null) return { type: "Auto" };
+  if (typeof input === "string" && Object.hasOwn(TOOL_CHOICES, input)) return { ...TOOL_CHOICES[input] };
+  if (isObject(input) && (input.type === undefined || input.type === "function")) {
+    const name = isObject(input.function) ? input.function.name : input.function;
+    if (typeof name === "string") return { type: "Function", value: name };
+  }
+  const got = typeof input === "string" ? JSON.stringify(input) : isObject(input) ? `{ ${Object.keys(input).join(", ")} }` : String(input);
+  throw new InvalidArgumentError(`generate: toolChoice is "auto", "none", "required" or { function: name }, not ${got}`);
 }
 
 function generateParams(params: GenerateParamsInput): GenerateParams {
@@ -383,6 +578,20 @@ function generateParams(params: GenerateParamsInput): GenerateParams {
     stop,
     logprobs: params.logprobs ?? null,
     constraint: constraintOf(params.constraint),
+    ...toolParams(params),
+  };
+}
+
+/** `tools`, `tool_choice` and `parallel_tool_calls`, checked. */
+function toolParams(params: GenerateParamsInput): Pick<GenerateParams, "tools" | "tool_choice" | "parallel_tool_calls"> {
+  const tools = params.tools ?? [];
+  if (!Array.isArray(tools)) throw new InvalidArgumentError("generate: tools must be an array");
+  const parallel = either<unknown>(params, "parallelToolCalls", "parallel_tool_calls", "params") ?? DEFAULT_PARAMS.parallel_tool_calls;
+  if (typeof parallel !== "boolean") throw new InvalidArgumentError("generate: parallelToolCalls must be a boolean");
+  return {
+    tools: tools.map((tool, i) => toolOf(tool, `tools[${i}]`)),
+    tool_choice: toolChoiceOf(either(params, "toolChoice", "tool_choice", "params")),
+    parallel_tool_calls: parallel,
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * mlxd-client: the Node client of mlxd (protocol v6, `proto/PROTOCOL.md`).
+ * mlxd-client: the Node client of mlxd (protocol v7, `proto/PROTOCOL.md`).
  *
  * # Layout
  *
@@ -23,7 +23,20 @@ export type { ConnectOptions, Endpoint, RequestOptions, RetryPolicy } from "./cl
 export { Lease } from "./lease.js";
 export type { LeaseOptions } from "./lease.js";
 export { Generation, DEFAULT_PARAMS, DEFAULT_WINDOW, MAX_WINDOW } from "./generate.js";
-export type { Completion, ConstraintInput, GenerateInput, GenerateOptions, GenerateParamsInput, Token } from "./generate.js";
+export type {
+  ChatMessageInput,
+  Completion,
+  ConstraintInput,
+  GenerateInput,
+  GenerateOptions,
+  GenerateParamsInput,
+  GenerationItem,
+  Token,
+  ToolCallInput,
+  ToolCallItem,
+  ToolChoiceInput,
+  ToolInput,
+} from "./generate.js";
 export type { EmbedOptions, EmbedResult, RerankOptions, TokenizeOptions } from "./requests.js";
 export * from "./errors.js";
 export * from "./types.js";

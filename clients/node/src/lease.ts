@@ -9,9 +9,9 @@
 import type { Client, RequestOptions } from "./client.js";
 import { expectType } from "./client.js";
 import { ConnectionClosedError } from "./errors.js";
-import { Generation, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
+import { Generation, type ChatMessageInput, type GenerateInput, type GenerateOptions, type GenerateParamsInput } from "./generate.js";
 import * as requests from "./requests.js";
-import type { ChatMessage, LoadProgress, ModelInfo, ModelRef, Reranked, U64 } from "./types.js";
+import type { LoadProgress, ModelInfo, ModelRef, Reranked, U64 } from "./types.js";
 
 export interface LeaseOptions {
   /** Load progress while the model loads. */
@@ -72,7 +72,7 @@ export class Lease {
   }
 
   /** Generates an answer to `messages`, rendered with the model's chat template. */
-  chat(messages: ChatMessage[], params: GenerateParamsInput = {}, options: GenerateOptions = {}): Generation {
+  chat(messages: ChatMessageInput[], params: GenerateParamsInput = {}, options: GenerateOptions = {}): Generation {
     return this.generate(messages, params, options);
   }
 

@@ -1,5 +1,5 @@
 /**
- * The wire types of mlxd protocol version 6, one for every message in
+ * The wire types of mlxd protocol version 7, one for every message in
  * `proto/src/messages.rs` and `proto/src/error.rs` (see `proto/PROTOCOL.md`, §5).
  *
  * How the Rust types map to TypeScript:
@@ -25,10 +25,16 @@ export type U64 = number | bigint;
 export type I64 = number | bigint;
 
 /** The protocol version this package speaks. */
-export const PROTOCOL_VERSION = 6;
+export const PROTOCOL_VERSION = 7;
 
 /** Most alternatives `GenerateParams.logprobs` may ask for with each token (since v5). */
 export const MAX_TOP_LOGPROBS = 20;
+
+/**
+ * Most tools in one generation request, and most tool calls in one chat message (since
+ * v7); more is a `TooLargeError`.
+ */
+export const MAX_TOOLS = 128;
 
 // ---------------------------------------------------------------------------------------
 // Client → daemon
@@ -56,7 +62,7 @@ export type Request =
   | ({ type: "Lease" } & LeaseRequest) // Event LoadProgress*, Response Leased
   | { type: "Release"; lease: U64 } // Response Released
   | ({ type: "Embed" } & EmbedRequest) // Response Embeddings
-  | ({ type: "Generate" } & GenerateRequest) // Event Token*, Response Generated
+  | ({ type: "Generate" } & GenerateRequest) // Event Token* (and ToolCall*, since v7), Response Generated
   | { type: "Tokenize"; model: ModelRef; text: string; add_special_tokens: boolean } // Response Tokens
   | { type: "Detokenize"; model: ModelRef; tokens: number[] } // Response Text
   | { type: "Load"; model: string } // Event LoadProgress*, Response Loaded
@@ -116,7 +122,38 @@ export type PromptInput = { type: "Raw"; value: string } | { type: "Chat"; value
 export interface ChatMessage {
   role: string;
   content: string;
+  /** An assistant message's calls, as the model made them (since v7; at most {@link MAX_TOOLS}). */
+  tool_calls: ToolCall[];
+  /** A `tool` message: the id of the call it answers (since v7). */
+  tool_call_id: string | null;
+  /** A `tool` message: the name of the function that answered (since v7). */
+  name: string | null;
 }
+
+/** A call of one of the request's tools (since v7): the model's, or one sent back in a message. */
+export interface ToolCall {
+  /** Unique within the conversation ("call_" and 24 characters, or 9 for Mistral's templates). */
+  id: string;
+  name: string;
+  /** The arguments: a JSON object, as text. */
+  arguments: string;
+}
+
+/** A function the model may call (since v7). */
+export interface Tool {
+  /** 1 to 64 of `a-z A-Z 0-9 _ - .`, unique among the request's tools. */
+  name: string;
+  description: string;
+  /** The arguments' JSON schema (of an object), as text. */
+  parameters: string;
+}
+
+/** Whether the model may (Auto), must not (None) or must (Required, Function) call a tool (since v7). */
+export type ToolChoice =
+  | { type: "Auto" } // the model decides; its output is parsed for calls
+  | { type: "None" } // no calls: the tools are not shown to the model
+  | { type: "Required" } // at least one call (one, unless parallel_tool_calls)
+  | { type: "Function"; value: string }; // a call of this function
 
 export interface GenerateParams {
   max_tokens: number;
@@ -138,6 +175,12 @@ export interface GenerateParams {
   logprobs: number | null;
   /** What the output must be (since v6): null = free text. */
   constraint: Constraint | null;
+  /** Functions the model may call (since v7; chat input only, at most {@link MAX_TOOLS}). */
+  tools: Tool[];
+  /** Since v7: Auto when there are no tools. */
+  tool_choice: ToolChoice;
+  /** With `Required`, whether more than one call may be made (since v7). */
+  parallel_tool_calls: boolean;
 }
 
 /**
@@ -224,7 +267,9 @@ export interface MappedWeights {
 export type Event =
   // logprobs (since v5): when the request asked for them; never on a `token: null` event.
   | { type: "Token"; text: string; token: number | null; logprobs: TokenLogprobs | null }
-  | ({ type: "LoadProgress" } & LoadProgress);
+  | ({ type: "LoadProgress" } & LoadProgress)
+  // since v7: a call the model made, right after the Token event that completed it; no credit.
+  | ({ type: "ToolCall" } & ToolCall);
 
 /**
  * A generated token's log probability and the most likely tokens at its step (since v5):
@@ -263,7 +308,8 @@ export interface Embeddings {
   prompt_tokens: U64;
 }
 
-export type FinishReason = "Stop" | "Length" | "Cancelled" | "Error";
+/** `ToolCalls` (since v7): the stream made one or more tool calls, then stopped. */
+export type FinishReason = "Stop" | "Length" | "Cancelled" | "Error" | "ToolCalls";
 
 export interface GenerationSummary {
   finish_reason: FinishReason;
@@ -383,7 +429,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "Unsupported",
 ];
 export const PRIORITIES: readonly Priority[] = ["Interactive", "Batch"];
-export const FINISH_REASONS: readonly FinishReason[] = ["Stop", "Length", "Cancelled", "Error"];
+export const FINISH_REASONS: readonly FinishReason[] = ["Stop", "Length", "Cancelled", "Error", "ToolCalls"];
 export const MODEL_KINDS: readonly ModelKind[] = ["Embedding", "Generation", "Rerank"];
 export const MODEL_STATES: readonly ModelState[] = ["Unloaded", "Loading", "Ready", "Unloading", "Failed"];
 export const LOAD_STAGES: readonly LoadStage[] = ["Starting", "Weights", "Ready"];
@@ -421,5 +467,6 @@ export const RESPONSE_TYPES: readonly Response["type"][] = [
   "Metrics",
   "Reranked",
 ];
-export const EVENT_TYPES: readonly Event["type"][] = ["Token", "LoadProgress"];
+export const EVENT_TYPES: readonly Event["type"][] = ["Token", "LoadProgress", "ToolCall"];
 export const CONSTRAINT_TYPES: readonly Constraint["type"][] = ["JsonSchema", "JsonObject", "Regex", "Lark"];
+export const TOOL_CHOICE_TYPES: readonly ToolChoice["type"][] = ["Auto", "None", "Required", "Function"];

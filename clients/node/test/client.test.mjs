@@ -1,7 +1,8 @@
 // Client behaviour against a scripted daemon (test/fake-daemon.mjs): the retry policy and
 // its validation, a fatal Busy, a Generation's summary without a reader, concurrent
 // next(), complete(), the error classes' names, the exact requests rerank, embedding
-// prompts, logprobs and constraints send, and tokens with and without logprobs.
+// prompts, logprobs, constraints and tools send, tokens with and without logprobs, and tool
+// calls in the stream (no credit).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -29,6 +30,10 @@ function within(ms, promise, message) {
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/** The v7 fields of params without tools, and of a message without tool calls, as sent. */
+const NO_TOOLS = { tools: [], tool_choice: { type: "Auto" }, parallel_tool_calls: true };
+const PLAIN = { tool_calls: [], tool_call_id: null, name: null };
 
 const busy = (retryAfterMs) => ({ code: "Busy", message: "queue full", retry_after_ms: retryAfterMs });
 
@@ -272,8 +277,8 @@ test("logprobs are sent as asked, and each token surfaces its own or null", { ti
     const tokens = [];
     for await (const token of client.generate("g", "Hi", { max_tokens: 2, temperature: 0, logprobs: 3 })) tokens.push(token);
     assert.deepEqual(tokens, [
-      { text: " Paris", token: 7042, logprobs: paris },
-      { text: "é", token: null, logprobs: null },
+      { type: "token", text: " Paris", token: 7042, logprobs: paris },
+      { type: "token", text: "é", token: null, logprobs: null },
     ]);
     const plain = await client.chat("g", [{ role: "user", content: "Hi" }], { max_tokens: 2, temperature: 0 }).complete();
     assert.deepEqual([plain.text, plain.tokens, plain.logprobs], ["Hello", [5], []]);
@@ -284,13 +289,13 @@ test("logprobs are sent as asked, and each token surfaces its own or null", { ti
     // A negative count cannot be encoded: refused before anything is sent.
     await assert.rejects(client.generate("g", "Hi", { logprobs: -1 }).complete(), InvalidArgumentError);
 
-    const params = (logprobs, max_tokens) => ({ max_tokens, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs, constraint: null });
+    const params = (logprobs, max_tokens) => ({ max_tokens, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs, constraint: null, ...NO_TOOLS });
     const generate = (model, input, p) => ({ type: "Generate", model, input, params: p, initial_credit: 32, priority: "Interactive", deadline_ms: null });
     assert.deepEqual(
       daemon.received.map((m) => m.body),
       [
         generate({ type: "Name", value: "g" }, { type: "Raw", value: "Hi" }, params(3, 2)),
-        generate({ type: "Name", value: "g" }, { type: "Chat", value: [{ role: "user", content: "Hi" }] }, params(null, 2)),
+        generate({ type: "Name", value: "g" }, { type: "Chat", value: [{ role: "user", content: "Hi", ...PLAIN }] }, params(null, 2)),
         { type: "Lease", model: "g", keep_alive_ms: null },
         generate({ type: "Lease", value: 9 }, { type: "Raw", value: "Hi" }, params(0, 1)),
         { type: "Release", lease: 9 },
@@ -340,9 +345,9 @@ test("each kind of constraint reaches the wire; an object schema as its JSON tex
       await assert.rejects(client.generate("g", "Hi", { constraint: bad }).complete(), InvalidArgumentError, JSON.stringify(bad));
     }
 
-    const params = (constraint) => ({ max_tokens: 8, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs: null, constraint });
+    const params = (constraint) => ({ max_tokens: 8, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs: null, constraint, ...NO_TOOLS });
     const generate = (model, input, constraint) => ({ type: "Generate", model, input, params: params(constraint), initial_credit: 32, priority: "Interactive", deadline_ms: null });
-    const [byName, byLease, raw, chatInput] = [{ type: "Name", value: "g" }, { type: "Lease", value: 9 }, { type: "Raw", value: "Hi" }, { type: "Chat", value: chat }];
+    const [byName, byLease, raw, chatInput] = [{ type: "Name", value: "g" }, { type: "Lease", value: 9 }, { type: "Raw", value: "Hi" }, { type: "Chat", value: chat.map((m) => ({ ...m, ...PLAIN })) }];
     assert.deepEqual(
       daemon.received.map((m) => m.body),
       [
@@ -360,8 +365,204 @@ test("each kind of constraint reaches the wire; an object schema as its JSON tex
     const text = Buffer.from(schemaText);
     assert.ok(Buffer.from(daemon.bodies[0]).includes(Buffer.concat([Buffer.from([1, 0, text.length]), text])));
     assert.deepEqual(JSON.parse(schemaText), schema);
-    // JsonObject: Some (1), tag 1 and nothing more; then credit 32, Interactive, no deadline.
-    assert.ok(Buffer.from(daemon.bodies[2]).subarray(-5).equals(Buffer.from([1, 1, 32, 0, 0])));
+    // JsonObject: Some (1), tag 1 and nothing more; then no tools, Auto, parallel calls
+    // (since v7), credit 32, Interactive, no deadline.
+    assert.ok(Buffer.from(daemon.bodies[2]).subarray(-8).equals(Buffer.from([1, 1, 0, 0, 1, 32, 0, 0])));
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+const WEATHER = { type: "object", properties: { city: { type: "string" } }, required: ["city"] };
+const WEATHER_TEXT = '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}';
+
+test("tools, tool choices and messages with tool calls reach the wire exactly; malformed ones are refused before sending", { timeout: TEST_TIMEOUT }, async () => {
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type !== "Request") return;
+    const { id, body } = message;
+    const respond = (answer) => send({ type: "Response", id, body: answer });
+    if (body.type === "Generate") {
+      respond({ type: "Generated", finish_reason: "Stop", prompt_tokens: 3, completion_tokens: 0, prompt_tokens_per_s: 10, generation_tokens_per_s: 20, cached_prompt_tokens: 0 });
+    } else if (body.type === "Lease") {
+      respond({ type: "Leased", lease: 9, model: modelInfo("g", "Generation") });
+    } else if (body.type === "Release") {
+      respond({ type: "Released" });
+    }
+  });
+  const client = await connect({ socket: daemon.path, fallback: false });
+  const user = { role: "user", content: "Weather in Oslo?" };
+  const tools = [
+    { name: "get_weather", description: "The weather in a city now.", parameters: WEATHER },
+    { type: "function", function: { name: "get_time", parameters: '{"type":"object"}' } }, // OpenAI's shape, JSON text
+  ];
+  try {
+    // The round trip: the assistant's call (as the stream gave it, but arguments as an object;
+    // content left out) and the tool's answer.
+    const history = [
+      user,
+      { role: "assistant", toolCalls: [{ type: "toolCall", id: "call_1", name: "get_weather", arguments: { city: "Oslo" } }] },
+      { role: "tool", content: '{"celsius":-3}', toolCallId: "call_1", name: "get_weather" },
+    ];
+    await client.chat("g", history, { max_tokens: 8, temperature: 0, tools, toolChoice: { function: "get_weather" }, parallelToolCalls: false }).complete();
+    await client.chat("g", [user], { max_tokens: 8, temperature: 0, tools, toolChoice: "none" }).complete();
+    await client.chat("g", [user], { max_tokens: 8, temperature: 0, tools, toolChoice: "required" }).complete();
+    // OpenAI's spellings: tool_choice, parallel_tool_calls, and messages as OpenAI returns them.
+    const lease = await client.lease("g");
+    const openai = [
+      user,
+      { role: "assistant", content: null, tool_calls: [{ id: "call_2", type: "function", function: { name: "get_time", arguments: "{}" } }] },
+      { role: "tool", content: "12:00", tool_call_id: "call_2" },
+    ];
+    await lease.chat(openai, { max_tokens: 8, temperature: 0, tools, tool_choice: { type: "function", function: { name: "get_time" } }, parallel_tool_calls: true }).complete();
+    await lease.close();
+    const sent = daemon.received.length;
+
+    // Refused before anything is sent.
+    const bad = [
+      [{ tools: {} }, "tools not an array"],
+      [{ tools: [{ description: "x", parameters: WEATHER }] }, "a tool without a name"],
+      [{ tools: [{ name: "f" }] }, "a tool without parameters"],
+      [{ tools: [{ name: "f", parameters: 3 }] }, "parameters neither an object nor text"],
+      [{ tools: [{ name: "f", parameters: WEATHER, description: 5 }] }, "a description not a string"],
+      [{ tools: [{ type: "tool", function: { name: "f", parameters: WEATHER } }] }, "a type other than function"],
+      [{ tools, toolChoice: "any" }, "an unknown choice"],
+      [{ tools, toolChoice: { function: 5 } }, "a function without a name"],
+      [{ tools, toolChoice: "auto", tool_choice: "none" }, "both spellings"],
+      [{ tools, parallelToolCalls: "yes" }, "parallelToolCalls not a boolean"],
+    ];
+    for (const [params, why] of bad) {
+      await assert.rejects(client.chat("g", [user], params).complete(), InvalidArgumentError, why);
+    }
+    const badMessages = [
+      [[{ role: "assistant", content: "", toolCalls: {} }], "toolCalls not an array"],
+      [[{ role: "assistant", toolCalls: [{ name: "f", arguments: "{}" }] }], "a call without an id"],
+      [[{ role: "assistant", toolCalls: [{ id: "c", name: "f", arguments: 5 }] }], "arguments neither an object nor text"],
+      [[{ role: "assistant", toolCalls: [{ id: "c", name: "f", arguments: "{}" }], tool_calls: [] }], "both spellings"],
+      [[{ role: "tool", content: "1", toolCallId: 7 }], "toolCallId not a string"],
+      [[{ role: "user" }], "no content and no tool calls"],
+      [[{ role: "user", content: "Hi", name: 3 }], "a name not a string"],
+    ];
+    for (const [messages, why] of badMessages) {
+      await assert.rejects(client.chat("g", messages, {}).complete(), InvalidArgumentError, why);
+    }
+    assert.equal(daemon.received.length, sent, "nothing was sent for the refused ones");
+
+    const getWeather = { name: "get_weather", description: "The weather in a city now.", parameters: WEATHER_TEXT };
+    const getTime = { name: "get_time", description: "", parameters: '{"type":"object"}' };
+    const params = (tool_choice, parallel_tool_calls = true) => ({
+      max_tokens: 8, temperature: 0, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], logprobs: null, constraint: null,
+      tools: [getWeather, getTime], tool_choice, parallel_tool_calls,
+    });
+    const generate = (model, messages, p) => ({ type: "Generate", model, input: { type: "Chat", value: messages }, params: p, initial_credit: 32, priority: "Interactive", deadline_ms: null });
+    const [byName, byLease] = [{ type: "Name", value: "g" }, { type: "Lease", value: 9 }];
+    const plainUser = { ...user, ...PLAIN };
+    assert.deepEqual(
+      daemon.received.map((m) => m.body),
+      [
+        generate(byName, [
+          plainUser,
+          { role: "assistant", content: "", tool_calls: [{ id: "call_1", name: "get_weather", arguments: '{"city":"Oslo"}' }], tool_call_id: null, name: null },
+          { role: "tool", content: '{"celsius":-3}', tool_calls: [], tool_call_id: "call_1", name: "get_weather" },
+        ], params({ type: "Function", value: "get_weather" }, false)),
+        generate(byName, [plainUser], params({ type: "None" })),
+        generate(byName, [plainUser], params({ type: "Required" })),
+        { type: "Lease", model: "g", keep_alive_ms: null },
+        generate(byLease, [
+          plainUser,
+          { role: "assistant", content: "", tool_calls: [{ id: "call_2", name: "get_time", arguments: "{}" }], tool_call_id: null, name: null },
+          { role: "tool", content: "12:00", tool_calls: [], tool_call_id: "call_2", name: null },
+        ], params({ type: "Function", value: "get_time" })),
+        { type: "Release", lease: 9 },
+      ],
+    );
+    // On the wire, the first request's params end: the two tools, Function (3) "get_weather",
+    // no parallel calls (0); then credit 32, Interactive, no deadline.
+    const tail = Buffer.concat([Buffer.from([3, 11]), Buffer.from("get_weather"), Buffer.from([0, 32, 0, 0])]);
+    assert.ok(Buffer.from(daemon.bodies[0]).subarray(-tail.length).equals(tail));
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+});
+
+test("a ToolCall event comes in the stream after its token and in complete(), costs no credit, and the stream ends ToolCalls", { timeout: TEST_TIMEOUT }, async () => {
+  const callA = { id: "call_a", name: "get_weather", arguments: '{"city":"Oslo"}' };
+  const callB = { id: "call_b", name: "get_weather", arguments: '{"city":"Paris"}' };
+  // Three tokens (the text, then one empty token per call) and two calls; a call is sent
+  // right after its token whatever the credit left, as mlxd does.
+  const script = [
+    { type: "Token", text: "Checking.", token: 1, logprobs: null },
+    { type: "Token", text: "", token: 2, logprobs: null },
+    { type: "ToolCall", ...callA },
+    { type: "Token", text: "", token: 3, logprobs: null },
+    { type: "ToolCall", ...callB },
+  ];
+  const streams = new Map();
+  const credits = [];
+  const end = (stream, send) => {
+    stream.done = true;
+    send({ type: "Response", id: stream.id, body: { type: "Generated", finish_reason: "ToolCalls", prompt_tokens: 9, completion_tokens: 3, prompt_tokens_per_s: 1, generation_tokens_per_s: 1, cached_prompt_tokens: 0 } });
+  };
+  const pump = (stream, send) => {
+    while (stream.next < script.length) {
+      const event = script[stream.next];
+      if (event.type === "Token") {
+        if (stream.credit === 0) break;
+        stream.credit -= 1;
+      }
+      send({ type: "Event", id: stream.id, event });
+      stream.next += 1;
+    }
+    // A held stream ends at the next Ping (once the test has looked at the credit).
+    if (stream.next === script.length && !stream.hold && !stream.done) end(stream, send);
+  };
+  const daemon = await fakeDaemon((message, send) => {
+    if (message.type === "Request" && message.body.type === "Generate") {
+      const stream = { id: message.id, credit: message.body.initial_credit, next: 0, hold: message.body.params.max_tokens === 64, done: false };
+      streams.set(message.id, stream);
+      pump(stream, send);
+    } else if (message.type === "Credit") {
+      credits.push(message.events);
+      const stream = streams.get(message.id);
+      stream.credit += message.events;
+      pump(stream, send);
+    } else if (message.type === "Request") {
+      send({ type: "Response", id: message.id, body: { type: "Pong" } });
+      for (const stream of streams.values()) if (stream.hold && !stream.done) end(stream, send);
+    }
+  });
+  const client = await connect({ socket: daemon.path, fallback: false });
+  const chat = [{ role: "user", content: "Weather in Oslo and Paris?" }];
+  const tools = [{ name: "get_weather", parameters: WEATHER }];
+  try {
+    // Read one by one with a window of 2 (a grant per token read): three tokens, three grants.
+    const stream = client.chat("g", chat, { max_tokens: 64, tools }, { window: 2 });
+    const iterator = stream[Symbol.asyncIterator]();
+    const items = [];
+    for (let i = 0; i < script.length; i++) items.push((await iterator.next()).value);
+    assert.deepEqual(items, [
+      { type: "token", text: "Checking.", token: 1, logprobs: null },
+      { type: "token", text: "", token: 2, logprobs: null },
+      { type: "toolCall", ...callA },
+      { type: "token", text: "", token: 3, logprobs: null },
+      { type: "toolCall", ...callB },
+    ]);
+    await client.ping(); // every frame the client sent before it has reached the daemon
+    assert.deepEqual(credits, [1, 1, 1], "a credit per token read, none per call");
+    assert.deepEqual(await iterator.next(), { done: true, value: undefined });
+    assert.equal((await stream.summary).finish_reason, "ToolCalls");
+
+    // Unread, then `summary`: credit for the buffered tokens (2), not the call; then 1 per token arriving.
+    credits.length = 0;
+    const unread = client.chat("g", chat, { max_tokens: 8, tools }, { window: 2 });
+    while (unread.buffered < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal((await unread.summary).finish_reason, "ToolCalls");
+    await client.ping();
+    assert.deepEqual(credits, [2, 1]);
+    const whole = await unread.complete();
+    assert.deepEqual(whole.toolCalls, [callA, callB]);
+    assert.deepEqual([whole.text, whole.tokens, whole.summary.finish_reason], ["Checking.", [1, 2, 3], "ToolCalls"]);
   } finally {
     await client.close();
     await daemon.close();

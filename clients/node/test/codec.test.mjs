@@ -6,6 +6,7 @@ import { chownSync, existsSync, lchownSync, mkdirSync, rmSync, symlinkSync } fro
 import { test } from "node:test";
 
 import {
+  DEFAULT_PARAMS,
   FrameDecoder,
   HANDSHAKE_MAX_FRAME_LEN,
   InvalidArgumentError,
@@ -25,8 +26,8 @@ import { tempDir } from "./helpers.mjs";
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 
 test("PROTOCOL.md §8: the Hello and Ping frames, byte for byte", () => {
-  const hello = { type: "Hello", protocol_version: 6, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
-  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0006026162fb2c01fc00000001");
+  const hello = { type: "Hello", protocol_version: 7, client_name: "ab", pid: 300, max_frame_len: 16 * 1024 * 1024 };
+  assert.equal(hex(encodeFrame(hello, HANDSHAKE_MAX_FRAME_LEN)), "0000000d0007026162fb2c01fc00000001");
   assert.equal(hex(encodeFrame({ type: "Request", id: 5, body: { type: "Ping" } }, 1024)), "00000003010500");
   assert.deepEqual(decodeServerMessage(Uint8Array.from([0x01, 0x05, 0x00])), {
     type: "Response",
@@ -99,7 +100,7 @@ test("values that cannot be encoded are InvalidArgumentErrors", () => {
       type: "Generate",
       model: { type: "Name", value: "m" },
       input: { type: "Raw", value: "x" },
-      params: { max_tokens: 1, temperature, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [] },
+      params: { max_tokens: 1, temperature, top_p: 1, top_k: 0, min_p: 0, repetition_penalty: 1, seed: null, stop: [], tools: [], tool_choice: { type: "Auto" }, parallel_tool_calls: true },
       initial_credit: 1,
       priority: "Interactive",
       deadline_ms: null,
@@ -108,6 +109,10 @@ test("values that cannot be encoded are InvalidArgumentErrors", () => {
     assert.throws(() => encodeClientMessage(generate(temperature)), InvalidArgumentError, String(temperature));
   }
   encodeClientMessage(generate(3.4028234663852886e38));
+  // DEFAULT_PARAMS and stop strings make whole params (since v7: no tools, Auto, parallel calls).
+  const defaults = generate(0);
+  defaults.body.params = { ...DEFAULT_PARAMS, stop: [] };
+  assert.ok(hex(encodeClientMessage(defaults)).endsWith("00" + "00" + "00" + "000001" + "010000"));
   // Constraints (since v6): a known variant, with a string where it carries one.
   const constrained = (constraint) => {
     const message = generate(0);
@@ -117,8 +122,30 @@ test("values that cannot be encoded are InvalidArgumentErrors", () => {
   for (const constraint of [{ type: "Xml" }, { type: "Regex" }, { type: "Lark", value: 5 }, { type: "JsonSchema", value: { type: "object" } }, "JsonObject"]) {
     assert.throws(() => encodeClientMessage(constrained(constraint)), InvalidArgumentError, JSON.stringify(constraint));
   }
-  // ... logprobs None, constraint Some(Regex("y|n")) (1, tag 2, 3 bytes), credit 1, Interactive, no deadline.
-  assert.ok(hex(encodeClientMessage(constrained({ type: "Regex", value: "y|n" }))).endsWith("00" + "010203797c6e" + "010000"));
+  // ... logprobs None, constraint Some(Regex("y|n")) (1, tag 2, 3 bytes), no tools, Auto,
+  // parallel calls, credit 1, Interactive, no deadline.
+  assert.ok(hex(encodeClientMessage(constrained({ type: "Regex", value: "y|n" }))).endsWith("00" + "010203797c6e" + "000001" + "010000"));
+  // Tools (since v7): a known tool choice, with its name where it carries one; tools and
+  // tool calls of strings; parallel_tool_calls a boolean.
+  const withTools = (change) => {
+    const message = generate(0);
+    change(message.body);
+    return message;
+  };
+  for (const [what, change] of [
+    ["choice Any", (b) => (b.params.tool_choice = { type: "Any" })],
+    ["choice Function without a name", (b) => (b.params.tool_choice = { type: "Function" })],
+    ["choice as a string", (b) => (b.params.tool_choice = "Auto")],
+    ["tools not an array", (b) => (b.params.tools = { name: "f" })],
+    ["a tool's parameters an object", (b) => (b.params.tools = [{ name: "f", description: "", parameters: {} }])],
+    ["parallel_tool_calls missing", (b) => delete b.params.parallel_tool_calls],
+    ["a call's arguments an object", (b) => (b.input = { type: "Chat", value: [{ role: "assistant", content: "", tool_calls: [{ id: "c", name: "f", arguments: {} }], tool_call_id: null, name: null }] })],
+  ]) {
+    assert.throws(() => encodeClientMessage(withTools(change)), InvalidArgumentError, what);
+  }
+  // ... constraint None, tools [f "" "{}"], Function("f"), no parallel calls, credit 1, ...
+  const oneTool = withTools((b) => Object.assign(b.params, { tools: [{ name: "f", description: "", parameters: "{}" }], tool_choice: { type: "Function", value: "f" }, parallel_tool_calls: false }));
+  assert.ok(hex(encodeClientMessage(oneTool)).endsWith("00" + "01" + "0166" + "00" + "027b7d" + "03" + "0166" + "00" + "010000"));
   const f32 = new Writer();
   assert.throws(() => f32.f32(1e39, "v"), /not a finite f32/);
   f32.f32(-0.5, "v");

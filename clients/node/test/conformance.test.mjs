@@ -8,11 +8,13 @@ import { test } from "node:test";
 import {
   CONSTRAINT_TYPES,
   EVENT_TYPES,
+  FINISH_REASONS,
   PROTOCOL_VERSION,
   ProtocolError,
   REQUEST_TYPES,
   RESPONSE_TYPES,
   Reader,
+  TOOL_CHOICE_TYPES,
   Writer,
   decodeClientMessage,
   decodeServerMessage,
@@ -43,7 +45,7 @@ const F32_KEYS = new Set([
  * serde's externally tagged JSON → this package's shapes (see src/types.ts): a variant is
  * `{ type, ...fields }` when it wraps a struct (or is a struct variant), else
  * `{ type, value }`; a unit variant of a mixed enum (a request or response body, a
- * constraint) is `{ type }`; all-unit enums stay strings; stop strings are Uint8Arrays and embedding
+ * constraint, a tool choice) is `{ type }`; all-unit enums stay strings; stop strings are Uint8Arrays and embedding
  * vectors a Float32Array.
  */
 function fromSerde(value, key) {
@@ -64,7 +66,7 @@ function fromSerde(value, key) {
     }
     return fields(value);
   }
-  if (typeof value === "string" && (key === "body" || key === "constraint")) return { type: value };
+  if (typeof value === "string" && (key === "body" || key === "constraint" || key === "tool_choice")) return { type: value };
   if (typeof value === "number") {
     if (F32_KEYS.has(key)) return Math.fround(value);
     // JSON.parse rounds integers beyond 2^53; such a vector needs a lossless parser here.
@@ -122,6 +124,16 @@ test("every message vector decodes to its JSON form and re-encodes byte for byte
     .filter((constraint) => constraint !== undefined && constraint !== null)
     .map((constraint) => (typeof constraint === "string" ? constraint : Object.keys(constraint)[0]));
   assert.deepEqual([...new Set(constraints)].sort(), [...CONSTRAINT_TYPES].sort(), `constraint vectors: ${constraints}`);
+  // Since v7: every tool choice, tools, a chat with a tool call and a tool's answer, and
+  // every finish reason (ToolCalls among them).
+  const generates = vectors.messages.map((vector) => vector.message.Request?.body?.Generate).filter((g) => g !== undefined);
+  const choices = generates.map((g) => g.params.tool_choice).map((choice) => (typeof choice === "string" ? choice : Object.keys(choice)[0]));
+  assert.deepEqual([...new Set(choices)].sort(), [...TOOL_CHOICE_TYPES].sort(), `tool_choice vectors: ${choices}`);
+  assert.ok(generates.some((g) => g.params.tools.length > 0), "no vector with tools");
+  const messages = generates.flatMap((g) => g.input.Chat ?? []);
+  assert.ok(messages.some((m) => m.tool_calls.length > 0) && messages.some((m) => m.tool_call_id !== null && m.name !== null), "no tool round trip");
+  const reasons = vectors.messages.map((vector) => vector.message.Response?.body?.Generated?.finish_reason).filter((r) => r !== undefined);
+  assert.deepEqual([...new Set(reasons)].sort(), [...FINISH_REASONS].sort(), `finish reasons: ${reasons}`);
 });
 
 test("every varint vector decodes to its value (number when safe, bigint beyond) and back", () => {

@@ -1,6 +1,7 @@
 // End to end against the real daemon and MLX workers: one `mlxd serve` shared by every
 // test in this file (each test cleans up the leases it takes), serving the fixture models
-// for named embedding prompts and reranking too; structured output on smollm2.
+// for named embedding prompts and reranking too, and a tiny model with a tool-calling
+// template (built here); structured output on smollm2.
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { after, before, test } from "node:test";
@@ -19,6 +20,7 @@ import {
 } from "../dist/index.js";
 import {
   binary,
+  buildToolModel,
   cosine,
   distEntry,
   eventually,
@@ -34,15 +36,20 @@ import {
 
 let daemon;
 let client;
+/** Where the tiny tool-calling model served as "tiny-tools" is built. */
+let toolModelDir;
 
 before(async () => {
-  daemon = await startDaemon(fixtureModelArgs());
+  toolModelDir = tempDir();
+  await buildToolModel(`${toolModelDir}/tiny`);
+  daemon = await startDaemon([...fixtureModelArgs(), "--model", `tiny-tools=${toolModelDir}/tiny`]);
   client = await connect({ socket: daemon.socket, fallback: false, retry: false, clientName: "node-e2e" });
 }, { timeout: TEST_TIMEOUT });
 
 after(async () => {
   await client?.close();
   await daemon?.stop();
+  if (toolModelDir) rmSync(toolModelDir, { recursive: true, force: true });
 }, { timeout: TEST_TIMEOUT });
 
 /** The named model's entry in the daemon's status. */
@@ -433,6 +440,47 @@ test("Symbol.asyncDispose releases a lease (await using)", { timeout: TEST_TIMEO
   assert.equal((await model("minilm")).leases, 1);
   await lease[Symbol.asyncDispose]();
   assert.equal((await model("minilm")).leases, 0);
+});
+
+test("tool calls: a call forced by toolChoice is within its schema and ends ToolCalls; sent back with the tool's answer, the prompt grows", { timeout: TEST_TIMEOUT }, async () => {
+  // Random weights: only the constrained call is meaningful.
+  const parameters = {
+    type: "object",
+    properties: { city: { type: "string", enum: ["Paris", "Oslo"] }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
+    required: ["city", "unit"],
+    additionalProperties: false,
+  };
+  const tools = [{ name: "get_weather", description: "The weather in a city now.", parameters }];
+  const messages = [{ role: "user", content: "What is the weather in Oslo?" }];
+  const stream = client.chat("tiny-tools", messages, { max_tokens: 64, temperature: 0, tools, toolChoice: { function: "get_weather" } });
+  const items = [];
+  for await (const item of stream) items.push(item);
+  const first = await stream.summary;
+  const calls = items.filter((item) => item.type === "toolCall");
+  assert.equal(calls.length, 1, JSON.stringify(items));
+  const [call] = calls;
+  assert.equal(call.name, "get_weather");
+  assert.match(call.id, /^call_/);
+  const args = JSON.parse(call.arguments);
+  assert.deepEqual(Object.keys(args).sort(), ["city", "unit"], call.arguments);
+  assert.ok(["Paris", "Oslo"].includes(args.city) && ["celsius", "fahrenheit"].includes(args.unit), call.arguments);
+  assert.equal(first.finish_reason, "ToolCalls");
+  // The tokens that spelt the call came before it, with no text.
+  const at = items.indexOf(call);
+  assert.ok(at > 0 && items[at - 1].type === "token" && items[at - 1].text === "", JSON.stringify(items));
+
+  // The second turn: the assistant's call (the stream's item, as is) and the tool's answer.
+  const answer = { role: "tool", toolCallId: call.id, name: call.name, content: '{"celsius": -3}' };
+  const second = await client
+    .chat("tiny-tools", [...messages, { role: "assistant", content: "", toolCalls: [call] }, answer], { max_tokens: 4, temperature: 0, tools })
+    .complete();
+  assert.ok(second.summary.prompt_tokens > first.prompt_tokens, `${second.summary.prompt_tokens} <= ${first.prompt_tokens}`);
+  assert.ok(second.summary.completion_tokens >= 1);
+  // A model whose template takes no tools refuses them.
+  await assert.rejects(
+    client.chat("smollm2", messages, { max_tokens: 4, tools }).text(),
+    (error) => error instanceof BadRequestError && /does not take tools/.test(error.message),
+  );
 });
 
 test("the README quick start runs as written", { timeout: TEST_TIMEOUT }, async () => {

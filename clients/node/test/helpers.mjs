@@ -224,3 +224,31 @@ export function cosine(a, b) {
   }
   return dot / Math.sqrt(na * nb);
 }
+
+/** The virtualenv's Python, found as the daemon finds it: `$MLXD_PYTHON`, `$VIRTUAL_ENV`, else the checkout's .venv. */
+export function venvPython() {
+  const venv = process.env.MLXD_PYTHON || process.env.VIRTUAL_ENV || `${repoRoot}/.venv`;
+  return `${venv}/bin/python`;
+}
+
+/** Where the default model store keeps an imported model (as mlxd resolves it: `$MLXD_STORE`, else `$XDG_DATA_HOME/mlxd`, else ~/.local/share/mlxd). */
+export function storeModelDir(name) {
+  const root = process.env.MLXD_STORE || `${process.env.XDG_DATA_HOME || `${process.env.HOME}/.local/share`}/mlxd`;
+  return `${root}/models/${name}`;
+}
+
+/**
+ * Builds into `out` a tiny random model with Qwen 2.5's real tool-calling template
+ * (`$MLXD_TOOL_TEMPLATE`, else python/tests/fixtures/templates) on SmolLM2's tokenizer, with
+ * tests/tools/tiny_mlx_lm.py (a second or two): no bundled model has a template that takes
+ * tools. Its weights are random, so only what the daemon enforces (a forced call) is meaningful.
+ */
+export async function buildToolModel(out) {
+  const template = process.env.MLXD_TOOL_TEMPLATE || `${repoRoot}/python/tests/fixtures/templates/Qwen-Qwen2.5-7B-Instruct.jinja`;
+  const args = [`${repoRoot}/tests/tools/tiny_mlx_lm.py`, out, "--tokenizer-from", storeModelDir("smollm2"), "--chat-template", template];
+  // The BLAS the daemon preloads into its workers, where installed (as the Rust tests build it).
+  const blas = ["/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3", "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3"].find((lib) => existsSync(lib));
+  const env = blas ? { ...process.env, LD_PRELOAD: blas } : process.env;
+  const { code, stderr } = await run(venvPython(), args, { env, timeoutMs: 50_000 });
+  if (code !== 0) throw new Error(`building the tiny tool model failed (${code}):\n${stderr}`);
+}
