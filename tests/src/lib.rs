@@ -356,6 +356,24 @@ pub fn blas_preload() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// Builds a tiny random mlx-lm model into `out` with `tests/tools/tiny_mlx_lm.py` (SmolLM2's
+/// tokenizer from the store, `args` after it); its standard output.
+pub fn tiny_mlx_lm(out: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let mut command = Command::new(venv_python());
+    command
+        .arg(repo_root().join("tests/tools/tiny_mlx_lm.py"))
+        .arg(out)
+        .arg("--tokenizer-from")
+        .arg(store_model_dir("smollm2"))
+        .args(args);
+    if let Some(blas) = blas_preload() {
+        command.env("LD_PRELOAD", blas);
+    }
+    let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
+    assert!(status.success(), "building the tiny model failed: {stderr}");
+    stdout
+}
+
 /// Where the default model store keeps an imported model (as `mlxd` resolves it).
 pub fn store_model_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("MLXD_STORE").map(PathBuf::from).unwrap_or_else(|| {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mlxd_tests::{
-    bin, blas_preload, http_post_json, repo_root, run_with_timeout, store_model_dir, venv_python, Daemon, TempDir,
+    bin, blas_preload, http_post_json, repo_root, run_with_timeout, tiny_mlx_lm, venv_python, Daemon, TempDir,
 };
 
 /// Lays `files` (name → bytes) out as `huggingface_hub` caches a repository: content in
@@ -41,18 +41,9 @@ fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Builds the tiny model into `out` and returns mlx-lm's own greedy continuation of `prompt`.
 fn tiny_model(out: &Path, quantize: u32, prompt: &str) -> String {
-    let mut command = Command::new(venv_python());
-    command
-        .arg(repo_root().join("tests/tools/tiny_mlx_lm.py"))
-        .arg(out)
-        .arg("--tokenizer-from")
-        .arg(store_model_dir("smollm2"))
-        .args(["--quantize", &quantize.to_string(), "--greedy", prompt, "--max-tokens", "8"]);
-    if let Some(blas) = blas_preload() {
-        command.env("LD_PRELOAD", blas);
-    }
-    let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
-    assert!(status.success(), "building the tiny model failed: {stderr}");
+    let quantize = quantize.to_string();
+    let args = ["--quantize", &quantize, "--greedy", prompt, "--max-tokens", "8"].map(std::ffi::OsStr::new);
+    let stdout = tiny_mlx_lm(out, &args);
     let line: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     line["text"].as_str().unwrap().to_owned()
 }

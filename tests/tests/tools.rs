@@ -15,23 +15,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mlxd_tests::{bin, blas_preload, repo_root, run_with_timeout, store_model_dir, venv_python, Daemon, TempDir};
+use mlxd_tests::{bin, repo_root, run_with_timeout, tiny_mlx_lm, venv_python, Daemon, TempDir};
 
 /// A tiny random model with Qwen 2.5's tool-calling template, built into `out`.
 fn tiny_tool_model(out: &Path) {
-    let mut command = Command::new(venv_python());
-    command
-        .arg(repo_root().join("tests/tools/tiny_mlx_lm.py"))
-        .arg(out)
-        .arg("--tokenizer-from")
-        .arg(store_model_dir("smollm2"))
-        .arg("--chat-template")
-        .arg(repo_root().join("python/tests/fixtures/templates/Qwen-Qwen2.5-7B-Instruct.jinja"));
-    if let Some(blas) = blas_preload() {
-        command.env("LD_PRELOAD", blas);
-    }
-    let (status, _, stderr) = run_with_timeout(&mut command, Duration::from_secs(300));
-    assert!(status.success(), "building the tiny model failed: {stderr}");
+    let template = repo_root().join("python/tests/fixtures/templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+    tiny_mlx_lm(out, &["--chat-template".as_ref(), template.as_os_str()]);
 }
 
 #[test]
