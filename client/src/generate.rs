@@ -40,9 +40,10 @@ impl Client {
     /// request is replaced by the client's own window.
     pub async fn generate(&self, mut request: GenerateRequest) -> Result<GenerationStream, ClientError> {
         request.initial_credit = STREAM_WINDOW;
-        // Room for the whole window, a tool call per token of it (they cost no credit) and
-        // load-progress events, so nothing is ever dropped.
-        let (id, events) = self.start_request(Request::Generate(request), 2 * STREAM_WINDOW as usize + 32).await?;
+        // Room for the whole window, every tool call a stream may make (they cost no
+        // credit; at most MAX_TOOLS) and load-progress events, so nothing is ever dropped.
+        let room = STREAM_WINDOW as usize + mlxd_proto::bounds::MAX_TOOLS as usize + 32;
+        let (id, events) = self.start_request(Request::Generate(request), room).await?;
         Ok(GenerationStream { client: self.clone(), id, events, read_since_grant: 0, finished: false })
     }
 }

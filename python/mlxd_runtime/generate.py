@@ -512,7 +512,8 @@ class Generator:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise Unsupported("this model has no chat template; send a raw prompt")
             tools = template_tools(params or {})
-            family = family_of(self.tokenizer)
+            calls = any(isinstance(m, dict) and (m.get("tool_calls") or m.get("tool_call_id")) for m in messages)
+            family = family_of(self.tokenizer) if tools is not None or calls else None
             if tools is not None and not takes_tools(self.tokenizer):
                 raise BadRequest(
                     "this model's chat template does not take tools (it has no tool-calling format); "

@@ -37,6 +37,9 @@ from typing import Callable
 from .errors import BadRequest
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
+# Most calls one stream makes (the protocol's most tool calls in one message): calls
+# after that come as text.
+MAX_CALLS = 128
 # JSON as the templates write it (Python's json.dumps defaults, which transformers' tojson
 # uses): calls the model is made to write look like the ones it was trained on.
 _JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -49,7 +52,8 @@ class Family:
     # ("" = the calls run to the end of the output).
     start: str
     end: str
-    parse: Callable[[str], list[tuple[str, dict]]]
+    # (text of the calls, the request's tools as templates take them) -> [(name, arguments)]
+    parse: Callable[[str, list], list[tuple[str, dict]]]
     # Call ids: 9 letters and digits (Mistral's templates refuse any other).
     short_ids: bool = False
     # mistral: "json" ([TOOL_CALLS][{...}]), "args" (name[ARGS]{...}) or "call_id"
@@ -69,12 +73,25 @@ class Family:
         return hashlib.sha256(given.encode()).hexdigest()[:9]
 
 
-def _call(obj, arguments_key: str = "arguments") -> tuple[str, dict]:
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict JSON: NaN and Infinity (which Python's decoder takes) are not.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _call(obj, arguments_key: str = "arguments", whole: bool = False) -> tuple[str, dict]:
+    """(name, arguments) of a call object; `whole`: the object must be exactly a call
+    (name and arguments, nothing else), for formats without markers around calls."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise ValueError("a call is an object with a name")
+    keys = {arguments_key, "arguments"}
+    if whole and (not keys & obj.keys() or obj.keys() - keys - {"name"}):
+        raise ValueError("a call is exactly a name and its arguments")
     arguments = obj.get(arguments_key, obj.get("arguments", {}))
     if isinstance(arguments, str):  # some models write the arguments as JSON text
-        arguments = json.loads(arguments)
+        arguments = _DECODER.decode(arguments)
     if not isinstance(arguments, dict):
         raise ValueError("a call's arguments are an object")
     return obj["name"], arguments
@@ -82,7 +99,7 @@ def _call(obj, arguments_key: str = "arguments") -> tuple[str, dict]:
 
 def _json_values(text: str) -> list:
     """The JSON values in `text`, one after another (separated by whitespace or `;`)."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     values, at = [], 0
     while True:
         while at < len(text) and text[at] in " \t\r\n;":
@@ -93,7 +110,7 @@ def _json_values(text: str) -> list:
         values.append(value)
 
 
-def _parse_hermes(text: str) -> list[tuple[str, dict]]:
+def _parse_hermes(text: str, _tools=None) -> list[tuple[str, dict]]:
     values = _json_values(text.strip())
     if len(values) != 1:
         raise ValueError("one JSON object per <tool_call>")
@@ -101,27 +118,28 @@ def _parse_hermes(text: str) -> list[tuple[str, dict]]:
     return [_call(v) for v in value] if isinstance(value, list) else [_call(value)]
 
 
-def _parse_llama3(text: str) -> list[tuple[str, dict]]:
+def _parse_llama3(text: str, _tools=None) -> list[tuple[str, dict]]:
     text = text.strip()
     if text.startswith("<|python_tag|>"):
         text = text[len("<|python_tag|>") :]
     values = _json_values(text)
     if not values:
         raise ValueError("no call")
-    return [_call(v, "parameters") for v in values]
+    # No markers: JSON the user asked for ({"name": "Alice", ...}) must not pass for a call.
+    return [_call(v, "parameters", whole=True) for v in values]
 
 
 _MISTRAL_HEADER = re.compile(r"\s*(?:\[TOOL_CALLS\])?\s*([\w.-]+)\s*(?:\[CALL_ID\]\s*([A-Za-z0-9]+)\s*)?\[ARGS\]")
 
 
-def _parse_mistral(text: str) -> list[tuple[str, dict]]:
+def _parse_mistral(text: str, _tools=None) -> list[tuple[str, dict]]:
     text = text.strip()
     if text.startswith("["):  # [{"name": ..., "arguments": ...}, ...]
         (value,) = _json_values(text)
         if not isinstance(value, list) or not value:
             raise ValueError("a list of calls")
         return [_call(v) for v in value]
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     calls, at = [], 0
     while at < len(text):
         match = _MISTRAL_HEADER.match(text, at)
@@ -138,9 +156,10 @@ def _parse_mistral(text: str) -> list[tuple[str, dict]]:
     return calls
 
 
-def _mlx_lm_parser(module) -> Callable[[str], list[tuple[str, dict]]]:
-    def parse(text: str) -> list[tuple[str, dict]]:
-        parsed = module.parse_tool_call(text, None)
+def _mlx_lm_parser(module) -> Callable[[str, list], list[tuple[str, dict]]]:
+    def parse(text: str, tools=None) -> list[tuple[str, dict]]:
+        # The tools let a parser type the values (Qwen3-Coder's XML parameters are text).
+        parsed = module.parse_tool_call(text, tools)
         return [_call(p) for p in (parsed if isinstance(parsed, list) else [parsed])]
 
     return parse
@@ -164,22 +183,24 @@ def takes_tools(tokenizer) -> bool:
 def family_of(tokenizer) -> Family | None:
     """The tool-call format of the model's chat template, or None if it has none."""
     template = _template_text(tokenizer)
+    # mlx-lm's inference (what mlx_lm.server uses) knows the formats that share markers
+    # with Hermes' (GLM's <tool_call>name<arg_key>..., Qwen3-Coder's XML): its parser is
+    # taken for any format other than the two mlxd has grammars for.
+    parser = getattr(tokenizer, "tool_parser", None)
+    start, end = getattr(tokenizer, "tool_call_start", None), getattr(tokenizer, "tool_call_end", None)
+    kind = parser.__module__.rsplit(".", 1)[-1] if parser is not None else None
+    if kind is not None and kind not in ("json_tools", "mistral") and start:
+        import importlib
+
+        return Family(kind, start, end or "", _mlx_lm_parser(importlib.import_module(parser.__module__)))
     if "[TOOL_CALLS]" in template:
         variant = "call_id" if "[CALL_ID]" in template else "args" if "[ARGS]" in template else "json"
         return Family("mistral", "[TOOL_CALLS]", "", _parse_mistral, short_ids=True, variant=variant)
-    if "<tool_call>" in template and not re.search(r"<tool_call>(\\n|\n)<function=", template):
+    if "<tool_call>" in template and not re.search(r"<tool_call>(\\n|\n)<function=|<arg_key>", template):
         return Family("hermes", "<tool_call>", "</tool_call>", _parse_hermes)
     if "<|python_tag|>" in template or ("ipython" in template and '"parameters"' in template):
         return Family("llama3", "", "", _parse_llama3)
-    # mlx-lm's own inference (it is what mlx_lm.server uses), for the other formats.
-    parser = getattr(tokenizer, "tool_parser", None)
-    start, end = getattr(tokenizer, "tool_call_start", None), getattr(tokenizer, "tool_call_end", None)
-    if parser is None or not start:
-        return None
-    import importlib
-
-    module = importlib.import_module(parser.__module__)
-    return Family(parser.__module__.rsplit(".", 1)[-1], start, end or "", _mlx_lm_parser(module))
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,6 +260,41 @@ def _call_schema(family: Family, name: str, parameters: dict) -> dict:
     return {"type": "object", "properties": properties, "required": ["name", key], "additionalProperties": False}
 
 
+def _hoisted(tools: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], dict]:
+    """The tools' schemas with their local definitions (`$defs`, `definitions`, what
+    Pydantic writes for nested models and enums) moved to one root `$defs`, each tool's
+    under its own prefix, and their `$ref`s rewritten: inside a call's schema, a `$ref`
+    would otherwise resolve against the call's wrapper, which has none."""
+    hoisted: dict = {}
+    out = []
+    for index, (name, schema) in enumerate(tools):
+        prefix = f"tool{index}_"
+
+        def rewrite(node):
+            if isinstance(node, dict):
+                node = {k: rewrite(v) for k, v in node.items() if k not in ("$defs", "definitions")}
+                ref = node.get("$ref")
+                if isinstance(ref, str):
+                    if ref == "#":
+                        node["$ref"] = f"#/$defs/{prefix}"
+                    for local in ("#/$defs/", "#/definitions/"):
+                        if ref.startswith(local):
+                            node["$ref"] = f"#/$defs/{prefix}{ref[len(local):]}"
+                return node
+            if isinstance(node, list):
+                return [rewrite(v) for v in node]
+            return node
+
+        if isinstance(schema, dict):
+            for key in ("$defs", "definitions"):
+                for def_name, definition in (schema.get(key) or {}).items():
+                    hoisted[f"{prefix}{def_name}"] = rewrite(definition)
+            if '"$ref": "#"' in json.dumps(schema):
+                hoisted[prefix] = rewrite(schema)
+        out.append((name, rewrite(schema)))
+    return out, hoisted
+
+
 def _lark_json(schema: dict) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": _JSON_STYLE})
 
@@ -268,21 +324,23 @@ def choice_grammar(family: Family | None, params: dict, tokenizer) -> str | None
         )
     tools = [(name, json.loads(schema)) for name, _, schema in params["tools"] if choice != "function" or name == named]
     parallel = bool(params.get("parallel_tool_calls", True)) and choice == "required"
+    wrapped, defs = _hoisted(tools)
+    defs = {"$defs": defs} if defs else {}
     if family.name == "hermes":
-        schemas = [_call_schema(family, name, parameters) for name, parameters in tools]
-        schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        schemas = [_call_schema(family, name, parameters) for name, parameters in wrapped]
+        schema = {**(schemas[0] if len(schemas) == 1 else {"anyOf": schemas}), **defs}
         start = _lark_literal("<tool_call>", tokenizer) + ' "\\n"'
         end = '"\\n" ' + _lark_literal("</tool_call>", tokenizer)
         rules = [f"call: {start} {_lark_json(schema)} {end}"]
         top = 'call ("\\n" call)*' if parallel else "call"
     elif family.name == "llama3":  # one call per message in Llama 3's templates
-        schemas = [_call_schema(family, name, parameters) for name, parameters in tools]
-        schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        schemas = [_call_schema(family, name, parameters) for name, parameters in wrapped]
+        schema = {**(schemas[0] if len(schemas) == 1 else {"anyOf": schemas}), **defs}
         rules, top = [f"call: {_lark_json(schema)}"], "call"
     elif family.variant == "json":
-        schemas = [_call_schema(family, name, parameters) for name, parameters in tools]
+        schemas = [_call_schema(family, name, parameters) for name, parameters in wrapped]
         items = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-        array = {"type": "array", "items": items, "minItems": 1, **({} if parallel else {"maxItems": 1})}
+        array = {"type": "array", "items": items, "minItems": 1, **({} if parallel else {"maxItems": 1}), **defs}
         rules, top = [f"call: {_lark_literal('[TOOL_CALLS]', tokenizer)} {_lark_json(array)}"], "call"
     else:
         call_id = f' {_lark_literal("[CALL_ID]", tokenizer)} /[a-zA-Z0-9]{{9}}/' if family.variant == "call_id" else ""
@@ -308,8 +366,10 @@ def _held_prefix(text: str, marker: str) -> int:
 class Calls:
     """One stream's tool calls, split from its text as it comes (see the module's doc)."""
 
-    def __init__(self, family: Family):
+    def __init__(self, family: Family, tools: list[dict]):
         self.family = family
+        self.tools = tools  # as templates take them (mlx-lm's parsers read the schemas)
+        self.names = {t["function"]["name"] for t in tools}
         self.pending = ""  # text held back: a possible marker, or whitespace between calls
         self.call = None  # the text of the call being read (None: outside a call)
         self.made = 0
@@ -317,12 +377,20 @@ class Calls:
         self.whole = None if not family.start else False
 
     def _calls(self, text: str) -> list[tuple[str, str, str]] | None:
+        """The calls `text` spells, or None if it is not calls of the request's tools (it
+        is then passed on as text)."""
         try:
-            parsed = self.family.parse(text)
-        except Exception:  # any parser's failure: the text is passed on as text
+            parsed = self.family.parse(text, self.tools)
+            calls = [
+                (self.family.new_id(), name, json.dumps(arguments, ensure_ascii=False, allow_nan=False))
+                for name, arguments in parsed
+            ]
+        except Exception:  # any parser's failure
             return None
-        self.made += len(parsed)
-        return [(self.family.new_id(), name, json.dumps(arguments, ensure_ascii=False)) for name, arguments in parsed]
+        if not calls or any(name not in self.names for _, name, _ in calls) or self.made + len(calls) > MAX_CALLS:
+            return None
+        self.made += len(calls)
+        return calls
 
     def apply(self, text: str, finish: str | None) -> tuple[str, list, str | None]:
         """(text to send, calls completed, finish reason) for the next piece of output."""
@@ -340,7 +408,7 @@ class Calls:
             if self.whole and finish is None:
                 return "", [], None
             text, self.pending = self.pending, ""
-            if self.whole:
+            if self.whole and finish != "length":  # (a call cut short is text)
                 made = self._calls(text)
                 if made is not None:
                     return "", made, _finish(finish, True)
@@ -375,7 +443,9 @@ class Calls:
                     calls.extend(made)
                 self.call = None
         if finish is not None and self.call is not None:  # a call open at the end
-            made = self._calls(self.call)
+            # Complete if the model ended it (no end marker, or end of sequence first);
+            # cut short by max_tokens, it is text.
+            made = self._calls(self.call) if finish != "length" else None
             if made is None:
                 out.append(family.start + self.call)
             else:
@@ -393,7 +463,8 @@ def _finish(finish: str | None, made: bool) -> str | None:
 
 def stream_calls(tokenizer, params: dict) -> Calls | None:
     """A stream's :class:`Calls` when it has tools to call, else None."""
-    if template_tools(params) is None:
+    tools = template_tools(params)
+    if tools is None:
         return None
     family = family_of(tokenizer)
-    return Calls(family) if family is not None else None
+    return Calls(family, tools) if family is not None else None

@@ -111,6 +111,13 @@ def rendered_call(tokenizer) -> str:
     return text
 
 
+TEMPLATE_TOOLS = T.template_tools(params())
+
+
+def calls_of(family: T.Family) -> T.Calls:
+    return T.Calls(family, TEMPLATE_TOOLS)
+
+
 def run(calls: T.Calls, text: str, finish: str = "stop", piece: int = 3):
     """`text` through `calls` in pieces of `piece` characters: (text out, calls, finish)."""
     out, made, end = [], [], None
@@ -135,7 +142,7 @@ def test_the_parser_reads_the_calls_the_template_writes(template):
     family = T.family_of(tokenizer)
     text = rendered_call(tokenizer)
     for piece in (1, 3, 1000):
-        out, made, finish = run(T.Calls(family), text, piece=piece)
+        out, made, finish = run(calls_of(family), text, piece=piece)
         assert out == "" and finish == "tool_calls", (name, text, out)
         assert [(n, json.loads(a)) for _, n, a in made] == [("get_weather", ARGS)], (name, text)
         ids = [id_ for id_, _, _ in made]
@@ -191,32 +198,32 @@ def hermes():
 def test_text_around_calls_stays_text_and_broken_calls_are_text():
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n</tool_call>'
     # Text before a call is sent; whitespace between and after calls is not.
-    out, made, finish = run(T.Calls(hermes()), "Let me check.\n" + call + "\n" + call + "\n")
+    out, made, finish = run(calls_of(hermes()), "Let me check.\n" + call + "\n" + call + "\n")
     assert out == "Let me check.\n" and len(made) == 2 and finish == "tool_calls"
     assert len({id_ for id_, _, _ in made}) == 2
     # A call that does not parse is text, as written; so is a call cut short by max_tokens.
     broken = "<tool_call>\n{not json}\n</tool_call>"
-    assert run(T.Calls(hermes()), "a " + broken) == ("a " + broken, [], "stop")
+    assert run(calls_of(hermes()), "a " + broken) == ("a " + broken, [], "stop")
     cut = call[:40]
-    assert run(T.Calls(hermes()), cut, finish="length") == (cut, [], "length")
+    assert run(calls_of(hermes()), cut, finish="length") == (cut, [], "length")
     # A marker's beginning is held back only while it could be one.
-    assert run(T.Calls(hermes()), "x < y and <tool", piece=1) == ("x < y and <tool", [], "stop")
+    assert run(calls_of(hermes()), "x < y and <tool", piece=1) == ("x < y and <tool", [], "stop")
     # Plain text: as is, ending "stop".
-    assert run(T.Calls(hermes()), "Oslo is cold.") == ("Oslo is cold.", [], "stop")
+    assert run(calls_of(hermes()), "Oslo is cold.") == ("Oslo is cold.", [], "stop")
 
 
 def test_llama3_output_is_a_call_only_when_it_is_one_whole():
     llama = T.Family("llama3", "", "", T._parse_llama3)
     call = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "celsius"}}'
     for text in (call, "  " + call, "<|python_tag|>" + call):
-        out, made, finish = run(T.Calls(llama), text)
+        out, made, finish = run(calls_of(llama), text)
         assert (out, finish) == ("", "tool_calls") and [m[1] for m in made] == ["get_weather"]
     # Two calls, as Llama 3.2 may write them.
-    assert len(run(T.Calls(llama), call + "; " + call)[1]) == 2
+    assert len(run(calls_of(llama), call + "; " + call)[1]) == 2
     # Text, or JSON that is not a call, is text.
-    assert run(T.Calls(llama), "It is cold.", piece=2) == ("It is cold.", [], "stop")
-    assert run(T.Calls(llama), '{"celsius": -3}') == ('{"celsius": -3}', [], "stop")
-    assert run(T.Calls(llama), call[:30], finish="length") == (call[:30], [], "length")
+    assert run(calls_of(llama), "It is cold.", piece=2) == ("It is cold.", [], "stop")
+    assert run(calls_of(llama), '{"celsius": -3}') == ('{"celsius": -3}', [], "stop")
+    assert run(calls_of(llama), call[:30], finish="length") == (call[:30], [], "length")
 
 
 def test_mistral_calls_in_each_form():
@@ -227,12 +234,75 @@ def test_mistral_calls_in_each_form():
         '[TOOL_CALLS]get_weather[CALL_ID]abcdefgh1[ARGS]{"city": "Oslo"}[TOOL_CALLS]get_time[CALL_ID]x2345678a[ARGS]{}',
     ]
     for text in forms:
-        out, made, finish = run(T.Calls(mistral), text)
+        out, made, finish = run(calls_of(mistral), text)
         assert out == "" and finish == "tool_calls", text
         assert [(n, json.loads(a)) for _, n, a in made] == [("get_weather", {"city": "Oslo"}), ("get_time", {})]
     # Mistral's templates need 9-character ids: others are mapped, the same each time.
     assert mistral.message_id("call_1") == mistral.message_id("call_1") != "call_1"
     assert len(mistral.message_id("call_1")) == 9 and mistral.message_id("abcdefgh1") == "abcdefgh1"
+
+
+def test_only_whole_calls_of_the_requests_tools_count():
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n</tool_call>'
+    # Complete but not closed: the model's end of sequence closes it; max_tokens does not.
+    assert run(calls_of(hermes()), call[: -len("</tool_call>")], finish="stop")[2] == "tool_calls"
+    cut = call[: -len("</tool_call>")]
+    assert run(calls_of(hermes()), cut, finish="length") == (cut, [], "length")
+    # Another function's name, NaN (not JSON), or more calls than a message may carry.
+    other = call.replace("get_weather", "launch_rocket")
+    assert run(calls_of(hermes()), other) == (other, [], "stop")
+    nan = call.replace('"Oslo"', "NaN")
+    assert run(calls_of(hermes()), nan) == (nan, [], "stop")
+    out, made, _ = run(calls_of(hermes()), call * (T.MAX_CALLS + 1), piece=1000)
+    assert len(made) == T.MAX_CALLS and out == call
+    # Llama 3 has no markers: JSON that is not exactly a call of a tool is text.
+    llama = T.Family("llama3", "", "", T._parse_llama3)
+    for text in ('{"name": "Alice", "age": 3}', '{"name": "Alice"}', '{"name": "get_time", "parameters": {}, "x": 1}'):
+        assert run(calls_of(llama), text) == (text, [], "stop"), text
+
+
+def test_formats_sharing_hermes_markers_go_to_their_own_parser(tmp_path):
+    # GLM's template writes <tool_call>name<arg_key>k</arg_key><arg_value>v</arg_value>:
+    # mlx-lm's glm47 parser, which types each value with the tool's schema.
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+        "{% for tc in m.tool_calls or [] %}<tool_call>{{ tc.function.name }}"
+        "{% for k, v in tc.function.arguments.items() %}<arg_key>{{ k }}</arg_key><arg_value>{{ v }}</arg_value>"
+        "{% endfor %}</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if tools %}{{ tools | tojson }}{% endif %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer = tokenizer_with(template, tmp_path)
+    family = T.family_of(tokenizer)
+    assert family.name == "glm47", family
+    tools = T.template_tools(params(tools=[("add", "", json.dumps({"type": "object", "properties": {
+        "n": {"type": "integer"}, "label": {"type": "string"}}}))]))
+    text = "<tool_call>add\n<arg_key>n</arg_key>\n<arg_value>3</arg_value>\n<arg_key>label</arg_key>\n<arg_value>7</arg_value>\n</tool_call>"
+    out, made, finish = run(T.Calls(family, tools), text)
+    assert (out, finish) == ("", "tool_calls") and json.loads(made[0][2]) == {"n": 3, "label": "7"}, made
+    with pytest.raises(BadRequest, match="the glm47 tool-call format"):
+        T.choice_grammar(family, params(choice=("required", None)), tokenizer)
+
+
+def test_schemas_with_local_definitions_compile_into_the_choice_grammar(tmp_path):
+    import llguidance
+    import llguidance.hf
+
+    # What Pydantic writes for a nested enum: $defs and a $ref to it.
+    schema = {
+        "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"], "type": "string"}},
+        "properties": {"city": {"type": "string", "enum": ["Oslo"]}, "unit": {"$ref": "#/$defs/Unit"}},
+        "required": ["city", "unit"], "type": "object", "additionalProperties": False,
+    }
+    tokenizer = tokenizer_with((TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(), tmp_path)
+    p = params(choice=("required", None), tools=[("get_weather", "", json.dumps(schema)), TIME])
+    grammar = llguidance.LLMatcher.grammar_from_lark(T.choice_grammar(T.family_of(tokenizer), p, tokenizer))
+    hf = tokenizer._tokenizer
+    for unit, ok in (("celsius", True), ("kelvin", False)):
+        matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(hf), grammar)
+        assert not matcher.is_error(), matcher.get_error()
+        text = f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "Oslo", "unit": "{unit}"}}}}\n</tool_call>'
+        accepted = all(matcher.consume_token(t) for t in hf.encode(text, add_special_tokens=False))
+        assert accepted == ok and (matcher.is_accepting() or not ok), (unit, matcher.get_error())
 
 
 def test_no_tools_or_choice_none_means_no_parsing_and_tools_are_not_shown():

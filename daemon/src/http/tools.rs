@@ -82,7 +82,9 @@ pub fn tool_choice(value: Option<&Value>) -> Result<ToolChoice, WireError> {
 /// text, an object is written out).
 fn arguments(value: Option<&Value>, at: &str) -> Result<String, WireError> {
     match value {
+        // "" is what some clients send back for a call without arguments.
         None | Some(Value::Null) => Ok("{}".to_owned()),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok("{}".to_owned()),
         Some(Value::String(text)) => Ok(text.clone()),
         Some(object @ Value::Object(_)) => Ok(object.to_string()),
         Some(_) => Err(WireError::bad_request(format!("{at}.arguments must be a JSON object or its text"))),
