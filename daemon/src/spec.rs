@@ -68,12 +68,15 @@ pub struct ModelSpec {
     /// (`config_sentence_transformers.json`), sorted, and the one used by default.
     pub prompts: Vec<String>,
     pub default_prompt: Option<String>,
+    /// Generation models: whether the chat template takes tools.
+    pub tools: bool,
 }
 
 impl ModelSpec {
     pub fn new(name: String, kind: ModelKind, path: PathBuf, source: String) -> ModelSpec {
         let memory = MemoryFacts::of(&path, kind);
         let (prompts, default_prompt) = if kind == ModelKind::Embedding { prompts(&path) } else { (Vec::new(), None) };
+        let tools = kind == ModelKind::Generation && template_takes_tools(&path);
         ModelSpec {
             name,
             kind,
@@ -91,6 +94,7 @@ impl ModelSpec {
             prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES,
             prompts,
             default_prompt,
+            tools,
         }
     }
 
@@ -157,6 +161,38 @@ fn prompts(dir: &Path) -> (Vec<String>, Option<String>) {
         .filter(|d| names.iter().any(|n| n == d))
         .map(str::to_owned);
     (names, default)
+}
+
+/// Whether a model directory's chat template uses a `tools` variable (the rule the worker
+/// applies, `mlxd_runtime.tools.takes_tools`): the template in `tokenizer_config.json`
+/// (a string, or named templates), `chat_template.jinja` or `chat_template.json`, where
+/// transformers keeps it.
+fn template_takes_tools(dir: &Path) -> bool {
+    let json = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|config| config.get("chat_template").cloned())
+    };
+    let mut templates: Vec<String> = Vec::new();
+    for template in [json("tokenizer_config.json"), json("chat_template.json")].into_iter().flatten() {
+        match template {
+            serde_json::Value::String(text) => templates.push(text),
+            serde_json::Value::Array(named) => {
+                templates.extend(named.iter().filter_map(|t| t.get("template")?.as_str().map(str::to_owned)))
+            }
+            _ => {}
+        }
+    }
+    templates.extend(std::fs::read_to_string(dir.join("chat_template.jinja")));
+    templates.iter().any(|text| mentions_word(text, "tools"))
+}
+
+/// Whether `word` occurs in `text` with no word character (`\w`) on either side.
+fn mentions_word(text: &str, word: &str) -> bool {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(word)
+        .any(|(at, _)| !is_word(text[..at].chars().next_back()) && !is_word(text[at + word.len()..].chars().next()))
 }
 
 /// What a model directory says about the memory its model takes.

@@ -549,6 +549,9 @@ pub struct ModelInfo {
     /// generation models, the KV cache of `max_streams` streams at the context the daemon
     /// allows each (`max_context`, at most the model's own) and the prompt cache. Since v4.
     pub estimated_bytes: u64,
+    /// Generation models: whether the chat template takes tools (`GenerateParams::tools`;
+    /// a model whose template does not refuses them). Since v7.
+    pub tools: bool,
 }
 
 /// A model's scheduler at a glance; counters run from the daemon's start. Since v2.

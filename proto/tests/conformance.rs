@@ -87,6 +87,7 @@ fn model_info(name: &str, kind: ModelKind, state: ModelState) -> ModelInfo {
         prompts: Vec::new(),
         default_prompt: None,
         estimated_bytes: 90_868_736,
+        tools: kind == ModelKind::Generation,
     }
 }
 

@@ -142,6 +142,8 @@ async fn show(State(conn): State<Conn>, body: Bytes) -> Result<Json<Value>, ApiE
     };
     let capabilities = match m.kind {
         ModelKind::Embedding => json!(["embedding"]),
+        // "tools": what Ollama's clients (Zed, Continue, ...) check before sending tools.
+        ModelKind::Generation if m.tools => json!(["completion", "tools"]),
         ModelKind::Generation => json!(["completion"]),
         // Ollama has no reranking capability name; its clients cannot use the model.
         ModelKind::Rerank => json!([]),

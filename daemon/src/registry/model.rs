@@ -660,6 +660,7 @@ impl Model {
             sched: self.admission.stats(),
             prompts: self.spec.prompts.clone(),
             default_prompt: self.spec.default_prompt.clone(),
+            tools: self.spec.tools,
             estimated_bytes: self.spec.estimated_bytes(),
         }
     }
