@@ -188,6 +188,38 @@ fn template_takes_tools(dir: &Path) -> bool {
     templates.iter().any(|text| mentions_word(text, "tools"))
 }
 
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    #[test]
+    fn a_template_takes_tools_where_transformers_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("mlxd-spec-tools-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        assert!(!template_takes_tools(&dir), "no template");
+        write("tokenizer_config.json", r#"{"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}"#);
+        assert!(!template_takes_tools(&dir));
+        write("tokenizer_config.json", r#"{"chat_template": "{% if tools_in_use or mytools %}{% endif %}"}"#);
+        assert!(!template_takes_tools(&dir), "only the word itself");
+        write("tokenizer_config.json", r#"{"chat_template": "{% if tools %}{{ tools | tojson }}{% endif %}"}"#);
+        assert!(template_takes_tools(&dir));
+        write(
+            "tokenizer_config.json",
+            r#"{"chat_template": [{"name": "default", "template": "x"}, {"name": "tool_use", "template": "{{ tools }}"}]}"#,
+        );
+        assert!(template_takes_tools(&dir), "named templates");
+        write("tokenizer_config.json", "{}");
+        write("chat_template.jinja", "{%- if tools %}<tools>{% endif %}");
+        assert!(template_takes_tools(&dir), "chat_template.jinja");
+        std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+        write("chat_template.json", r#"{"chat_template": "{{ tools }}"}"#);
+        assert!(template_takes_tools(&dir), "chat_template.json");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 /// Whether `word` occurs in `text` with no word character (`\w`) on either side.
 fn mentions_word(text: &str, word: &str) -> bool {
     let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');

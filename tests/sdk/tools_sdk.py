@@ -144,5 +144,8 @@ lines = [json.loads(line) for line in http.post("/api/chat", json={**body, "stre
 streamed_calls = [c for line in lines for c in (ollama.ChatResponse.model_validate(line).message.tool_calls or [])]
 assert [(c.function.name, dict(c.function.arguments)) for c in streamed_calls] == [("get_weather", arguments)], lines
 assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop", lines[-1]
+# /api/show lists the "tools" capability for a template that takes tools, as Ollama does.
+capabilities = {name: http.post("/api/show", json={"model": name}).json()["capabilities"] for name in ("tiny", "smollm2")}
+assert capabilities == {"tiny": ["completion", "tools"], "smollm2": ["completion"]}, capabilities
 report["ollama"] = {"prompt_eval_count": reply.prompt_eval_count, "forced": dict(ocall.function.arguments)}
 print(json.dumps(report))

@@ -64,4 +64,19 @@ fn tool_calls_round_trip_through_the_openai_and_ollama_sdks_and_mlxctl() {
     let arguments: serde_json::Value = serde_json::from_str(line["tool_call"]["arguments"].as_str().unwrap()).unwrap();
     assert!(["Oslo", "Rome"].contains(&arguments["city"].as_str().unwrap()), "{arguments}");
     assert!(stderr.contains("[tool_calls:"), "{stderr}");
+
+    // ModelInfo.tools: from the template in the model's files, loaded or not.
+    let (status, stdout, stderr) = run_with_timeout(
+        Command::new(bin("mlxctl")).args(["--socket", socket, "status", "--json"]),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let tools: Vec<(String, bool)> = status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_owned(), m["tools"].as_bool().unwrap()))
+        .collect();
+    assert!(tools.contains(&("tiny".into(), true)) && tools.contains(&("smollm2".into(), false)), "{tools:?}");
 }

@@ -50,6 +50,7 @@ pub fn model_json(m: &ModelInfo) -> serde_json::Value {
         "prompts": m.prompts,
         "default_prompt": m.default_prompt,
         "estimated_bytes": m.estimated_bytes,
+        "tools": m.tools,
         "sched": {
             "queued": m.sched.queued,
             "running": m.sched.running,

@@ -108,6 +108,9 @@ pub fn render_models(models: &[ModelInfo], rates: Option<&Rates>) -> String {
             bytes(m.estimated_bytes),
             keep_alive,
         );
+        if m.tools {
+            let _ = writeln!(out, "{:<14} tool calls: its chat template takes tools", "");
+        }
         if !m.prompts.is_empty() {
             let default = m.default_prompt.as_deref().map_or_else(String::new, |d| format!(" (default {d})"));
             let _ = writeln!(out, "{:<14} prompts: {}{default}", "", m.prompts.join(", "));
