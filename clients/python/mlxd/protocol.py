@@ -368,6 +368,9 @@ class ModelInfo:
     default_prompt: Optional[str]
     #: Bytes the daemon's memory budget counts for the model when loaded (since v4).
     estimated_bytes: u64
+    #: Generation models: whether the chat template takes tools (``tools=``; a model whose
+    #: template takes none refuses them) (since v7).
+    tools: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,6 +192,9 @@ def test_structured_output(client: mlxd.Client) -> None:
 
 
 def test_tool_calls(client: mlxd.Client, tools_model: str) -> None:
+    # ModelInfo.tools: the tool model's template takes tools, smollm2's does not.
+    models = client.models()
+    assert (model_named(models, tools_model).tools, model_named(models, "smollm2").tools) == (True, False)
     # tool_choice naming the function: one call, its arguments valid against the schema.
     weather = {"type": "function", "function": {"name": "get_weather"}}
     first = client.chat(

@@ -219,7 +219,9 @@ def test_frames_of_any_size_in_any_pieces_come_out_whole() -> None:
             sender.join(10)
 
 
-def model_info(name: str, kind: protocol.ModelKind, prompts: List[str], default: Optional[str]) -> protocol.ModelInfo:
+def model_info(
+    name: str, kind: protocol.ModelKind, prompts: List[str], default: Optional[str], tools: bool = False
+) -> protocol.ModelInfo:
     return protocol.ModelInfo(
         name=name,
         kind=kind,
@@ -241,6 +243,7 @@ def model_info(name: str, kind: protocol.ModelKind, prompts: List[str], default:
         prompts=prompts,
         default_prompt=default,
         estimated_bytes=3 << 20,
+        tools=tools,
     )
 
 
@@ -295,7 +298,7 @@ def test_rerank_and_embedding_prompts_are_sent_and_answered(fakes: List[FakeDaem
         assert client.embed("e", ["x"]) == [[1.0, 0.0]]
         embedder = client.lease("e")
         assert (embedder.info.prompts, embedder.info.default_prompt) == (["document", "query"], "query")
-        assert embedder.info.estimated_bytes == 3 << 20
+        assert embedder.info.estimated_bytes == 3 << 20 and not embedder.info.tools
         assert embedder.embed("x", normalize=False, prompt="document") == [[1.0, 0.0]]
 
     fake = fake_daemon(fakes, rerank_and_prompts)
@@ -589,7 +592,7 @@ def tools_session(session: FakeSession) -> None:
     session.send(protocol.Response(2, CALLED))
 
     assert session.receive() == protocol.Request(3, protocol.LeaseRequest("g"))
-    info = model_info("g", protocol.ModelKind.Generation, [], None)
+    info = model_info("g", protocol.ModelKind.Generation, [], None, tools=True)
     session.send(protocol.Response(3, protocol.LeaseInfo(9, info)))
     params = protocol.GenerateParams(max_tokens=8, temperature=0.0, tools=WEATHER_ONLY_SENT)  # Auto
     assert session.receive() == protocol.Request(4, protocol.GenerateRequest(protocol.ByLease(9), HI, params, 32))
@@ -636,6 +639,7 @@ def test_tools_and_tool_calls_reach_the_wire_and_come_back(fakes: List[FakeDaemo
         )
         assert (answer.text, answer.tokens, answer.tool_calls, answer.summary) == ("", [8], [OSLO], CALLED)
         with client.lease("g") as model:
+            assert model.info.tools is True
             items = list(model.generate([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY))
             assert items == [protocol.Token("", 8), PARIS_F]
             answer = model.chat([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY, tool_choice="none")
@@ -661,6 +665,7 @@ def test_tools_and_tool_calls_reach_the_wire_and_come_back(fakes: List[FakeDaemo
             )
             assert (answer.text, answer.tool_calls, answer.summary) == ("", [OSLO], CALLED)
             async with client.lease("g") as model:
+                assert model.info.tools is True
                 stream = await model.generate([("user", "Hi")], max_tokens=8, temperature=0, tools=WEATHER_ONLY)
                 assert [item async for item in stream] == [protocol.Token("", 8), PARIS_F]
                 answer = await model.chat(
