@@ -765,6 +765,7 @@ function readModelInfo(r: Reader): ModelInfo {
     prompts: r.seq("ModelInfo.prompts", () => r.string("ModelInfo.prompts[]")),
     default_prompt: r.option("ModelInfo.default_prompt", () => r.string("ModelInfo.default_prompt")),
     estimated_bytes: r.u64("ModelInfo.estimated_bytes"),
+    tools: r.bool("ModelInfo.tools"),
   };
 }
 
@@ -789,6 +790,7 @@ function writeModelInfo(w: Writer, model: ModelInfo): void {
   w.seq(model.prompts, "prompts", (prompt) => w.string(prompt, "prompts[]"));
   w.option(model.default_prompt, (prompt) => w.string(prompt, "default_prompt"));
   w.u64(model.estimated_bytes, "estimated_bytes");
+  w.bool(model.tools, "tools");
 }
 
 function readSchedStats(r: Reader): SchedStats {

@@ -354,6 +354,8 @@ export interface ModelInfo {
   default_prompt: string | null;
   /** Bytes the daemon's memory budget counts for the model when loaded (since v4). */
   estimated_bytes: U64;
+  /** Generation models: whether the chat template takes tools (`GenerateParams.tools`; since v7). */
+  tools: boolean;
 }
 
 export interface SchedStats {

@@ -144,7 +144,10 @@ test("Timeout and Cancelled have names apart from DOMException's; the old names 
   assert.equal(cancelled.name, "RequestCancelledError");
 });
 
-/** A ModelInfo as the daemon sends it (v4: with prompts, default_prompt, estimated_bytes). */
+/**
+ * A ModelInfo as the daemon sends it (v4: with prompts, default_prompt, estimated_bytes; v7:
+ * tools, here true for a generation model).
+ */
 function modelInfo(name, kind, prompts = [], defaultPrompt = null) {
   return {
     name,
@@ -167,6 +170,7 @@ function modelInfo(name, kind, prompts = [], defaultPrompt = null) {
     prompts,
     default_prompt: defaultPrompt,
     estimated_bytes: 3 << 20,
+    tools: kind === "Generation",
   };
 }
 
@@ -212,7 +216,10 @@ test("rerank and embedding prompts send what they say; a Busy rerank is retried 
     assert.equal((await client.embedDetailed("e", ["x"], { prompt: "" })).prompt_tokens, 3);
     await client.embed("e", ["x"]);
     const embedder = await client.lease("e");
-    assert.deepEqual([embedder.info.prompts, embedder.info.default_prompt, embedder.info.estimated_bytes], [["document", "query"], "query", 3 << 20]);
+    assert.deepEqual(
+      [embedder.info.prompts, embedder.info.default_prompt, embedder.info.estimated_bytes, embedder.info.tools],
+      [["document", "query"], "query", 3 << 20, false],
+    );
     await embedder.embed(["x"], { normalize: false, prompt: "document" });
     await embedder.close();
 
@@ -409,6 +416,7 @@ test("tools, tool choices and messages with tool calls reach the wire exactly; m
     await client.chat("g", [user], { max_tokens: 8, temperature: 0, tools, toolChoice: "required" }).complete();
     // OpenAI's spellings: tool_choice, parallel_tool_calls, and messages as OpenAI returns them.
     const lease = await client.lease("g");
+    assert.equal(lease.info.tools, true);
     const openai = [
       user,
       { role: "assistant", content: null, tool_calls: [{ id: "call_2", type: "function", function: { name: "get_time", arguments: "{}" } }] },

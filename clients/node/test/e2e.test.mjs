@@ -67,8 +67,12 @@ test("connects, and reads status, models, metrics and weights", { timeout: TEST_
   const status = await client.status();
   assert.equal(status.endpoint, daemon.socket);
   assert.equal(status.protocol_version, PROTOCOL_VERSION);
-  const names = (await client.models()).map((m) => m.name);
+  const models = await client.models();
+  const names = models.map((m) => m.name);
   assert.ok(names.includes("minilm") && names.includes("smollm2"), names.join(", "));
+  // Since v7: whether the chat template takes tools (Qwen 2.5's does, SmolLM2's does not).
+  const takesTools = (name) => models.find((m) => m.name === name)?.tools;
+  assert.deepEqual([takesTools("tiny-tools"), takesTools("smollm2")], [true, false]);
   assert.match(await client.metrics(), /# EOF\n$/);
   assert.ok(Array.isArray(await client.weights()));
 });
