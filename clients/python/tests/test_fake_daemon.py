@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import mlxd
-from harness import FakeDaemon, FakeSession, frame_of, interrupted_after
+from harness import WEATHER_SCHEMA, FakeDaemon, FakeSession, frame_of, interrupted_after
 from mlxd import _sync, protocol
 
 
@@ -485,15 +485,7 @@ def test_constraints_reach_the_wire(fakes: List[FakeDaemon]) -> None:
     asyncio.run(asyncio.wait_for(over_async(), 30))
 
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Oslo"]},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
+WEATHER = WEATHER_SCHEMA
 WEATHER_TEXT = (
     '{"type":"object","properties":{"city":{"type":"string","enum":["Paris","Oslo"]},'
     '"unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["city","unit"],'
