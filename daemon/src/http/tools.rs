@@ -140,3 +140,37 @@ pub fn ollama_call(call: &ToolCall, index: usize) -> Value {
     let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| Value::Object(Map::new()));
     json!({ "id": call.id, "function": { "index": index, "name": call.name, "arguments": arguments } })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_sent_back_take_either_apis_shape_and_empty_arguments_are_an_empty_object() {
+        let calls = json!([
+            { "id": "call_a", "type": "function", "function": { "name": "f", "arguments": "{\"x\":1}" } },
+            { "function": { "name": "g", "arguments": { "y": [2] } } },
+            { "id": "call_c", "type": "function", "function": { "name": "h", "arguments": "" } },
+            { "function": { "name": "k" } },
+        ]);
+        let read = message_calls(Some(&calls), 3).unwrap();
+        let got: Vec<(&str, &str, &str)> =
+            read.iter().map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("call_a", "f", r#"{"x":1}"#),
+                ("call_3_1", "g", r#"{"y":[2]}"#),
+                ("call_c", "h", "{}"),
+                ("call_3_3", "k", "{}")
+            ]
+        );
+        let bad = json!([{ "function": { "name": "f", "arguments": 5 } }]);
+        assert!(message_calls(Some(&bad), 0).unwrap_err().message.contains("messages[0].tool_calls[0].arguments"));
+        assert!(tools(Some(&json!([{ "type": "retrieval" }]))).unwrap_err().message.contains("only \"function\""));
+        assert_eq!(tool_choice(Some(&json!("required"))).unwrap(), ToolChoice::Required);
+        let named = json!({ "type": "function", "function": { "name": "f" } });
+        assert_eq!(tool_choice(Some(&named)).unwrap(), ToolChoice::Function("f".into()));
+        assert!(tool_choice(Some(&json!("sometimes"))).is_err());
+    }
+}
