@@ -11,9 +11,8 @@ import re
 import jsonschema
 import pytest
 
-import mlxd_runtime
 from mlxd_runtime.errors import BadRequest
-from test_generate import _store_model
+from test_generate import generator  # noqa: F401 (the bundled SmolLM2, a module fixture)
 
 PERSON = {
     "type": "object",
@@ -26,18 +25,6 @@ PERSON = {
     "additionalProperties": False,
 }
 ASK = [("user", "Describe Alice, a 30 year old from Paris, as JSON.")]
-
-
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory):
-    path = _store_model()
-    if path is None:  # not imported yet: convert the bundled GGUF here
-        from test_gguf import _bundled
-        from mlxd_runtime import gguf
-
-        path = tmp_path_factory.mktemp("m") / "smollm2"
-        gguf.convert(str(_bundled()), str(path), "float32")
-    return mlxd_runtime.load("generation", str(path))
 
 
 def params(constraint=None, max_tokens=80):

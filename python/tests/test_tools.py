@@ -20,10 +20,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-import mlxd_runtime
 from mlxd_runtime import tools as T
 from mlxd_runtime.errors import BadRequest
-from test_generate import _store_model
+from test_generate import _store_model, generator  # noqa: F401 (generator: a module fixture)
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 CITY = {
@@ -313,12 +312,6 @@ def test_no_tools_or_choice_none_means_no_parsing_and_tools_are_not_shown():
 
 # ---------------------------------------------------------------------------------------
 # The whole path, on the real SmolLM2 weights.
-
-
-@pytest.fixture(scope="module")
-def generator():
-    generator = mlxd_runtime.load("generation", str(_smollm2()))
-    yield generator
 
 
 @pytest.fixture
